@@ -1,0 +1,269 @@
+// mlfx: the lab-side command line. Only this file turns errors into exit codes:
+// 0 success, 1 failure (the message says what failed), 2 usage error.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include <CLI/CLI.hpp>
+
+#include "evidence/bundle_check.h"
+#include "mlfx/base/version.h"
+#include "mlfx/bundle/writer.h"
+
+namespace mlfx {
+namespace {
+
+int report_error(const Error& e) {
+  std::fprintf(stderr, "mlfx: error: %s\n", e.to_string().c_str());
+  return 1;
+}
+
+// ---- keys ----
+
+struct KeysGenArgs {
+  std::string kind, out;
+};
+
+int run_keys_gen(const KeysGenArgs& a) {
+  crypto::KeyKind kind = a.kind == "lab" ? crypto::KeyKind::kLab : crypto::KeyKind::kDevice;
+  if (auto st = crypto::generate_key_files(kind, a.out); !st) return report_error(st.error());
+  auto pub = crypto::load_public_key_file(a.out + ".pub");
+  if (!pub) return report_error(pub.error());
+  std::printf("wrote %s.key (private, mode 0600) and %s.pub\n", a.out.c_str(), a.out.c_str());
+  if (pub->box) std::printf("recipient key: %s\n", pub->box->fingerprint().c_str());
+  std::printf("signing key:   %s\n", pub->verify->fingerprint().c_str());
+  return 0;
+}
+
+// ---- bundle seal ----
+
+struct SealArgs {
+  std::vector<std::string> inputs, names, recipients;
+  std::string out, device_key, case_id, note, device_id;
+  uint32_t chunk_size = bundle::kDefaultChunkSize;
+  bool legacy_hashes = false, quiet = false;
+};
+
+std::string default_stream_name(const std::string& input) {
+  if (input == "-") return "stdin";
+  auto slash = input.find_last_of('/');
+  return slash == std::string::npos ? input : input.substr(slash + 1);
+}
+
+Result<bundle::Manifest> seal(const SealArgs& a) {
+  MLFX_ASSIGN(crypto::SecretKeyFile dev, crypto::load_secret_key_file(a.device_key));
+  if (dev.kind != crypto::KeyKind::kDevice)
+    return fail(Errc::kInvalidArgument, a.device_key + " is a lab key; seal with a device key "
+                                        "('mlfx keys gen --kind device')");
+  std::vector<crypto::BoxPublicKey> recipients;
+  for (const auto& r : a.recipients) {
+    MLFX_ASSIGN(crypto::PublicKeyFile k, crypto::load_public_key_file(r));
+    if (!k.box)
+      return fail(Errc::kInvalidArgument, r + " is a device key; --recipient takes a lab .pub "
+                                          "('mlfx keys gen --kind lab')");
+    recipients.push_back(*k.box);
+  }
+  if (!a.names.empty() && a.names.size() != a.inputs.size())
+    return fail(Errc::kInvalidArgument, "--name given " + std::to_string(a.names.size()) +
+                                            " times for " + std::to_string(a.inputs.size()) + " inputs");
+  if (std::count(a.inputs.begin(), a.inputs.end(), "-") > 1)
+    return fail(Errc::kInvalidArgument, "standard input ('-') can be sealed only once");
+  // Open every input first so that a typo fails before anything is written.
+  std::vector<File> files;
+  json::Json inputs = json::Json::array();
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    if (a.inputs[i] == "-") {
+      files.push_back(File::standard_input());
+    } else {
+      MLFX_ASSIGN(File f, File::open_read(a.inputs[i]));
+      files.push_back(std::move(f));
+    }
+    inputs.push_back({{"path", a.inputs[i]}, {"stream", a.names.empty() ? default_stream_name(a.inputs[i]) : a.names[i]}});
+  }
+
+  bundle::SealParams p;
+  p.chunk_size = a.chunk_size;
+  p.case_id = a.case_id;
+  p.note = a.note;
+  p.device_id = a.device_id;
+  p.command = "bundle seal";
+  p.legacy_hashes = a.legacy_hashes;
+  p.tool_parameters = {{"inputs", inputs}, {"chunk_size", a.chunk_size}, {"legacy_hashes", a.legacy_hashes},
+                       {"recipients", a.recipients}, {"case_id", a.case_id}};
+  MLFX_ASSIGN(File out, File::create_new(a.out, 0640));
+  // From here on a failure removes the incomplete bundle.
+  struct Cleanup {
+    std::string path;
+    bool keep = false;
+    ~Cleanup() {
+      if (!keep) unlink(path.c_str());
+    }
+  } cleanup{a.out};
+  MLFX_ASSIGN(bundle::BundleWriter w, bundle::BundleWriter::create(std::move(out), *dev.signing, recipients, p));
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string name = inputs[i]["stream"];
+    MLFX_TRY(w.begin_stream(name, a.inputs[i] == "-" ? "stdin" : a.inputs[i]));
+    uint64_t total = 0;
+    struct stat st;
+    if (fstat(files[i].fd(), &st) == 0 && S_ISREG(st.st_mode)) total = static_cast<uint64_t>(st.st_size);
+    std::optional<Progress> bar;
+    if (!a.quiet) bar.emplace("sealing " + name, total);
+    if (auto r = w.write_from(files[i], bar ? &*bar : nullptr); !r)
+      return fail(std::move(r).error().context("stream " + name));
+    if (bar) bar->finish();
+    MLFX_TRY(w.end_stream());
+  }
+  MLFX_ASSIGN(bundle::Manifest m, w.finish());
+  cleanup.keep = true;
+  return m;
+}
+
+int run_seal(const SealArgs& a) {
+  auto m = seal(a);
+  if (!m) return report_error(m.error());
+  std::printf("sealed %s: bundle %s, %zu stream(s), %zu recipient(s)\n", a.out.c_str(),
+              m->bundle_id_hex().c_str(), m->streams.size(), m->recipients.size());
+  for (const auto& s : m->streams)
+    std::printf("  %-20s %14llu bytes  sha256 %s\n", s.name.c_str(),
+                static_cast<unsigned long long>(s.size), s.sha256.c_str());
+  return 0;
+}
+
+// ---- bundle verify / open / info ----
+
+struct VerifyArgs {
+  std::string file, trusted;
+  bool json = false, quiet = false;
+};
+
+int run_verify(const VerifyArgs& a) {
+  evidence::VerifyReport r =
+      evidence::verify_bundle(a.file, {a.trusted, !a.quiet && !a.json});
+  if (a.json) {
+    std::cout << r.to_json().dump(2) << "\n";
+  } else {
+    for (const auto& l : r.lines)
+      std::printf("%-10s %s  %s\n", l.check.c_str(), l.ok ? "ok    " : "FAILED", l.detail.c_str());
+    std::printf("%s: %s\n", a.file.c_str(), r.intact() ? "INTACT" : "VERIFICATION FAILED");
+  }
+  return r.intact() ? 0 : 1;
+}
+
+struct OpenArgs {
+  std::string file, key, out, trusted;
+  bool quiet = false;
+};
+
+int run_open(const OpenArgs& a) {
+  auto lab = crypto::load_secret_key_file(a.key);
+  if (!lab) return report_error(lab.error());
+  auto r = evidence::open_bundle(a.file, *lab, a.out, {a.trusted, !a.quiet});
+  if (!r) return report_error(std::move(r).error().context("opening " + a.file));
+  std::printf("opened %s into %s:\n", a.file.c_str(), a.out.c_str());
+  for (const auto& f : r->files) std::printf("  %s\n", f.c_str());
+  std::printf("check with: (cd %s && sha256sum -c SHA256SUMS)\n", a.out.c_str());
+  return 0;
+}
+
+struct InfoArgs {
+  std::string file;
+  bool json = false;
+};
+
+int run_info(const InfoArgs& a) {
+  auto r = bundle::BundleReader::open(a.file);
+  if (!r) return report_error(r.error());
+  const bundle::Manifest& m = r->manifest();
+  if (a.json) {
+    json::Json j = {{"file", a.file}, {"file_size", r->file_size()}, {"manifest", m.to_json()},
+                    {"custody", r->custody().events()}};
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("bundle      %s (%llu bytes, format %u.%u)\n", m.bundle_id_hex().c_str(),
+              static_cast<unsigned long long>(r->file_size()), m.format_major, m.format_minor);
+  std::printf("case        %s\nnote        %s\n", m.case_id.c_str(), m.note.c_str());
+  std::printf("device      %s (host %s) key %s\n", m.device.id.c_str(), m.device.hostname.c_str(),
+              m.device.key_fingerprint.c_str());
+  std::printf("tool        %s %s, %s\n", m.tool.name.c_str(), m.tool.version.c_str(), m.tool.command.c_str());
+  std::printf("created     %s\nsealed      %s\n", m.created_utc.c_str(), m.sealed_utc.c_str());
+  for (const auto& rc : m.recipients) std::printf("recipient   %s\n", rc.recipient_fingerprint.c_str());
+  for (const auto& s : m.streams)
+    std::printf("stream      %s: %llu bytes, %llu chunks, sha256 %s\n", s.name.c_str(),
+                static_cast<unsigned long long>(s.size), static_cast<unsigned long long>(s.chunks),
+                s.sha256.c_str());
+  for (const auto& ev : r->custody().events())
+    std::printf("custody     %s %s by %s\n", ev.value("utc", "?").c_str(), ev.value("type", "?").c_str(),
+                ev.contains("actor") ? ev["actor"].value("key_fingerprint", "?").c_str() : "?");
+  std::printf("(structure only; run 'mlfx bundle verify' to check signatures and every chunk)\n");
+  return 0;
+}
+
+}  // namespace
+}  // namespace mlfx
+
+int main(int argc, char** argv) {
+  using namespace mlfx;
+  CLI::App app{"mlfx: verify, open and analyse sealed memory evidence of ML processes"};
+  app.set_version_flag("--version", std::string("mlfx ") + kToolVersion);
+  app.require_subcommand(1);
+
+  auto* keys = app.add_subcommand("keys", "manage device and lab keys")->require_subcommand(1);
+  KeysGenArgs kg;
+  auto* gen = keys->add_subcommand("gen", "generate a key pair: PREFIX.key (0600) and PREFIX.pub");
+  gen->add_option("--kind", kg.kind, "device (signs evidence) or lab (receives evidence)")
+      ->required()->check(CLI::IsMember({"device", "lab"}));
+  gen->add_option("--out", kg.out, "output prefix")->required();
+
+  auto* bundle = app.add_subcommand("bundle", "seal, verify, open and inspect evidence bundles")
+                     ->require_subcommand(1);
+  SealArgs sa;
+  auto* seal = bundle->add_subcommand("seal", "seal files (or - for stdin) into a new bundle, one stream each");
+  seal->add_option("files", sa.inputs, "input files, '-' for standard input")->required();
+  seal->add_option("--out", sa.out, "bundle to create (must not exist)")->required();
+  seal->add_option("--device-key", sa.device_key, "device private key that signs")->required();
+  seal->add_option("--recipient", sa.recipients, "lab public key to encrypt to (repeatable)")->required();
+  seal->add_option("--case", sa.case_id, "case identifier");
+  seal->add_option("--note", sa.note, "operator note");
+  seal->add_option("--device-id", sa.device_id, "device name recorded in the manifest (default: host name)");
+  seal->add_option("--name", sa.names, "stream name for each input, in order (default: file name)");
+  seal->add_option("--chunk-size", sa.chunk_size, "plaintext bytes per chunk")
+      ->check(CLI::Range(bundle::kMinChunkSize, bundle::kMaxChunkSize));
+  seal->add_flag("--legacy-hashes", sa.legacy_hashes, "also record MD5 and SHA-1 of each stream");
+  seal->add_flag("-q,--quiet", sa.quiet, "no progress bar");
+
+  VerifyArgs va;
+  auto* verify = bundle->add_subcommand("verify", "check structure, signatures, every chunk and the custody chain (no lab key needed)");
+  verify->add_option("file", va.file, "bundle")->required();
+  verify->add_option("--trusted-devices", va.trusted, "directory of trusted device .pub keys");
+  verify->add_flag("--json", va.json, "print the report as JSON");
+  verify->add_flag("-q,--quiet", va.quiet, "no progress bar");
+
+  OpenArgs oa;
+  auto* open = bundle->add_subcommand("open", "verify, decrypt and write the streams as plain files with SHA256SUMS");
+  open->add_option("file", oa.file, "bundle")->required();
+  open->add_option("--key", oa.key, "lab private key")->required();
+  open->add_option("--out", oa.out, "output directory (new or empty)")->required();
+  open->add_option("--trusted-devices", oa.trusted, "directory of trusted device .pub keys");
+  open->add_flag("-q,--quiet", oa.quiet, "no progress bar");
+
+  InfoArgs ia;
+  auto* info = bundle->add_subcommand("info", "show the manifest and custody log (structure checks only)");
+  info->add_option("file", ia.file, "bundle")->required();
+  info->add_flag("--json", ia.json, "print as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (gen->parsed()) return run_keys_gen(kg);
+  if (seal->parsed()) return run_seal(sa);
+  if (verify->parsed()) return run_verify(va);
+  if (open->parsed()) return run_open(oa);
+  if (info->parsed()) return run_info(ia);
+  return 2;
+}

@@ -1,0 +1,54 @@
+// File descriptors with RAII and Result-returning I/O.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "mlfx/base/bytes.h"
+#include "mlfx/base/result.h"
+
+namespace mlfx {
+
+class File {
+ public:
+  File() = default;
+  File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  File(File&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
+  File& operator=(File&& o) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File();
+
+  static Result<File> open_read(const std::string& path);
+  // Creates a new file; fails with Errc::kExists rather than replacing one.
+  static Result<File> create_new(const std::string& path, mode_t mode);
+  // Wraps standard input; "-" is its name in messages.
+  static File standard_input();
+
+  // Reads until `len` bytes or end of file; returns the count read.
+  Result<size_t> read_full(uint8_t* buf, size_t len);
+  Status pread_exact(uint64_t offset, uint8_t* buf, size_t len) const;
+  Status write_all(ByteView data);
+  Result<uint64_t> size() const;
+  Status sync();
+  Status close();
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  bool is_open() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+  std::string path_;
+};
+
+// Reads a whole (small) file, refusing anything larger than max_size.
+Result<std::string> read_small_file(const std::string& path, size_t max_size);
+// Writes a new file (never replacing one) and fsyncs it.
+Status write_new_file(const std::string& path, std::string_view data, mode_t mode);
+
+std::string errno_text(int err);
+
+}  // namespace mlfx

@@ -1,0 +1,32 @@
+// A progress bar on stderr for long operations, drawn only when stderr is a terminal.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace mlfx {
+
+class Progress {
+ public:
+  // total == 0 means unknown (a pipe): shows bytes and rate without a bar.
+  Progress(std::string label, uint64_t total);
+  ~Progress();
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+
+  void advance(uint64_t bytes);
+  void finish();  // draws the final state and ends the line
+
+  // Tests and --quiet turn drawing off globally.
+  static void set_enabled(bool on);
+
+ private:
+  void draw(bool final);
+  std::string label_;
+  uint64_t total_, done_ = 0;
+  bool active_, finished_ = false;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+}  // namespace mlfx

@@ -1,0 +1,56 @@
+// Seals evidence streams into a bundle in one streaming pass per stream: each chunk is
+// hashed (whole-stream SHA-256, optional MD5/SHA-1), encrypted (AES-256-GCM under a fresh
+// data key wrapped to every recipient), hashed again as a sealed record and written.
+// No plaintext ever reaches the output file. Streams may be of unknown length (pipes).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mlfx/base/file.h"
+#include "mlfx/base/progress.h"
+#include "mlfx/bundle/manifest.h"
+#include "mlfx/custody/custody_log.h"
+
+namespace mlfx::bundle {
+
+struct SealParams {
+  uint32_t chunk_size = kDefaultChunkSize;
+  std::string case_id, note;
+  std::string device_id;       // defaults to the host name
+  std::string command;         // e.g. "bundle seal", "agent capture"
+  json::Json tool_parameters = json::Json::object();
+  bool legacy_hashes = false;  // also MD5 and SHA-1 of each stream
+  json::Json context = json::Json::object();  // recorded in the manifest as "context"
+};
+
+class BundleWriter {
+ public:
+  // `out` must be a new, empty file. The writer keeps references to `device`.
+  static Result<BundleWriter> create(File out, const crypto::SigningKey& device,
+                                     const std::vector<crypto::BoxPublicKey>& recipients,
+                                     SealParams params);
+  BundleWriter(BundleWriter&&) noexcept;
+  ~BundleWriter();
+
+  Status begin_stream(const std::string& name, const std::string& source);
+  Status write(ByteView data);
+  // Reads `in` to its end into the current stream, without an intermediate copy.
+  Status write_from(File& in, Progress* progress);
+  Status end_stream();
+
+  // Writes manifest, signature, custody log (acquired + sealed events, signed by the device
+  // key) and the end record, then fsyncs. `acquisition` goes into the acquired event.
+  Result<Manifest> finish(json::Json acquisition = json::Json::object());
+
+  const BundleId& bundle_id() const;
+  uint64_t bytes_written() const;
+
+ private:
+  struct Impl;
+  explicit BundleWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mlfx::bundle

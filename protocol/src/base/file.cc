@@ -1,0 +1,137 @@
+#include "mlfx/base/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace mlfx {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+static Error io_error(const std::string& what, const std::string& path, int err) {
+  return Error(err == EEXIST ? Errc::kExists : err == ENOENT ? Errc::kNotFound : Errc::kIo,
+               what + " " + path + ": " + errno_text(err));
+}
+
+File& File::operator=(File&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    path_ = std::move(o.path_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+File::~File() {
+  if (fd_ > 2) ::close(fd_);
+}
+
+Result<File> File::open_read(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(io_error("cannot open", path, errno));
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return fail(Errc::kInvalidArgument, path + " is a directory, not a file");
+  }
+  return File(fd, path);
+}
+
+Result<File> File::create_new(const std::string& path, mode_t mode) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) return fail(io_error("cannot create", path, errno));
+  return File(fd, path);
+}
+
+File File::standard_input() { return File(STDIN_FILENO, "-"); }
+
+Result<size_t> File::read_full(uint8_t* buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::read(fd_, buf + got, len - got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(io_error("cannot read", path_, errno));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return got;
+}
+
+Status File::pread_exact(uint64_t offset, uint8_t* buf, size_t len) const {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd_, buf + got, len - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(io_error("cannot read", path_, errno));
+    }
+    if (n == 0)
+      return fail(Errc::kBadFormat, path_ + ": unexpected end of file at offset " +
+                                        std::to_string(offset + got));
+    got += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Status File::write_all(ByteView data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(io_error("cannot write", path_, errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Result<uint64_t> File::size() const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return fail(io_error("cannot stat", path_, errno));
+  return static_cast<uint64_t>(st.st_size);
+}
+
+Status File::sync() {
+  if (fsync(fd_) != 0 && errno != EINVAL) return fail(io_error("cannot fsync", path_, errno));
+  return {};
+}
+
+Status File::close() {
+  if (fd_ < 0) return {};
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) return fail(io_error("cannot close", path_, errno));
+  return {};
+}
+
+Result<std::string> read_small_file(const std::string& path, size_t max_size) {
+  MLFX_ASSIGN(File f, File::open_read(path));
+  MLFX_ASSIGN(uint64_t size, f.size());
+  if (size > max_size)
+    return fail(Errc::kInvalidArgument,
+                path + " is " + std::to_string(size) + " bytes, more than the " +
+                    std::to_string(max_size) + " expected");
+  std::string s(size, '\0');
+  MLFX_ASSIGN(size_t n, f.read_full(reinterpret_cast<uint8_t*>(s.data()), s.size()));
+  s.resize(n);
+  return s;
+}
+
+Status write_new_file(const std::string& path, std::string_view data, mode_t mode) {
+  MLFX_ASSIGN(File f, File::create_new(path, mode));
+  if (auto st = f.write_all(as_bytes(data)); !st) {
+    ::unlink(path.c_str());
+    return st;
+  }
+  MLFX_TRY(f.sync());
+  return f.close();
+}
+
+}  // namespace mlfx

@@ -1,0 +1,27 @@
+#include "mlfx/base/result.h"
+
+namespace mlfx {
+
+const char* errc_name(Errc c) {
+  switch (c) {
+    case Errc::kBadFormat: return "bad format";
+    case Errc::kCorrupt: return "integrity failure";
+    case Errc::kUntrusted: return "untrusted";
+    case Errc::kIo: return "I/O error";
+    case Errc::kInvalidArgument: return "invalid argument";
+    case Errc::kExists: return "already exists";
+    case Errc::kNotFound: return "not found";
+    case Errc::kPermission: return "permission denied";
+    case Errc::kCrypto: return "crypto library error";
+    case Errc::kUnsupported: return "unsupported";
+  }
+  return "error";
+}
+
+std::string Error::to_string() const {
+  std::string out;
+  for (auto it = context_.rbegin(); it != context_.rend(); ++it) out += *it + ": ";
+  return out + message_;
+}
+
+}  // namespace mlfx

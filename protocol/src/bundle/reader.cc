@@ -1,0 +1,333 @@
+#include "mlfx/bundle/reader.h"
+
+#include <cstring>
+#include <optional>
+
+#include "mlfx/crypto/hash.h"
+
+namespace mlfx::bundle {
+
+namespace {
+
+std::string at(uint64_t off) { return " at offset " + std::to_string(off); }
+
+Error corrupt(const std::string& msg) { return Error(Errc::kCorrupt, msg); }
+Error bad(const std::string& msg) { return Error(Errc::kBadFormat, msg); }
+
+}  // namespace
+
+std::string BundleReader::stream_label(uint32_t index) const {
+  if (index < manifest_.streams.size()) return "stream " + manifest_.streams[index].name;
+  return "stream #" + std::to_string(index);
+}
+
+Result<BundleReader> BundleReader::open(const std::string& path) {
+  BundleReader r;
+  MLFX_ASSIGN(r.file_, File::open_read(path));
+  MLFX_ASSIGN(r.file_size_, r.file_.size());
+  if (r.file_size_ == 0) return fail(Errc::kBadFormat, path + " is empty, not an mlfx bundle");
+  if (auto st = r.walk(); !st) return fail(std::move(st).error().context(path));
+  if (auto st = r.cross_check(); !st) return fail(std::move(st).error().context(path));
+  return r;
+}
+
+// Walks every record header in order and enforces the grammar
+//   header (CHNK* CTBL)* MNFT MSIG CUST END <eof>
+// with chunks of each stream in order, the last one final, and each chunk table equal to
+// the chunks actually present.
+Status BundleReader::walk() {
+  uint8_t fh[kFileHeaderSize];
+  size_t head = static_cast<size_t>(std::min<uint64_t>(file_size_, kFileHeaderSize));
+  MLFX_TRY(file_.pread_exact(0, fh, head));
+  MLFX_ASSIGN(header_, decode_file_header({fh, head}));
+
+  enum class State { kStreams, kManifest, kSignature, kCustody, kDone } state = State::kStreams;
+  uint32_t stream = 0;
+  bool awaiting_table = false;
+  std::vector<ChunkEntry> walked;
+  std::string custody_text;
+  uint64_t off = kFileHeaderSize;
+  const uint64_t max_chunk_payload = uint64_t(header_.chunk_size) + crypto::kTagSize;
+
+  auto read_payload = [&](const RecordHeader& h, uint64_t record_off, size_t limit,
+                          std::string what) -> Result<std::string> {
+    if (h.payload_size > limit)
+      return fail(bad(what + at(record_off) + " is implausibly large (" +
+                      std::to_string(h.payload_size) + " bytes)"));
+    std::string s(h.payload_size, '\0');
+    MLFX_TRY(file_.pread_exact(record_off + kRecordHeaderSize, reinterpret_cast<uint8_t*>(s.data()), s.size()));
+    return s;
+  };
+
+  while (off < file_size_ && state != State::kDone) {
+    if (file_size_ - off < kRecordHeaderSize)
+      return fail(bad("truncated: incomplete record header" + at(off)));
+    uint8_t hb[kRecordHeaderSize];
+    MLFX_TRY(file_.pread_exact(off, hb, sizeof hb));
+    MLFX_ASSIGN(RecordHeader h, decode_record_header(hb, off));
+    const std::string type = record_type_name(h.type);
+    if (h.payload_size > file_size_ - off - kRecordHeaderSize)
+      return fail(bad("truncated: " + type + " record" + at(off) + " needs " +
+                      std::to_string(h.payload_size) + " bytes, the file ends " +
+                      std::to_string(file_size_ - off - kRecordHeaderSize) + " bytes later"));
+    const bool is_stream_record = h.type == uint32_t(RecordType::kChunk) ||
+                                  h.type == uint32_t(RecordType::kChunkTable);
+    if (!is_stream_record && h.stream != kNoStream)
+      return fail(bad(type + " record" + at(off) + " names a stream"));
+    if (h.type != uint32_t(RecordType::kChunk) && (h.flags != 0 || h.sequence != 0))
+      return fail(bad(type + " record" + at(off) + " has non-zero flags or sequence"));
+
+    switch (static_cast<RecordType>(h.type)) {
+      case RecordType::kChunk: {
+        const std::string where = "stream #" + std::to_string(h.stream) + ", chunk " +
+                                  std::to_string(h.sequence) + at(off);
+        if (state != State::kStreams) return fail(bad(where + ": chunk after the manifest"));
+        if (h.stream != stream)
+          return fail(corrupt(where + ": found where stream #" + std::to_string(stream) +
+                              " was expected (streams reordered or spliced)"));
+        if (awaiting_table)
+          return fail(corrupt(where + ": chunk after the final chunk of its stream (chunk duplicated or spliced)"));
+        if (h.sequence != walked.size())
+          return fail(corrupt(where + ": expected chunk " + std::to_string(walked.size()) +
+                              " (chunks reordered, duplicated or removed)"));
+        if (h.flags & ~kChunkFinal) return fail(bad(where + ": unknown flags"));
+        const bool final = h.flags & kChunkFinal;
+        if (h.payload_size < crypto::kTagSize || h.payload_size > max_chunk_payload ||
+            (!final && h.payload_size != max_chunk_payload))
+          return fail(bad(where + ": impossible chunk size " + std::to_string(h.payload_size)));
+        if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+        ChunkEntry e;
+        e.record_offset = off;
+        e.plaintext_size = static_cast<uint32_t>(h.payload_size - crypto::kTagSize);
+        e.flags = h.flags;
+        walked.push_back(e);
+        awaiting_table = final;
+        break;
+      }
+      case RecordType::kChunkTable: {
+        const std::string where = "chunk table of stream #" + std::to_string(h.stream) + at(off);
+        if (state != State::kStreams || h.stream != stream)
+          return fail(corrupt(where + ": out of place (streams reordered or spliced)"));
+        if (!awaiting_table)
+          return fail(corrupt(where + ": stream has no final chunk (chunks removed or truncated)"));
+        if (h.payload_size != walked.size() * kChunkTableEntrySize)
+          return fail(corrupt(where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
+                              " chunks, the stream has " + std::to_string(walked.size())));
+        MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, where));
+        StreamLayout layout;
+        layout.table_offset = off;
+        for (size_t i = 0; i < walked.size(); ++i) {
+          ChunkEntry e = decode_chunk_entry(reinterpret_cast<const uint8_t*>(payload.data()) +
+                                            i * kChunkTableEntrySize);
+          if (e.record_offset != walked[i].record_offset ||
+              e.plaintext_size != walked[i].plaintext_size || e.flags != walked[i].flags)
+            return fail(corrupt(where + ": entry " + std::to_string(i) +
+                                " does not describe the chunk found in the file"));
+          layout.chunks.push_back(e);
+        }
+        Bytes record(hb, hb + kRecordHeaderSize);
+        record.insert(record.end(), payload.begin(), payload.end());
+        table_sha256_.push_back(crypto::sha256_hex(record));
+        streams_.push_back(std::move(layout));
+        walked.clear();
+        awaiting_table = false;
+        ++stream;
+        break;
+      }
+      case RecordType::kManifest: {
+        if (state != State::kStreams) return fail(bad("second manifest" + at(off)));
+        if (!walked.empty())
+          return fail(corrupt("stream #" + std::to_string(stream) +
+                              " ends without its final chunk and chunk table (truncated?)"));
+        MLFX_ASSIGN(manifest_bytes_, read_payload(h, off, kMaxMetadataRecord, "manifest"));
+        auto m = Manifest::parse(manifest_bytes_);
+        if (!m) return fail(std::move(m).error().context("manifest" + at(off)));
+        manifest_ = std::move(*m);
+        state = State::kManifest;
+        break;
+      }
+      case RecordType::kSignature: {
+        if (state != State::kManifest) return fail(bad("signature record out of place" + at(off)));
+        if (h.payload_size != crypto::kSignatureSize)
+          return fail(bad("signature record" + at(off) + " is not 64 bytes"));
+        MLFX_ASSIGN(std::string sig, read_payload(h, off, crypto::kSignatureSize, "signature"));
+        signature_.assign(sig.begin(), sig.end());
+        state = State::kSignature;
+        break;
+      }
+      case RecordType::kCustody: {
+        if (state != State::kSignature) return fail(bad("custody record out of place" + at(off)));
+        MLFX_ASSIGN(custody_text, read_payload(h, off, kMaxMetadataRecord, "custody log"));
+        state = State::kCustody;
+        break;
+      }
+      case RecordType::kEnd: {
+        if (state != State::kCustody) return fail(bad("end record out of place" + at(off)));
+        MLFX_ASSIGN(std::string p, read_payload(h, off, 8, "end record"));
+        if (p.size() != 8 || load_le<uint64_t>(reinterpret_cast<const uint8_t*>(p.data())) != off)
+          return fail(corrupt("end record" + at(off) + " does not give its own offset"));
+        if (off + kRecordHeaderSize + 8 != file_size_)
+          return fail(corrupt(std::to_string(file_size_ - off - kRecordHeaderSize - 8) +
+                              " bytes after the end record (data appended)"));
+        state = State::kDone;
+        break;
+      }
+      default:
+        return fail(bad("unknown record type '" + type + "'" + at(off)));
+    }
+    off += kRecordHeaderSize + h.payload_size;
+  }
+  if (state != State::kDone) {
+    static const char* next[] = {"the manifest", "the manifest signature", "the custody log",
+                                 "the end record"};
+    return fail(bad("truncated: the file ends" + at(off) + " before " +
+                    next[static_cast<int>(state)]));
+  }
+  auto log = custody::CustodyLog::parse(custody_text, manifest_.bundle_id_hex());
+  if (!log) return fail(std::move(log).error());
+  custody_ = std::move(*log);
+  return {};
+}
+
+Status BundleReader::cross_check() {
+  const Manifest& m = manifest_;
+  if (m.bundle_id != header_.bundle_id)
+    return fail(corrupt("manifest is for bundle " + m.bundle_id_hex() + " but the file header says " +
+                        to_hex(header_.bundle_id) + " (manifest spliced from another bundle)"));
+  if (m.chunk_size != header_.chunk_size)
+    return fail(corrupt("manifest and file header disagree on the chunk size"));
+  if (m.streams.size() != streams_.size())
+    return fail(corrupt("manifest lists " + std::to_string(m.streams.size()) + " streams, the file holds " +
+                        std::to_string(streams_.size())));
+  for (size_t i = 0; i < streams_.size(); ++i) {
+    const StreamInfo& s = m.streams[i];
+    uint64_t size = 0;
+    for (const auto& c : streams_[i].chunks) size += c.plaintext_size;
+    if (s.chunks != streams_[i].chunks.size() || s.size != size)
+      return fail(corrupt("stream " + s.name + ": manifest says " + std::to_string(s.chunks) + " chunks / " +
+                          std::to_string(s.size) + " bytes, the file holds " +
+                          std::to_string(streams_[i].chunks.size()) + " / " + std::to_string(size)));
+    if (s.chunk_table_sha256 != table_sha256_[i])
+      return fail(corrupt("stream " + s.name + ": chunk table" + at(streams_[i].table_offset) +
+                          " does not match the manifest (chunk table altered or swapped)"));
+  }
+  return {};
+}
+
+Status BundleReader::verify_signature() const {
+  auto key = crypto::VerifyKey::from_raw(manifest_.device.public_key);
+  if (!key) return fail(corrupt("manifest: device public key is invalid"));
+  if (key->fingerprint() != manifest_.device.key_fingerprint)
+    return fail(corrupt("manifest: device key fingerprint does not match the device public key"));
+  if (!key->verify(manifest_signing_message(manifest_bytes_), signature_))
+    return fail(corrupt("manifest signature does not verify with the device key " +
+                        key->fingerprint() + " (manifest or signature altered)"));
+  return {};
+}
+
+Status BundleReader::verify_chunks(Progress* progress) const {
+  Bytes buf(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize);
+  for (size_t s = 0; s < streams_.size(); ++s) {
+    const auto& chunks = streams_[s].chunks;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const size_t n = kRecordHeaderSize + chunks[i].plaintext_size + crypto::kTagSize;
+      MLFX_TRY(file_.pread_exact(chunks[i].record_offset, buf.data(), n));
+      Bytes digest = crypto::sha256({buf.data(), n});
+      if (std::memcmp(digest.data(), chunks[i].record_sha256.data(), 32) != 0)
+        return fail(corrupt(stream_label(uint32_t(s)) + ", chunk " + std::to_string(i) +
+                            at(chunks[i].record_offset) +
+                            ": SHA-256 does not match the signed chunk table (chunk altered)"));
+      if (progress) progress->advance(n);
+    }
+  }
+  return {};
+}
+
+Result<custody::ChainReport> BundleReader::verify_custody() const {
+  auto report = custody_.verify();
+  if (!report) return fail(std::move(report).error().context("custody log"));
+  const auto& events = custody_.events();
+  if (report->events < 2 || report->types[0] != "acquired" || report->types[1] != "sealed")
+    return fail(corrupt("custody log does not begin with the device's 'acquired' and 'sealed' events"));
+  for (size_t i = 0; i < 2; ++i)
+    if (report->fingerprints[i] != manifest_.device.key_fingerprint)
+      return fail(corrupt("custody log: event " + std::to_string(i) + " is not signed by the device key"));
+  const auto& details = events[1]["details"];
+  const std::string want = crypto::sha256_hex(as_bytes(manifest_bytes_));
+  if (!details.is_object() || !details.contains("manifest_sha256") ||
+      details["manifest_sha256"] != want)
+    return fail(corrupt("custody log: the 'sealed' event does not refer to this manifest"));
+  return report;
+}
+
+Result<SecretBytes> BundleReader::unwrap_data_key(const crypto::BoxSecretKey& lab) const {
+  const std::string& fp = lab.public_key().fingerprint();
+  for (const auto& w : manifest_.recipients) {
+    if (w.recipient_fingerprint != fp) continue;
+    MLFX_ASSIGN(SecretBytes key, crypto::unwrap_data_key(lab, w, manifest_.bundle_id));
+    MLFX_ASSIGN(Bytes commitment, key_commitment(key.view(), manifest_.bundle_id));
+    if (!equal_ct(commitment, manifest_.key_commitment))
+      return fail(corrupt("the data key wrapped for " + fp + " does not match the manifest's key commitment"));
+    return key;
+  }
+  std::string list;
+  for (const auto& w : manifest_.recipients) list += " " + w.recipient_fingerprint;
+  return fail(Errc::kNotFound, "the bundle is not encrypted to lab key " + fp +
+                                   "; its recipients are:" + list);
+}
+
+Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
+                                    const std::function<Status(ByteView)>& sink,
+                                    Progress* progress) const {
+  if (index >= streams_.size()) return fail(Errc::kInvalidArgument, "no such stream");
+  const StreamInfo& info = manifest_.streams[index];
+  const std::string label = stream_label(uint32_t(index));
+  MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key));
+  MLFX_ASSIGN(crypto::Hasher sha256, crypto::Hasher::create(crypto::HashAlg::kSha256));
+  std::optional<crypto::Hasher> md5, sha1;
+  if (info.md5) {
+    MLFX_ASSIGN(md5, crypto::Hasher::create(crypto::HashAlg::kMd5));
+  }
+  if (info.sha1) {
+    MLFX_ASSIGN(sha1, crypto::Hasher::create(crypto::HashAlg::kSha1));
+  }
+  Bytes record(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize);
+  Bytes plain(header_.chunk_size);
+  const auto& chunks = streams_[index].chunks;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ChunkEntry& c = chunks[i];
+    const std::string where = label + ", chunk " + std::to_string(i) + at(c.record_offset);
+    const size_t n = kRecordHeaderSize + c.plaintext_size + crypto::kTagSize;
+    MLFX_TRY(file_.pread_exact(c.record_offset, record.data(), n));
+    Bytes digest = crypto::sha256({record.data(), n});
+    if (std::memcmp(digest.data(), c.record_sha256.data(), 32) != 0)
+      return fail(corrupt(where + ": SHA-256 does not match the signed chunk table (chunk altered)"));
+    ByteView hdr(record.data(), kRecordHeaderSize);
+    auto nonce = chunk_nonce(uint32_t(index), i);
+    MLFX_ASSIGN(bool ok, gcm.open(nonce, chunk_aad(header_.bundle_id, hdr),
+                                  {record.data() + kRecordHeaderSize, c.plaintext_size},
+                                  {record.data() + kRecordHeaderSize + c.plaintext_size, crypto::kTagSize},
+                                  plain.data()));
+    if (!ok) return fail(corrupt(where + ": authentication tag mismatch"));
+    ByteView pt(plain.data(), c.plaintext_size);
+    sha256.update(pt);
+    if (md5) md5->update(pt);
+    if (sha1) sha1->update(pt);
+    MLFX_TRY(sink(pt));
+    if (progress) progress->advance(c.plaintext_size);
+  }
+  MLFX_ASSIGN(Bytes got, sha256.finish());
+  if (to_hex(got) != info.sha256)
+    return fail(corrupt(label + ": SHA-256 of the decrypted stream does not match the manifest"));
+  if (md5) {
+    MLFX_ASSIGN(Bytes m, md5->finish());
+    if (to_hex(m) != *info.md5) return fail(corrupt(label + ": MD5 does not match the manifest"));
+  }
+  if (sha1) {
+    MLFX_ASSIGN(Bytes s, sha1->finish());
+    if (to_hex(s) != *info.sha1) return fail(corrupt(label + ": SHA-1 does not match the manifest"));
+  }
+  return {};
+}
+
+}  // namespace mlfx::bundle
