@@ -4,7 +4,9 @@ function(mlfx_test name)
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60
-                       PROPERTIES LABELS "${T_LABELS}"
-                                  ENVIRONMENT "MLFX_BIN=${PROJECT_BINARY_DIR}/analyzer")
+  set(props ENVIRONMENT "MLFX_BIN=${PROJECT_BINARY_DIR}/analyzer")
+  if(T_LABELS)
+    list(APPEND props LABELS "${T_LABELS}")
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES ${props})
 endfunction()

@@ -247,8 +247,11 @@ Result<custody::ChainReport> BundleReader::verify_custody() const {
   auto report = custody_.verify();
   if (!report) return fail(std::move(report).error().context("custody log"));
   const auto& events = custody_.events();
-  if (report->events < 2 || report->types[0] != "acquired" || report->types[1] != "sealed")
-    return fail(corrupt("custody log does not begin with the device's 'acquired' and 'sealed' events"));
+  // A bundle carries exactly the device's own events; later events (shipped, received,
+  // opened...) extend the chain outside the immutable bundle.
+  if (report->events != 2 || report->types[0] != "acquired" || report->types[1] != "sealed")
+    return fail(corrupt("custody log must hold exactly the device's 'acquired' and 'sealed' events, "
+                        "found " + std::to_string(report->events) + " events"));
   for (size_t i = 0; i < 2; ++i)
     if (report->fingerprints[i] != manifest_.device.key_fingerprint)
       return fail(corrupt("custody log: event " + std::to_string(i) + " is not signed by the device key"));

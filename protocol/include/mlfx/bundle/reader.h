@@ -37,8 +37,8 @@ class BundleReader {
   Status verify_signature() const;
   // SHA-256 of every sealed chunk record against the signed chunk tables.
   Status verify_chunks(Progress* progress) const;
-  // The custody chain: links, signatures, and that its first events are the device's
-  // acquisition and seal of exactly this manifest.
+  // The custody chain: links, signatures, and that it holds exactly the device's
+  // acquisition and seal of this manifest.
   Result<custody::ChainReport> verify_custody() const;
 
   // The data key, unwrapped with the lab key and checked against the manifest commitment.

@@ -1,0 +1,106 @@
+#include <gtest/gtest.h>
+
+#include "mlfx/base/bytes.h"
+#include "mlfx/base/clock.h"
+#include "mlfx/base/file.h"
+#include "mlfx/base/json.h"
+#include "mlfx/base/result.h"
+#include "test_util.h"
+
+namespace mlfx {
+namespace {
+
+TEST(Bytes, HexRoundTripAndRejects) {
+  Bytes b = {0x00, 0x01, 0xab, 0xff};
+  EXPECT_EQ(to_hex(b), "0001abff");
+  EXPECT_EQ(*from_hex("0001ABff"), b);
+  EXPECT_FALSE(from_hex("abc"));
+  EXPECT_FALSE(from_hex("zz"));
+}
+
+TEST(Bytes, Base64RoundTripAllLengths) {
+  for (size_t n = 0; n < 40; ++n) {
+    Bytes b(n);
+    for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(i * 37 + n);
+    auto back = from_base64(to_base64(b));
+    ASSERT_TRUE(back) << n;
+    EXPECT_EQ(*back, b) << n;
+  }
+  EXPECT_FALSE(from_base64("abc"));
+  EXPECT_FALSE(from_base64("ab!="));
+}
+
+TEST(Bytes, LittleEndian) {
+  uint8_t buf[8];
+  store_le<uint64_t>(buf, 0x0102030405060708ull);
+  EXPECT_EQ(buf[0], 0x08);
+  EXPECT_EQ(buf[7], 0x01);
+  EXPECT_EQ(load_le<uint64_t>(buf), 0x0102030405060708ull);
+  store_le<uint32_t>(buf, 0xdeadbeef);
+  EXPECT_EQ(load_le<uint32_t>(buf), 0xdeadbeefu);
+}
+
+TEST(Bytes, ConstantTimeEqualAndSecretWipe) {
+  EXPECT_TRUE(equal_ct(as_bytes("abc"), as_bytes("abc")));
+  EXPECT_FALSE(equal_ct(as_bytes("abc"), as_bytes("abd")));
+  EXPECT_FALSE(equal_ct(as_bytes("abc"), as_bytes("ab")));
+  SecretBytes s(16);
+  s.data()[0] = 7;
+  SecretBytes t = std::move(s);
+  EXPECT_EQ(t.size(), 16u);
+  EXPECT_EQ(t.data()[0], 7);
+}
+
+TEST(Error, ContextChainPrintsOutermostFirst) {
+  Error e = Error(Errc::kCorrupt, "authentication tag mismatch").context("stream cpu, chunk 17").context("x.mlfx");
+  EXPECT_EQ(e.to_string(), "x.mlfx: stream cpu, chunk 17: authentication tag mismatch");
+  EXPECT_EQ(e.code(), Errc::kCorrupt);
+}
+
+TEST(File, CreateNewRefusesToOverwrite) {
+  testing::TempDir dir;
+  ASSERT_TRUE(write_new_file(dir / "a", "one", 0600));
+  auto again = write_new_file(dir / "a", "two", 0600);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code(), Errc::kExists);
+  EXPECT_EQ(testing::read_file(dir / "a"), "one");
+}
+
+TEST(File, ReadsAndReportsShortFiles) {
+  testing::TempDir dir;
+  testing::write_file(dir / "f", "0123456789");
+  auto f = File::open_read(dir / "f");
+  ASSERT_TRUE(f);
+  uint8_t buf[4];
+  ASSERT_TRUE(f->pread_exact(6, buf, 4));
+  EXPECT_EQ(std::string(buf, buf + 4), "6789");
+  EXPECT_FALSE(f->pread_exact(8, buf, 4));
+  EXPECT_FALSE(File::open_read(dir / "missing"));
+  EXPECT_FALSE(File::open_read(dir.path()));  // a directory
+  EXPECT_FALSE(read_small_file(dir / "f", 5));
+}
+
+TEST(Clock, UtcTimestampHasZone) {
+  std::string t = utc_timestamp();
+  ASSERT_EQ(t.size(), 27u) << t;
+  EXPECT_EQ(t.back(), 'Z');
+  EXPECT_EQ(t[10], 'T');
+}
+
+TEST(Json, StrictGettersNameTheField) {
+  auto j = json::parse(R"({"a":"x","n":5,"neg":-1,"h":"00ff"})", "doc");
+  ASSERT_TRUE(j);
+  EXPECT_EQ(*json::get_string(*j, "a", "doc"), "x");
+  EXPECT_EQ(*json::get_uint(*j, "n", "doc"), 5u);
+  auto neg = json::get_uint(*j, "neg", "doc");
+  ASSERT_FALSE(neg);
+  EXPECT_NE(neg.error().message().find("'neg'"), std::string::npos);
+  EXPECT_FALSE(json::get_string(*j, "missing", "doc"));
+  EXPECT_FALSE(json::get_hex(*j, "h", 3, "doc"));
+  EXPECT_TRUE(json::get_hex(*j, "h", 2, "doc"));
+  EXPECT_FALSE(json::parse("{", "doc"));
+  EXPECT_EQ(json::canonical(*json::parse(R"({"b":1, "a":2})", "d")), R"({"a":2,"b":1})");
+}
+
+}  // namespace
+}  // namespace mlfx

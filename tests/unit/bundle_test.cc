@@ -1,0 +1,169 @@
+#include <gtest/gtest.h>
+
+#include "bundle_fixture.h"
+#include "mlfx/crypto/hash.h"
+#include "test_util.h"
+
+namespace mlfx::bundle {
+namespace {
+
+using testing::NamedData;
+
+TEST(Format, HeadersRoundTrip) {
+  FileHeader h;
+  h.chunk_size = 65536;
+  for (size_t i = 0; i < h.bundle_id.size(); ++i) h.bundle_id[i] = uint8_t(i);
+  auto enc = encode_file_header(h);
+  auto dec = decode_file_header(enc);
+  ASSERT_TRUE(dec);
+  EXPECT_EQ(dec->bundle_id, h.bundle_id);
+  EXPECT_EQ(dec->chunk_size, 65536u);
+  enc[20] ^= 1;
+  EXPECT_EQ(decode_file_header(enc).error().code(), Errc::kCorrupt);
+
+  RecordHeader r{uint32_t(RecordType::kChunk), kChunkFinal, 1234, 7, 99};
+  auto renc = encode_record_header(r);
+  auto rdec = decode_record_header(renc, 0);
+  ASSERT_TRUE(rdec);
+  EXPECT_EQ(rdec->payload_size, 1234u);
+  EXPECT_EQ(rdec->stream, 7u);
+  EXPECT_EQ(rdec->sequence, 99u);
+  EXPECT_EQ(record_type_name(uint32_t(RecordType::kChunk)), "CHNK");
+  EXPECT_EQ(record_type_name(uint32_t(RecordType::kEnd)), "END");
+}
+
+TEST(Format, StreamNames) {
+  EXPECT_TRUE(is_valid_stream_name("cpu"));
+  EXPECT_TRUE(is_valid_stream_name("core.1_x-y"));
+  EXPECT_FALSE(is_valid_stream_name(""));
+  EXPECT_FALSE(is_valid_stream_name(".hidden"));
+  EXPECT_FALSE(is_valid_stream_name("a/b"));
+  EXPECT_FALSE(is_valid_stream_name(".."));
+  EXPECT_FALSE(is_valid_stream_name("SHA256SUMS"));
+  EXPECT_FALSE(is_valid_stream_name("manifest.json"));
+  EXPECT_FALSE(is_valid_stream_name(std::string(65, 'a')));
+}
+
+class BundleRoundTrip : public ::testing::Test {
+ protected:
+  testing::TempDir dir;
+  testing::TestKeys keys = testing::make_keys();
+};
+
+TEST_F(BundleRoundTrip, ManySizesExactly) {
+  const uint32_t cs = kMinChunkSize;
+  NamedData streams = {{"empty", ""},
+                       {"one", "x"},
+                       {"exact", testing::random_string(cs, 1)},
+                       {"exact3", testing::random_string(3 * cs, 2)},
+                       {"ragged", testing::random_string(3 * cs + 17, 3)},
+                       {"minus1", testing::random_string(2 * cs - 1, 4)}};
+  auto m = testing::seal_strings(dir / "b.mlfx", keys, streams, cs, true);
+  ASSERT_TRUE(m) << m.error().to_string();
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r) << r.error().to_string();
+  ASSERT_EQ(r->manifest().streams.size(), streams.size());
+  const uint64_t expected_chunks[] = {1, 1, 1, 3, 4, 2};
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const auto& s = r->manifest().streams[i];
+    EXPECT_EQ(s.name, streams[i].first);
+    EXPECT_EQ(s.size, streams[i].second.size());
+    EXPECT_EQ(s.chunks, expected_chunks[i]) << s.name;
+    EXPECT_EQ(s.sha256, crypto::sha256_hex(as_bytes(streams[i].second)));
+    ASSERT_TRUE(s.md5 && s.sha1);
+  }
+  EXPECT_TRUE(r->verify_signature());
+  EXPECT_TRUE(r->verify_chunks(nullptr));
+  auto chain = r->verify_custody();
+  ASSERT_TRUE(chain) << chain.error().to_string();
+  EXPECT_EQ(chain->types, (std::vector<std::string>{"acquired", "sealed"}));
+  auto data = testing::decrypt_all(*r, *keys.lab.box);
+  ASSERT_TRUE(data) << data.error().to_string();
+  for (size_t i = 0; i < streams.size(); ++i) EXPECT_EQ((*data)[i], streams[i].second);
+}
+
+TEST_F(BundleRoundTrip, NoPlaintextInTheBundle) {
+  std::string secret = "SECRET-MODEL-WEIGHTS-" + std::string(5000, 'w');
+  ASSERT_TRUE(testing::seal_strings(dir / "b.mlfx", keys, {{"cpu", secret}}));
+  std::string raw = testing::read_file(dir / "b.mlfx");
+  EXPECT_EQ(raw.find("SECRET-MODEL"), std::string::npos);
+  EXPECT_EQ(raw.find(std::string(64, 'w')), std::string::npos);
+}
+
+TEST_F(BundleRoundTrip, WriteFromFileEqualsWrite) {
+  std::string data = testing::random_string(5 * kMinChunkSize + 123, 5);
+  testing::write_file(dir / "in", data);
+  auto out = File::create_new(dir / "b.mlfx", 0600);
+  ASSERT_TRUE(out);
+  SealParams p;
+  p.chunk_size = kMinChunkSize;
+  auto w = BundleWriter::create(std::move(*out), *keys.device.signing, {keys.lab.box->public_key()}, p);
+  ASSERT_TRUE(w);
+  auto in = File::open_read(dir / "in");
+  ASSERT_TRUE(w->begin_stream("f", dir / "in"));
+  ASSERT_TRUE(w->write_from(*in, nullptr));
+  ASSERT_TRUE(w->end_stream());
+  ASSERT_TRUE(w->finish());
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->manifest().streams[0].chunks, 6u);
+  auto got = testing::decrypt_all(*r, *keys.lab.box);
+  ASSERT_TRUE(got);
+  EXPECT_EQ((*got)[0], data);
+}
+
+TEST_F(BundleRoundTrip, SeveralRecipientsEachOpen) {
+  auto lab2 = crypto::BoxSecretKey::generate();
+  auto stranger = crypto::BoxSecretKey::generate();
+  auto out = File::create_new(dir / "b.mlfx", 0600);
+  auto w = BundleWriter::create(std::move(*out), *keys.device.signing,
+                                {keys.lab.box->public_key(), lab2->public_key()}, {});
+  ASSERT_TRUE(w);
+  ASSERT_TRUE(w->begin_stream("s", "m"));
+  ASSERT_TRUE(w->write(as_bytes("payload")));
+  ASSERT_TRUE(w->end_stream());
+  ASSERT_TRUE(w->finish());
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r);
+  EXPECT_EQ((*testing::decrypt_all(*r, *keys.lab.box))[0], "payload");
+  EXPECT_EQ((*testing::decrypt_all(*r, *lab2))[0], "payload");
+  auto no = r->unwrap_data_key(*stranger);
+  ASSERT_FALSE(no);
+  EXPECT_NE(no.error().message().find("not encrypted to lab key"), std::string::npos);
+}
+
+TEST_F(BundleRoundTrip, WriterRejectsMisuse) {
+  auto out = File::create_new(dir / "b.mlfx", 0600);
+  auto none = BundleWriter::create(std::move(*out), *keys.device.signing, {}, {});
+  EXPECT_FALSE(none);
+  auto out2 = File::create_new(dir / "c.mlfx", 0600);
+  auto w = BundleWriter::create(std::move(*out2), *keys.device.signing, {keys.lab.box->public_key()}, {});
+  ASSERT_TRUE(w);
+  EXPECT_FALSE(w->write(as_bytes("x")));            // no stream
+  EXPECT_FALSE(w->begin_stream("../etc", "x"));     // bad name
+  EXPECT_FALSE(w->begin_stream("SHA256SUMS", "x"));  // reserved
+  ASSERT_TRUE(w->begin_stream("a", "x"));
+  EXPECT_FALSE(w->begin_stream("b", "x"));  // nested
+  EXPECT_FALSE(w->finish());                // stream open
+  ASSERT_TRUE(w->end_stream());
+  EXPECT_FALSE(w->begin_stream("a", "x"));  // duplicate
+}
+
+TEST_F(BundleRoundTrip, ManifestRecordsWhatHappened) {
+  auto m = testing::seal_strings(dir / "b.mlfx", keys, {{"cpu", "abc"}});
+  ASSERT_TRUE(m);
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r);
+  const Manifest& rm = r->manifest();
+  EXPECT_EQ(rm.case_id, "case-1");
+  EXPECT_EQ(rm.device.key_fingerprint, keys.device.signing->public_key().fingerprint());
+  EXPECT_EQ(rm.recipients.at(0).recipient_fingerprint, keys.lab.box->public_key().fingerprint());
+  EXPECT_EQ(rm.created_utc.back(), 'Z');
+  EXPECT_EQ(rm.tool.name, "mlfx");
+  EXPECT_FALSE(rm.device.hostname.empty());
+  // The stored manifest is canonical: parsing and serialising gives the same bytes.
+  EXPECT_EQ(rm.serialize(), r->manifest_bytes());
+}
+
+}  // namespace
+}  // namespace mlfx::bundle
