@@ -10,7 +10,7 @@ packages=(
   libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev
   # tests, fuzzing, benchmarks
   googletest libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
-  coreutils util-linux
+  coreutils util-linux bc
 )
 
 missing=()

@@ -168,9 +168,10 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
   OpenResult result;
   std::string sums;
   json::Json files = json::Json::array();
+  std::vector<std::pair<std::string, std::string>> renames;  // partial -> final
   for (size_t i = 0; i < m.streams.size(); ++i) {
     const auto& s = m.streams[i];
-    const std::string partial = out.path("." + s.name + ".partial"), final_path = out.path(s.name);
+    const std::string partial = out.path("." + s.name + ".partial");
     MLFX_ASSIGN(File f, File::create_new(partial, 0440));
     out.track(partial);
     std::optional<Progress> bar;
@@ -180,13 +181,16 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
     if (bar) bar->finish();
     MLFX_TRY(f.sync());
     MLFX_TRY(f.close());
-    // Only a fully authenticated stream gets its real name.
-    if (rename(partial.c_str(), final_path.c_str()) != 0)
-      return fail(Errc::kIo, "cannot rename " + partial + ": " + errno_text(errno));
-    out.track(final_path);
+    renames.emplace_back(partial, out.path(s.name));
     sums += s.sha256 + "  " + s.name + "\n";
     files.push_back({{"name", s.name}, {"size", s.size}, {"sha256", s.sha256}});
     result.files.push_back(s.name);
+  }
+  // Streams get their real names only once every one of them has been authenticated.
+  for (const auto& [partial, final_path] : renames) {
+    if (rename(partial.c_str(), final_path.c_str()) != 0)
+      return fail(Errc::kIo, "cannot rename " + partial + ": " + errno_text(errno));
+    out.track(final_path);
   }
 
   auto write = [&](const std::string& name, std::string_view data) -> Status {
