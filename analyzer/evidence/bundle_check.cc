@@ -29,6 +29,9 @@ Result<std::vector<crypto::VerifyKey>> load_trusted_devices(const std::string& d
   for (const auto& n : names) {
     auto k = crypto::load_public_key_file(dir + "/" + n);
     if (!k) return fail(std::move(k).error().context("trusted devices"));
+    if (k->kind != crypto::KeyKind::kDevice)
+      return fail(Errc::kInvalidArgument, "trusted devices: " + dir + "/" + n +
+                                              " is a lab key, not a device key; remove it from " + dir);
     keys.push_back(*k->verify);
   }
   if (keys.empty())
@@ -204,6 +207,8 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
   sums += crypto::sha256_hex(as_bytes(reader.manifest_bytes())) + "  manifest.json\n";
   sums += crypto::sha256_hex(reader.signature()) + "  manifest.sig\n";
 
+  report.lines.push_back({"chunks", true, "every chunk matched its signed hash and authenticated "
+                                          "(AES-256-GCM); every stream re-hashed"});
   custody::CustodyLog log = reader.custody();
   HostIdentity host = local_host_identity();
   json::Json checks = report.to_json();

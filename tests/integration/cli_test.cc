@@ -121,6 +121,11 @@ TEST_F(Cli, TrustedDevices) {
   auto v = mlfx("bundle verify -q " + b + " --trusted-devices " + (dir / "strangers"));
   EXPECT_EQ(v.exit_code, 1);
   EXPECT_NE(v.output.find("not among the 1 trusted keys"), std::string::npos) << v.output;
+  // A lab key does not belong among trusted devices.
+  run("cp " + (dir / "lab.pub") + " " + (dir / "trusted/"));
+  auto lab = mlfx("bundle verify -q " + b + " --trusted-devices " + (dir / "trusted"));
+  EXPECT_EQ(lab.exit_code, 1);
+  EXPECT_NE(lab.output.find("is a lab key, not a device key"), std::string::npos) << lab.output;
   auto j = mlfx("bundle verify --json " + b + " --trusted-devices " + (dir / "strangers"));
   auto parsed = json::parse(j.output, "verify json");
   ASSERT_TRUE(parsed) << j.output;

@@ -40,6 +40,7 @@ TEST(Format, StreamNames) {
   EXPECT_FALSE(is_valid_stream_name("a/b"));
   EXPECT_FALSE(is_valid_stream_name(".."));
   EXPECT_FALSE(is_valid_stream_name("SHA256SUMS"));
+  EXPECT_FALSE(is_valid_stream_name("sha256sums"));  // case-insensitive file systems
   EXPECT_FALSE(is_valid_stream_name("manifest.json"));
   EXPECT_FALSE(is_valid_stream_name(std::string(65, 'a')));
 }

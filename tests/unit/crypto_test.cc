@@ -171,6 +171,16 @@ TEST(KeyFiles, RefusesOverwriteAndLooseModes) {
   EXPECT_NE(loose.error().message().find("chmod 600"), std::string::npos);
 }
 
+TEST(KeyFiles, EncryptedKeysGetAClearMessageAndNoPrompt) {
+  testing::TempDir dir;
+  ASSERT_EQ(testing::run("openssl genpkey -algorithm ED25519 -aes256 -pass pass:secret -out " + dir / "enc.key" +
+                         " < /dev/null").exit_code, 0);
+  auto k = parse_secret_key_pem(testing::read_file(dir / "enc.key"), "enc.key");
+  ASSERT_FALSE(k);
+  EXPECT_EQ(k.error().code(), Errc::kUnsupported);
+  EXPECT_NE(k.error().message().find("encrypted private key"), std::string::npos);
+}
+
 TEST(KeyFiles, RejectsGarbageAndWrongKinds) {
   EXPECT_FALSE(parse_secret_key_pem("", "x"));
   EXPECT_FALSE(parse_secret_key_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "x"));

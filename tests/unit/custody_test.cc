@@ -100,6 +100,19 @@ TEST_F(CustodyTest, ResignedEventBreaksTheChainAfterIt) {
   EXPECT_NE(r.error().message().find("custody event 2"), std::string::npos) << r.error().message();
 }
 
+TEST_F(CustodyTest, OnlyCanonicalLinesAreAccepted) {
+  auto l = lines();
+  std::string spaced = l[1];
+  spaced.insert(1, " ");  // same JSON value, different bytes
+  l[1] = spaced;
+  auto r = CustodyLog::parse(join(l), kBundle);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("canonical"), std::string::npos);
+  l = lines();
+  l[0].insert(1, "\"type\":\"sealed\",");  // a duplicate key that some parsers would read
+  EXPECT_FALSE(CustodyLog::parse(join(l), kBundle));
+}
+
 TEST_F(CustodyTest, OtherBundleTruncatedLineAndUnknownType) {
   auto other = CustodyLog::parse(log.serialize(), "ffffffffffffffffffffffffffffffff");
   ASSERT_TRUE(other);

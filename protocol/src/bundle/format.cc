@@ -1,5 +1,7 @@
 #include "mlfx/bundle/format.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "mlfx/crypto/hash.h"
@@ -116,7 +118,9 @@ ChunkEntry decode_chunk_entry(const uint8_t* in) {
 bool is_valid_stream_name(std::string_view name) {
   if (name.empty() || name.size() > 64 || name[0] == '.') return false;
   for (std::string_view reserved : kReservedStreamNames)
-    if (name == reserved) return false;
+    if (std::equal(name.begin(), name.end(), reserved.begin(), reserved.end(),
+                   [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
+      return false;
   for (char c : name)
     if (!(isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
   return true;

@@ -1,5 +1,6 @@
 #include "mlfx/bundle/manifest.h"
 
+#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -68,8 +69,15 @@ Result<Manifest> Manifest::parse(std::string_view text) {
   MLFX_ASSIGN(std::string format, json::get_string(j, "format", w));
   if (format != "mlfx-bundle") return fail(Errc::kBadFormat, "manifest: format is not mlfx-bundle");
   MLFX_ASSIGN(std::string version, json::get_string(j, "format_version", w));
-  if (version != std::to_string(kFormatMajor) + "." + std::to_string(kFormatMinor))
-    return fail(Errc::kUnsupported, "manifest: format_version " + version + " is not supported");
+  unsigned major = 0, minor = 0;
+  char tail = 0;
+  if (std::sscanf(version.c_str(), "%u.%u%c", &major, &minor, &tail) != 2 || major > 0xffff ||
+      minor > 0xffff)
+    return fail(Errc::kBadFormat, "manifest: format_version '" + version + "' is not MAJOR.MINOR");
+  if (major != kFormatMajor)
+    return fail(Errc::kUnsupported, "manifest: format_version " + version + " is not supported (reads 1.x)");
+  m.format_major = static_cast<uint16_t>(major);
+  m.format_minor = static_cast<uint16_t>(minor);
   MLFX_ASSIGN(Bytes id, json::get_hex(j, "bundle_id", kBundleIdSize, w));
   std::memcpy(m.bundle_id.data(), id.data(), kBundleIdSize);
   MLFX_ASSIGN(uint64_t chunk_size, json::get_uint(j, "chunk_size", w));
@@ -86,6 +94,12 @@ Result<Manifest> Manifest::parse(std::string_view text) {
   MLFX_ASSIGN(m.device.machine_id, json::get_string(*dev, "machine_id", wd));
   MLFX_ASSIGN(m.device.key_fingerprint, json::get_string(*dev, "key_fingerprint", wd));
   MLFX_ASSIGN(m.device.public_key, json::get_base64(*dev, "public_key", crypto::kRawKeySize, wd));
+  MLFX_ASSIGN(std::string key_alg, json::get_string(*dev, "key_algorithm", wd));
+  if (key_alg != "Ed25519") return fail(Errc::kUnsupported, "manifest: device key algorithm " + key_alg);
+  MLFX_ASSIGN(std::string chunk_hash, json::get_string(j, "chunk_hash", w));
+  if (chunk_hash != "SHA-256") return fail(Errc::kUnsupported, "manifest: chunk hash " + chunk_hash);
+  MLFX_ASSIGN(std::string zone, json::get_string(j, "time_zone", w));
+  if (zone != "UTC") return fail(Errc::kBadFormat, "manifest: time_zone must be UTC");
 
   MLFX_ASSIGN(const Json* tool, json::get_object(j, "tool", w));
   MLFX_ASSIGN(m.tool.name, json::get_string(*tool, "name", "manifest.tool"));
@@ -111,6 +125,9 @@ Result<Manifest> Manifest::parse(std::string_view text) {
     const std::string wr = "manifest recipient " + std::to_string(i);
     crypto::WrappedKey k;
     MLFX_ASSIGN(k.recipient_fingerprint, json::get_string(r, "fingerprint", wr));
+    for (const auto& earlier : m.recipients)
+      if (earlier.recipient_fingerprint == k.recipient_fingerprint)
+        return fail(Errc::kBadFormat, wr + ": recipient listed twice");
     MLFX_ASSIGN(k.ephemeral_public, json::get_base64(r, "ephemeral_public", crypto::kRawKeySize, wr));
     MLFX_ASSIGN(k.nonce, json::get_base64(r, "nonce", crypto::kNonceSize, wr));
     MLFX_ASSIGN(k.ciphertext,
@@ -140,8 +157,12 @@ Result<Manifest> Manifest::parse(std::string_view text) {
     s.sha256 = to_hex(sha);
     MLFX_ASSIGN(Bytes tbl, json::get_hex(sj, "chunk_table_sha256", 32, ws));
     s.chunk_table_sha256 = to_hex(tbl);
-    MLFX_ASSIGN(s.md5, json::get_optional_string(sj, "md5", ws));
-    MLFX_ASSIGN(s.sha1, json::get_optional_string(sj, "sha1", ws));
+    if (sj.contains("md5") || sj.contains("sha1")) {
+      MLFX_ASSIGN(Bytes md5, json::get_hex(sj, "md5", 16, ws));
+      MLFX_ASSIGN(Bytes sha1, json::get_hex(sj, "sha1", 20, ws));
+      s.md5 = to_hex(md5);
+      s.sha1 = to_hex(sha1);
+    }
     MLFX_ASSIGN(s.started_utc, json::get_string(sj, "started_utc", ws));
     MLFX_ASSIGN(s.finished_utc, json::get_string(sj, "finished_utc", ws));
     m.streams.push_back(std::move(s));

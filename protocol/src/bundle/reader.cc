@@ -110,10 +110,12 @@ Status BundleReader::walk() {
           return fail(corrupt(where + ": out of place (streams reordered or spliced)"));
         if (!awaiting_table)
           return fail(corrupt(where + ": stream has no final chunk (chunks removed or truncated)"));
+        if (walked.size() > kMaxChunksPerStream)
+          return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks"));
         if (h.payload_size != walked.size() * kChunkTableEntrySize)
           return fail(corrupt(where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
                               " chunks, the stream has " + std::to_string(walked.size())));
-        MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, where));
+        MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, "chunk table"));
         StreamLayout layout;
         layout.table_offset = off;
         for (size_t i = 0; i < walked.size(); ++i) {
@@ -194,6 +196,8 @@ Status BundleReader::cross_check() {
   if (m.bundle_id != header_.bundle_id)
     return fail(corrupt("manifest is for bundle " + m.bundle_id_hex() + " but the file header says " +
                         to_hex(header_.bundle_id) + " (manifest spliced from another bundle)"));
+  if (m.format_major != header_.major || m.format_minor != header_.minor)
+    return fail(corrupt("manifest and file header disagree on the format version"));
   if (m.chunk_size != header_.chunk_size)
     return fail(corrupt("manifest and file header disagree on the chunk size"));
   if (m.streams.size() != streams_.size())

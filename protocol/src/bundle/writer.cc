@@ -41,6 +41,10 @@ struct BundleWriter::Impl {
   // Seals plain[0..fill) as chunk table.size() of the current stream.
   Status seal_chunk(bool final) {
     const uint64_t index = table.size();
+    if (index >= kMaxChunksPerStream)
+      return fail(Errc::kInvalidArgument,
+                  "stream " + stream.name + " exceeds " + std::to_string(kMaxChunksPerStream) +
+                      " chunks of " + std::to_string(plain.size()) + " bytes; seal it with a larger chunk size");
     RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), final ? kChunkFinal : 0,
                    fill + crypto::kTagSize, stream.index, index};
     auto hdr = encode_record_header(h);

@@ -161,14 +161,22 @@ Result<SecretBytes> BoxSecretKey::agree(const BoxPublicKey& peer) const {
 // ---- files ----
 
 
+namespace {
+// Never prompt for a pass phrase: mlfx keys are stored unencrypted with mode 0600.
+int no_pass_phrase(char*, int, int, void*) { return -1; }
+}  // namespace
+
 Result<SecretKeyFile> parse_secret_key_pem(std::string_view pem, const std::string& origin) {
+  if (pem.find("ENCRYPTED") != std::string_view::npos)
+    return fail(Errc::kUnsupported, origin + " is an encrypted private key; mlfx reads unencrypted PKCS#8 "
+                                             "keys (protect them with mode 0600 or an HSM-backed store)");
   std::optional<SigningKey> signing;
   std::optional<BoxSecretKey> box;
   BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
   if (!bio) return fail(Errc::kCrypto, "out of memory");
   Status status;
   int count = 0;
-  while (EVP_PKEY* raw = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr)) {
+  while (EVP_PKEY* raw = PEM_read_bio_PrivateKey(bio, nullptr, no_pass_phrase, nullptr)) {
     PkeyPtr p = wrap_pkey(raw);
     ++count;
     if (EVP_PKEY_get_id(raw) == EVP_PKEY_ED25519 && !signing) {

@@ -56,6 +56,11 @@ Result<CustodyLog> CustodyLog::parse(std::string_view text, const std::string& b
     if (!ev) return fail(std::move(ev).error());
     if (!ev->is_object())
       return fail(Errc::kBadFormat, "custody log line " + std::to_string(line_no) + " is not an object");
+    // Only the canonical encoding is accepted, so that the bytes on disk are exactly what the
+    // chain hashes and signatures cover (no re-encodings, no duplicate keys).
+    if (json::canonical(*ev) != line)
+      return fail(Errc::kCorrupt, "custody log line " + std::to_string(line_no) +
+                                      " is not in canonical form (re-encoded or edited)");
     log.events_.push_back(std::move(*ev));
   }
   return log;
