@@ -137,6 +137,11 @@ TEST_F(BundleRoundTrip, WriterRejectsMisuse) {
   auto out = File::create_new(dir / "b.mlfx", 0600);
   auto none = BundleWriter::create(std::move(*out), *keys.device.signing, {}, {});
   EXPECT_FALSE(none);
+  auto out1 = File::create_new(dir / "d.mlfx", 0600);
+  auto twice = BundleWriter::create(std::move(*out1), *keys.device.signing,
+                                    {keys.lab.box->public_key(), keys.lab.box->public_key()}, {});
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().message().find("given twice"), std::string::npos);
   auto out2 = File::create_new(dir / "c.mlfx", 0600);
   auto w = BundleWriter::create(std::move(*out2), *keys.device.signing, {keys.lab.box->public_key()}, {});
   ASSERT_TRUE(w);

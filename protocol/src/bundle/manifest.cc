@@ -72,7 +72,7 @@ Result<Manifest> Manifest::parse(std::string_view text) {
   unsigned major = 0, minor = 0;
   char tail = 0;
   if (std::sscanf(version.c_str(), "%u.%u%c", &major, &minor, &tail) != 2 || major > 0xffff ||
-      minor > 0xffff)
+      minor > 0xffff || version != std::to_string(major) + "." + std::to_string(minor))
     return fail(Errc::kBadFormat, "manifest: format_version '" + version + "' is not MAJOR.MINOR");
   if (major != kFormatMajor)
     return fail(Errc::kUnsupported, "manifest: format_version " + version + " is not supported (reads 1.x)");

@@ -105,6 +105,9 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
   m.context = params.context;
   MLFX_ASSIGN(m.key_commitment, key_commitment(data_key.view(), m.bundle_id));
   for (const auto& r : recipients) {
+    for (const auto& earlier : m.recipients)
+      if (earlier.recipient_fingerprint == r.fingerprint())
+        return fail(Errc::kInvalidArgument, "recipient " + r.fingerprint() + " given twice");
     MLFX_ASSIGN(crypto::WrappedKey w, crypto::wrap_data_key(r, data_key.view(), m.bundle_id));
     m.recipients.push_back(std::move(w));
   }

@@ -25,7 +25,7 @@ inline constexpr uint32_t kMaxStreams = 1024;
 inline constexpr size_t kMaxMetadataRecord = 64u << 20;  // manifest, custody log, chunk table
 inline constexpr size_t kChunkTableEntrySize = 48;
 // A stream's chunk table must fit a metadata record: at the default 4 MiB chunks that is
-// 5.3 PiB per stream, at the minimum 4 KiB chunks 5.3 GiB.
+// 5.3 TiB per stream, at the minimum 4 KiB chunks 5.3 GiB.
 inline constexpr uint64_t kMaxChunksPerStream = kMaxMetadataRecord / kChunkTableEntrySize;
 
 // Domain-separation prefixes for everything that is signed or authenticated.
