@@ -96,6 +96,8 @@ Status BundleReader::walk() {
             (!final && h.payload_size != max_chunk_payload))
           return fail(bad(where + ": impossible chunk size " + std::to_string(h.payload_size)));
         if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+        if (walked.size() >= kMaxChunksPerStream)
+          return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks in a stream"));
         ChunkEntry e;
         e.record_offset = off;
         e.plaintext_size = static_cast<uint32_t>(h.payload_size - crypto::kTagSize);
