@@ -87,6 +87,21 @@ TEST(Clock, UtcTimestampHasZone) {
   EXPECT_EQ(t[10], 'T');
 }
 
+TEST(Json, HostileNestingIsRefusedNotRecursed) {
+  // A million levels would overflow the stack in any recursive copy or dump.
+  const size_t levels = 1000000;
+  std::string deep = std::string(levels, '[') + std::string(levels, ']');
+  auto r = json::parse(deep, "doc");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("nests deeper"), std::string::npos);
+  std::string objects;
+  for (int i = 0; i < 100000; ++i) objects += "{\"a\":";
+  objects += "1" + std::string(100000, '}');
+  EXPECT_FALSE(json::parse(objects, "doc"));
+  std::string ok = std::string(json::kMaxDepth, '[') + std::string(json::kMaxDepth, ']');
+  EXPECT_TRUE(json::parse(ok, "doc"));
+}
+
 TEST(Json, StrictGettersNameTheField) {
   auto j = json::parse(R"({"a":"x","n":5,"neg":-1,"h":"00ff"})", "doc");
   ASSERT_TRUE(j);

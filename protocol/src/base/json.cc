@@ -3,7 +3,16 @@
 namespace mlfx::json {
 
 Result<Json> parse(std::string_view text, const std::string& what) {
-  Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  // The parser is iterative but copying and printing a value recurse once per level, so
+  // hostile nesting must be refused here, before anything else touches the value.
+  bool too_deep = false;
+  Json::parser_callback_t limit_depth = [&too_deep](int depth, Json::parse_event_t, Json&) {
+    if (depth > kMaxDepth) too_deep = true;
+    return depth <= kMaxDepth;
+  };
+  Json j = Json::parse(text.begin(), text.end(), limit_depth, /*allow_exceptions=*/false);
+  if (too_deep)
+    return fail(Errc::kBadFormat, what + " nests deeper than " + std::to_string(kMaxDepth) + " levels");
   if (j.is_discarded()) return fail(Errc::kBadFormat, what + " is not valid JSON");
   return j;
 }

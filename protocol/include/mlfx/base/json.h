@@ -13,7 +13,9 @@ namespace mlfx::json {
 
 using Json = nlohmann::json;
 
-// Parses without exceptions; names `what` in the error.
+inline constexpr int kMaxDepth = 64;
+
+// Parses without exceptions; names `what` in the error. Refuses nesting deeper than kMaxDepth.
 Result<Json> parse(std::string_view text, const std::string& what);
 // Deterministic serialisation used for everything signed: sorted keys, no spaces, UTF-8.
 std::string canonical(const Json& j);

@@ -1,0 +1,43 @@
+// Small helpers shared by the fuzz targets (libFuzzer entry points; see README.md).
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "fixed_keys.h"
+#include "mlfx/crypto/keys.h"
+
+namespace mlfx::fuzz {
+
+// An invariant of the code under test was broken: report and abort, which libFuzzer and
+// replay_main both treat as a crash (and save the input).
+[[noreturn]] inline void invariant_failed(const char* what, const std::string& detail) {
+  std::fprintf(stderr, "fuzz invariant failed: %s\n  %s\n", what, detail.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+// The fixed lab key of fixed_keys.h, parsed once. A failure here is a harness error.
+inline const crypto::SecretKeyFile& fixed_lab_key() {
+  static const crypto::SecretKeyFile key = [] {
+    auto k = crypto::parse_secret_key_pem(kFixedLabKeyPem, "fixed lab key");
+    if (!k || !k->box || !k->signing)
+      invariant_failed("the fixed lab key parses", k ? "no X25519 key" : k.error().to_string());
+    return std::move(*k);
+  }();
+  return key;
+}
+
+// The fixed device key of fixed_keys.h, parsed once.
+inline const crypto::SecretKeyFile& fixed_device_key() {
+  static const crypto::SecretKeyFile key = [] {
+    auto k = crypto::parse_secret_key_pem(kFixedDeviceKeyPem, "fixed device key");
+    if (!k || !k->signing)
+      invariant_failed("the fixed device key parses", k ? "no Ed25519 key" : k.error().to_string());
+    return std::move(*k);
+  }();
+  return key;
+}
+
+}  // namespace mlfx::fuzz
