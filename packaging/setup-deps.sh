@@ -7,7 +7,9 @@ packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config git
   # libraries
-  libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev
+  libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev zlib1g-dev
+  # victims and their inspection: real Python + PyTorch processes, gdb to check cores
+  python3 python3-torch python3-numpy gdb procps
   # tests, fuzzing, benchmarks
   googletest libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
   coreutils util-linux bc

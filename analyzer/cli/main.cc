@@ -1,5 +1,6 @@
 // mlfx: the lab-side command line. Only this file turns errors into exit codes:
-// 0 success, 1 failure (the message says what failed), 2 usage error.
+// 0 success, 1 failure (the message says what failed), 2 usage error, 3 `recover` found no
+// model (report.json is still written).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,11 +11,15 @@
 #include <CLI/CLI.hpp>
 
 #include "evidence/bundle_check.h"
+#include "recovery/recover.h"
 #include "mlfx/base/version.h"
+#include "mlfx/bundle/sealing_keys.h"
 #include "mlfx/bundle/writer.h"
 
 namespace mlfx {
 namespace {
+
+constexpr int kExitNoModels = 3;
 
 int report_error(const Error& e) {
   std::fprintf(stderr, "mlfx: error: %s\n", e.to_string().c_str());
@@ -54,18 +59,7 @@ std::string default_stream_name(const std::string& input) {
 }
 
 Result<bundle::Manifest> seal(const SealArgs& a) {
-  MLFX_ASSIGN(crypto::SecretKeyFile dev, crypto::load_secret_key_file(a.device_key));
-  if (dev.kind != crypto::KeyKind::kDevice)
-    return fail(Errc::kInvalidArgument, a.device_key + " is a lab key; seal with a device key "
-                                        "('mlfx keys gen --kind device')");
-  std::vector<crypto::BoxPublicKey> recipients;
-  for (const auto& r : a.recipients) {
-    MLFX_ASSIGN(crypto::PublicKeyFile k, crypto::load_public_key_file(r));
-    if (!k.box)
-      return fail(Errc::kInvalidArgument, r + " is a device key; --recipient takes a lab .pub "
-                                          "('mlfx keys gen --kind lab')");
-    recipients.push_back(*k.box);
-  }
+  MLFX_ASSIGN(bundle::SealingKeys keys, bundle::load_sealing_keys(a.device_key, a.recipients));
   if (!a.names.empty() && a.names.size() != a.inputs.size())
     return fail(Errc::kInvalidArgument, "--name given " + std::to_string(a.names.size()) +
                                             " times for " + std::to_string(a.inputs.size()) + " inputs");
@@ -102,7 +96,8 @@ Result<bundle::Manifest> seal(const SealArgs& a) {
       if (!keep) unlink(path.c_str());
     }
   } cleanup{a.out};
-  MLFX_ASSIGN(bundle::BundleWriter w, bundle::BundleWriter::create(std::move(out), *dev.signing, recipients, p));
+  MLFX_ASSIGN(bundle::BundleWriter w, bundle::BundleWriter::create(std::move(out), *keys.device.signing,
+                                                                 keys.recipients, p));
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string name = inputs[i]["stream"];
     MLFX_TRY(w.begin_stream(name, a.inputs[i] == "-" ? "stdin" : a.inputs[i]));
@@ -202,6 +197,36 @@ int run_info(const InfoArgs& a) {
   return 0;
 }
 
+// ---- recover ----
+
+int run_recover(const recovery::RecoverOptions& o, bool json_out) {
+  auto r = recovery::recover(o);
+  if (!r) return report_error(r.error());
+  if (json_out) {
+    std::cout << r->dump(2) << "\n";
+    return (*r)["models"].empty() ? kExitNoModels : 0;
+  }
+  const auto& py = (*r)["python"];
+  std::printf("process %s (pid %s), CPython %s, %s tracked objects, %s modules\n",
+              (*r)["process"]["command"].get<std::string>().c_str(),
+              (*r)["process"]["pid"].dump().c_str(), py["version"].get<std::string>().c_str(),
+              py["gc_objects"].dump().c_str(), (*r)["torch"]["modules"].dump().c_str());
+  for (const auto& m : (*r)["models"])
+    std::printf("  %-28s %-40s %6s tensors %12s parameters%s\n", m["directory"].get<std::string>().c_str(),
+                m["class"].get<std::string>().c_str(), m["tensors"].dump().c_str(),
+                m["parameters"].dump().c_str(), m["complete"].get<bool>() ? "" : "  INCOMPLETE");
+  size_t warnings = (*r)["diagnostics"]["warnings"].size();
+  if (warnings) std::printf("%zu diagnostic(s): see %s/report.json\n", warnings, o.out_dir.c_str());
+  std::printf("wrote %s/report.json\n", o.out_dir.c_str());
+  if ((*r)["models"].empty()) {
+    std::fprintf(stderr, "mlfx: no model found: %s\n",
+                 (*r)["torch"]["loaded"].get<bool>() ? "torch is loaded but no nn.Module is alive in this process"
+                                                     : "torch is not imported in this process");
+    return kExitNoModels;
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace mlfx
 
@@ -255,6 +280,16 @@ int main(int argc, char** argv) {
   info->add_option("file", ia.file, "bundle")->required();
   info->add_flag("--json", ia.json, "print as JSON");
 
+  recovery::RecoverOptions ro;
+  bool recover_json = false, recover_quiet = false;
+  auto* recover = app.add_subcommand("recover", "recover every model in a captured process (ELF core or bundle)");
+  recover->add_option("input", ro.input, "ELF core, or mlfx bundle with a 'core' stream")->required();
+  recover->add_option("--out", ro.out_dir, "output directory (new or empty)")->required();
+  recover->add_option("--key", ro.lab_key, "lab private key (for bundles)");
+  recover->add_option("--trusted-devices", ro.trusted_devices_dir, "directory of trusted device .pub keys");
+  recover->add_flag("--json", recover_json, "print the report as JSON");
+  recover->add_flag("-q,--quiet", recover_quiet, "no progress bar");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -265,5 +300,9 @@ int main(int argc, char** argv) {
   if (verify->parsed()) return run_verify(va);
   if (open->parsed()) return run_open(oa);
   if (info->parsed()) return run_info(ia);
+  if (recover->parsed()) {
+    ro.show_progress = !recover_quiet && !recover_json;
+    return run_recover(ro, recover_json);
+  }
   return 2;
 }

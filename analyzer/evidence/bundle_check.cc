@@ -1,6 +1,7 @@
 #include "evidence/bundle_check.h"
 
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -219,6 +220,29 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
   MLFX_TRY(write("SHA256SUMS", sums));
   out.commit();
   return result;
+}
+
+Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const crypto::SecretKeyFile& lab,
+                                                 const std::string& stream, const OpenOptions& options) {
+  if (!lab.box)
+    return fail(Errc::kInvalidArgument, "a lab key is needed to decrypt a bundle (this is a device key)");
+  DecryptedStream out;
+  MLFX_ASSIGN(bundle::BundleReader reader,
+              check_bundle(path, options.trusted_devices_dir, out.report, false, options.show_progress));
+  const bundle::StreamInfo* info = reader.manifest().find_stream(stream);
+  if (!info) return fail(Errc::kNotFound, path + " has no stream named '" + stream + "'");
+  MLFX_ASSIGN(SecretBytes key, reader.unwrap_data_key(*lab.box));
+  int fd = memfd_create(("mlfx-" + stream).c_str(), MFD_CLOEXEC);
+  if (fd < 0) return fail(Errc::kIo, std::string("memfd_create: ") + errno_text(errno));
+  out.file = File(fd, "/proc/self/fd/" + std::to_string(fd));
+  std::optional<Progress> bar;
+  if (options.show_progress) bar.emplace("decrypting " + stream, info->size);
+  MLFX_TRY(reader.decrypt_stream(info->index, key.view(), [&](ByteView b) { return out.file.write_all(b); },
+                                 bar ? &*bar : nullptr));
+  if (bar) bar->finish();
+  out.report.lines.push_back({"chunks", true, "stream " + stream + " authenticated and re-hashed"});
+  out.manifest = reader.manifest();
+  return out;
 }
 
 }  // namespace mlfx::evidence

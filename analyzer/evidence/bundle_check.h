@@ -50,4 +50,14 @@ struct OpenResult {
 Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyFile& lab_key,
                                const std::string& out_dir, const OpenOptions& options);
 
+// A stream decrypted for analysis: verified like open_bundle, then decrypted into an
+// anonymous in-memory file (memfd) so that no plaintext copy of the evidence lands on disk.
+struct DecryptedStream {
+  File file;                 // read it through file.path() ("/proc/self/fd/N")
+  bundle::Manifest manifest;
+  VerifyReport report;
+};
+Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const crypto::SecretKeyFile& lab_key,
+                                                 const std::string& stream, const OpenOptions& options);
+
 }  // namespace mlfx::evidence

@@ -5,6 +5,7 @@ namespace mlfx {
 const char* errc_name(Errc c) {
   switch (c) {
     case Errc::kBadFormat: return "bad format";
+    case Errc::kInvalidAddress: return "invalid address";
     case Errc::kCorrupt: return "integrity failure";
     case Errc::kUntrusted: return "untrusted";
     case Errc::kIo: return "I/O error";

@@ -11,6 +11,7 @@ namespace mlfx {
 
 enum class Errc {
   kBadFormat,     // input is not what it claims to be (magic, grammar, sizes)
+  kInvalidAddress,  // an address a layer does not map
   kCorrupt,       // well-formed but fails an integrity check (hash, tag, signature)
   kUntrusted,     // intact but signed by a key that is not trusted
   kIo,            // operating-system I/O failure

@@ -1,0 +1,78 @@
+// Capture of one live process as an ELF core, sealed into an evidence bundle:
+//
+//   freeze every thread ─► read registers, maps, auxv, identity ─► plan the core
+//     ─► stream the core (headers, notes, /proc/PID/mem) into bundle stream "core"
+//     ─► thaw ─► stream "context" (JSON: kernel, process, threads, mappings with build-ids,
+//        timings, what could not be read) ─► finish the bundle (manifest, custody)
+//
+// The target is frozen only from the first PTRACE_INTERRUPT to the last PTRACE_DETACH, and
+// every exit path detaches. No plaintext is written anywhere but into the bundle writer.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "elf_core_writer.h"
+#include "mlfx/base/json.h"
+#include "mlfx/bundle/writer.h"
+
+namespace mlfx::agent::process {
+
+struct ProcessCaptureOptions {
+  pid_t pid = 0;
+  std::chrono::milliseconds stop_timeout{10'000};
+  // Set (e.g. from a signal handler) to abandon the capture between read blocks; the target
+  // is thawed and the caller removes the incomplete bundle.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// One capture, step by step; the destructor thaws the target if it is still frozen.
+class ProcessCapture {
+ public:
+  // Checks the target (exists, is a process not a thread, not a kernel thread or zombie),
+  // freezes it and reads everything the core's layout depends on.
+  static Result<ProcessCapture> freeze(const ProcessCaptureOptions& options);
+
+  ProcessCapture(ProcessCapture&&) noexcept;
+  ProcessCapture& operator=(ProcessCapture&&) noexcept;
+  ~ProcessCapture();
+
+  const ElfCoreLayout& layout() const;
+  // A few facts for the bundle manifest's "context".
+  json::Json summary() const;
+
+  // Emits the whole core into `sink` while the target is frozen.
+  Status write_core(const ByteSink& sink, Progress* progress);
+  // Releases the target. Idempotent.
+  Status thaw();
+
+  // The full context document (after write_core and thaw, with their timings).
+  json::Json context() const;
+  // The acquisition details for the custody 'acquired' event.
+  json::Json acquisition() const;
+  const EmitStats& stats() const;
+
+ private:
+  struct State;
+  explicit ProcessCapture(std::unique_ptr<State> s);
+  std::unique_ptr<State> s_;
+};
+
+struct BundleCaptureResult {
+  bundle::Manifest manifest;
+  json::Json context;
+};
+
+// The whole job of `mlfx-agent capture --source process`: streams "core" then "context" into a
+// new bundle on `out` sealed with `device` to `recipients`. `params.context` is filled with the
+// summary. The caller removes `out` on failure.
+Result<BundleCaptureResult> capture_process_to_bundle(
+    const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
+    const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
+    bool show_progress);
+
+}  // namespace mlfx::agent::process

@@ -1,0 +1,53 @@
+#include "exporters/output_file.h"
+
+#include <unistd.h>
+
+namespace mlfx::exporters {
+namespace {
+constexpr size_t kBufferSize = 1 << 20;
+}
+
+Result<OutputFile> OutputFile::create(const std::string& path) {
+  MLFX_ASSIGN(File f, File::create_new(path, 0644));
+  return OutputFile(std::move(f));
+}
+
+OutputFile::OutputFile(OutputFile&& o) noexcept
+    : file_(std::move(o.file_)),
+      buffer_(std::move(o.buffer_)),
+      offset_(o.offset_),
+      committed_(o.committed_) {
+  o.committed_ = true;  // the moved-from object owns no file any more
+}
+
+OutputFile::~OutputFile() {
+  if (committed_) return;
+  (void)file_.close();
+  ::unlink(file_.path().c_str());
+}
+
+Status OutputFile::flush() {
+  if (buffer_.empty()) return {};
+  MLFX_TRY(file_.write_all(buffer_));
+  buffer_.clear();
+  return {};
+}
+
+Status OutputFile::write(ByteView data) {
+  offset_ += data.size();
+  if (buffer_.size() + data.size() > kBufferSize) MLFX_TRY(flush());
+  if (data.size() >= kBufferSize) return file_.write_all(data);
+  if (buffer_.capacity() == 0) buffer_.reserve(kBufferSize);
+  buffer_.insert(buffer_.end(), data.begin(), data.end());
+  return {};
+}
+
+Status OutputFile::commit() {
+  MLFX_TRY(flush());
+  MLFX_TRY(file_.sync());
+  MLFX_TRY(file_.close());
+  committed_ = true;
+  return {};
+}
+
+}  // namespace mlfx::exporters

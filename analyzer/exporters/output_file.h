@@ -1,0 +1,43 @@
+// A new output file written front to back: small writes are buffered, large spans go straight
+// to the kernel, and a file that was never committed is removed, so a failed export leaves
+// no half-written file behind.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mlfx/base/bytes.h"
+#include "mlfx/base/file.h"
+#include "mlfx/base/result.h"
+
+namespace mlfx::exporters {
+
+class OutputFile {
+ public:
+  // Creates `path`, refusing to replace an existing file.
+  static Result<OutputFile> create(const std::string& path);
+
+  OutputFile(OutputFile&& o) noexcept;
+  OutputFile& operator=(OutputFile&&) = delete;
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  ~OutputFile();  // removes the file unless commit() succeeded
+
+  Status write(ByteView data);
+  // Bytes written so far (buffered ones included): the offset of the next write.
+  uint64_t offset() const { return offset_; }
+  // Flushes, fsyncs and closes; the file stays.
+  Status commit();
+  const std::string& path() const { return file_.path(); }
+
+ private:
+  explicit OutputFile(File file) : file_(std::move(file)) {}
+  Status flush();
+
+  File file_;
+  Bytes buffer_;
+  uint64_t offset_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace mlfx::exporters

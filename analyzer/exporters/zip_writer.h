@@ -1,0 +1,50 @@
+// A streaming writer of ZIP archives with stored (uncompressed) entries, as torch.save makes
+// them: each payload can start on an aligned offset (padding in an extra field) so readers can
+// mmap it, and ZIP64 records appear when a size or offset reaches 4 GiB or there are 65535 or
+// more entries. Payloads are streamed from the caller's spans, never copied whole.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "exporters/output_file.h"
+
+namespace mlfx::exporters {
+
+class ZipWriter {
+ public:
+  // Creates `path` (never replacing a file); it is removed again unless finish() succeeds.
+  static Result<ZipWriter> create(const std::string& path);
+
+  // Adds a stored entry whose contents are `parts` concatenated, its first payload byte at a
+  // file offset that is a multiple of `align` (1..4096). Reads the parts twice (CRC-32, then
+  // the copy), so they must not change in between.
+  Status add(const std::string& name, std::span<const ByteView> parts, uint32_t align = 64);
+  Status add(const std::string& name, ByteView data, uint32_t align = 64) {
+    return add(name, std::span<const ByteView>(&data, 1), align);
+  }
+
+  // Writes the central directory and end records, fsyncs and closes.
+  Status finish();
+
+  size_t entry_count() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    std::string name;
+    uint32_t crc;
+    uint64_t size;
+    uint64_t header_offset;
+  };
+  explicit ZipWriter(OutputFile out) : out_(std::move(out)) {}
+
+  OutputFile out_;
+  std::vector<Entry> entries_;
+  std::unordered_set<std::string> names_;
+  bool finished_ = false;
+};
+
+}  // namespace mlfx::exporters

@@ -1,0 +1,387 @@
+#include "frontends/cpython/python_objects.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace mlfx::frontends::cpython {
+
+namespace {
+
+constexpr uint64_t kMaxItems = 1u << 24;   // tuple/list/dict/set sizes we accept
+constexpr uint64_t kMaxStr = 1u << 24;
+constexpr size_t kMaxMro = 256;
+constexpr int kMaxTypeDepth = 16;
+constexpr int kMaxPlainDepth = 8;
+constexpr uint64_t kMaxPlainItems = 4096;
+// tp_flags
+constexpr uint64_t kHeapType = 1ull << 9, kManagedDict = 1ull << 4, kLongSubclass = 1ull << 24,
+                   kListSubclass = 1ull << 25, kTupleSubclass = 1ull << 26, kBytesSubclass = 1ull << 27,
+                   kUnicodeSubclass = 1ull << 28, kDictSubclass = 1ull << 29, kTypeSubclass = 1ull << 31;
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+Error not_a(const char* what, uint64_t obj) {
+  return Error(Errc::kBadFormat, "object at " + hex(obj) + " is not a " + what);
+}
+
+// UTF-8 encoding of one code point (lone surrogates become U+FFFD).
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp >= 0xd800 && cp <= 0xdfff) cp = 0xfffd;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xc0 | cp >> 6);
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xe0 | cp >> 12);
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else {
+    if (cp > 0x10ffff) cp = 0xfffd;
+    out += static_cast<char>(0xf0 | cp >> 18);
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  }
+}
+
+}  // namespace
+
+Result<uint64_t> ObjectReader::type_of(uint64_t obj) const {
+  MLFX_ASSIGN(uint64_t t, mem_.read_u64(obj + L_.ob_type));
+  if (!t) return fail(Errc::kBadFormat, "object at " + hex(obj) + " has no type");
+  return t;
+}
+
+Result<const TypeInfo*> ObjectReader::type_info(uint64_t type) const {
+  if (auto it = types_.find(type); it != types_.end()) return &it->second;
+  // Reading a type reads objects whose types must be read in turn; a hostile image could
+  // make that circular.
+  if (type_depth_ >= kMaxTypeDepth)
+    return fail(Errc::kBadFormat, "type at " + hex(type) + ": type objects nest too deeply (circular?)");
+  ++type_depth_;
+  auto result = read_type(type);
+  --type_depth_;
+  return result;
+}
+
+Result<const TypeInfo*> ObjectReader::read_type(uint64_t type) const {
+  TypeInfo t;
+  t.addr = type;
+  MLFX_ASSIGN(t.flags, mem_.read_u64(type + L_.tp_flags));
+  MLFX_ASSIGN(uint64_t name_ptr, mem_.read_u64(type + L_.tp_name));
+  MLFX_ASSIGN(t.name, mem_.read_cstring(name_ptr, 512));
+  MLFX_ASSIGN(t.basicsize, mem_.read_u64(type + L_.tp_basicsize));
+  MLFX_ASSIGN(uint64_t dictoffset, mem_.read_u64(type + L_.tp_dictoffset));
+  t.dictoffset = static_cast<int64_t>(dictoffset);
+  t.heap = t.flags & kHeapType;
+  if (t.heap) {
+    MLFX_ASSIGN(uint64_t qual, mem_.read_u64(type + L_.ht_qualname));
+    auto q = str(qual);
+    t.qualname = q ? *q : t.name;
+    MLFX_ASSIGN(uint64_t dict, mem_.read_u64(type + L_.tp_dict));
+    if (dict) {
+      auto items = str_dict(dict);
+      if (items)
+        for (const auto& [k, v] : *items)
+          if (k == "__module__") {
+            auto m = str(v);
+            if (m) t.module = *m;
+          }
+    }
+  } else {
+    auto dot = t.name.find_last_of('.');
+    t.module = dot == std::string::npos ? "" : t.name.substr(0, dot);
+    t.qualname = dot == std::string::npos ? t.name : t.name.substr(dot + 1);
+    if (t.module == "builtins") t.module.clear();
+  }
+  // The MRO tuple is read without checking its type: that check would need this type's
+  // own MRO first when the type is `tuple`.
+  MLFX_ASSIGN(uint64_t mro, mem_.read_u64(type + L_.tp_mro));
+  if (mro) {
+    auto n = mem_.read_u64(mro + L_.var_size);
+    if (n && *n <= kMaxMro) {
+      t.mro.resize(*n);
+      if (!mem_.read(mro + L_.tuple_items, t.mro.data(), *n * 8)) t.mro.clear();
+    }
+  }
+  if (t.mro.empty()) t.mro.push_back(type);
+  return &types_.emplace(type, std::move(t)).first->second;
+}
+
+Result<const TypeInfo*> ObjectReader::type_info_of(uint64_t obj) const {
+  MLFX_ASSIGN(uint64_t t, type_of(obj));
+  return type_info(t);
+}
+
+Result<bool> ObjectReader::has_base(uint64_t type, std::string_view module, std::string_view qualname) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info(type));
+  std::vector<uint64_t> mro = t->mro;  // copy: type_info() may grow the cache
+  for (uint64_t base : mro) {
+    auto b = type_info(base);
+    if (b && (*b)->qualname == qualname && (*b)->module == module) return true;
+  }
+  return false;
+}
+
+Result<const TypeInfo*> ObjectReader::exact_builtin(uint64_t obj, const char* name) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (t->heap || t->name != name) return fail(not_a(name, obj));
+  return t;
+}
+
+bool ObjectReader::is_none(uint64_t obj) const {
+  auto t = type_info_of(obj);
+  return t && !(*t)->heap && (*t)->name == "NoneType";
+}
+
+Result<std::string> ObjectReader::str(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (!(t->flags & kUnicodeSubclass)) return fail(not_a("str", obj));
+  MLFX_ASSIGN(uint64_t length, mem_.read_u64(obj + L_.str_length));
+  MLFX_ASSIGN(uint32_t state, mem_.read_value<uint32_t>(obj + L_.str_state));
+  const uint32_t kind = (state >> 2) & 7;
+  const bool compact = state & (1u << 5), ascii = state & (1u << 6);
+  if (length > kMaxStr) return fail(Errc::kBadFormat, "str at " + hex(obj) + " is implausibly long");
+  if (!compact) return fail(Errc::kUnsupported, "legacy (non-compact) str at " + hex(obj));
+  if (ascii) {
+    std::string s(length, '\0');
+    MLFX_TRY(mem_.read(obj + L_.str_ascii_data, s.data(), length));
+    return s;
+  }
+  if (kind != 1 && kind != 2 && kind != 4)
+    return fail(Errc::kBadFormat, "str at " + hex(obj) + " has character size " + std::to_string(kind));
+  std::string raw(length * kind, '\0');
+  MLFX_TRY(mem_.read(obj + L_.str_compact_data, raw.data(), raw.size()));
+  std::string out;
+  for (uint64_t i = 0; i < length; ++i) {
+    const auto* p = reinterpret_cast<const uint8_t*>(raw.data()) + i * kind;
+    uint32_t cp = kind == 1 ? p[0] : kind == 2 ? load_le<uint16_t>(p) : load_le<uint32_t>(p);
+    append_utf8(out, cp);
+  }
+  return out;
+}
+
+Result<json::Json> ObjectReader::integer(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (!(t->flags & kLongSubclass)) return fail(not_a("int", obj));
+  MLFX_ASSIGN(uint64_t size_raw, mem_.read_u64(obj + L_.var_size));
+  int64_t size = static_cast<int64_t>(size_raw);
+  uint64_t ndigits = size < 0 ? uint64_t(-(size + 1)) + 1 : uint64_t(size);
+  if (ndigits > 2) {  // > 60 bits: keep exact, as a decimal string
+    if (ndigits > 1024) return fail(Errc::kBadFormat, "int at " + hex(obj) + " is implausibly large");
+    std::vector<uint32_t> digits(ndigits);
+    MLFX_TRY(mem_.read(obj + L_.long_digits, digits.data(), ndigits * 4));
+    std::string dec;
+    while (std::any_of(digits.begin(), digits.end(), [](uint32_t d) { return d != 0; })) {
+      uint64_t rem = 0;
+      for (size_t i = digits.size(); i-- > 0;) {
+        uint64_t cur = (rem << 30) | (digits[i] & 0x3fffffff);
+        digits[i] = static_cast<uint32_t>(cur / 10);
+        rem = cur % 10;
+      }
+      dec.insert(dec.begin(), char('0' + rem));
+    }
+    return json::Json((size < 0 ? "-" : "") + dec);
+  }
+  uint64_t v = 0;
+  for (uint64_t i = 0; i < ndigits; ++i) {
+    MLFX_ASSIGN(uint32_t d, mem_.read_value<uint32_t>(obj + L_.long_digits + 4 * i));
+    v |= uint64_t(d & 0x3fffffff) << (30 * i);
+  }
+  if (size < 0) return json::Json(-static_cast<int64_t>(v));
+  return json::Json(v);
+}
+
+Result<double> ObjectReader::real(uint64_t obj) const {
+  MLFX_TRY(exact_builtin(obj, "float"));
+  return mem_.read_value<double>(obj + L_.float_value);
+}
+
+Result<std::vector<uint64_t>> ObjectReader::tuple_items(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (!(t->flags & kTupleSubclass)) return fail(not_a("tuple", obj));
+  MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
+  if (n > kMaxItems) return fail(Errc::kBadFormat, "tuple at " + hex(obj) + " is implausibly long");
+  std::vector<uint64_t> items(n);
+  MLFX_TRY(mem_.read(obj + L_.tuple_items, items.data(), n * 8));
+  return items;
+}
+
+Result<std::vector<uint64_t>> ObjectReader::list_items(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (!(t->flags & kListSubclass)) return fail(not_a("list", obj));
+  MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
+  if (n > kMaxItems) return fail(Errc::kBadFormat, "list at " + hex(obj) + " is implausibly long");
+  MLFX_ASSIGN(uint64_t arr, mem_.read_u64(obj + L_.list_items));
+  std::vector<uint64_t> items(n);
+  if (n) MLFX_TRY(mem_.read(arr, items.data(), n * 8));
+  return items;
+}
+
+Result<std::vector<uint64_t>> ObjectReader::set_items(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (t->name != "set" && t->name != "frozenset") return fail(not_a("set", obj));
+  MLFX_ASSIGN(uint64_t mask, mem_.read_u64(obj + L_.set_mask));
+  MLFX_ASSIGN(uint64_t table, mem_.read_u64(obj + L_.set_table));
+  if (mask >= kMaxItems || ((mask + 1) & mask)) return fail(Errc::kBadFormat, "set at " + hex(obj) + " has a bad mask");
+  std::vector<uint64_t> entries((mask + 1) * 2);  // {key, hash}
+  MLFX_TRY(mem_.read(table, entries.data(), entries.size() * 8));
+  std::vector<uint64_t> items;
+  for (size_t i = 0; i < entries.size(); i += 2) {
+    uint64_t key = entries[i];
+    if (!key) continue;
+    auto kt = type_info_of(key);  // the deleted-entry dummy is not a str; callers filter by type
+    if (kt) items.push_back(key);
+  }
+  return items;
+}
+
+// 3.11 keys object: log2_size u8 @8, log2_index_bytes u8 @9, kind u8 @10, nentries @24,
+// indices @32, then entries: {hash, key, value} (general) or {key, value} (unicode/split).
+Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool split) const {
+  uint8_t hdr[32];
+  MLFX_TRY(mem_.read(keys, hdr, sizeof hdr));
+  const uint8_t log2_size = hdr[8], log2_index_bytes = hdr[9], kind = hdr[10];
+  const uint64_t nentries = load_le<uint64_t>(hdr + 24);
+  if (log2_size > 30 || log2_index_bytes > 34 || kind > 2 || nentries > (1ull << log2_size) ||
+      nentries > kMaxItems)
+    return fail(Errc::kBadFormat, "dict keys at " + hex(keys) + " are implausible");
+  const uint64_t entry_size = kind == 0 ? 24 : 16, key_at = kind == 0 ? 8 : 0;
+  const uint64_t entries = keys + 32 + (1ull << log2_index_bytes);
+  std::vector<uint8_t> raw(nentries * entry_size);
+  MLFX_TRY(mem_.read(entries, raw.data(), raw.size()));
+  Items items;
+  if (!split) {
+    for (uint64_t i = 0; i < nentries; ++i) {
+      uint64_t k = load_le<uint64_t>(&raw[i * entry_size + key_at]);
+      uint64_t v = load_le<uint64_t>(&raw[i * entry_size + key_at + 8]);
+      if (k && v) items.emplace_back(k, v);
+    }
+    return items;
+  }
+  // Split table: values[i] pairs with entries[i].key; insertion order is kept in a byte
+  // array just before the values (byte -2: count, byte -3-k: index of the k-th item).
+  std::vector<uint64_t> vals(nentries);
+  MLFX_TRY(mem_.read(values, vals.data(), nentries * 8));
+  MLFX_ASSIGN(uint8_t used, mem_.read_value<uint8_t>(values - 2));
+  std::vector<uint8_t> order(used);
+  for (uint64_t k = 0; k < used; ++k) {
+    MLFX_ASSIGN(order[k], mem_.read_value<uint8_t>(values - 3 - k));
+  }
+  bool order_ok = used <= nentries;
+  for (uint8_t o : order) order_ok = order_ok && o < nentries;
+  std::vector<uint64_t> idx;
+  if (order_ok) {
+    idx.assign(order.begin(), order.end());
+  } else {
+    for (uint64_t i = 0; i < nentries; ++i) idx.push_back(i);
+  }
+  for (uint64_t i : idx) {
+    uint64_t k = load_le<uint64_t>(&raw[i * entry_size + key_at]);
+    if (k && vals[i]) items.emplace_back(k, vals[i]);
+  }
+  return items;
+}
+
+Result<Items> ObjectReader::dict_items(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (!(t->flags & kDictSubclass)) return fail(not_a("dict", obj));
+  MLFX_ASSIGN(uint64_t keys, mem_.read_u64(obj + L_.dict_keys));
+  MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj + L_.dict_values));
+  MLFX_ASSIGN(Items items, dict_entries(keys, values, values != 0));
+  if (t->name != "collections.OrderedDict") return items;
+  // OrderedDict: the true order is the node list (it differs after move_to_end).
+  std::unordered_map<uint64_t, uint64_t> by_key(items.begin(), items.end());
+  Items ordered;
+  MLFX_ASSIGN(uint64_t node, mem_.read_u64(obj + L_.odict_first));
+  while (node && ordered.size() <= items.size()) {
+    MLFX_ASSIGN(uint64_t key, mem_.read_u64(node));
+    auto it = by_key.find(key);
+    if (it == by_key.end()) break;
+    ordered.emplace_back(key, it->second);
+    MLFX_ASSIGN(node, mem_.read_u64(node + 16));
+  }
+  // A damaged or mid-update list falls back to the dict's own (insertion) order.
+  return ordered.size() == items.size() ? ordered : items;
+}
+
+Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::str_dict(uint64_t obj) const {
+  MLFX_ASSIGN(Items items, dict_items(obj));
+  std::vector<std::pair<std::string, uint64_t>> out;
+  for (const auto& [k, v] : items) {
+    auto name = str(k);
+    if (name) out.emplace_back(std::move(*name), v);
+  }
+  return out;
+}
+
+Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::instance_dict(uint64_t obj) const {
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  const uint64_t type = t->addr;
+  if (t->flags & kManagedDict) {
+    // 3.11 pre-header: [values* @-32][dict* @-24][PyGC_Head @-16].
+    MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj - 24));
+    if (dict) return str_dict(dict);
+    MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj - 32));
+    if (!values) return std::vector<std::pair<std::string, uint64_t>>{};
+    MLFX_ASSIGN(uint64_t keys, mem_.read_u64(type + L_.ht_cached_keys));
+    if (!keys) return fail(Errc::kBadFormat, "type of " + hex(obj) + " has no cached keys for its values");
+    MLFX_ASSIGN(Items items, dict_entries(keys, values, true));
+    std::vector<std::pair<std::string, uint64_t>> out;
+    for (const auto& [k, v] : items) {
+      auto name = str(k);
+      if (name) out.emplace_back(std::move(*name), v);
+    }
+    return out;
+  }
+  if (t->dictoffset > 0) {
+    MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj + uint64_t(t->dictoffset)));
+    if (dict) return str_dict(dict);
+  }
+  return std::vector<std::pair<std::string, uint64_t>>{};
+}
+
+Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int depth) const {
+  using Opt = std::optional<json::Json>;
+  MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
+  if (t->heap) return Opt{};
+  const std::string& n = t->name;
+  if (n == "NoneType") return Opt(json::Json(nullptr));
+  if (n == "bool") {
+    MLFX_ASSIGN(uint64_t size, mem_.read_u64(obj + L_.var_size));
+    return Opt(json::Json(size != 0));
+  }
+  if (n == "int") {
+    MLFX_ASSIGN(json::Json v, integer(obj));
+    return Opt(std::move(v));
+  }
+  if (n == "float") {
+    MLFX_ASSIGN(double d, real(obj));
+    if (!std::isfinite(d)) return Opt(json::Json(std::isnan(d) ? "nan" : d > 0 ? "inf" : "-inf"));
+    return Opt(json::Json(d));
+  }
+  if (n == "str") {
+    MLFX_ASSIGN(std::string s, str(obj));
+    return Opt(json::Json(std::move(s)));
+  }
+  if ((n == "tuple" || n == "list") && depth < kMaxPlainDepth) {
+    MLFX_ASSIGN(auto items, n == "tuple" ? tuple_items(obj) : list_items(obj));
+    if (items.size() > kMaxPlainItems) return Opt{};
+    json::Json arr = json::Json::array();
+    for (uint64_t item : items) {
+      MLFX_ASSIGN(auto v, plain_value(item, depth + 1));
+      if (!v) return Opt{};
+      arr.push_back(std::move(*v));
+    }
+    return Opt(std::move(arr));
+  }
+  return Opt{};
+}
+
+}  // namespace mlfx::frontends::cpython

@@ -1,0 +1,75 @@
+// Reads CPython objects out of a process image through a layer: types, str, int, float,
+// bool, None, bytes, tuple, list, set, dict (combined, split, OrderedDict order) and
+// instance dicts. Every read is bounded; hostile contents give errors, not crashes.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "frontends/cpython/layout.h"
+#include "layers/layer.h"
+#include "mlfx/base/json.h"
+
+namespace mlfx::frontends::cpython {
+
+struct TypeInfo {
+  uint64_t addr = 0;
+  std::string name;      // tp_name: bare for heap types, dotted for static C types
+  std::string module;    // __module__ of heap types, else the part of tp_name before the last dot
+  std::string qualname;  // ht_qualname of heap types, else the part after the last dot
+  uint64_t flags = 0;
+  uint64_t basicsize = 0;
+  int64_t dictoffset = 0;
+  bool heap = false;
+  std::vector<uint64_t> mro;  // type addresses, this type first
+
+  std::string full_name() const { return module.empty() ? qualname : module + "." + qualname; }
+};
+
+using Items = std::vector<std::pair<uint64_t, uint64_t>>;  // (key object, value object)
+
+class ObjectReader {
+ public:
+  ObjectReader(const layers::Layer& mem, const Layout& layout) : mem_(mem), L_(layout) {}
+
+  const layers::Layer& memory() const { return mem_; }
+  Result<uint64_t> type_of(uint64_t obj) const;
+  // Cached per type address.
+  Result<const TypeInfo*> type_info(uint64_t type) const;
+  Result<const TypeInfo*> type_info_of(uint64_t obj) const;
+  // Does the type's MRO contain a class with this module and qualname?
+  Result<bool> has_base(uint64_t type, std::string_view module, std::string_view qualname) const;
+
+  Result<std::string> str(uint64_t obj) const;
+  Result<json::Json> integer(uint64_t obj) const;  // a JSON number, or a decimal string if huge
+  Result<double> real(uint64_t obj) const;
+  Result<std::vector<uint64_t>> tuple_items(uint64_t obj) const;
+  Result<std::vector<uint64_t>> list_items(uint64_t obj) const;
+  Result<std::vector<uint64_t>> set_items(uint64_t obj) const;
+  // Items in iteration order (the linked list order for an OrderedDict).
+  Result<Items> dict_items(uint64_t obj) const;
+  // The instance __dict__ as (name, value) pairs, wherever it lives (managed, split, offset).
+  Result<std::vector<std::pair<std::string, uint64_t>>> instance_dict(uint64_t obj) const;
+  // A str-keyed dict as (name, value) pairs.
+  Result<std::vector<std::pair<std::string, uint64_t>>> str_dict(uint64_t obj) const;
+
+  // None, bool, int, float, str, short bytes, and tuples/lists of those, as JSON; nullopt for
+  // anything else (modules, tensors, functions...).
+  Result<std::optional<json::Json>> plain_value(uint64_t obj, int depth = 0) const;
+  bool is_none(uint64_t obj) const;
+
+ private:
+  Result<Items> dict_entries(uint64_t keys, uint64_t values, bool split) const;
+  Result<const TypeInfo*> exact_builtin(uint64_t obj, const char* name) const;
+  Result<const TypeInfo*> read_type(uint64_t type) const;
+
+  const layers::Layer& mem_;
+  const Layout& L_;
+  mutable std::unordered_map<uint64_t, TypeInfo> types_;
+  mutable int type_depth_ = 0;
+};
+
+}  // namespace mlfx::frontends::cpython

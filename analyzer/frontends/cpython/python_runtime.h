@@ -1,0 +1,53 @@
+// Finds the CPython interpreter in a process image and enumerates the objects its garbage
+// collector tracks.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "frontends/cpython/layout.h"
+#include "layers/elf_core_layer.h"
+#include "recovery/diagnostics.h"
+
+namespace mlfx::frontends::cpython {
+
+class PythonRuntime {
+ public:
+  // Looks for `_PyRuntime` in the dynamic symbols of every mapped ELF file (python
+  // executables and libpython first), reads Py_Version, picks the layout table and checks
+  // that it fits the image.
+  static Result<PythonRuntime> locate(const layers::Layer& mem,
+                                      const std::vector<layers::MappedFile>& files, Diagnostics& diag);
+
+  const Layout& layout() const { return *layout_; }
+  uint32_t version_hex() const { return version_hex_; }
+  std::string version() const;  // "3.11.2"
+  const std::string& binary() const { return binary_; }
+  uint64_t runtime() const { return runtime_; }
+  uint64_t interpreter() const { return interp_; }
+  uint64_t gc_state() const { return gc_; }
+  uint64_t type_type() const { return type_type_; }  // &PyType_Type
+
+  // sys.modules as (name, module object) pairs.
+  Result<std::vector<std::pair<std::string, uint64_t>>> modules(const class ObjectReader& objects) const;
+  // A str attribute of an imported module (e.g. torch.version.__version__), if readable.
+  std::optional<std::string> module_string(const class ObjectReader& objects, std::string_view module,
+                                           std::string_view attribute) const;
+
+  // Every object in the GC generations and the permanent generation, in list order.
+  // Broken links and cycles end a list with a diagnostic; the result is partial, not an error.
+  std::vector<uint64_t> tracked_objects(Diagnostics& diag) const;
+
+ private:
+  explicit PythonRuntime(const layers::Layer& mem) : mem_(&mem) {}
+  Status check_layout(Diagnostics& diag);
+
+  const layers::Layer* mem_;
+  const Layout* layout_ = nullptr;
+  uint32_t version_hex_ = 0;
+  std::string binary_;
+  uint64_t runtime_ = 0, interp_ = 0, gc_ = 0, type_type_ = 0;
+};
+
+}  // namespace mlfx::frontends::cpython

@@ -1,0 +1,44 @@
+// Reads torch tensors (THPVariable -> TensorImpl -> StorageImpl) out of a process image.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "frontends/cpython/python_objects.h"
+#include "frontends/torch/torch_layout.h"
+#include "recovery/diagnostics.h"
+
+namespace mlfx::frontends::torch {
+
+struct TensorInfo {
+  uint64_t object = 0;   // the Python tensor (THPVariable)
+  uint64_t impl = 0;     // c10::TensorImpl*
+  uint64_t storage = 0;  // c10::StorageImpl*: tensors sharing it share memory
+  uint64_t data = 0;     // the storage's first byte
+  uint64_t storage_bytes = 0;
+  int scalar_type = 0;
+  int device_type = 0, device_index = -1;  // c10::DeviceType (0 CPU, 1 CUDA), index
+  std::vector<int64_t> sizes, strides;
+  int64_t storage_offset = 0, numel = 0;
+  std::string python_class;  // torch.nn.parameter.Parameter, torch.Tensor...
+};
+
+class TensorReader {
+ public:
+  explicit TensorReader(const cpython::ObjectReader& objects) : objects_(objects) {}
+
+  // Whether `type` is a tensor type (its MRO holds torch's C tensor base).
+  Result<bool> is_tensor_type(uint64_t type) const;
+  // Reads one tensor; the first call picks and checks the layout table.
+  Result<TensorInfo> read(uint64_t obj);
+  const TorchLayout* layout() const { return layout_; }
+
+ private:
+  Result<uint64_t> impl_of(uint64_t obj) const;
+  Status calibrate(uint64_t obj);
+
+  const cpython::ObjectReader& objects_;
+  const TorchLayout* layout_ = nullptr;
+};
+
+}  // namespace mlfx::frontends::torch

@@ -1,0 +1,143 @@
+#include "layers/elf_core_layer.h"
+
+#include <elf.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace mlfx::layers {
+
+namespace {
+
+constexpr uint32_t kMaxPhdrs = 1u << 22;
+constexpr uint64_t kMaxNotes = 256u << 20;
+constexpr uint32_t kNtFile = 0x46494c45;  // "FILE"
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+// NT_FILE: count, page size, count x {start, end, page offset}, then count NUL-terminated names.
+Status parse_nt_file(ByteView d, CoreInfo& info) {
+  if (d.size() < 16) return fail(Errc::kBadFormat, "NT_FILE note too short");
+  uint64_t count = load_le<uint64_t>(d.data()), page = load_le<uint64_t>(d.data() + 8);
+  if (count > d.size() / 24 || page == 0 || page > (1u << 30))
+    return fail(Errc::kBadFormat, "NT_FILE note has an impossible count or page size");
+  size_t names = 16 + count * 24;
+  for (uint64_t i = 0; i < count; ++i) {
+    const uint8_t* e = d.data() + 16 + i * 24;
+    MappedFile f;
+    f.start = load_le<uint64_t>(e);
+    f.end = load_le<uint64_t>(e + 8);
+    f.file_offset = load_le<uint64_t>(e + 16) * page;
+    const void* nul = names < d.size() ? std::memchr(d.data() + names, 0, d.size() - names) : nullptr;
+    if (!nul) return fail(Errc::kBadFormat, "NT_FILE note: file names truncated");
+    f.path.assign(reinterpret_cast<const char*>(d.data() + names),
+                  static_cast<const uint8_t*>(nul) - (d.data() + names));
+    names += f.path.size() + 1;
+    info.files.push_back(std::move(f));
+  }
+  return {};
+}
+
+Status parse_notes(ByteView notes, CoreInfo& info) {
+  size_t off = 0;
+  while (off + 12 <= notes.size()) {
+    uint32_t namesz = load_le<uint32_t>(&notes[off]), descsz = load_le<uint32_t>(&notes[off + 4]),
+             type = load_le<uint32_t>(&notes[off + 8]);
+    size_t name_off = off + 12, desc_off = name_off + ((uint64_t(namesz) + 3) & ~uint64_t(3));
+    size_t end = desc_off + ((uint64_t(descsz) + 3) & ~uint64_t(3));
+    if (desc_off > notes.size() || descsz > notes.size() - desc_off)
+      return fail(Errc::kBadFormat, "note at offset " + std::to_string(off) + " runs past its segment");
+    std::string name(reinterpret_cast<const char*>(&notes[name_off]), namesz ? namesz - 1 : 0);
+    ByteView desc = notes.subspan(desc_off, descsz);
+    if (name == "CORE") {
+      if (type == NT_PRSTATUS && desc.size() >= 36) {
+        info.threads.push_back({load_le<int32_t>(desc.data() + 32), Bytes(desc.begin(), desc.end())});
+      } else if (type == NT_PRPSINFO && desc.size() >= 136) {
+        // elf_prpsinfo (64-bit): pr_pid at 24, pr_fname[16] at 40, pr_psargs[80] at 56
+        info.pid = load_le<int32_t>(desc.data() + 24);
+        info.command = std::string(reinterpret_cast<const char*>(desc.data() + 40), 16).c_str();
+        info.args = std::string(reinterpret_cast<const char*>(desc.data() + 56), 80).c_str();
+      } else if (type == NT_AUXV) {
+        info.auxv.assign(desc.begin(), desc.end());
+      } else if (type == kNtFile) {
+        MLFX_TRY(parse_nt_file(desc, info));
+      }
+    }
+    off = std::min(end, notes.size());
+  }
+  return {};
+}
+
+}  // namespace
+
+bool ElfCoreLayer::probe(const Layer& file) {
+  const uint8_t* p = file.view(0, sizeof(Elf64_Ehdr));
+  if (!p || std::memcmp(p, ELFMAG, SELFMAG) != 0) return false;
+  Elf64_Ehdr eh;
+  std::memcpy(&eh, p, sizeof eh);
+  return eh.e_type == ET_CORE;
+}
+
+Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const Layer> file) {
+  const std::string& fname = file->name();
+  Elf64_Ehdr eh;
+  if (!file->view(0, sizeof eh))
+    return fail(Errc::kBadFormat, fname + " is too short for an ELF header");
+  std::memcpy(&eh, file->view(0, sizeof eh), sizeof eh);
+  if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0)
+    return fail(Errc::kBadFormat, fname + " is not an ELF file");
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB)
+    return fail(Errc::kUnsupported, fname + ": only 64-bit little-endian cores are supported");
+  if (eh.e_type != ET_CORE) return fail(Errc::kBadFormat, fname + " is an ELF file but not a core dump");
+  if (eh.e_phentsize != sizeof(Elf64_Phdr))
+    return fail(Errc::kBadFormat, fname + ": unexpected program header size");
+
+  std::unique_ptr<ElfCoreLayer> layer(new ElfCoreLayer);
+  CoreInfo& info = layer->info_;
+  info.machine = eh.e_machine;
+  uint64_t phnum = eh.e_phnum;
+  if (phnum == PN_XNUM) {  // more than 65534 segments: the count is in section 0's sh_info
+    Elf64_Shdr sh;
+    if (!file->view(eh.e_shoff, sizeof sh))
+      return fail(Errc::kBadFormat, fname + ": PN_XNUM without a readable section header");
+    std::memcpy(&sh, file->view(eh.e_shoff, sizeof sh), sizeof sh);
+    phnum = sh.sh_info;
+  }
+  if (phnum > kMaxPhdrs) return fail(Errc::kBadFormat, fname + ": implausible number of program headers");
+  const uint8_t* ph = file->view(eh.e_phoff, phnum * sizeof(Elf64_Phdr));
+  if (!ph) return fail(Errc::kBadFormat, fname + ": program headers lie beyond the end of the file (truncated?)");
+
+  uint64_t file_size = file->mapped_run(0, UINT64_MAX);
+  std::vector<Segment> segments;
+  for (uint64_t i = 0; i < phnum; ++i) {
+    Elf64_Phdr p;
+    std::memcpy(&p, ph + i * sizeof p, sizeof p);
+    if (p.p_type == PT_NOTE) {
+      if (p.p_filesz > kMaxNotes || !file->view(p.p_offset, p.p_filesz)) {
+        info.warnings.push_back("note segment at file offset " + hex(p.p_offset) + " is missing (truncated core)");
+        continue;
+      }
+      if (auto st = parse_notes({file->view(p.p_offset, p.p_filesz), p.p_filesz}, info); !st)
+        info.warnings.push_back(st.error().to_string());
+    } else if (p.p_type == PT_LOAD) {
+      info.loads.push_back({p.p_vaddr, p.p_memsz, p.p_filesz, p.p_offset, p.p_flags});
+      uint64_t present = p.p_filesz;
+      if (p.p_offset >= file_size) present = 0;
+      else if (present > file_size - p.p_offset) present = file_size - p.p_offset;
+      if (present < p.p_filesz)
+        info.warnings.push_back("segment " + hex(p.p_vaddr) + ": " + std::to_string(p.p_filesz - present) +
+                                " of " + std::to_string(p.p_filesz) + " bytes missing (truncated core)");
+      if (present > p.p_memsz) present = p.p_memsz;
+      segments.push_back({p.p_vaddr, present, p.p_offset});
+    }
+  }
+  if (info.loads.empty()) return fail(Errc::kBadFormat, fname + ": core has no memory segments");
+  MLFX_TRY(layer->init(fname + " (process memory)", std::move(file), std::move(segments)));
+  return layer;
+}
+
+}  // namespace mlfx::layers

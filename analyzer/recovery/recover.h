@@ -1,0 +1,26 @@
+// `mlfx recover`: from a process image (an ELF core, or a sealed bundle holding one) to every
+// model in the process, written as state_dict files plus its architecture, and a report.
+#pragma once
+
+#include <string>
+
+#include "mlfx/base/json.h"
+#include "mlfx/base/result.h"
+
+namespace mlfx::recovery {
+
+struct RecoverOptions {
+  std::string input;    // an ELF core, or an mlfx bundle with a "core" stream
+  std::string out_dir;  // must not exist or be empty
+  std::string lab_key;  // needed for bundles
+  std::string trusted_devices_dir;
+  bool show_progress = true;
+};
+
+// Writes DIR/report.json and DIR/models/<n>-<Class>/{state_dict.safetensors, state_dict.pt,
+// architecture.json}; returns the report. Damage inside the image (unreadable objects,
+// broken lists) gives partial results with diagnostics in the report; an input that is not
+// a Python process image is an error.
+Result<json::Json> recover(const RecoverOptions& options);
+
+}  // namespace mlfx::recovery

@@ -1,0 +1,265 @@
+// The heart of the product, end to end with real parts: a Debian python3 + torch process
+// builds models and writes its ground truth outside the capture; mlfx-agent captures it into a
+// sealed bundle; mlfx recovers every model; check_recovery.py compares them bit for bit; the
+// victim must survive with unchanged outputs. Also the bad inputs recovery must survive.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "layers/elf_core_layer.h"
+#include "layers/file_layer.h"
+#include "mlfx/base/json.h"
+#include "test_util.h"
+
+namespace mlfx {
+namespace {
+
+using testing::run;
+
+const std::string kPython = "/usr/bin/python3";  // Debian's, with python3-torch
+const std::string kVictims = std::string(MLFX_SOURCE_DIR) + "/tests/victims";
+
+std::string agent_bin() {
+  const char* dir = std::getenv("MLFX_BIN");
+  return std::string(dir ? dir : ".") + "/../agent/mlfx-agent";
+}
+
+bool torch_available() {
+  static const bool ok = run(kPython + " -c 'import torch'").exit_code == 0;
+  return ok;
+}
+
+bool wait_for(const std::string& path, int seconds) {
+  for (int i = 0; i < seconds * 10; ++i) {
+    if (testing::fs::exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// A victim process of one scenario of tests/victims/torch_victim.py (or any command line).
+class Victim {
+ public:
+  Victim(const std::string& command, const std::string& gt_dir) : gt_(gt_dir) {
+    testing::fs::create_directories(gt_);
+    pid_ = fork();
+    if (pid_ == 0) {
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 0);
+      dup2(null, 1);
+      execl("/bin/sh", "sh", "-c", ("exec " + command + " 2>" + gt_ + "/stderr").c_str(), nullptr);
+      _exit(127);
+    }
+  }
+  ~Victim() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  bool alive() const { return kill(pid_, 0) == 0; }
+  // Not stopped or traced-stopped: state field of /proc/PID/stat.
+  char state() const {
+    std::string stat = testing::read_file("/proc/" + std::to_string(pid_) + "/stat");
+    auto close = stat.rfind(')');
+    return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
+  }
+  std::string stderr_text() const { return testing::read_file(gt_ + "/stderr"); }
+
+ private:
+  std::string gt_;
+  pid_t pid_ = -1;
+};
+
+class Recovery : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    keys_ = new testing::TempDir;
+    ASSERT_EQ(run(testing::mlfx_bin() + " keys gen --kind device --out " + (*keys_ / "dev")).exit_code, 0);
+    ASSERT_EQ(run(testing::mlfx_bin() + " keys gen --kind lab --out " + (*keys_ / "lab")).exit_code, 0);
+  }
+  static void TearDownTestSuite() { delete keys_; }
+  void SetUp() override {
+    if (!torch_available()) GTEST_SKIP() << kPython << " cannot import torch (install python3-torch)";
+  }
+
+  testing::CommandResult capture(pid_t pid, const std::string& bundle) {
+    return run(agent_bin() + " capture --pid " + std::to_string(pid) + " --out " + bundle +
+               " --device-key " + (*keys_ / "dev.key") + " --recipient " + (*keys_ / "lab.pub") +
+               " --case TEST -q");
+  }
+  testing::CommandResult recover(const std::string& input, const std::string& out) {
+    return run(testing::mlfx_bin() + " recover " + input + " --key " + (*keys_ / "lab.key") +
+               " --out " + out + " -q");
+  }
+  // Opens the bundle's core stream as a plain file, for tests that damage it.
+  std::string plain_core(const std::string& bundle) {
+    std::string out = dir / "opened";
+    auto r = run(testing::mlfx_bin() + " bundle open -q " + bundle + " --key " + (*keys_ / "lab.key") +
+                 " --out " + out);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::string core = dir / "core.elf";
+    testing::fs::copy_file(out + "/core", core);
+    testing::fs::permissions(core, testing::fs::perms::owner_read | testing::fs::perms::owner_write);
+    return core;
+  }
+
+  // Runs one scenario end to end and checks everything the issue asks.
+  void scenario(const std::string& name) {
+    const std::string gt = dir / "gt", bundle = dir / "capture.mlfx", out = dir / "recovered";
+    Victim v(kPython + " " + kVictims + "/torch_victim.py " + name + " " + gt, gt);
+    ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
+    std::string beat_before = testing::read_file(gt + "/heartbeat");
+    auto c = capture(v.pid(), bundle);
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    // The victim survives, runs on (not left stopped), and computes the same outputs.
+    EXPECT_TRUE(v.alive());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_NE(v.state(), 't');
+    EXPECT_NE(v.state(), 'T');
+    testing::write_file(gt + "/check", "1");
+    ASSERT_TRUE(wait_for(gt + "/checked", 60)) << v.stderr_text();
+    EXPECT_NE(testing::read_file(gt + "/heartbeat"), beat_before) << "victim stopped running";
+    auto same = run(kPython + " -c \"import torch,sys; a=torch.load(sys.argv[1]); b=torch.load(sys.argv[2]); "
+                              "sys.exit(0 if a.keys()==b.keys() and all(torch.equal(a[k],b[k]) for k in a) else 1)\" " +
+                    gt + "/outputs_before.pt " + gt + "/outputs_after.pt");
+    EXPECT_EQ(same.exit_code, 0) << "outputs changed after the capture: " << same.output;
+    testing::write_file(gt + "/stop", "1");
+
+    auto r = recover(bundle, out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
+    EXPECT_EQ(check.exit_code, 0) << check.output;
+    auto report = json::parse(testing::read_file(out + "/report.json"), "report");
+    ASSERT_TRUE(report);
+    EXPECT_EQ((*report)["python"]["version"].get<std::string>().substr(0, 5), "3.11.");
+    EXPECT_TRUE((*report)["torch"]["loaded"].get<bool>());
+    for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
+  }
+
+  static testing::TempDir* keys_;
+  testing::TempDir dir;
+};
+testing::TempDir* Recovery::keys_ = nullptr;
+
+TEST_F(Recovery, SmallCnn) { scenario("cnn"); }
+TEST_F(Recovery, Mlp) { scenario("mlp"); }
+TEST_F(Recovery, ResNetWithBatchNorm) { scenario("resnet"); }
+TEST_F(Recovery, DepthwiseSeparable) { scenario("depthwise"); }
+TEST_F(Recovery, EmbeddingLstm) { scenario("lstm"); }
+TEST_F(Recovery, OnlineTrainingWithOptimizerState) { scenario("training"); }
+TEST_F(Recovery, TwoIndependentModels) { scenario("two"); }
+TEST_F(Recovery, TiedWeights) { scenario("tied"); }
+TEST_F(Recovery, DtypesNonContiguousAndBuffers) { scenario("dtypes"); }
+TEST_F(Recovery, SixtyMillionParameters) { scenario("big"); }
+
+// ---- bad input ----
+
+class BadInput : public Recovery {};
+
+TEST_F(BadInput, RandomBytesAndEmptyFiles) {
+  testing::write_file(dir / "random.bin", testing::random_string(1 << 20, 7));
+  auto r = recover(dir / "random.bin", dir / "out");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("neither an ELF core dump nor an mlfx bundle"), std::string::npos) << r.output;
+  testing::write_file(dir / "empty.bin", "");
+  r = recover(dir / "empty.bin", dir / "out2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("empty"), std::string::npos) << r.output;
+  // An ELF file that is not a core.
+  r = recover("/usr/bin/python3.11", dir / "out3");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("not a core"), std::string::npos) << r.output;
+}
+
+TEST_F(BadInput, NonPythonProcess) {
+  Victim v("sleep 600", dir / "v");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(capture(v.pid(), dir / "sleep.mlfx").exit_code, 0);
+  auto r = recover(dir / "sleep.mlfx", dir / "out");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("no CPython interpreter"), std::string::npos) << r.output;
+}
+
+TEST_F(BadInput, PythonWithoutTorch) {
+  Victim v(kPython + " -c 'import time\nwhile True: time.sleep(1)'", dir / "v");
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  ASSERT_EQ(capture(v.pid(), dir / "py.mlfx").exit_code, 0);
+  auto r = recover(dir / "py.mlfx", dir / "out");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("torch is not imported"), std::string::npos) << r.output;
+  EXPECT_TRUE(testing::fs::exists(dir / "out/report.json"));
+}
+
+// Damaged cores of a real torch process: truncated, and with corrupted GC links.
+TEST_F(BadInput, TruncatedAndCorruptedCores) {
+  const std::string gt = dir / "gt";
+  Victim v(kPython + " " + kVictims + "/torch_victim.py mlp " + gt, gt);
+  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << v.stderr_text();
+  ASSERT_EQ(capture(v.pid(), dir / "c.mlfx").exit_code, 0);
+  std::string core = plain_core(dir / "c.mlfx");
+  auto good = recover(core, dir / "good");
+  ASSERT_EQ(good.exit_code, 0) << good.output;
+  auto report = json::parse(testing::read_file(dir / "good/report.json"), "report");
+  ASSERT_TRUE(report);
+  uint64_t gc_state = std::stoull((*report)["python"]["gc_state"].get<std::string>(), nullptr, 16);
+
+  // Truncations at many points: a clear error or a partial result, never a crash.
+  const uint64_t size = testing::fs::file_size(core);
+  for (uint64_t cut : {uint64_t(10), uint64_t(63), uint64_t(4096), size / 100, size / 3, size / 2, size - 5000}) {
+    std::string t = dir / ("trunc" + std::to_string(cut));
+    testing::fs::copy_file(core, t);
+    testing::fs::resize_file(t, cut);
+    auto r = recover(t, t + ".out");
+    EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 1 || r.exit_code == 3) << cut << ": " << r.output;
+    EXPECT_LT(r.exit_code, 128) << "crashed at cut " << cut << ": " << r.output;
+    if (r.exit_code != 1) {
+      auto rep = json::parse(testing::read_file(t + ".out/report.json"), "report");
+      ASSERT_TRUE(rep) << cut;
+      EXPECT_FALSE((*rep)["diagnostics"]["warnings"].empty()) << "truncation not reported at " << cut;
+    }
+    testing::fs::remove(t);
+  }
+
+  // Corrupt GC links: a self-loop and a pointer into nowhere, in every generation's head.
+  auto patch = [&](const std::string& path, uint64_t addr, uint64_t value) {
+    auto file = layers::FileLayer::open(path);
+    ASSERT_TRUE(file);
+    auto layer = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
+    ASSERT_TRUE(layer);
+    for (const auto& l : (*layer)->info().loads)
+      if (addr >= l.vaddr && addr + 8 <= l.vaddr + l.filesz) {
+        std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(static_cast<std::streamoff>(l.offset + (addr - l.vaddr)));
+        f.write(reinterpret_cast<const char*>(&value), 8);
+        return;
+      }
+    FAIL() << "address not in the core";
+  };
+  for (int gen = 0; gen < 3; ++gen) {
+    uint64_t head = gc_state + 24 + 24 * gen;
+    // Into nowhere, and into another generation's list: a cycle that never returns to `head`.
+    for (uint64_t target : {uint64_t(0x10), gc_state + 24 + 24 * ((gen + 1) % 3)}) {
+      std::string bad = dir / "bad.core";
+      testing::fs::remove(bad);
+      testing::fs::copy_file(core, bad);
+      patch(bad, head, target);
+      auto r = recover(bad, dir / "bad.out");
+      EXPECT_LT(r.exit_code, 128) << r.output;
+      EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 3) << r.output;
+      auto rep = json::parse(testing::read_file(dir / "bad.out/report.json"), "report");
+      ASSERT_TRUE(rep);
+      EXPECT_FALSE((*rep)["diagnostics"]["warnings"].empty()) << "corruption not reported (gen " << gen << ")";
+      testing::fs::remove_all(dir / "bad.out");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mlfx
