@@ -3,7 +3,8 @@
 #   generate a device key and a lab key,
 #   seal real evidence (this machine's kernel memory map and a copy of a live process's
 #   memory map and executable) into one bundle, signed by the device, encrypted to the lab,
-#   verify it without the lab key, open it with the lab key, and check SHA256SUMS.
+#   verify it without the lab key, open it with the lab key, and check SHA256SUMS;
+#   then capture a live PyTorch process with mlfx-agent and recover its model bit-exactly.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/packaging/build.sh"
@@ -37,4 +38,17 @@ echo "== tamper: flip one bit and verify again (must fail)"
 cp evidence.mlfx tampered.mlfx
 printf '\x01' | dd of=tampered.mlfx bs=1 seek=200 conv=notrunc status=none
 if "$mlfx" bundle verify tampered.mlfx -q; then echo "tampering NOT detected" >&2; exit 1; fi
+echo "== capture a live PyTorch process (the bundled victim: a small ResNet) and recover its model"
+agent="${BUILD_DIR:-$root/build}/agent/mlfx-agent"
+/usr/bin/python3 "$root/tests/victims/torch_victim.py" resnet victim-truth 2> victim.log &
+victim=$!
+trap 'touch "$work/victim-truth/stop"' EXIT
+for _ in $(seq 600); do [ -f victim-truth/ready ] && break; sleep 0.2; done
+"$agent" capture --pid "$victim" --out capture.mlfx --device-key device.key --recipient lab.pub \
+  --case DEMO-2 --note "live capture of pid $victim"
+"$mlfx" bundle verify capture.mlfx --trusted-devices trusted -q
+"$mlfx" recover capture.mlfx --key lab.key --out recovered --trusted-devices trusted
+echo "== compare with the ground truth the victim wrote outside the capture"
+/usr/bin/python3 "$root/tests/victims/check_recovery.py" victim-truth recovered
+ls recovered/models/*
 echo "== demo complete: $work"

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <cstdio>
 #include <deque>
+#include <future>
 #include <memory>
 
 #include "evidence/bundle_check.h"
@@ -193,11 +194,16 @@ Result<json::Json> recover(const RecoverOptions& o) {
     exporters::SafetensorsMetadata meta = {{"format", "pt"}, {"mlfx.class", m->class_name},
                                            {"mlfx.source", o.input}};
     json::Json files = json::Json::array();
-    if (auto st = exporters::write_safetensors(dir + "/state_dict.safetensors", records, meta); st)
+    // The two formats are written side by side: each is a pass over the same storage bytes.
+    auto safetensors = std::async(std::launch::async, [&] {
+      return exporters::write_safetensors(dir + "/state_dict.safetensors", records, meta);
+    });
+    Status pt = exporters::write_torch_state_dict(dir + "/state_dict.pt", records);
+    if (Status st = safetensors.get(); st)
       files.push_back("state_dict.safetensors");
     else
       diag.warn(dir + "/state_dict.safetensors not written: " + st.error().to_string());
-    MLFX_TRY(exporters::write_torch_state_dict(dir + "/state_dict.pt", records));
+    MLFX_TRY(std::move(pt));
     files.push_back("state_dict.pt");
     json::Json arch = walker.architecture(roots[n]);
     arch["tensors"] = tensor_meta;

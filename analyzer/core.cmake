@@ -1,0 +1,19 @@
+# The analyzer's parsing core: address-space layers and the frontends that read through them.
+# Included by analyzer/CMakeLists.txt and, in MLFX_FUZZ builds (which skip the rest of the
+# analyzer: CLI, exporters, recovery), by the top-level CMakeLists.txt for tests/fuzz.
+set(_mlfx_analyzer_dir ${CMAKE_CURRENT_LIST_DIR})
+
+# Address spaces: files, segmented layers, ELF cores.
+add_library(mlfx_layers ${_mlfx_analyzer_dir}/layers/layer.cc ${_mlfx_analyzer_dir}/layers/file_layer.cc
+            ${_mlfx_analyzer_dir}/layers/segmented_layer.cc ${_mlfx_analyzer_dir}/layers/elf_core_layer.cc)
+target_include_directories(mlfx_layers PUBLIC ${_mlfx_analyzer_dir})
+target_link_libraries(mlfx_layers PUBLIC mlfx_base)
+
+# Frontends: interpret bytes read through a layer.
+add_library(mlfx_frontends ${_mlfx_analyzer_dir}/frontends/elf/loaded_elf.cc
+            ${_mlfx_analyzer_dir}/frontends/cpython/layout.cc
+            ${_mlfx_analyzer_dir}/frontends/cpython/python_runtime.cc
+            ${_mlfx_analyzer_dir}/frontends/cpython/python_objects.cc
+            ${_mlfx_analyzer_dir}/frontends/torch/tensor_reader.cc
+            ${_mlfx_analyzer_dir}/frontends/torch/module_walker.cc)
+target_link_libraries(mlfx_frontends PUBLIC mlfx_layers)
