@@ -207,7 +207,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
     files.push_back("state_dict.pt");
     json::Json arch = walker.architecture(roots[n]);
     arch["tensors"] = tensor_meta;
-    MLFX_TRY(write_new_file(dir + "/architecture.json", arch.dump(1) + "\n", 0640));
+    MLFX_TRY(write_new_file(dir + "/architecture.json", arch.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
     files.push_back("architecture.json");
     model["directory"] = "models/" + dir_name(n, m->class_name);
     model["tensors"] = records.size();
@@ -240,7 +240,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
       {"models", models},
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
-  MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1) + "\n", 0640));
+  MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
   return report;
 }
 

@@ -80,11 +80,15 @@ Result<const TypeInfo*> ObjectReader::read_type(uint64_t type) const {
   MLFX_ASSIGN(uint64_t dictoffset, mem_.read_u64(type + L_.tp_dictoffset));
   t.dictoffset = static_cast<int64_t>(dictoffset);
   t.heap = t.flags & kHeapType;
+  // Every field of the type itself is read before any object it points to: a type that fails
+  // is not cached, so a failure after the nested reads below would redo them on every use
+  // (exponentially, through types whose dict keys or qualname are of that same type).
+  MLFX_ASSIGN(uint64_t dict, mem_.read_u64(type + L_.tp_dict));
+  MLFX_ASSIGN(uint64_t mro, mem_.read_u64(type + L_.tp_mro));
   if (t.heap) {
     MLFX_ASSIGN(uint64_t qual, mem_.read_u64(type + L_.ht_qualname));
     auto q = str(qual);
     t.qualname = q ? *q : t.name;
-    MLFX_ASSIGN(uint64_t dict, mem_.read_u64(type + L_.tp_dict));
     if (dict) {
       auto items = str_dict(dict);
       if (items)
@@ -102,7 +106,6 @@ Result<const TypeInfo*> ObjectReader::read_type(uint64_t type) const {
   }
   // The MRO tuple is read without checking its type: that check would need this type's
   // own MRO first when the type is `tuple`.
-  MLFX_ASSIGN(uint64_t mro, mem_.read_u64(type + L_.tp_mro));
   if (mro) {
     auto n = mem_.read_u64(mro + L_.var_size);
     if (n && *n <= kMaxMro) {
@@ -348,7 +351,16 @@ Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::instance_dic
 }
 
 Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int depth) const {
+  uint64_t budget = kMaxPlainItems;
+  return plain_value(obj, depth, budget);
+}
+
+// `budget` counts the values read in the whole tree: tuples that share items would otherwise
+// expand exponentially (kMaxPlainItems^kMaxPlainDepth).
+Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int depth, uint64_t& budget) const {
   using Opt = std::optional<json::Json>;
+  if (budget == 0) return Opt{};
+  --budget;
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (t->heap) return Opt{};
   const std::string& n = t->name;
@@ -372,10 +384,10 @@ Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int de
   }
   if ((n == "tuple" || n == "list") && depth < kMaxPlainDepth) {
     MLFX_ASSIGN(auto items, n == "tuple" ? tuple_items(obj) : list_items(obj));
-    if (items.size() > kMaxPlainItems) return Opt{};
+    if (items.size() > budget) return Opt{};
     json::Json arr = json::Json::array();
     for (uint64_t item : items) {
-      MLFX_ASSIGN(auto v, plain_value(item, depth + 1));
+      MLFX_ASSIGN(auto v, plain_value(item, depth + 1, budget));
       if (!v) return Opt{};
       arr.push_back(std::move(*v));
     }

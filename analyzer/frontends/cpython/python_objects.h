@@ -63,6 +63,7 @@ class ObjectReader {
 
  private:
   Result<Items> dict_entries(uint64_t keys, uint64_t values, bool split) const;
+  Result<std::optional<json::Json>> plain_value(uint64_t obj, int depth, uint64_t& budget) const;
   Result<const TypeInfo*> exact_builtin(uint64_t obj, const char* name) const;
   Result<const TypeInfo*> read_type(uint64_t type) const;
 

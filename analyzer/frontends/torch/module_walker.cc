@@ -135,10 +135,20 @@ std::vector<uint64_t> ModuleWalker::roots() const {
   return out;
 }
 
+// Visits allowed in one state_dict()/architecture() walk. Without a cycle, a module reached
+// along k paths is walked k times (as torch does); a damaged image whose modules each hold the
+// next one several times would make that exponential. A tree visits each module once.
+size_t ModuleWalker::visit_budget() const { return 4 * modules_.size() + 1024; }
+
 void ModuleWalker::collect(uint64_t obj, const std::string& prefix, std::set<uint64_t>& path,
-                           std::vector<StateEntry>& out) const {
+                           std::vector<StateEntry>& out, size_t& budget) const {
   const ModuleInfo* m = module(obj);
   if (!m) return;
+  if (budget == 0) {
+    diag_.warn("state_dict: too many module visits at " + prefix + " (" + hex(obj) + "; shared submodules?); cut");
+    return;
+  }
+  --budget;
   if (path.size() > kMaxDepth || !path.insert(obj).second) {
     diag_.warn("module cycle at " + prefix + " (" + hex(obj) + "); not followed");
     return;
@@ -148,20 +158,28 @@ void ModuleWalker::collect(uint64_t obj, const std::string& prefix, std::set<uin
   for (const auto& b : m->buffers)
     if (b.object && !m->non_persistent_buffers.count(b.name)) out.push_back({prefix + b.name, *b.object, true});
   for (const auto& c : m->children)
-    if (c.object) collect(*c.object, prefix + c.name + ".", path, out);
+    if (c.object) collect(*c.object, prefix + c.name + ".", path, out, budget);
   path.erase(obj);
 }
 
 std::vector<StateEntry> ModuleWalker::state_dict(uint64_t root) const {
   std::vector<StateEntry> out;
   std::set<uint64_t> path;
-  collect(root, "", path, out);
+  size_t budget = visit_budget();
+  collect(root, "", path, out, budget);
   return out;
 }
 
-json::Json ModuleWalker::describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen) const {
+json::Json ModuleWalker::describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen,
+                                  size_t& budget) const {
   const ModuleInfo* m = module(obj);
   json::Json j = {{"path", path}, {"address", hex(obj)}};
+  if (m && budget == 0) {
+    j["class"] = m->class_name;
+    j["error"] = "not described: too many module visits (shared submodules?)";
+    return j;
+  }
+  if (m) --budget;
   if (!m) {
     j["class"] = nullptr;
     j["error"] = "not a readable module";
@@ -183,18 +201,19 @@ json::Json ModuleWalker::describe(uint64_t obj, const std::string& path, std::se
   if (seen.size() <= kMaxDepth && seen.insert(obj).second) {
     for (const auto& c : m->children) {
       std::string child_path = path.empty() ? c.name : path + "." + c.name;
-      if (c.object) children.push_back(describe(*c.object, child_path, seen));
+      if (c.object) children.push_back(describe(*c.object, child_path, seen, budget));
       else children.push_back({{"path", child_path}, {"class", nullptr}, {"none", true}});
     }
     seen.erase(obj);
   }
-  j["children"] = children;
+  j["children"] = std::move(children);
   return j;
 }
 
 json::Json ModuleWalker::architecture(uint64_t root) const {
   std::set<uint64_t> seen;
-  return describe(root, "", seen);
+  size_t budget = visit_budget();
+  return describe(root, "", seen, budget);
 }
 
 }  // namespace mlfx::frontends::torch

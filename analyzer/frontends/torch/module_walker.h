@@ -55,9 +55,10 @@ class ModuleWalker {
   Result<bool> is_module_type(uint64_t type);
   Result<ModuleInfo> read_module(uint64_t obj);
   Result<std::vector<NamedSlot>> read_slots(uint64_t dict, const std::string& what) const;
+  size_t visit_budget() const;
   void collect(uint64_t obj, const std::string& prefix, std::set<uint64_t>& path,
-               std::vector<StateEntry>& out) const;
-  json::Json describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen) const;
+               std::vector<StateEntry>& out, size_t& budget) const;
+  json::Json describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen, size_t& budget) const;
 
   const cpython::ObjectReader& objects_;
   Diagnostics& diag_;
