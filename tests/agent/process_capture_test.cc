@@ -2,6 +2,7 @@
 // back with an independent ELF reader), the notes, build-ids, and freezing a forked child.
 #include <elf.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/procfs.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -91,6 +92,34 @@ TEST(ProcMaps, RejectsMalformedLines) {
       EXPECT_NE(maps.error().message().find("maps line"), std::string::npos);
     }
   }
+}
+
+TEST(ProcMaps, ParsesSmapsWithVmFlags) {
+  const char* text =
+      "00400000-0041f000 r--p 00000000 fe:00 247970                             /usr/bin/python3.11\n"
+      "Size:                124 kB\n"
+      "KernelPageSize:        4 kB\n"
+      "THPeligible:    0\n"
+      "VmFlags: rd mr mw me dw sd \n"
+      "7f21b9f8b000-7f21b9f8f000 r--p 00000000 00:00 0                          [vvar]\n"
+      "Size:                 16 kB\n"
+      "VmFlags: rd mr pf io de dd\n";
+  auto maps = parse_proc_smaps(text);
+  ASSERT_TRUE(maps) << maps.error().to_string();
+  ASSERT_EQ(maps->size(), 2u);
+  EXPECT_EQ((*maps)[0].path, "/usr/bin/python3.11");
+  EXPECT_EQ((*maps)[0].vm_flags, "rd mr mw me dw sd");
+  EXPECT_TRUE((*maps)[0].has_vm_flag("sd"));
+  EXPECT_FALSE((*maps)[0].has_vm_flag("dd"));
+  EXPECT_FALSE((*maps)[0].has_vm_flag("d"));
+  EXPECT_TRUE((*maps)[1].has_vm_flag("io"));
+  EXPECT_TRUE((*maps)[1].has_vm_flag("dd"));
+  EXPECT_FALSE(parse_proc_smaps("Size: 4 kB\n"));
+
+  auto own = read_proc_smaps(getpid());
+  ASSERT_TRUE(own) << own.error().to_string();
+  EXPECT_GT(own->size(), 5u);
+  for (const auto& m : *own) EXPECT_FALSE(m.vm_flags.empty()) << m.range_name();
 }
 
 TEST(ProcMaps, ReadsThisProcess) {
@@ -370,6 +399,7 @@ TEST(BuildId, MatchesReadelf) {
 struct Shared {
   std::atomic<uint64_t> counter{0};
   std::atomic<uint64_t> buffer_addr{0};
+  std::atomic<uint64_t> dontdump_addr{0};
   std::atomic<int> ready{0};
 };
 
@@ -379,6 +409,11 @@ struct Shared {
       mmap(nullptr, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) + 100;
   for (size_t i = 0; i < 3 * 4096 + 123; ++i) buffer[i] = static_cast<uint8_t>(i * 13 + 7);
   shared->buffer_addr = reinterpret_cast<uintptr_t>(buffer);
+  // Memory the process asked to keep out of core dumps.
+  void* secret = mmap(nullptr, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  std::memset(secret, 0x5e, 8 * 4096);
+  madvise(secret, 8 * 4096, MADV_DONTDUMP);
+  shared->dontdump_addr = reinterpret_cast<uintptr_t>(secret);
   for (int i = 0; i < 3; ++i)
     std::thread([] {
       while (true) std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -401,7 +436,10 @@ class ForkedTarget : public ::testing::Test {
     shared_ = new (p) Shared;
     pid_ = fork();
     ASSERT_GE(pid_, 0);
-    if (pid_ == 0) child_main(shared_);
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a crashed test
+      child_main(shared_);
+    }
     for (int i = 0; i < 500 && !shared_->ready; ++i) usleep(10'000);
     ASSERT_TRUE(shared_->ready);
   }
@@ -454,6 +492,22 @@ TEST_F(ForkedTarget, FreezesEveryThreadCapturesAndThaws) {
     for (size_t i = 0; i < 3 * 4096 + 123; ++i)
       ASSERT_EQ(static_cast<uint8_t>(core[load->offset + (addr - load->vaddr) + i]),
                 static_cast<uint8_t>(i * 13 + 7)) << i;
+
+    // MADV_DONTDUMP memory is left out (p_filesz 0), as kernel cores do, and listed.
+    const uint64_t secret = shared_->dontdump_addr;
+    bool found = false;
+    for (const auto& l : view.loads)
+      if (l.vaddr == secret) {
+        found = true;
+        EXPECT_EQ(l.filesz, 0u);
+        EXPECT_EQ(l.memsz, 8 * 4096u);
+      }
+    EXPECT_TRUE(found);
+    bool listed = false;
+    for (const auto& u : ctx["unreadable"])
+      if (u["start"] == secret && u["reason"].get<std::string>().find("MADV_DONTDUMP") != std::string::npos)
+        listed = true;
+    EXPECT_TRUE(listed) << ctx["unreadable"].dump();
 
     // Thawed: running again, not left stopped.
     c1 = shared_->counter;

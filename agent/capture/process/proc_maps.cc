@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <optional>
 
 #include "procfs.h"
 
@@ -12,6 +13,14 @@ std::string MapEntry::range_name() const {
   std::snprintf(buf, sizeof buf, "%llx-%llx", static_cast<unsigned long long>(start),
                 static_cast<unsigned long long>(end));
   return buf;
+}
+
+bool MapEntry::has_vm_flag(std::string_view flag) const {
+  for (size_t pos = 0; pos + flag.size() <= vm_flags.size(); pos += 3)
+    if (std::string_view(vm_flags).substr(pos, flag.size()) == flag &&
+        (pos + flag.size() == vm_flags.size() || vm_flags[pos + flag.size()] == ' '))
+      return true;
+  return false;
 }
 
 namespace {
@@ -52,9 +61,15 @@ bool parse_line(std::string_view s, MapEntry& m) {
   return m.end > m.start;
 }
 
-}  // namespace
+// smaps field lines ("Size:   4 kB", "VmFlags: rd wr") start with a word ending in ':'.
+std::optional<std::string_view> field_key(std::string_view line) {
+  auto sp = line.find(' ');
+  std::string_view first = line.substr(0, sp);
+  if (first.size() < 2 || first.back() != ':') return std::nullopt;
+  return first.substr(0, first.size() - 1);
+}
 
-Result<std::vector<MapEntry>> parse_proc_maps(std::string_view text) {
+Result<std::vector<MapEntry>> parse_entries(std::string_view text, bool smaps) {
   std::vector<MapEntry> maps;
   size_t line_no = 0, pos = 0;
   while (pos < text.size()) {
@@ -64,6 +79,18 @@ Result<std::vector<MapEntry>> parse_proc_maps(std::string_view text) {
     pos = end + 1;
     ++line_no;
     if (line.empty()) continue;
+    if (smaps) {
+      if (auto key = field_key(line)) {
+        if (maps.empty())
+          return fail(Errc::kBadFormat, "smaps line " + std::to_string(line_no) + ": field before any mapping");
+        if (*key == "VmFlags") {
+          std::string_view v = line.substr(line.find(':') + 1);
+          auto b = v.find_first_not_of(' '), e = v.find_last_not_of(' ');
+          maps.back().vm_flags = b == std::string_view::npos ? "" : std::string(v.substr(b, e - b + 1));
+        }
+        continue;
+      }
+    }
     MapEntry m;
     if (!parse_line(line, m))
       return fail(Errc::kBadFormat, "maps line " + std::to_string(line_no) + ": cannot parse '" +
@@ -75,10 +102,22 @@ Result<std::vector<MapEntry>> parse_proc_maps(std::string_view text) {
   return maps;
 }
 
+}  // namespace
+
+Result<std::vector<MapEntry>> parse_proc_maps(std::string_view text) { return parse_entries(text, false); }
+Result<std::vector<MapEntry>> parse_proc_smaps(std::string_view text) { return parse_entries(text, true); }
+
 Result<std::vector<MapEntry>> read_proc_maps(pid_t pid) {
   MLFX_ASSIGN(std::string text, read_proc_file(proc_path(pid, "maps"), 256u << 20));
   auto maps = parse_proc_maps(text);
   if (!maps) return fail(std::move(maps).error().context(proc_path(pid, "maps")));
+  return maps;
+}
+
+Result<std::vector<MapEntry>> read_proc_smaps(pid_t pid) {
+  MLFX_ASSIGN(std::string text, read_proc_file(proc_path(pid, "smaps"), 2048u << 20));
+  auto maps = parse_proc_smaps(text);
+  if (!maps) return fail(std::move(maps).error().context(proc_path(pid, "smaps")));
   return maps;
 }
 

@@ -27,6 +27,29 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kPfKthread = 0x00200000;  // PF_KTHREAD in the task flags of /proc/PID/stat
 
+// Readable mappings that are not read, as the kernel's core dumps (and gdb's gcore) leave
+// them out, by smaps VmFlags. The first rule that matches gives the reason recorded.
+struct SkipRule {
+  const char* vm_flag;
+  const char* reason;
+};
+constexpr SkipRule kSkipRules[] = {
+    {"io", "not read: device memory (VM_IO); reading it can have side effects"},
+    {"dd", "not read: marked MADV_DONTDUMP (VM_DONTDUMP) by the process, as kernel cores and gcore do"},
+};
+// The kernel's special mappings are always attempted, as in kernel cores; what fails to
+// read ([vvar] pages) is zero-filled and listed with the reason.
+constexpr std::string_view kAlwaysRead[] = {"[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"};
+
+const char* skip_reason(const MapEntry& m) {
+  if (!m.readable()) return nullptr;
+  for (auto special : kAlwaysRead)
+    if (m.path == special) return nullptr;
+  for (const auto& rule : kSkipRules)
+    if (m.has_vm_flag(rule.vm_flag)) return rule.reason;
+  return nullptr;
+}
+
 double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::round(std::chrono::duration<double, std::milli>(b - a).count() * 1000) / 1000;
 }
@@ -183,7 +206,7 @@ Status ProcessCapture::State::inspect() {
   MLFX_ASSIGN(std::string cmd, read_proc_file(proc_path(pid, "cmdline"), 1 << 20));
   cmdline = split_nul(cmd);
   MLFX_ASSIGN(auxv, read_proc_file(proc_path(pid, "auxv"), 1 << 20));
-  MLFX_ASSIGN(maps, read_proc_maps(pid));
+  MLFX_ASSIGN(maps, read_proc_smaps(pid));
   if (uname(&uts) != 0) return fail(Errc::kIo, "uname: " + errno_name(errno));
   page_size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   static const long hz = sysconf(_SC_CLK_TCK) > 0 ? sysconf(_SC_CLK_TCK) : 100;
@@ -222,14 +245,9 @@ Status ProcessCapture::State::inspect() {
     threads.push_back({t.tid, std::move(comm), t.pending_signal});
   }
 
-  // Segments: every readable mapping is read, except device memory (GPU apertures, MMIO),
-  // which the kernel's own core dumps also leave out: reading it can have side effects.
+  // Segments: every readable mapping is read, except what kSkipRules leaves out.
   std::vector<CoreSegment> segments;
-  struct FileFacts {
-    bool device = false;
-    std::optional<std::string> build_id;
-  };
-  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, FileFacts> files;
+  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, std::optional<std::string>> ids;
   build_ids.assign(maps.size(), std::nullopt);
   not_dumped.assign(maps.size(), std::string());
   for (size_t i = 0; i < maps.size(); ++i) {
@@ -239,26 +257,23 @@ Status ProcessCapture::State::inspect() {
     s.memsz = e.size();
     s.flags = (e.readable() ? PF_R : 0) | (e.writable() ? PF_W : 0) | (e.executable() ? PF_X : 0);
     s.filesz = e.readable() ? e.size() : 0;
+    if (const char* reason = skip_reason(e)) {
+      not_dumped[i] = reason;
+      s.filesz = 0;
+    }
     if (e.file_backed()) {
       auto key = std::make_tuple(e.dev_major, e.dev_minor, e.inode, e.path);
-      auto it = files.find(key);
-      if (it == files.end()) {
-        FileFacts facts;
-        // stat, not open: opening a device node runs its driver.
+      auto it = ids.find(key);
+      if (it == ids.end()) {
+        std::optional<std::string> id;
+        // Regular files only: opening a device node would run its driver.
         struct stat st;
-        if (stat_mapped_file(pid, e, st)) {
-          facts.device = S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode);
-          if (S_ISREG(st.st_mode))
-            if (auto f = open_mapped_file(pid, e))
-              if (auto id = read_gnu_build_id(*f)) facts.build_id = *id;
-        }
-        it = files.emplace(key, facts).first;
+        if (stat_mapped_file(pid, e, st) && S_ISREG(st.st_mode))
+          if (auto f = open_mapped_file(pid, e))
+            if (auto r = read_gnu_build_id(*f)) id = *r;
+        it = ids.emplace(key, std::move(id)).first;
       }
-      build_ids[i] = it->second.build_id;
-      if (it->second.device) {
-        if (s.filesz) not_dumped[i] = "not read: device memory mapping (reads can have side effects)";
-        s.filesz = 0;
-      }
+      build_ids[i] = it->second;
     }
     segments.push_back(s);
   }
@@ -351,7 +366,7 @@ json::Json ProcessCapture::context() const {
     std::snprintf(dev, sizeof dev, "%02x:%02x", m.dev_major, m.dev_minor);
     json::Json j = {{"start", m.start}, {"end", m.end}, {"perms", m.perms}, {"offset", m.offset},
                     {"dev", dev}, {"inode", m.inode}, {"path", m.path},
-                    {"dumped", s.layout->segments()[i].filesz != 0}};
+                    {"vm_flags", m.vm_flags}, {"dumped", s.layout->segments()[i].filesz != 0}};
     if (s.build_ids[i]) j["build_id"] = *s.build_ids[i];
     maps.push_back(std::move(j));
   }
