@@ -13,12 +13,6 @@ constexpr uint32_t kMaxPhdrs = 1u << 22;
 constexpr uint64_t kMaxNotes = 256u << 20;
 constexpr uint32_t kNtFile = 0x46494c45;  // "FILE"
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 // NT_FILE: count, page size, count x {start, end, page offset}, then count NUL-terminated names.
 Status parse_nt_file(ByteView d, CoreInfo& info) {
   if (d.size() < 16) return fail(Errc::kBadFormat, "NT_FILE note too short");
@@ -118,7 +112,7 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
     std::memcpy(&p, ph + i * sizeof p, sizeof p);
     if (p.p_type == PT_NOTE) {
       if (p.p_filesz > kMaxNotes || !file->view(p.p_offset, p.p_filesz)) {
-        info.warnings.push_back("note segment at file offset " + hex(p.p_offset) + " is missing (truncated core)");
+        info.warnings.push_back("note segment at file offset " + hex_address(p.p_offset) + " is missing (truncated core)");
         continue;
       }
       if (auto st = parse_notes({file->view(p.p_offset, p.p_filesz), p.p_filesz}, info); !st)
@@ -129,7 +123,7 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
       if (p.p_offset >= file_size) present = 0;
       else if (present > file_size - p.p_offset) present = file_size - p.p_offset;
       if (present < p.p_filesz)
-        info.warnings.push_back("segment " + hex(p.p_vaddr) + ": " + std::to_string(p.p_filesz - present) +
+        info.warnings.push_back("segment " + hex_address(p.p_vaddr) + ": " + std::to_string(p.p_filesz - present) +
                                 " of " + std::to_string(p.p_filesz) + " bytes missing (truncated core)");
       if (present > p.p_memsz) present = p.p_memsz;
       segments.push_back({p.p_vaddr, present, p.p_offset});

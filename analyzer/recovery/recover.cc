@@ -32,12 +32,6 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 // A directory name from a class name: the last component, [A-Za-z0-9_.-] only.
 std::string dir_name(size_t index, const std::string& class_name) {
   std::string leaf = class_name.substr(class_name.find_last_of('.') + 1);
@@ -152,7 +146,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
   json::Json models = json::Json::array();
   for (size_t n = 0; n < roots.size(); ++n) {
     const auto* m = walker.module(roots[n]);
-    json::Json model = {{"index", n}, {"class", m->class_name}, {"address", hex(roots[n])}};
+    json::Json model = {{"index", n}, {"class", m->class_name}, {"address", hex_address(roots[n])}};
     std::vector<exporters::TensorRecord> records;
     json::Json missing = json::Json::array(), tensor_meta = json::Json::object();
     uint64_t bytes = 0, parameters = 0;
@@ -184,8 +178,8 @@ Result<json::Json> recover(const RecoverOptions& o) {
       }
       bytes += t->storage_bytes;
       if (!entry.is_buffer) parameters += static_cast<uint64_t>(t->numel);
-      tensor_meta[entry.key] = {{"python_class", t->python_class}, {"address", hex(t->object)},
-                                {"storage", hex(t->storage)}, {"data", hex(t->data)},
+      tensor_meta[entry.key] = {{"python_class", t->python_class}, {"address", hex_address(t->object)},
+                                {"storage", hex_address(t->storage)}, {"data", hex_address(t->data)},
                                 {"buffer", entry.is_buffer}};
       records.push_back(std::move(r));
     }
@@ -231,7 +225,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
         {"segments", info.loads.size()}}},
       {"python",
        {{"version", runtime.version()}, {"binary", runtime.binary()}, {"layout", runtime.layout().name},
-        {"runtime", hex(runtime.runtime())}, {"gc_state", hex(runtime.gc_state())},
+        {"runtime", hex_address(runtime.runtime())}, {"gc_state", hex_address(runtime.gc_state())},
         {"gc_objects", tracked.size()}}},
       {"torch", {{"version", torch_version ? json::Json(*torch_version) : json::Json(nullptr)},
                  {"loaded", torch_version.has_value()},

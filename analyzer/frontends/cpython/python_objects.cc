@@ -19,14 +19,8 @@ constexpr uint64_t kHeapType = 1ull << 9, kManagedDict = 1ull << 4, kLongSubclas
                    kListSubclass = 1ull << 25, kTupleSubclass = 1ull << 26, kBytesSubclass = 1ull << 27,
                    kUnicodeSubclass = 1ull << 28, kDictSubclass = 1ull << 29, kTypeSubclass = 1ull << 31;
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 Error not_a(const char* what, uint64_t obj) {
-  return Error(Errc::kBadFormat, "object at " + hex(obj) + " is not a " + what);
+  return Error(Errc::kBadFormat, "object at " + hex_address(obj) + " is not a " + what);
 }
 
 // UTF-8 encoding of one code point (lone surrogates become U+FFFD).
@@ -54,7 +48,7 @@ void append_utf8(std::string& out, uint32_t cp) {
 
 Result<uint64_t> ObjectReader::type_of(uint64_t obj) const {
   MLFX_ASSIGN(uint64_t t, mem_.read_u64(obj + L_.ob_type));
-  if (!t) return fail(Errc::kBadFormat, "object at " + hex(obj) + " has no type");
+  if (!t) return fail(Errc::kBadFormat, "object at " + hex_address(obj) + " has no type");
   return t;
 }
 
@@ -63,7 +57,7 @@ Result<const TypeInfo*> ObjectReader::type_info(uint64_t type) const {
   // Reading a type reads objects whose types must be read in turn; a hostile image could
   // make that circular.
   if (type_depth_ >= kMaxTypeDepth)
-    return fail(Errc::kBadFormat, "type at " + hex(type) + ": type objects nest too deeply (circular?)");
+    return fail(Errc::kBadFormat, "type at " + hex_address(type) + ": type objects nest too deeply (circular?)");
   ++type_depth_;
   auto result = read_type(type);
   --type_depth_;
@@ -150,15 +144,15 @@ Result<std::string> ObjectReader::str(uint64_t obj) const {
   MLFX_ASSIGN(uint32_t state, mem_.read_value<uint32_t>(obj + L_.str_state));
   const uint32_t kind = (state >> 2) & 7;
   const bool compact = state & (1u << 5), ascii = state & (1u << 6);
-  if (length > kMaxStr) return fail(Errc::kBadFormat, "str at " + hex(obj) + " is implausibly long");
-  if (!compact) return fail(Errc::kUnsupported, "legacy (non-compact) str at " + hex(obj));
+  if (length > kMaxStr) return fail(Errc::kBadFormat, "str at " + hex_address(obj) + " is implausibly long");
+  if (!compact) return fail(Errc::kUnsupported, "legacy (non-compact) str at " + hex_address(obj));
   if (ascii) {
     std::string s(length, '\0');
     MLFX_TRY(mem_.read(obj + L_.str_ascii_data, s.data(), length));
     return s;
   }
   if (kind != 1 && kind != 2 && kind != 4)
-    return fail(Errc::kBadFormat, "str at " + hex(obj) + " has character size " + std::to_string(kind));
+    return fail(Errc::kBadFormat, "str at " + hex_address(obj) + " has character size " + std::to_string(kind));
   std::string raw(length * kind, '\0');
   MLFX_TRY(mem_.read(obj + L_.str_compact_data, raw.data(), raw.size()));
   std::string out;
@@ -177,7 +171,7 @@ Result<json::Json> ObjectReader::integer(uint64_t obj) const {
   int64_t size = static_cast<int64_t>(size_raw);
   uint64_t ndigits = size < 0 ? uint64_t(-(size + 1)) + 1 : uint64_t(size);
   if (ndigits > 2) {  // > 60 bits: keep exact, as a decimal string
-    if (ndigits > 1024) return fail(Errc::kBadFormat, "int at " + hex(obj) + " is implausibly large");
+    if (ndigits > 1024) return fail(Errc::kBadFormat, "int at " + hex_address(obj) + " is implausibly large");
     std::vector<uint32_t> digits(ndigits);
     MLFX_TRY(mem_.read(obj + L_.long_digits, digits.data(), ndigits * 4));
     std::string dec;
@@ -210,7 +204,7 @@ Result<std::vector<uint64_t>> ObjectReader::tuple_items(uint64_t obj) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (!(t->flags & kTupleSubclass)) return fail(not_a("tuple", obj));
   MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
-  if (n > kMaxItems) return fail(Errc::kBadFormat, "tuple at " + hex(obj) + " is implausibly long");
+  if (n > kMaxItems) return fail(Errc::kBadFormat, "tuple at " + hex_address(obj) + " is implausibly long");
   std::vector<uint64_t> items(n);
   MLFX_TRY(mem_.read(obj + L_.tuple_items, items.data(), n * 8));
   return items;
@@ -220,7 +214,7 @@ Result<std::vector<uint64_t>> ObjectReader::list_items(uint64_t obj) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (!(t->flags & kListSubclass)) return fail(not_a("list", obj));
   MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
-  if (n > kMaxItems) return fail(Errc::kBadFormat, "list at " + hex(obj) + " is implausibly long");
+  if (n > kMaxItems) return fail(Errc::kBadFormat, "list at " + hex_address(obj) + " is implausibly long");
   MLFX_ASSIGN(uint64_t arr, mem_.read_u64(obj + L_.list_items));
   std::vector<uint64_t> items(n);
   if (n) MLFX_TRY(mem_.read(arr, items.data(), n * 8));
@@ -232,7 +226,7 @@ Result<std::vector<uint64_t>> ObjectReader::set_items(uint64_t obj) const {
   if (t->name != "set" && t->name != "frozenset") return fail(not_a("set", obj));
   MLFX_ASSIGN(uint64_t mask, mem_.read_u64(obj + L_.set_mask));
   MLFX_ASSIGN(uint64_t table, mem_.read_u64(obj + L_.set_table));
-  if (mask >= kMaxItems || ((mask + 1) & mask)) return fail(Errc::kBadFormat, "set at " + hex(obj) + " has a bad mask");
+  if (mask >= kMaxItems || ((mask + 1) & mask)) return fail(Errc::kBadFormat, "set at " + hex_address(obj) + " has a bad mask");
   std::vector<uint64_t> entries((mask + 1) * 2);  // {key, hash}
   MLFX_TRY(mem_.read(table, entries.data(), entries.size() * 8));
   std::vector<uint64_t> items;
@@ -254,7 +248,7 @@ Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool sp
   const uint64_t nentries = load_le<uint64_t>(hdr + 24);
   if (log2_size > 30 || log2_index_bytes > 34 || kind > 2 || nentries > (1ull << log2_size) ||
       nentries > kMaxItems)
-    return fail(Errc::kBadFormat, "dict keys at " + hex(keys) + " are implausible");
+    return fail(Errc::kBadFormat, "dict keys at " + hex_address(keys) + " are implausible");
   const uint64_t entry_size = kind == 0 ? 24 : 16, key_at = kind == 0 ? 8 : 0;
   const uint64_t entries = keys + 32 + (1ull << log2_index_bytes);
   std::vector<uint8_t> raw(nentries * entry_size);
@@ -334,7 +328,7 @@ Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::instance_dic
     MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj - 32));
     if (!values) return std::vector<std::pair<std::string, uint64_t>>{};
     MLFX_ASSIGN(uint64_t keys, mem_.read_u64(type + L_.ht_cached_keys));
-    if (!keys) return fail(Errc::kBadFormat, "type of " + hex(obj) + " has no cached keys for its values");
+    if (!keys) return fail(Errc::kBadFormat, "type of " + hex_address(obj) + " has no cached keys for its values");
     MLFX_ASSIGN(Items items, dict_entries(keys, values, true));
     std::vector<std::pair<std::string, uint64_t>> out;
     for (const auto& [k, v] : items) {

@@ -15,12 +15,6 @@ namespace {
 constexpr size_t kMaxTrackedObjects = 50'000'000;
 constexpr uint64_t kInterpScanBytes = 256 * 1024;
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 // Load base of each mapped file: the start of its mapping at file offset 0.
 std::vector<std::pair<std::string, uint64_t>> candidate_objects(const std::vector<layers::MappedFile>& files) {
   std::map<std::string, uint64_t> base;
@@ -111,12 +105,12 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
   MLFX_ASSIGN(uint64_t tt_name, mem_->read_u64(type_type_ + L.tp_name));
   auto name = mem_->read_cstring(tt_name, 64);
   if (tt != type_type_ || !name || *name != "type")
-    return fail(Errc::kUnsupported, table + " does not fit this image: PyType_Type at " + hex(type_type_) +
+    return fail(Errc::kUnsupported, table + " does not fit this image: PyType_Type at " + hex_address(type_type_) +
                                         " does not look like a type object");
   MLFX_ASSIGN(interp_, mem_->read_u64(runtime_ + L.runtime_interpreters_head));
   if (!interp_ || !mem_->is_mapped(interp_, L.interp_gc + 112))
     return fail(Errc::kUnsupported, table + " does not fit this image: interpreters.head at _PyRuntime+" +
-                                        std::to_string(L.runtime_interpreters_head) + " is " + hex(interp_));
+                                        std::to_string(L.runtime_interpreters_head) + " is " + hex_address(interp_));
   // generation0 points at generations[0].head, 72 bytes before itself.
   auto fits = [&](uint64_t gc) {
     auto g0 = mem_->read_u64(gc + L.gc_generation0);
@@ -182,7 +176,7 @@ std::vector<uint64_t> PythonRuntime::tracked_objects(Diagnostics& diag) const {
         return objects;
       }
       if (!seen.insert(node).second) {
-        diag.warn(list + ": link cycle at " + hex(node) + "; the rest of the list is skipped");
+        diag.warn(list + ": link cycle at " + hex_address(node) + "; the rest of the list is skipped");
         break;
       }
       objects.push_back(node + L.gc_head_size);

@@ -9,12 +9,6 @@ namespace {
 
 constexpr size_t kMaxDepth = 256;
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 // Instance attributes every nn.Module has; the rest are the class's own state.
 bool is_module_internal(const std::string& name) {
   static const std::set<std::string> kInternal = {
@@ -78,7 +72,7 @@ Result<ModuleInfo> ModuleWalker::read_module(uint64_t obj) {
     }
   }
   if (!have_parameters)
-    return fail(Errc::kBadFormat, "module " + m.class_name + " at " + hex(obj) +
+    return fail(Errc::kBadFormat, "module " + m.class_name + " at " + hex_address(obj) +
                                       " has no _parameters (not initialised, or damaged)");
   return m;
 }
@@ -91,7 +85,7 @@ void ModuleWalker::scan(const std::vector<uint64_t>& objects) {
     if (!is_module || !*is_module) continue;
     auto m = read_module(obj);
     if (!m) {
-      diag_.warn("skipped module at " + hex(obj) + ": " + m.error().to_string());
+      diag_.warn("skipped module at " + hex_address(obj) + ": " + m.error().to_string());
       continue;
     }
     modules_.emplace(obj, std::move(*m));
@@ -107,7 +101,7 @@ void ModuleWalker::scan(const std::vector<uint64_t>& objects) {
     if (modules_.count(obj)) continue;
     auto m = read_module(obj);
     if (!m) {
-      diag_.warn("skipped child module at " + hex(obj) + ": " + m.error().to_string());
+      diag_.warn("skipped child module at " + hex_address(obj) + ": " + m.error().to_string());
       continue;
     }
     for (const auto& c : m->children)
@@ -145,12 +139,12 @@ void ModuleWalker::collect(uint64_t obj, const std::string& prefix, std::set<uin
   const ModuleInfo* m = module(obj);
   if (!m) return;
   if (budget == 0) {
-    diag_.warn("state_dict: too many module visits at " + prefix + " (" + hex(obj) + "; shared submodules?); cut");
+    diag_.warn("state_dict: too many module visits at " + prefix + " (" + hex_address(obj) + "; shared submodules?); cut");
     return;
   }
   --budget;
   if (path.size() > kMaxDepth || !path.insert(obj).second) {
-    diag_.warn("module cycle at " + prefix + " (" + hex(obj) + "); not followed");
+    diag_.warn("module cycle at " + prefix + " (" + hex_address(obj) + "); not followed");
     return;
   }
   for (const auto& p : m->parameters)
@@ -173,7 +167,7 @@ std::vector<StateEntry> ModuleWalker::state_dict(uint64_t root) const {
 json::Json ModuleWalker::describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen,
                                   size_t& budget) const {
   const ModuleInfo* m = module(obj);
-  json::Json j = {{"path", path}, {"address", hex(obj)}};
+  json::Json j = {{"path", path}, {"address", hex_address(obj)}};
   if (m && budget == 0) {
     j["class"] = m->class_name;
     j["error"] = "not described: too many module visits (shared submodules?)";

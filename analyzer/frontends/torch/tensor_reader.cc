@@ -8,12 +8,6 @@ namespace {
 
 constexpr uint64_t kMaxDims = 64;
 
-std::string hex(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
-
 }  // namespace
 
 Result<bool> TensorReader::is_tensor_type(uint64_t type) const {
@@ -29,7 +23,7 @@ Result<bool> TensorReader::is_tensor_type(uint64_t type) const {
 
 Result<uint64_t> TensorReader::impl_of(uint64_t obj) const {
   MLFX_ASSIGN(uint64_t impl, objects_.memory().read_u64(obj + layout_->thp_impl));
-  if (!impl) return fail(Errc::kBadFormat, "tensor at " + hex(obj) + " has no TensorImpl");
+  if (!impl) return fail(Errc::kBadFormat, "tensor at " + hex_address(obj) + " has no TensorImpl");
   return impl;
 }
 
@@ -46,7 +40,7 @@ Status TensorReader::calibrate(uint64_t obj) {
       return {};
     }
   }
-  return fail(Errc::kUnsupported, "no torch layout table fits the tensor at " + hex(obj) +
+  return fail(Errc::kUnsupported, "no torch layout table fits the tensor at " + hex_address(obj) +
                                       " (its TensorImpl does not point back to it): this torch "
                                       "version is not supported yet");
 }
@@ -60,10 +54,10 @@ Result<TensorInfo> TensorReader::read(uint64_t obj) {
   MLFX_ASSIGN(const cpython::TypeInfo* type, objects_.type_info_of(obj));
   t.python_class = type->full_name();
   MLFX_ASSIGN(t.impl, impl_of(obj));
-  const std::string where = "tensor at " + hex(obj);
+  const std::string where = "tensor at " + hex_address(obj);
   MLFX_ASSIGN(uint64_t back, mem.read_u64(t.impl + L.impl_pyobj));
   if ((back & ~uint64_t(1)) != obj)
-    return fail(Errc::kCorrupt, where + ": TensorImpl " + hex(t.impl) + " does not point back to it");
+    return fail(Errc::kCorrupt, where + ": TensorImpl " + hex_address(t.impl) + " does not point back to it");
   MLFX_ASSIGN(uint64_t ndim, mem.read_u64(t.impl + L.impl_sizes_and_strides));
   if (ndim > kMaxDims) return fail(Errc::kCorrupt, where + ": " + std::to_string(ndim) + " dimensions");
   t.sizes.resize(ndim);

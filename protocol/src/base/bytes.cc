@@ -1,5 +1,7 @@
 #include "mlfx/base/bytes.h"
 
+#include <cstdio>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -13,6 +15,12 @@ std::string to_hex(ByteView b) {
     s[2 * i + 1] = kDigits[b[i] & 15];
   }
   return s;
+}
+
+std::string hex_address(uint64_t address) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(address));
+  return buf;
 }
 
 static int hex_value(char c) {

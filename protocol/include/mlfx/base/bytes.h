@@ -33,6 +33,8 @@ inline T load_le(const uint8_t* p) {
 }
 
 std::string to_hex(ByteView b);
+// An address for messages and reports: "0x7f3a2c001000".
+std::string hex_address(uint64_t address);
 std::optional<Bytes> from_hex(std::string_view s);
 std::string to_base64(ByteView b);
 std::optional<Bytes> from_base64(std::string_view s);
