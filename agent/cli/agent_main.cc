@@ -23,15 +23,6 @@ int report_error(const Error& e) {
   return 1;
 }
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
-  return buf;
-}
-
 // Ctrl-C, SIGTERM or SIGHUP during a capture: stop at the next block, release the target and
 // remove the incomplete bundle, instead of dying with a partial file on disk.
 std::atomic<bool> g_interrupted{false};

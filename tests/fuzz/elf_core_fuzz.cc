@@ -29,26 +29,6 @@ namespace {
 
 using namespace mlfx;
 
-int input_fd() {
-  static const int fd = [] {
-    int f = memfd_create("mlfx-fuzz-core", MFD_CLOEXEC);
-    if (f < 0) fuzz::invariant_failed("memfd_create", std::strerror(errno));
-    return f;
-  }();
-  return fd;
-}
-
-void load_input(int fd, const uint8_t* data, size_t size) {
-  if (ftruncate(fd, 0) != 0) fuzz::invariant_failed("ftruncate memfd", std::strerror(errno));
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = pwrite(fd, data + done, size - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fuzz::invariant_failed("write memfd", std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-}
-
 void check_segments(const layers::ElfCoreLayer& core) {
   const auto& segs = core.segments();
   uint8_t buf[64];
@@ -103,8 +83,7 @@ void run(const std::string& path) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path = "/proc/self/fd/" + std::to_string(input_fd());
-  load_input(input_fd(), data, size);
+  const std::string& path = fuzz::input_as_file(data, size);
   run(path);
   return 0;
 }

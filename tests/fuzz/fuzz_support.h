@@ -1,7 +1,13 @@
 // Small helpers shared by the fuzz targets (libFuzzer entry points; see README.md).
 #pragma once
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <string>
 
@@ -16,6 +22,26 @@ namespace mlfx::fuzz {
   std::fprintf(stderr, "fuzz invariant failed: %s\n  %s\n", what, detail.c_str());
   std::fflush(stderr);
   std::abort();
+}
+
+// The input as a file path for readers that take one: one memfd for the whole process,
+// rewritten for every input ("/proc/self/fd/N"), so nothing touches the disk.
+inline const std::string& input_as_file(const uint8_t* data, size_t size) {
+  static const int fd = [] {
+    int f = memfd_create("mlfx-fuzz-input", MFD_CLOEXEC);
+    if (f < 0) invariant_failed("memfd_create", std::strerror(errno));
+    return f;
+  }();
+  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  if (ftruncate(fd, 0) != 0) invariant_failed("ftruncate memfd", std::strerror(errno));
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pwrite(fd, data + done, size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) invariant_failed("write memfd", std::strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+  return path;
 }
 
 // The fixed lab key of fixed_keys.h, parsed once. A failure here is a harness error.

@@ -35,7 +35,7 @@ void Progress::finish() {
   if (active_) draw(true);
 }
 
-static std::string human_bytes(double b) {
+std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
   while (b >= 1024 && u < 4) b /= 1024, ++u;

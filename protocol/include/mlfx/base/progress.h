@@ -7,6 +7,9 @@
 
 namespace mlfx {
 
+// "1.5 GiB": sizes for people, in binary units.
+std::string human_bytes(double bytes);
+
 class Progress {
  public:
   // total == 0 means unknown (a pipe): shows bytes and rate without a bar.
