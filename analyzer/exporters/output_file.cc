@@ -43,8 +43,9 @@ Status OutputFile::write(ByteView data) {
 }
 
 Status OutputFile::commit() {
+  // No fsync: exports are derived from the evidence and can be made again, so like cp and tar
+  // we leave write-back to the kernel (waiting for the disk was most of recover's time).
   MLFX_TRY(flush());
-  MLFX_TRY(file_.sync());
   MLFX_TRY(file_.close());
   committed_ = true;
   return {};

@@ -26,7 +26,7 @@ class OutputFile {
   Status write(ByteView data);
   // Bytes written so far (buffered ones included): the offset of the next write.
   uint64_t offset() const { return offset_; }
-  // Flushes, fsyncs and closes; the file stays.
+  // Flushes and closes (no fsync); the file stays.
   Status commit();
   const std::string& path() const { return file_.path(); }
 

@@ -1,6 +1,6 @@
 #include "exporters/zip_writer.h"
 
-#include <zlib.h>
+#include <isa-l/crc.h>
 
 #include <algorithm>
 
@@ -57,9 +57,10 @@ bool is_ascii(std::string_view s) {
 }
 
 uint32_t crc_of(std::span<const ByteView> parts) {
-  uLong crc = crc32_z(0, Z_NULL, 0);
-  for (ByteView p : parts) crc = crc32_z(crc, p.data(), p.size());
-  return static_cast<uint32_t>(crc);
+  // ZIP's CRC-32 is gzip's (reflected IEEE); ISA-L chains calls like zlib's crc32().
+  uint32_t crc = 0;
+  for (ByteView p : parts) crc = crc32_gzip_refl(crc, p.data(), p.size());
+  return crc;
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ class ZipWriter {
     return add(name, std::span<const ByteView>(&data, 1), align);
   }
 
-  // Writes the central directory and end records, fsyncs and closes.
+  // Writes the central directory and end records and closes.
   Status finish();
 
   size_t entry_count() const { return entries_.size(); }
