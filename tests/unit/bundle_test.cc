@@ -1,4 +1,9 @@
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
 
 #include "bundle_fixture.h"
 #include "mlfx/crypto/hash.h"
@@ -111,6 +116,85 @@ TEST_F(BundleRoundTrip, WriteFromFileEqualsWrite) {
   auto got = testing::decrypt_all(*r, *keys.lab.box);
   ASSERT_TRUE(got);
   EXPECT_EQ((*got)[0], data);
+}
+
+// The pipeline (hasher, sealers, writer threads) with the fewest buffers and with many
+// sealers must give the same bytes whatever the write pattern: zero-copy buffer()/commit()
+// in ragged pieces, commit(0), a stream that ends exactly on a chunk boundary.
+TEST_F(BundleRoundTrip, PipelineKeepsOrderUnderAnyBudgetAndWritePattern) {
+  const uint32_t cs = kMinChunkSize;
+  const std::string a = testing::random_string(37 * cs + 5, 6), b = testing::random_string(8 * cs, 7);
+  for (unsigned sealers : {1u, 3u}) {
+    for (uint64_t budget : {uint64_t{0}, uint64_t{64} * cs}) {
+      const std::string path = dir / ("p" + std::to_string(sealers) + "-" + std::to_string(budget));
+      SealParams p;
+      p.chunk_size = cs;
+      p.buffer_bytes = budget;
+      p.sealer_threads = sealers;
+      p.legacy_hashes = true;
+      auto w = BundleWriter::create(*File::create_new(path, 0600), *keys.device.signing,
+                                    {keys.lab.box->public_key()}, p);
+      ASSERT_TRUE(w);
+      ASSERT_TRUE(w->prepare_buffers(10 * cs));
+      ASSERT_TRUE(w->begin_stream("a", "m"));
+      size_t at = 0, step = 1;
+      while (at < a.size()) {
+        auto room = w->buffer(std::min(step, a.size() - at));
+        ASSERT_TRUE(room) << room.error().to_string();
+        ASSERT_TRUE(w->commit(0));
+        std::memcpy(room->data(), a.data() + at, room->size());
+        ASSERT_TRUE(w->commit(room->size()));
+        at += room->size();
+        step = step * 7 % 9001 + 1;
+      }
+      ASSERT_TRUE(w->end_stream());
+      ASSERT_TRUE(w->begin_stream("b", "m"));
+      ASSERT_TRUE(w->write(as_bytes(b)));
+      ASSERT_TRUE(w->buffer(1));  // asked for room, then ended without using it
+      ASSERT_TRUE(w->end_stream());
+      ASSERT_TRUE(w->begin_stream("empty", "m"));
+      ASSERT_TRUE(w->end_stream());
+      ASSERT_TRUE(w->finish());
+      auto r = BundleReader::open(path);
+      ASSERT_TRUE(r) << r.error().to_string();
+      EXPECT_TRUE(r->verify_chunks(nullptr));
+      EXPECT_EQ(r->manifest().streams[0].chunks, 38u);
+      EXPECT_EQ(r->manifest().streams[1].chunks, 8u);
+      EXPECT_EQ(r->manifest().streams[0].sha256, crypto::sha256_hex(as_bytes(a)));
+      auto got = testing::decrypt_all(*r, *keys.lab.box);
+      ASSERT_TRUE(got) << got.error().to_string();
+      EXPECT_EQ((*got)[0], a);
+      EXPECT_EQ((*got)[1], b);
+      EXPECT_EQ((*got)[2], "");
+    }
+  }
+}
+
+// A write that fails in the writer thread (file size limit: EFBIG) reaches the caller, and
+// nothing hangs.
+TEST_F(BundleRoundTrip, PipelineFailureReachesTheCaller) {
+  struct rlimit before;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &before), 0);
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limited = before;
+  limited.rlim_cur = 16 * kMinChunkSize;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limited), 0);
+  Status st;
+  {
+    SealParams p;
+    p.chunk_size = kMinChunkSize;
+    auto w = BundleWriter::create(*File::create_new(dir / "b.mlfx", 0600), *keys.device.signing,
+                                  {keys.lab.box->public_key()}, p);
+    ASSERT_TRUE(w);
+    ASSERT_TRUE(w->begin_stream("s", "m"));
+    const std::string data = testing::random_string(100 * kMinChunkSize, 8);
+    st = w->write(as_bytes(data));
+    if (st) st = w->end_stream();
+  }
+  setrlimit(RLIMIT_FSIZE, &before);
+  signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("b.mlfx"), std::string::npos) << st.error().to_string();
 }
 
 TEST_F(BundleRoundTrip, SeveralRecipientsEachOpen) {

@@ -1,7 +1,14 @@
 #include "mlfx/bundle/writer.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "mlfx/base/clock.h"
 #include "mlfx/base/host.h"
@@ -9,26 +16,106 @@
 #include "mlfx/crypto/hash.h"
 
 namespace mlfx::bundle {
+namespace {
+
+constexpr size_t kHugePage = 2u << 20;
+constexpr size_t kMinSlots = 4;  // enough for every stage to hold one chunk
+
+// One chunk's memory: anonymous pages aligned for transparent huge pages, so a capture that
+// fills hundreds of MiB while its target is frozen takes 512x fewer page faults.
+class ChunkMemory {
+ public:
+  static Result<ChunkMemory> allocate(size_t size) {
+    const size_t len = size + kHugePage;
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return fail(Errc::kIo, "cannot allocate a chunk buffer: " + errno_text(errno));
+    auto base = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
+    if (aligned > base) munmap(p, aligned - base);
+    if (aligned + size < base + len) munmap(reinterpret_cast<void*>(aligned + size), base + len - aligned - size);
+    (void)madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);  // a hint only
+    return ChunkMemory(reinterpret_cast<uint8_t*>(aligned), size);
+  }
+  ChunkMemory(ChunkMemory&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(o.size_) {}
+  ChunkMemory& operator=(ChunkMemory&&) = delete;
+  ~ChunkMemory() {
+    if (data_) munmap(data_, size_);
+  }
+  uint8_t* data() const { return data_; }
+  // Touches every page now rather than on first use.
+  void populate() {
+    for (size_t at = 0; at < size_; at += 4096) data_[at] = 0;
+  }
+
+ private:
+  ChunkMemory(uint8_t* d, size_t n) : data_(d), size_(n) {}
+  uint8_t* data_;
+  size_t size_;
+};
+
+// A chunk on its way: filled by the caller, its plaintext hashed, encrypted in place and its
+// record hashed by a sealer, written. Stages take slots in this order.
+struct Slot {
+  enum class State { kFree, kFilling, kFilled, kHashed, kSealing, kSealed };
+  explicit Slot(ChunkMemory m) : mem(std::move(m)) {}
+  ChunkMemory mem;
+  State state = State::kFree;
+  size_t fill = 0;
+  uint32_t stream = 0;
+  uint64_t index = 0;
+  bool final = false;
+  std::array<uint8_t, kRecordHeaderSize> header{};
+  std::array<uint8_t, crypto::kTagSize> tag{};
+  std::array<uint8_t, 32> record_sha256{};
+};
+
+unsigned default_sealers() {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  return std::clamp(cores > 2 ? cores - 2 : 1u, 1u, 4u);
+}
+
+}  // namespace
 
 struct BundleWriter::Impl {
   File out;
   const crypto::SigningKey* device = nullptr;
   SealParams params;
   Manifest manifest;
-  crypto::Aes256Gcm gcm;
-  uint64_t offset = 0;  // bytes written so far
+  SecretBytes data_key;
+  uint64_t offset = 0;  // bytes written so far (the writer thread's while streaming)
 
-  // The current stream.
+  // The current stream. table and the hashers belong to the pipeline threads while chunks
+  // are in flight; the caller touches them only after drain().
   bool in_stream = false;
   StreamInfo stream;
   std::vector<ChunkEntry> table;
   crypto::Hasher sha256;
   std::optional<crypto::Hasher> md5, sha1;
-  Bytes plain, spare, record;  // chunk buffers: plaintext, read-ahead, sealed record
-  size_t fill = 0;
+  uint64_t next_index = 0;
+  Slot* current = nullptr;  // being filled by the caller
+  Slot* pending = nullptr;  // full, sealed once more data shows it is not the last chunk
 
-  Impl(File f, crypto::Aes256Gcm g, crypto::Hasher h)
-      : out(std::move(f)), gcm(std::move(g)), sha256(std::move(h)) {}
+  // The pipeline.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::unique_ptr<Slot>> slots;
+  std::vector<Slot*> free_slots;
+  std::deque<Slot*> in_flight;  // submitted, oldest first
+  size_t max_slots = kMinSlots;
+  std::optional<Error> error;   // the first failure of any stage
+  bool stopping = false;
+  std::vector<std::thread> threads;
+
+  Impl(File f, crypto::Hasher h) : out(std::move(f)), sha256(std::move(h)) {}
+
+  ~Impl() {
+    {
+      std::lock_guard lk(mu);
+      stopping = true;
+    }
+    cv.notify_all();
+    for (auto& t : threads) t.join();
+  }
 
   Status write_record(const RecordHeader& h, ByteView payload) {
     auto hdr = encode_record_header(h);
@@ -38,36 +125,167 @@ struct BundleWriter::Impl {
     return {};
   }
 
-  // Seals plain[0..fill) as chunk table.size() of the current stream.
-  Status seal_chunk(bool final) {
-    const uint64_t index = table.size();
-    if (index >= kMaxChunksPerStream)
+  void start_threads(unsigned sealers) {
+    threads.emplace_back([this] { hash_loop(); });
+    for (unsigned i = 0; i < sealers; ++i) {
+      auto gcm = crypto::Aes256Gcm::create(data_key.view());
+      if (!gcm) {
+        std::lock_guard lk(mu);
+        error = gcm.error();
+        break;
+      }
+      threads.emplace_back([this, g = std::make_shared<crypto::Aes256Gcm>(std::move(*gcm))] { seal_loop(*g); });
+    }
+    threads.emplace_back([this] { write_loop(); });
+  }
+
+  // Called with mu held by a stage that failed: everything stops, the caller sees `e`.
+  void fail_locked(Error e) {
+    if (!error) error = std::move(e);
+    cv.notify_all();
+  }
+
+  Status error_status() {
+    std::lock_guard lk(mu);
+    if (error) return fail(*error);
+    return {};
+  }
+
+  // The first in-flight slot in `state` (slots enter each state in order, except sealing).
+  Slot* find(Slot::State state) {
+    for (Slot* s : in_flight)
+      if (s->state == state) return s;
+    return nullptr;
+  }
+
+  void hash_loop() {
+    std::unique_lock lk(mu);
+    while (true) {
+      Slot* s = nullptr;
+      cv.wait(lk, [&] { return stopping || error || (s = find(Slot::State::kFilled)); });
+      if (!s) return;
+      lk.unlock();
+      ByteView pt(s->mem.data(), s->fill);
+      sha256.update(pt);
+      if (md5) md5->update(pt);
+      if (sha1) sha1->update(pt);
+      lk.lock();
+      s->state = Slot::State::kHashed;
+      cv.notify_all();
+    }
+  }
+
+  void seal_loop(crypto::Aes256Gcm& gcm) {
+    auto hasher = crypto::Hasher::create(crypto::HashAlg::kSha256);
+    std::unique_lock lk(mu);
+    if (!hasher) return fail_locked(hasher.error());
+    while (true) {
+      Slot* s = nullptr;
+      cv.wait(lk, [&] { return stopping || error || (s = find(Slot::State::kHashed)); });
+      if (!s) return;
+      s->state = Slot::State::kSealing;
+      lk.unlock();
+      RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), s->final ? kChunkFinal : 0,
+                     s->fill + crypto::kTagSize, s->stream, s->index};
+      s->header = encode_record_header(h);
+      Status st = gcm.seal(chunk_nonce(s->stream, s->index), chunk_aad(manifest.bundle_id, s->header),
+                           {s->mem.data(), s->fill}, s->mem.data(), s->tag.data());
+      if (st) {
+        hasher->update(s->header);
+        hasher->update({s->mem.data(), s->fill});
+        hasher->update(s->tag);
+        auto digest = hasher->finish();
+        if (digest) std::memcpy(s->record_sha256.data(), digest->data(), 32);
+        else st = fail(digest.error());
+      }
+      lk.lock();
+      if (!st) return fail_locked(st.error());
+      s->state = Slot::State::kSealed;
+      cv.notify_all();
+    }
+  }
+
+  void write_loop() {
+    std::unique_lock lk(mu);
+    while (true) {
+      cv.wait(lk, [&] {
+        return stopping || error || (!in_flight.empty() && in_flight.front()->state == Slot::State::kSealed);
+      });
+      if (stopping || error) return;
+      Slot* s = in_flight.front();
+      lk.unlock();
+      ChunkEntry e;
+      e.record_offset = offset;
+      e.plaintext_size = static_cast<uint32_t>(s->fill);
+      e.flags = s->final ? kChunkFinal : 0;
+      e.record_sha256 = s->record_sha256;
+      Status st = out.write_all(s->header);
+      if (st) st = out.write_all({s->mem.data(), s->fill});
+      if (st) st = out.write_all(s->tag);
+      offset += kRecordHeaderSize + s->fill + crypto::kTagSize;
+      table.push_back(e);
+      lk.lock();
+      if (!st) return fail_locked(st.error());
+      in_flight.pop_front();
+      s->state = Slot::State::kFree;
+      free_slots.push_back(s);
+      cv.notify_all();
+    }
+  }
+
+  // Adds a slot (with mu held); its memory is touched now when `populate`.
+  Status add_slot_locked(bool populate) {
+    MLFX_ASSIGN(ChunkMemory m, ChunkMemory::allocate(manifest.chunk_size));
+    if (populate) m.populate();
+    slots.push_back(std::make_unique<Slot>(std::move(m)));
+    free_slots.push_back(slots.back().get());
+    return {};
+  }
+
+  // A free slot for the caller, allocating one while under the budget, else waiting.
+  Result<Slot*> acquire() {
+    std::unique_lock lk(mu);
+    if (free_slots.empty() && slots.size() < max_slots) {
+      MLFX_TRY(add_slot_locked(false));
+    }
+    cv.wait(lk, [&] { return error || !free_slots.empty(); });
+    if (error) return fail(*error);
+    Slot* s = free_slots.back();
+    free_slots.pop_back();
+    s->state = Slot::State::kFilling;
+    s->fill = 0;
+    return s;
+  }
+
+  void release(Slot* s) {
+    std::lock_guard lk(mu);
+    s->state = Slot::State::kFree;
+    free_slots.push_back(s);
+  }
+
+  Status submit(Slot* s, bool final) {
+    if (next_index >= kMaxChunksPerStream)
       return fail(Errc::kInvalidArgument,
                   "stream " + stream.name + " exceeds " + std::to_string(kMaxChunksPerStream) +
-                      " chunks of " + std::to_string(plain.size()) + " bytes; seal it with a larger chunk size");
-    RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), final ? kChunkFinal : 0,
-                   fill + crypto::kTagSize, stream.index, index};
-    auto hdr = encode_record_header(h);
-    std::memcpy(record.data(), hdr.data(), hdr.size());
-    ByteView pt(plain.data(), fill);
-    sha256.update(pt);
-    if (md5) md5->update(pt);
-    if (sha1) sha1->update(pt);
-    auto nonce = chunk_nonce(stream.index, index);
-    uint8_t* ct = record.data() + kRecordHeaderSize;
-    MLFX_TRY(gcm.seal(nonce, chunk_aad(manifest.bundle_id, hdr), pt, ct, ct + fill));
-    const size_t record_size = kRecordHeaderSize + fill + crypto::kTagSize;
-    ChunkEntry e;
-    e.record_offset = offset;
-    e.plaintext_size = static_cast<uint32_t>(fill);
-    e.flags = h.flags;
-    Bytes digest = crypto::sha256({record.data(), record_size});
-    std::memcpy(e.record_sha256.data(), digest.data(), 32);
-    MLFX_TRY(out.write_all({record.data(), record_size}));
-    offset += record_size;
-    table.push_back(e);
-    stream.size += fill;
-    fill = 0;
+                      " chunks of " + std::to_string(manifest.chunk_size) +
+                      " bytes; seal it with a larger chunk size");
+    stream.size += s->fill;
+    std::lock_guard lk(mu);
+    if (error) return fail(*error);
+    s->stream = stream.index;
+    s->index = next_index++;
+    s->final = final;
+    s->state = Slot::State::kFilled;
+    in_flight.push_back(s);
+    cv.notify_all();
+    return {};
+  }
+
+  // Waits until every submitted chunk is written.
+  Status drain() {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return error || in_flight.empty(); });
+    if (error) return fail(*error);
     return {};
   }
 };
@@ -83,11 +301,10 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
     return fail(Errc::kInvalidArgument, "at least one lab recipient key is needed");
   if (params.chunk_size < kMinChunkSize || params.chunk_size > kMaxChunkSize)
     return fail(Errc::kInvalidArgument, "chunk size must be between 4 KiB and 64 MiB");
-  SecretBytes data_key = crypto::random_secret(crypto::kDataKeySize);
-  MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key.view()));
   MLFX_ASSIGN(crypto::Hasher sha, crypto::Hasher::create(crypto::HashAlg::kSha256));
-  auto impl = std::make_unique<Impl>(std::move(out), std::move(gcm), std::move(sha));
+  auto impl = std::make_unique<Impl>(std::move(out), std::move(sha));
   impl->device = &device;
+  impl->data_key = crypto::random_secret(crypto::kDataKeySize);
   Manifest& m = impl->manifest;
   Bytes id = crypto::random_bytes(kBundleIdSize);
   std::memcpy(m.bundle_id.data(), id.data(), kBundleIdSize);
@@ -103,17 +320,16 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
   m.tool = {kToolName, kToolVersion, params.command, params.tool_parameters};
   m.created_utc = utc_timestamp();
   m.context = params.context;
-  MLFX_ASSIGN(m.key_commitment, key_commitment(data_key.view(), m.bundle_id));
+  MLFX_ASSIGN(m.key_commitment, key_commitment(impl->data_key.view(), m.bundle_id));
   for (const auto& r : recipients) {
     for (const auto& earlier : m.recipients)
       if (earlier.recipient_fingerprint == r.fingerprint())
         return fail(Errc::kInvalidArgument, "recipient " + r.fingerprint() + " given twice");
-    MLFX_ASSIGN(crypto::WrappedKey w, crypto::wrap_data_key(r, data_key.view(), m.bundle_id));
+    MLFX_ASSIGN(crypto::WrappedKey w, crypto::wrap_data_key(r, impl->data_key.view(), m.bundle_id));
     m.recipients.push_back(std::move(w));
   }
-  impl->plain.resize(params.chunk_size);
-  impl->spare.resize(params.chunk_size);
-  impl->record.resize(kRecordHeaderSize + params.chunk_size + crypto::kTagSize);
+  impl->max_slots = std::max<uint64_t>(kMinSlots, params.buffer_bytes / params.chunk_size);
+  const unsigned sealers = params.sealer_threads ? params.sealer_threads : default_sealers();
   impl->params = std::move(params);
 
   FileHeader fh;
@@ -122,11 +338,25 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
   auto hdr = encode_file_header(fh);
   MLFX_TRY(impl->out.write_all(hdr));
   impl->offset = hdr.size();
+  impl->start_threads(sealers);
+  MLFX_TRY(impl->error_status());
   return BundleWriter(std::move(impl));
 }
 
 const BundleId& BundleWriter::bundle_id() const { return impl_->manifest.bundle_id; }
 uint64_t BundleWriter::bytes_written() const { return impl_->offset; }
+
+Status BundleWriter::prepare_buffers(uint64_t bytes) {
+  Impl& s = *impl_;
+  std::lock_guard lk(s.mu);
+  const uint64_t want = std::min<uint64_t>(s.max_slots, (bytes + s.manifest.chunk_size - 1) / s.manifest.chunk_size);
+  while (s.slots.size() < want) MLFX_TRY(s.add_slot_locked(true));
+  return {};
+}
+
+void BundleWriter::add_context(const json::Json& fields) {
+  for (const auto& [k, v] : fields.items()) impl_->manifest.context[k] = v;
+}
 
 Status BundleWriter::begin_stream(const std::string& name, const std::string& source) {
   Impl& s = *impl_;
@@ -138,13 +368,14 @@ Status BundleWriter::begin_stream(const std::string& name, const std::string& so
     return fail(Errc::kInvalidArgument, "duplicate stream name '" + name + "'");
   if (s.manifest.streams.size() >= kMaxStreams)
     return fail(Errc::kInvalidArgument, "too many streams");
+  MLFX_TRY(s.drain());  // the hashers and the table are the caller's again
   s.stream = StreamInfo{};
   s.stream.index = static_cast<uint32_t>(s.manifest.streams.size());
   s.stream.name = name;
   s.stream.source = source;
   s.stream.started_utc = utc_timestamp();
   s.table.clear();
-  s.fill = 0;
+  s.next_index = 0;
   if (s.params.legacy_hashes) {
     MLFX_ASSIGN(s.md5, crypto::Hasher::create(crypto::HashAlg::kMd5));
     MLFX_ASSIGN(s.sha1, crypto::Hasher::create(crypto::HashAlg::kSha1));
@@ -156,45 +387,68 @@ Status BundleWriter::begin_stream(const std::string& name, const std::string& so
   return {};
 }
 
-Status BundleWriter::write(ByteView data) {
+Result<std::span<uint8_t>> BundleWriter::buffer(size_t max) {
   Impl& s = *impl_;
   if (!s.in_stream) return fail(Errc::kInvalidArgument, "no stream begun");
+  if (s.current && s.current->fill == s.manifest.chunk_size) {
+    // Full: it is sealed as a middle chunk once commit() brings more data, else as the last.
+    s.pending = s.current;
+    s.current = nullptr;
+  }
+  if (!s.current) {
+    MLFX_ASSIGN(s.current, s.acquire());
+  }
+  const size_t room = s.manifest.chunk_size - s.current->fill;
+  return std::span<uint8_t>(s.current->mem.data() + s.current->fill, std::min(std::max<size_t>(max, 1), room));
+}
+
+Status BundleWriter::commit(size_t n) {
+  Impl& s = *impl_;
+  if (!s.in_stream || !s.current) return fail(Errc::kInvalidArgument, "commit() without buffer()");
+  if (n > s.manifest.chunk_size - s.current->fill)
+    return fail(Errc::kInvalidArgument, "commit() of more than buffer() gave");
+  if (n == 0) return {};
+  s.current->fill += n;
+  if (s.pending) {
+    MLFX_TRY(s.submit(s.pending, false));
+    s.pending = nullptr;
+  }
+  return {};
+}
+
+Status BundleWriter::write(ByteView data) {
   while (!data.empty()) {
-    // A full buffer is sealed only once more data proves it is not the last chunk.
-    if (s.fill == s.plain.size()) MLFX_TRY(s.seal_chunk(false));
-    size_t n = std::min(data.size(), s.plain.size() - s.fill);
-    std::memcpy(s.plain.data() + s.fill, data.data(), n);
-    s.fill += n;
-    data = data.subspan(n);
+    MLFX_ASSIGN(std::span<uint8_t> room, buffer(data.size()));
+    std::memcpy(room.data(), data.data(), room.size());
+    MLFX_TRY(commit(room.size()));
+    data = data.subspan(room.size());
   }
   return {};
 }
 
 Status BundleWriter::write_from(File& in, Progress* progress) {
-  Impl& s = *impl_;
-  if (!s.in_stream) return fail(Errc::kInvalidArgument, "no stream begun");
   while (true) {
-    if (s.fill == s.plain.size()) {
-      // Read ahead into the spare buffer to learn whether the full one is the last.
-      MLFX_ASSIGN(size_t n, in.read_full(s.spare.data(), s.spare.size()));
-      if (n == 0) return {};
-      MLFX_TRY(s.seal_chunk(false));
-      std::swap(s.plain, s.spare);
-      s.fill = n;
-      if (progress) progress->advance(n);
-      continue;
-    }
-    MLFX_ASSIGN(size_t n, in.read_full(s.plain.data() + s.fill, s.plain.size() - s.fill));
-    if (n == 0) return {};
-    s.fill += n;
+    MLFX_ASSIGN(std::span<uint8_t> room, buffer(impl_->manifest.chunk_size));
+    MLFX_ASSIGN(size_t n, in.read_full(room.data(), room.size()));
+    MLFX_TRY(commit(n));
     if (progress) progress->advance(n);
+    if (n < room.size()) return {};
   }
 }
 
 Status BundleWriter::end_stream() {
   Impl& s = *impl_;
   if (!s.in_stream) return fail(Errc::kInvalidArgument, "no stream begun");
-  MLFX_TRY(s.seal_chunk(true));
+  // The last chunk: the pending full one when nothing followed it, else the current one
+  // (empty only for an empty stream).
+  if (s.pending) {
+    if (s.current) s.release(s.current);
+    s.current = std::exchange(s.pending, nullptr);
+  } else if (!s.current) {
+    MLFX_ASSIGN(s.current, s.acquire());
+  }
+  MLFX_TRY(s.submit(std::exchange(s.current, nullptr), true));
+  MLFX_TRY(s.drain());
   s.stream.finished_utc = utc_timestamp();
   s.stream.chunks = s.table.size();
   MLFX_ASSIGN(Bytes sha, s.sha256.finish());

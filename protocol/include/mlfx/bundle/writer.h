@@ -2,9 +2,15 @@
 // hashed (whole-stream SHA-256, optional MD5/SHA-1), encrypted (AES-256-GCM under a fresh
 // data key wrapped to every recipient), hashed again as a sealed record and written.
 // No plaintext ever reaches the output file. Streams may be of unknown length (pipes).
+//
+// The work runs as a pipeline beside the caller: one thread hashes the plaintext in order,
+// sealer threads encrypt chunks in place and hash the records, one thread writes them in
+// order. Filled chunks wait in memory up to SealParams::buffer_bytes, so a producer that
+// must finish quickly (memory read while its process is frozen) can run ahead of sealing.
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +29,9 @@ struct SealParams {
   json::Json tool_parameters = json::Json::object();
   bool legacy_hashes = false;  // also MD5 and SHA-1 of each stream
   json::Json context = json::Json::object();  // recorded in the manifest as "context"
+  // Plaintext chunks that may wait for sealing (rounded to whole chunks; at least a few).
+  uint64_t buffer_bytes = 64u << 20;
+  unsigned sealer_threads = 0;  // 0: one per core beyond the first two, 1 to 4
 };
 
 class BundleWriter {
@@ -34,8 +43,18 @@ class BundleWriter {
   BundleWriter(BundleWriter&&) noexcept;
   ~BundleWriter();
 
+  // Allocates and touches chunk buffers for `bytes` of data (capped by buffer_bytes) now, so
+  // that filling them later takes no page faults.
+  Status prepare_buffers(uint64_t bytes);
+  // Fields merged into the manifest's "context" (before finish()).
+  void add_context(const json::Json& fields);
+
   Status begin_stream(const std::string& name, const std::string& source);
   Status write(ByteView data);
+  // Zero-copy writing: space in the current chunk for 1..max bytes, to be filled by the
+  // caller and followed by commit(n), n <= its size (n = 0 allowed).
+  Result<std::span<uint8_t>> buffer(size_t max);
+  Status commit(size_t n);
   // Reads `in` to its end into the current stream, without an intermediate copy.
   Status write_from(File& in, Progress* progress);
   Status end_stream();
