@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "capture/process/process_capture.h"
+#include "capture/process/procfs.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/sealing_keys.h"
 
@@ -40,8 +41,17 @@ struct CaptureArgs {
   pid_t pid = 0;
   std::string out, device_key, source = "process", case_id, note, device_id;
   std::vector<std::string> recipients;
+  uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
   bool quiet = false;
 };
+
+// Memory for read-but-not-yet-sealed chunks: with room for the whole image the target is
+// frozen only while its memory is read; a quarter of what the kernel can spare by default.
+Result<uint64_t> capture_buffer_bytes(const CaptureArgs& a) {
+  if (a.buffer_bytes) return a.buffer_bytes;
+  MLFX_ASSIGN(uint64_t available, agent::process::mem_available_bytes());
+  return available / 4;
+}
 
 Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
   // Keys first: a typo fails before anything is created or frozen.
@@ -51,8 +61,10 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
   p.note = a.note;
   p.device_id = a.device_id;
   p.command = "agent capture";
+  MLFX_ASSIGN(p.buffer_bytes, capture_buffer_bytes(a));
   p.tool_parameters = {{"pid", a.pid}, {"source", a.source}, {"recipients", a.recipients},
-                       {"case_id", a.case_id}, {"chunk_size", p.chunk_size}};
+                       {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
+                       {"buffer_bytes", p.buffer_bytes}};
   MLFX_ASSIGN(File out, File::create_new(a.out, 0640));
   // From here on a failure removes the incomplete bundle.
   struct Cleanup {
@@ -79,10 +91,12 @@ int run_capture(const CaptureArgs& a) {
   if (!r) return report_error(r.error());
   const json::Json& c = r->context;
   const json::Json& t = c["timings"];
-  std::printf("captured pid %d (%s): %zu threads, %zu mappings, %s read in %.0f ms, frozen %.0f ms\n",
+  std::printf("captured pid %d (%s): %zu threads, %zu mappings, %s read in %.0f ms, frozen %.0f ms, "
+              "sealed %.0f ms after the thaw\n",
               a.pid, c["process"]["comm"].get<std::string>().c_str(), c["threads"].size(),
               c["mappings"].size(), human_bytes(c["bytes"]["read"].get<double>()).c_str(),
-              t["capture_ms"].get<double>(), t["frozen_ms"].get<double>());
+              t["capture_ms"].get<double>(), t["frozen_ms"].get<double>(),
+              t["sealed_after_thaw_ms"].get<double>());
   if (!c["unreadable"].empty())
     std::printf("  %zu range(s) not read (zero-filled or left out; listed in the context stream), "
                 "%s zero-filled\n",
@@ -115,6 +129,10 @@ int main(int argc, char** argv) {
   cap->add_option("--case", ca.case_id, "case identifier");
   cap->add_option("--note", ca.note, "operator note");
   cap->add_option("--device-id", ca.device_id, "device name recorded in the manifest (default: host name)");
+  cap->add_option("--buffer", ca.buffer_bytes,
+                  "memory for captured chunks awaiting sealing, e.g. 2G (default: a quarter of "
+                  "MemAvailable); the target is frozen longer when its memory does not fit")
+      ->transform(CLI::AsSizeValue(false));
   cap->add_flag("-q,--quiet", ca.quiet, "no progress bar");
 
   try {

@@ -329,6 +329,36 @@ TEST_F(AgentCli, CapturesALivePythonProcess) {
   EXPECT_TRUE((*acquired)["details"].contains("bytes_read"));
 }
 
+// With a buffer far smaller than the target, reading waits for sealing while the target is
+// frozen: slower, but the same exact core. The budget is recorded; a bad size is a usage error.
+TEST_F(AgentCli, SmallBufferStillCapturesExactly) {
+  Victim v;
+  ASSERT_TRUE(v.start(kPythonVictim, dir / "victim", std::chrono::seconds(30)));
+  EXPECT_EQ(agent(capture_args(v.pid(), dir / "x.mlfx") + " --buffer lots -q").exit_code, 2);
+  EXPECT_FALSE(fs::exists(dir / "x.mlfx"));
+
+  const std::string bundle = dir / "small.mlfx";
+  auto cap = agent(capture_args(v.pid(), bundle) + " --buffer 4M -q");
+  ASSERT_EQ(cap.exit_code, 0) << cap.output;
+  EXPECT_TRUE(v.runs_on());
+  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
+  ASSERT_EQ(open.exit_code, 0) << open.output;
+  const std::string core = testing::read_file(dir / "open/core");
+  const std::string truth = testing::read_file(dir / "victim/truth.bin");
+  const uint64_t addr = std::stoull(testing::read_file(dir / "victim/addr.txt"));
+  auto view = testing::parse_elf_core(core);
+  ASSERT_EQ(view.error, "");
+  const auto* load = view.load_for(addr, truth.size());
+  ASSERT_NE(load, nullptr);
+  EXPECT_TRUE(core.compare(load->offset + (addr - load->vaddr), truth.size(), truth) == 0);
+  auto manifest = json::parse(testing::read_file(dir / "open/manifest.json"), "manifest");
+  ASSERT_TRUE(manifest);
+  EXPECT_EQ((*manifest)["tool"]["parameters"]["buffer_bytes"], 4u << 20);
+  auto ctx = json::parse(testing::read_file(dir / "open/context"), "context");
+  ASSERT_TRUE(ctx);
+  EXPECT_GE((*ctx)["timings"]["sealed_after_thaw_ms"].get<double>(), 0.0);
+}
+
 TEST_F(AgentCli, NonexistentPidFailsCleanly) {
   const pid_t pid_max = std::stoi(testing::read_file("/proc/sys/kernel/pid_max"));
   pid_t reaped = fork();

@@ -7,7 +7,7 @@
 namespace mlfx::agent::process {
 namespace {
 
-constexpr size_t kReadBlock = 1u << 20;
+constexpr size_t kReadBlock = 4u << 20;  // one bundle chunk: one pread per chunk
 
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -124,12 +124,20 @@ Bytes ElfCoreLayout::encode_prefix() const {
   return out;
 }
 
-Status ElfCoreLayout::emit(MemoryReader& memory, const ByteSink& sink, EmitStats& stats,
+Status ElfCoreLayout::emit(MemoryReader& memory, CoreSink& sink, EmitStats& stats,
                            Progress* progress) const {
+  auto put = [&sink](ByteView data) -> Status {
+    while (!data.empty()) {
+      MLFX_ASSIGN(std::span<uint8_t> room, sink.buffer(data.size()));
+      std::memcpy(room.data(), data.data(), room.size());
+      MLFX_TRY(sink.commit(room.size()));
+      data = data.subspan(room.size());
+    }
+    return {};
+  };
   const Bytes prefix = encode_prefix();
-  MLFX_TRY(sink(prefix));
+  MLFX_TRY(put(prefix));
   if (progress) progress->advance(prefix.size());
-  Bytes buf(std::max<size_t>(kReadBlock, page_size_));
   auto note_unreadable = [&](uint64_t start, uint64_t end, std::string reason) {
     auto& u = stats.unreadable;
     if (!u.empty() && u.back().end == start && u.back().reason == reason) u.back().end = end;
@@ -139,7 +147,8 @@ Status ElfCoreLayout::emit(MemoryReader& memory, const ByteSink& sink, EmitStats
     uint64_t addr = s.vaddr;
     const uint64_t end = s.vaddr + s.filesz;
     while (addr < end) {
-      const size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - addr));
+      MLFX_ASSIGN(std::span<uint8_t> buf, sink.buffer(static_cast<size_t>(std::min<uint64_t>(kReadBlock, end - addr))));
+      const size_t want = buf.size();
       size_t got = 0;
       // Read as much of the block as possible; a page that fails becomes zeros.
       while (got < want) {
@@ -157,7 +166,7 @@ Status ElfCoreLayout::emit(MemoryReader& memory, const ByteSink& sink, EmitStats
         stats.bytes_zero_filled += fill;
         got += fill;
       }
-      MLFX_TRY(sink({buf.data(), want}));
+      MLFX_TRY(sink.commit(want));
       if (progress) progress->advance(want);
       addr += want;
     }

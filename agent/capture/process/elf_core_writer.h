@@ -1,16 +1,20 @@
 // Writes a standard Linux ELF core (ELFCLASS64, ET_CORE) as one stream: every offset and size
 // is planned from the notes and the segment list before the first byte is emitted, then the
-// bytes go straight to a sink (a bundle stream) while memory is read. Nothing is buffered
-// beyond one read block, and nothing touches the disk.
+// bytes go straight to a sink (a bundle stream) while memory is read. Nothing touches the disk.
 //
 // File layout (as the kernel's own core dumps): ELF header, program headers (one PT_NOTE,
 // then one PT_LOAD per segment), [one section header when there are PN_XNUM or more program
 // headers], the notes, zero padding to a page boundary, then each segment's bytes in order at
 // page-aligned offsets. A segment without file bytes (p_filesz 0) takes no space.
+//
+// Memory is read straight into the sink's buffers (the bundle writer's chunks), so there is no
+// copy between /proc/PID/mem and sealing.
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -56,7 +60,30 @@ struct EmitStats {
   std::vector<UnreadableRange> unreadable;  // merged where adjacent with the same reason
 };
 
+// Where the core's bytes go, filled in place.
+class CoreSink {
+ public:
+  virtual ~CoreSink() = default;
+  // Room for 1..max bytes.
+  virtual Result<std::span<uint8_t>> buffer(size_t max) = 0;
+  // The first n bytes of the last buffer() are the next bytes of the core.
+  virtual Status commit(size_t n) = 0;
+};
+
+// A CoreSink that hands each block to a function (tests, plain files).
 using ByteSink = std::function<Status(ByteView)>;
+class CopyingSink : public CoreSink {
+ public:
+  explicit CopyingSink(ByteSink fn) : fn_(std::move(fn)), buf_(1u << 20) {}
+  Result<std::span<uint8_t>> buffer(size_t max) override {
+    return std::span<uint8_t>(buf_.data(), std::min(std::max<size_t>(max, 1), buf_.size()));
+  }
+  Status commit(size_t n) override { return n ? fn_({buf_.data(), n}) : Status{}; }
+
+ private:
+  ByteSink fn_;
+  Bytes buf_;
+};
 
 class ElfCoreLayout {
  public:
@@ -78,8 +105,11 @@ class ElfCoreLayout {
 
   // Emits the whole file: exactly file_size() bytes. Memory that cannot be read is written as
   // zeros page by page and listed in `stats`; only a sink failure stops the emission.
-  Status emit(MemoryReader& memory, const ByteSink& sink, EmitStats& stats,
-              Progress* progress) const;
+  Status emit(MemoryReader& memory, CoreSink& sink, EmitStats& stats, Progress* progress) const;
+  Status emit(MemoryReader& memory, const ByteSink& sink, EmitStats& stats, Progress* progress) const {
+    CopyingSink copying(sink);
+    return emit(memory, copying, stats, progress);
+  }
 
  private:
   uint16_t machine_ = 0;

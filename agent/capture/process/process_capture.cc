@@ -153,9 +153,9 @@ struct ProcessCapture::State {
   uint64_t page_size = 0;
   std::string start_utc;
 
-  Clock::time_point t_start, t_frozen, t_inspected, t_captured, t_thawed;
+  Clock::time_point t_start, t_frozen, t_inspected, t_captured, t_thawed, t_sealed;
   std::string frozen_utc, thawed_utc;
-  bool core_written = false, thawed = false;
+  bool core_written = false, thawed = false, core_sealed = false;
 
   Status check_target();
   Status inspect();
@@ -318,7 +318,7 @@ Result<ProcessCapture> ProcessCapture::freeze(const ProcessCaptureOptions& optio
 const ElfCoreLayout& ProcessCapture::layout() const { return *s_->layout; }
 const EmitStats& ProcessCapture::stats() const { return s_->stats; }
 
-Status ProcessCapture::write_core(const ByteSink& sink, Progress* progress) {
+Status ProcessCapture::write_core(CoreSink& sink, Progress* progress) {
   State& s = *s_;
   if (s.thawed) return fail(Errc::kInvalidArgument, "the target was thawed before its core was written");
   ProcMemReader reader(s.mem);
@@ -337,6 +337,11 @@ Status ProcessCapture::thaw() {
   s.t_thawed = Clock::now();
   s.thawed_utc = utc_timestamp();
   return st;
+}
+
+void ProcessCapture::note_core_sealed() {
+  s_->t_sealed = Clock::now();
+  s_->core_sealed = true;
 }
 
 json::Json ProcessCapture::summary() const {
@@ -393,6 +398,8 @@ json::Json ProcessCapture::context() const {
                    {"capture_ms", s.core_written ? ms_between(s.t_inspected, s.t_captured) : 0.0},
                    {"thaw_ms", s.thawed && s.core_written ? ms_between(s.t_captured, s.t_thawed) : 0.0},
                    {"frozen_ms", s.thawed ? ms_between(s.t_start, s.t_thawed) : 0.0},
+                   // hashing and encryption of what was read but not yet sealed at the thaw
+                   {"sealed_after_thaw_ms", s.thawed && s.core_sealed ? ms_between(s.t_thawed, s.t_sealed) : 0.0},
                    {"frozen_utc", s.frozen_utc},
                    {"thawed_utc", s.thawed_utc}}},
       {"bytes", {{"read", s.stats.bytes_read}, {"zero_filled", s.stats.bytes_zero_filled},
@@ -419,30 +426,57 @@ json::Json ProcessCapture::acquisition() const {
   return a;
 }
 
+namespace {
+
+// The bundle's core stream as the emitter's sink; checks for cancellation at every block.
+class BundleSink : public CoreSink {
+ public:
+  BundleSink(bundle::BundleWriter& w, const std::atomic<bool>* cancel) : w_(w), cancel_(cancel) {}
+  Result<std::span<uint8_t>> buffer(size_t max) override {
+    if (cancel_ && cancel_->load()) return fail(Errc::kIo, "interrupted; the target was released");
+    return w_.buffer(max);
+  }
+  Status commit(size_t n) override { return w_.commit(n); }
+
+ private:
+  bundle::BundleWriter& w_;
+  const std::atomic<bool>* cancel_;
+};
+
+// What the core will roughly hold, from /proc/PID/maps before the freeze: its readable mappings.
+uint64_t expected_core_bytes(pid_t pid) {
+  uint64_t total = 0;
+  if (auto maps = read_proc_maps(pid))
+    for (const MapEntry& m : *maps)
+      if (m.readable()) total += m.size();
+  return total;
+}
+
+}  // namespace
+
 Result<BundleCaptureResult> capture_process_to_bundle(
     const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
     const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
     bool show_progress) {
-  MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
-  const json::Json summary = cap.summary();
-  for (const auto& [k, v] : summary.items()) params.context[k] = v;
   MLFX_ASSIGN(bundle::BundleWriter w,
               bundle::BundleWriter::create(std::move(out), device, recipients, std::move(params)));
+  // Page faults on the buffers are taken now, not while the target is frozen.
+  MLFX_TRY(w.prepare_buffers(expected_core_bytes(options.pid)));
+  MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
+  w.add_context(cap.summary());
   const std::string pid = std::to_string(options.pid);
   MLFX_TRY(w.begin_stream("core", "/proc/" + pid + "/mem"));
   {
     std::optional<Progress> bar;
     if (show_progress) bar.emplace("capturing pid " + pid, cap.layout().file_size());
-    const std::atomic<bool>* cancel = options.cancel;
-    auto st = cap.write_core([&w, cancel](ByteView b) -> Status {
-      if (cancel && cancel->load()) return fail(Errc::kIo, "interrupted; the target was released");
-      return w.write(b);
-    }, bar ? &*bar : nullptr);
+    BundleSink sink(w, options.cancel);
+    auto st = cap.write_core(sink, bar ? &*bar : nullptr);
     if (!st) return fail(std::move(st).error().context("writing the core of pid " + pid));
     if (bar) bar->finish();
   }
   MLFX_TRY(cap.thaw());
   MLFX_TRY(w.end_stream());
+  cap.note_core_sealed();
   BundleCaptureResult result;
   result.context = cap.context();
   MLFX_TRY(w.begin_stream("context", "/proc/" + pid));

@@ -1,12 +1,15 @@
 // Capture of one live process as an ELF core, sealed into an evidence bundle:
 //
 //   freeze every thread ─► read registers, maps, auxv, identity ─► plan the core
-//     ─► stream the core (headers, notes, /proc/PID/mem) into bundle stream "core"
-//     ─► thaw ─► stream "context" (JSON: kernel, process, threads, mappings with build-ids,
-//        timings, what could not be read) ─► finish the bundle (manifest, custody)
+//     ─► read the core (headers, notes, /proc/PID/mem) into bundle stream "core"
+//     ─► thaw ─► finish sealing "core" ─► stream "context" (JSON: kernel, process, threads,
+//        mappings with build-ids, timings, what could not be read) ─► finish the bundle
 //
 // The target is frozen only from the first PTRACE_INTERRUPT to the last PTRACE_DETACH, and
-// every exit path detaches. No plaintext is written anywhere but into the bundle writer.
+// every exit path detaches. Memory is read straight into the bundle writer's chunk buffers;
+// as long as they hold it all (SealParams::buffer_bytes) the target is frozen only for the
+// read itself, and hashing and encryption finish after the thaw. With less memory the read
+// waits for sealing. No plaintext is written anywhere but into the bundle writer.
 #pragma once
 
 #include <sys/types.h>
@@ -46,9 +49,15 @@ class ProcessCapture {
   json::Json summary() const;
 
   // Emits the whole core into `sink` while the target is frozen.
-  Status write_core(const ByteSink& sink, Progress* progress);
+  Status write_core(CoreSink& sink, Progress* progress);
+  Status write_core(const ByteSink& sink, Progress* progress) {
+    CopyingSink copying(sink);
+    return write_core(copying, progress);
+  }
   // Releases the target. Idempotent.
   Status thaw();
+  // Records that the core stream is sealed (its time goes into the context).
+  void note_core_sealed();
 
   // The full context document (after write_core and thaw, with their timings).
   json::Json context() const;
@@ -68,8 +77,9 @@ struct BundleCaptureResult {
 };
 
 // The whole job of `mlfx-agent capture --source process`: streams "core" then "context" into a
-// new bundle on `out` sealed with `device` to `recipients`. `params.context` is filled with the
-// summary. The caller removes `out` on failure.
+// new bundle on `out` sealed with `device` to `recipients`; the manifest's context gets the
+// summary. Chunk buffers for the core (up to params.buffer_bytes) are allocated before the
+// freeze. The caller removes `out` on failure.
 Result<BundleCaptureResult> capture_process_to_bundle(
     const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
     const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,

@@ -120,6 +120,13 @@ Result<std::vector<pid_t>> list_threads(pid_t pid) {
   return tids;
 }
 
+Result<uint64_t> mem_available_bytes() {
+  MLFX_ASSIGN(std::string text, read_proc_file("/proc/meminfo", 1 << 20));
+  auto kb = status_field(text, "MemAvailable");
+  if (!kb) return fail(Errc::kBadFormat, "/proc/meminfo has no MemAvailable line");
+  return std::strtoull(kb->c_str(), nullptr, 10) * 1024;
+}
+
 Result<uint64_t> boot_time_seconds() {
   MLFX_ASSIGN(std::string stat, read_proc_file("/proc/stat"));
   size_t pos = stat.find("\nbtime ");

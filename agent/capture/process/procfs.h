@@ -44,6 +44,9 @@ Result<std::vector<pid_t>> list_threads(pid_t pid);
 // The machine's boot time in seconds since the epoch (/proc/stat btime).
 Result<uint64_t> boot_time_seconds();
 
+// MemAvailable of /proc/meminfo in bytes: memory the kernel can give without swapping.
+Result<uint64_t> mem_available_bytes();
+
 // "2026-11-21T21:53:24.120000Z" for a time in microseconds since the epoch.
 std::string utc_from_micros(int64_t micros);
 
