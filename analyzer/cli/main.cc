@@ -287,6 +287,9 @@ int main(int argc, char** argv) {
   recover->add_option("--out", ro.out_dir, "output directory (new or empty)")->required();
   recover->add_option("--key", ro.lab_key, "lab private key (for bundles)");
   recover->add_option("--trusted-devices", ro.trusted_devices_dir, "directory of trusted device .pub keys");
+  recover->add_option("--sysroot", ro.sysroot,
+                      "read file-backed memory the core left out (gcore and kernel cores skip read-only "
+                      "file data) from DIR + the mapped path, like gdb's sysroot; '/' on the captured host");
   recover->add_flag("--json", recover_json, "print the report as JSON");
   recover->add_flag("-q,--quiet", recover_quiet, "no progress bar");
 

@@ -12,27 +12,38 @@ namespace {
 constexpr uint32_t kMaxPhdrs = 1u << 22;
 constexpr uint64_t kMaxNotes = 256u << 20;
 constexpr uint32_t kNtFile = 0x46494c45;  // "FILE"
+constexpr uint64_t kMaxMappedFiles = 1u << 20;  // Linux caps a process at 65530 mappings
 
 // NT_FILE: count, page size, count x {start, end, page offset}, then count NUL-terminated names.
+// Entries whose range is reversed or whose byte offset overflows are dropped, not trusted.
 Status parse_nt_file(ByteView d, CoreInfo& info) {
   if (d.size() < 16) return fail(Errc::kBadFormat, "NT_FILE note too short");
   uint64_t count = load_le<uint64_t>(d.data()), page = load_le<uint64_t>(d.data() + 8);
-  if (count > d.size() / 24 || page == 0 || page > (1u << 30))
+  if (count > d.size() / 24 || count > kMaxMappedFiles - info.files.size() || page == 0 || page > (1u << 30))
     return fail(Errc::kBadFormat, "NT_FILE note has an impossible count or page size");
   size_t names = 16 + count * 24;
+  uint64_t dropped = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint8_t* e = d.data() + 16 + i * 24;
     MappedFile f;
     f.start = load_le<uint64_t>(e);
     f.end = load_le<uint64_t>(e + 8);
-    f.file_offset = load_le<uint64_t>(e + 16) * page;
+    const uint64_t pgoff = load_le<uint64_t>(e + 16);
     const void* nul = names < d.size() ? std::memchr(d.data() + names, 0, d.size() - names) : nullptr;
     if (!nul) return fail(Errc::kBadFormat, "NT_FILE note: file names truncated");
     f.path.assign(reinterpret_cast<const char*>(d.data() + names),
                   static_cast<const uint8_t*>(nul) - (d.data() + names));
     names += f.path.size() + 1;
+    if (f.end < f.start || pgoff > UINT64_MAX / page || pgoff * page > UINT64_MAX - (f.end - f.start)) {
+      ++dropped;
+      continue;
+    }
+    f.file_offset = pgoff * page;
     info.files.push_back(std::move(f));
   }
+  if (dropped)
+    info.warnings.push_back("NT_FILE note: " + std::to_string(dropped) +
+                            " entries with a reversed range or an overflowing file offset dropped");
   return {};
 }
 

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
@@ -18,8 +19,10 @@
 #include "frontends/torch/tensor_reader.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
+#include "layers/sysroot_layer.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
+#include "mlfx/base/progress.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/format.h"
 
@@ -109,6 +112,41 @@ class StorageBytes {
   std::deque<Bytes> copies_;
 };
 
+// Why the sysroot could not fill the core's gaps, for an error message: the refused files
+// first (another build), then the missing ones; empty when every file was attached.
+std::string sysroot_problems(const layers::SysrootLayer& sysroot) {
+  std::vector<const layers::SysrootFile*> bad;
+  for (const auto& f : sysroot.files())
+    if (!f.attached) bad.push_back(&f);
+  if (bad.empty()) return {};
+  std::stable_partition(bad.begin(), bad.end(), [](const layers::SysrootFile* f) { return f->refused; });
+  std::string out = "sysroot " + sysroot.sysroot() + " lacks " + std::to_string(bad.size()) + " of the " +
+                    std::to_string(sysroot.files().size()) + " mapped files the core left out";
+  for (size_t i = 0; i < bad.size() && i < 3; ++i) out += (i ? "; " : ": ") + bad[i]->path + " " + bad[i]->detail;
+  return out + (bad.size() > 3 ? "; ..." : "");
+}
+
+// Which files recovery read from the sysroot: a diagnostic each, and every file in the report.
+json::Json sysroot_report(const layers::SysrootLayer& sysroot, Diagnostics& diag) {
+  json::Json files = json::Json::array();
+  size_t attached = 0, read = 0;
+  for (size_t i = 0; i < sysroot.files().size(); ++i) {
+    const layers::SysrootFile& f = sysroot.files()[i];
+    const bool was_read = sysroot.was_read(i);
+    attached += f.attached;
+    read += was_read;
+    if (was_read)
+      diag.warn("sysroot: read " + f.path + " from " + f.host_path + " (" +
+                (f.verified ? "build-id " + f.build_id + " matches the core" : f.detail) + ")");
+    files.push_back({{"path", f.path}, {"host_path", f.host_path}, {"attached", f.attached}, {"read", was_read},
+                     {"verified", f.verified}, {"refused", f.refused}, {"build_id", f.build_id}, {"bytes", f.bytes}, {"detail", f.detail}});
+  }
+  diag.warn("sysroot " + sysroot.sysroot() + ": " + std::to_string(attached) + " of " +
+            std::to_string(sysroot.files().size()) + " mapped files lacking data in the core were available, " +
+            std::to_string(read) + " were read");
+  return {{"path", sysroot.sysroot()}, {"files", files}};
+}
+
 }  // namespace
 
 Result<json::Json> recover(const RecoverOptions& o) {
@@ -116,15 +154,42 @@ Result<json::Json> recover(const RecoverOptions& o) {
   json::Json timings = json::Json::object();
   Diagnostics diag;
   MLFX_ASSIGN(Evidence ev, open_evidence(o));
-  auto core = layers::ElfCoreLayer::open(ev.file);
-  if (!core) return fail(std::move(core).error().context(o.input));
-  const layers::CoreInfo& info = (*core)->info();
+  auto opened = layers::ElfCoreLayer::open(ev.file);
+  if (!opened) return fail(std::move(opened).error().context(o.input));
+  std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
+  const layers::CoreInfo& info = core->info();
   for (const auto& w : info.warnings) diag.warn(w);
+  std::unique_ptr<layers::SysrootLayer> sysroot;
+  std::string missing_hint;  // without --sysroot: what the core lacks, and what to do
+  if (!o.sysroot.empty()) {
+    MLFX_ASSIGN(sysroot, layers::SysrootLayer::open(core, o.sysroot));
+    for (const auto& w : sysroot->warnings()) diag.warn(w);
+    for (const auto& f : sysroot->files())
+      if (!f.attached) diag.warn("sysroot: " + f.path + " not read from " + f.host_path + ": " + f.detail);
+  } else if (auto missing = layers::missing_file_data(*core); missing.bytes) {
+    missing_hint = "the core lacks " + human_bytes(double(missing.bytes)) + " of file-backed memory in " +
+                   std::to_string(missing.paths.size()) + " mapped file(s) (" + missing.paths.front() +
+                   (missing.paths.size() > 1 ? ", ..." : "") +
+                   "): gcore and kernel cores leave out read-only file data such as type names; rerun with "
+                   "--sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
+    diag.warn(missing_hint);
+  }
+  const layers::Layer& mem = sysroot ? static_cast<const layers::Layer&>(*sysroot) : *core;
   timings["open_ms"] = ms_since(t0);
 
   auto t1 = Clock::now();
-  MLFX_ASSIGN(auto runtime, frontends::cpython::PythonRuntime::locate(**core, info.files, diag));
-  frontends::cpython::ObjectReader objects(**core, runtime.layout());
+  auto located = frontends::cpython::PythonRuntime::locate(mem, info.files, diag);
+  // Bytes that are not there (not damage) may be the file data the core left out.
+  const bool absent = !located && (located.error().code() == Errc::kNotFound ||
+                                   located.error().code() == Errc::kInvalidAddress);
+  if (absent && !missing_hint.empty())
+    return fail(Error(located.error().code(), located.error().to_string() + "; " + missing_hint));
+  if (absent && sysroot) {
+    const std::string problems = sysroot_problems(*sysroot);
+    if (!problems.empty()) return fail(Error(located.error().code(), located.error().to_string() + "; " + problems));
+  }
+  MLFX_ASSIGN(auto runtime, std::move(located));
+  frontends::cpython::ObjectReader objects(mem, runtime.layout());
   std::vector<uint64_t> tracked = runtime.tracked_objects(diag);
   timings["gc_walk_ms"] = ms_since(t1);
 
@@ -142,7 +207,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
 
   auto t3 = Clock::now();
   frontends::torch::TensorReader tensors(objects);
-  StorageBytes storage(**core);
+  StorageBytes storage(mem);
   json::Json models = json::Json::array();
   for (size_t n = 0; n < roots.size(); ++n) {
     const auto* m = walker.module(roots[n]);
@@ -214,6 +279,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
   }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);
+  if (sysroot) ev.description["sysroot"] = sysroot_report(*sysroot, diag);
 
   json::Json report = {
       {"tool", {{"name", kToolName}, {"version", kToolVersion}}},

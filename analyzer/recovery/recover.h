@@ -14,6 +14,9 @@ struct RecoverOptions {
   std::string out_dir;  // must not exist or be empty
   std::string lab_key;  // needed for bundles
   std::string trusted_devices_dir;
+  // gdb's sysroot: where the mapped files the core left out are read from ("/" on the
+  // captured host); empty: only the core.
+  std::string sysroot;
   bool show_progress = true;
 };
 

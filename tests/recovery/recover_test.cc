@@ -159,6 +159,58 @@ TEST_F(Recovery, TiedWeights) { scenario("tied"); }
 TEST_F(Recovery, DtypesNonContiguousAndBuffers) { scenario("dtypes"); }
 TEST_F(Recovery, SixtyMillionParameters) { scenario("big"); }
 
+// gcore, like kernel cores with the default coredump_filter, leaves out read-only file-backed
+// mappings (.text, .rodata: PyType_Type's name lives there). Without --sysroot recovery says
+// so and what to do; with --sysroot / it reads them from the files, bit-exactly; a sysroot
+// holding another build of the interpreter is refused by build-id, not used.
+TEST_F(Recovery, GcoreCoreWithSysroot) {
+  if (run("command -v gcore").exit_code != 0) GTEST_SKIP() << "gcore (gdb) is not installed: apt-get install gdb";
+  const std::string gt = dir / "gt", out = dir / "recovered";
+  Victim v(kPython + " " + kVictims + "/torch_victim.py cnn " + gt, gt);
+  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
+  auto g = run("gcore -o " + (dir / "core") + " " + std::to_string(v.pid()));
+  const std::string core = dir / ("core." + std::to_string(v.pid()));
+  ASSERT_EQ(g.exit_code, 0) << g.output;
+  ASSERT_TRUE(testing::fs::exists(core)) << g.output;
+  EXPECT_TRUE(v.alive());
+
+  auto bare = run(testing::mlfx_bin() + " recover " + core + " --out " + (dir / "bare") + " -q");
+  EXPECT_EQ(bare.exit_code, 1) << bare.output;
+  EXPECT_NE(bare.output.find("gcore and kernel cores leave out read-only file data"), std::string::npos) << bare.output;
+  EXPECT_NE(bare.output.find("--sysroot /"), std::string::npos) << bare.output;
+
+  auto r = run(testing::mlfx_bin() + " recover " + core + " --sysroot / --out " + out + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  auto report = json::parse(testing::read_file(out + "/report.json"), "report");
+  ASSERT_TRUE(report);
+  for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
+  std::string warnings;
+  for (const auto& w : (*report)["diagnostics"]["warnings"]) warnings += w.get<std::string>() + "\n";
+  EXPECT_NE(warnings.find("sysroot: read /usr/bin/python3.11 from /usr/bin/python3.11 (build-id "), std::string::npos)
+      << warnings;
+  const auto& files = (*report)["input"]["sysroot"]["files"];
+  ASSERT_FALSE(files.empty());
+  size_t read = 0;
+  for (const auto& f : files) {
+    if (!f["read"].get<bool>()) continue;
+    ++read;
+    EXPECT_TRUE(f["attached"].get<bool>()) << f.dump();
+    EXPECT_TRUE(f["verified"].get<bool>()) << f.dump();  // every ELF gcore leaves its first page
+  }
+  EXPECT_GT(read, 0u);
+
+  // Another build at the interpreter's path: refused by build-id, and the error says so.
+  const std::string other = dir / "other-root";
+  testing::fs::create_directories(other + "/usr/bin");
+  testing::fs::copy_file("/bin/ls", other + "/usr/bin/python3.11");
+  auto wrong = run(testing::mlfx_bin() + " recover " + core + " --sysroot " + other + " --out " + (dir / "wrong") + " -q");
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.output;
+  EXPECT_NE(wrong.output.find("/usr/bin/python3.11 refused: build-id "), std::string::npos) << wrong.output;
+  testing::write_file(gt + "/stop", "1");
+}
+
 // ---- bad input ----
 
 class BadInput : public Recovery {};

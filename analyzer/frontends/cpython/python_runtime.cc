@@ -78,7 +78,8 @@ Result<PythonRuntime> PythonRuntime::locate(const layers::Layer& mem,
       if (!rt.version_hex_)
         return fail(Errc::kUnsupported, path + ": Py_Version is not in the image and the file name "
                                                "does not tell the version");
-      diag.warn("Py_Version is not in the image; CPython version taken from the file name " + path);
+      diag.warn("Py_Version is not in the image (read-only file data the core left out: --sysroot reads "
+                "it from the files); CPython version taken from the file name " + path);
     }
     MLFX_ASSIGN(auto type_sym, elf->symbol("PyType_Type"));
     if (!type_sym) return fail(Errc::kBadFormat, path + ": no PyType_Type symbol");
@@ -104,6 +105,8 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
   MLFX_ASSIGN(uint64_t tt, mem_->read_u64(type_type_ + L.ob_type));
   MLFX_ASSIGN(uint64_t tt_name, mem_->read_u64(type_type_ + L.tp_name));
   auto name = mem_->read_cstring(tt_name, 64);
+  if (tt == type_type_ && !name && name.error().code() == Errc::kInvalidAddress)
+    return fail(Errc::kNotFound, "the name of PyType_Type at " + hex_address(tt_name) + " is not in the image");
   if (tt != type_type_ || !name || *name != "type")
     return fail(Errc::kUnsupported, table + " does not fit this image: PyType_Type at " + hex_address(type_type_) +
                                         " does not look like a type object");
