@@ -23,6 +23,14 @@ Error not_a(const char* what, uint64_t obj) {
   return Error(Errc::kBadFormat, "object at " + hex_address(obj) + " is not a " + what);
 }
 
+// Hostile sizes must cost no memory: the bytes must all be in the image before a buffer is
+// sized for them (one range check instead of a failed read into a 128 MiB vector).
+Status check_mapped(const layers::Layer& mem, uint64_t addr, uint64_t len, const char* what, uint64_t obj) {
+  if (len <= UINT64_MAX - addr && mem.is_mapped(addr, len)) return {};
+  return fail(Errc::kInvalidAddress, std::string(what) + " at " + hex_address(obj) + ": its " + std::to_string(len) +
+                                         " bytes at " + hex_address(addr) + " are not all in " + mem.name());
+}
+
 // UTF-8 encoding of one code point (lone surrogates become U+FFFD).
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp >= 0xd800 && cp <= 0xdfff) cp = 0xfffd;
@@ -147,12 +155,14 @@ Result<std::string> ObjectReader::str(uint64_t obj) const {
   if (length > kMaxStr) return fail(Errc::kBadFormat, "str at " + hex_address(obj) + " is implausibly long");
   if (!compact) return fail(Errc::kUnsupported, "legacy (non-compact) str at " + hex_address(obj));
   if (ascii) {
+    MLFX_TRY(check_mapped(mem_, obj + L_.str_ascii_data, length, "str", obj));
     std::string s(length, '\0');
     MLFX_TRY(mem_.read(obj + L_.str_ascii_data, s.data(), length));
     return s;
   }
   if (kind != 1 && kind != 2 && kind != 4)
     return fail(Errc::kBadFormat, "str at " + hex_address(obj) + " has character size " + std::to_string(kind));
+  MLFX_TRY(check_mapped(mem_, obj + L_.str_compact_data, length * kind, "str", obj));
   std::string raw(length * kind, '\0');
   MLFX_TRY(mem_.read(obj + L_.str_compact_data, raw.data(), raw.size()));
   std::string out;
@@ -205,6 +215,7 @@ Result<std::vector<uint64_t>> ObjectReader::tuple_items(uint64_t obj) const {
   if (!(t->flags & kTupleSubclass)) return fail(not_a("tuple", obj));
   MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
   if (n > kMaxItems) return fail(Errc::kBadFormat, "tuple at " + hex_address(obj) + " is implausibly long");
+  MLFX_TRY(check_mapped(mem_, obj + L_.tuple_items, n * 8, "tuple", obj));
   std::vector<uint64_t> items(n);
   MLFX_TRY(mem_.read(obj + L_.tuple_items, items.data(), n * 8));
   return items;
@@ -216,6 +227,7 @@ Result<std::vector<uint64_t>> ObjectReader::list_items(uint64_t obj) const {
   MLFX_ASSIGN(uint64_t n, mem_.read_u64(obj + L_.var_size));
   if (n > kMaxItems) return fail(Errc::kBadFormat, "list at " + hex_address(obj) + " is implausibly long");
   MLFX_ASSIGN(uint64_t arr, mem_.read_u64(obj + L_.list_items));
+  if (n) MLFX_TRY(check_mapped(mem_, arr, n * 8, "list", obj));
   std::vector<uint64_t> items(n);
   if (n) MLFX_TRY(mem_.read(arr, items.data(), n * 8));
   return items;
@@ -227,6 +239,7 @@ Result<std::vector<uint64_t>> ObjectReader::set_items(uint64_t obj) const {
   MLFX_ASSIGN(uint64_t mask, mem_.read_u64(obj + L_.set_mask));
   MLFX_ASSIGN(uint64_t table, mem_.read_u64(obj + L_.set_table));
   if (mask >= kMaxItems || ((mask + 1) & mask)) return fail(Errc::kBadFormat, "set at " + hex_address(obj) + " has a bad mask");
+  MLFX_TRY(check_mapped(mem_, table, (mask + 1) * 16, "set", obj));
   std::vector<uint64_t> entries((mask + 1) * 2);  // {key, hash}
   MLFX_TRY(mem_.read(table, entries.data(), entries.size() * 8));
   std::vector<uint64_t> items;
@@ -251,6 +264,7 @@ Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool sp
     return fail(Errc::kBadFormat, "dict keys at " + hex_address(keys) + " are implausible");
   const uint64_t entry_size = kind == 0 ? 24 : 16, key_at = kind == 0 ? 8 : 0;
   const uint64_t entries = keys + 32 + (1ull << log2_index_bytes);
+  MLFX_TRY(check_mapped(mem_, entries, nentries * entry_size, "dict keys", keys));
   std::vector<uint8_t> raw(nentries * entry_size);
   MLFX_TRY(mem_.read(entries, raw.data(), raw.size()));
   Items items;
@@ -264,6 +278,7 @@ Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool sp
   }
   // Split table: values[i] pairs with entries[i].key; insertion order is kept in a byte
   // array just before the values (byte -2: count, byte -3-k: index of the k-th item).
+  MLFX_TRY(check_mapped(mem_, values, nentries * 8, "split dict values", values));
   std::vector<uint64_t> vals(nentries);
   MLFX_TRY(mem_.read(values, vals.data(), nentries * 8));
   MLFX_ASSIGN(uint8_t used, mem_.read_value<uint8_t>(values - 2));

@@ -27,11 +27,16 @@ class LoadedElf {
   Result<std::optional<uint64_t>> lookup_gnu(std::string_view name) const;
   Result<std::optional<uint64_t>> lookup_sysv(std::string_view name) const;
   Result<bool> symbol_matches(uint64_t index, std::string_view name, uint64_t* value) const;
+  void count_symbols();
+
 
   const layers::Layer* mem_;
   std::string path_;
   uint64_t base_ = 0, bias_ = 0;
   uint64_t symtab_ = 0, strtab_ = 0, strsz_ = 0, gnu_hash_ = 0, sysv_hash_ = 0;
+  // How many symbols the hash table covers, as far as its arrays are readable: every chain
+  // index must stay below it, so a hostile table cannot send a lookup far.
+  uint64_t symbols_ = 0;
 };
 
 }  // namespace mlfx::frontends

@@ -1,0 +1,99 @@
+// ObjectReader over hostile sizes: a tuple, list, set, dict or str that claims millions of
+// items in a small image fails without allocating for them (the items must be readable
+// before a buffer is sized), and honest objects still read.
+#include "frontends/cpython/python_objects.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include <gtest/gtest.h>
+
+#include "layers/segmented_layer.h"
+#include "synthetic_image.h"
+
+// The largest single allocation since the last reset: what a hostile size made us reserve.
+static std::atomic<size_t> g_largest{0};
+
+void* operator new(size_t n) {
+  size_t seen = g_largest.load(std::memory_order_relaxed);
+  while (n > seen && !g_largest.compare_exchange_weak(seen, n, std::memory_order_relaxed)) {
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  std::abort();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+
+namespace mlfx::frontends::cpython {
+namespace {
+
+using fuzz::Blob;
+using fuzz::PyHeap;
+
+constexpr uint64_t kItems = (1u << 24) - 1;  // just under the readers' plausibility limit
+constexpr size_t kSmall = 1 << 20;           // no allocation for a hostile size may reach this
+
+class HostileSizes : public ::testing::Test {
+ protected:
+  HostileSizes() : py(blob) {}
+
+  void map() {
+    blob.bytes.resize((blob.bytes.size() + 15) / 16 * 16);
+    auto base = std::make_shared<fuzz::MemoryLayer>(blob.bytes);
+    auto seg = layers::SegmentedLayer::create("image", base, {{blob.base, blob.bytes.size(), 0}});
+    ASSERT_TRUE(seg);
+    mem = std::move(*seg);
+    reader = std::make_unique<ObjectReader>(*mem, *layout_for(0x030B0200));
+    g_largest = 0;
+  }
+
+  Blob blob{0x10000};
+  PyHeap py;
+  std::unique_ptr<layers::Layer> mem;
+  std::unique_ptr<ObjectReader> reader;
+};
+
+TEST_F(HostileSizes, HonestObjectsStillRead) {
+  const uint64_t s = py.str("hello"), t = py.tuple({s, py.none}), l = py.list({s, s, s}), st = py.set({s}),
+                 d = py.dict({{s, t}}), sd = py.split_dict({{py.str("x"), s}, {py.str("y"), t}});
+  map();
+  EXPECT_EQ(reader->str(s).value_or("?"), "hello");
+  EXPECT_EQ(reader->tuple_items(t).value_or(std::vector<uint64_t>{}).size(), 2u);
+  EXPECT_EQ(reader->list_items(l).value_or(std::vector<uint64_t>{}).size(), 3u);
+  EXPECT_EQ(reader->set_items(st).value_or(std::vector<uint64_t>{}).size(), 1u);
+  EXPECT_EQ(reader->dict_items(d).value_or(Items{}).size(), 1u);
+  auto split = reader->str_dict(sd);
+  ASSERT_TRUE(split) << split.error().to_string();
+  EXPECT_EQ(split->size(), 2u);
+}
+
+TEST_F(HostileSizes, TupleListSetDictAndStrCostNoMemory) {
+  const uint64_t tuple = py.tuple({py.none});
+  blob.put64(tuple + 16, kItems);
+  const uint64_t list = py.list({py.none});
+  blob.put64(list + 16, kItems);
+  const uint64_t set = py.set({py.none});
+  blob.put64(set + 32, (1u << 23) - 1);  // mask: 8M slots of 16 bytes
+  const uint64_t dict = py.dict({{py.str("k"), py.none}});
+  uint64_t keys;
+  std::memcpy(&keys, blob.at(dict + 32), 8);
+  blob.put8(keys + 8, 24);         // log2_size
+  blob.put64(keys + 24, kItems);  // nentries
+  const uint64_t str = py.str("short");
+  blob.put64(str + 16, kItems);  // length
+  map();
+
+  auto t = reader->tuple_items(tuple);
+  ASSERT_FALSE(t);
+  EXPECT_NE(t.error().to_string().find("are not all in"), std::string::npos) << t.error().to_string();
+  EXPECT_FALSE(reader->list_items(list));
+  EXPECT_FALSE(reader->set_items(set));
+  EXPECT_FALSE(reader->dict_items(dict));
+  EXPECT_FALSE(reader->str(str));
+  EXPECT_FALSE(reader->plain_value(tuple).value_or(std::nullopt));
+  EXPECT_LT(g_largest.load(), kSmall) << "a hostile size was allocated for";
+}
+
+}  // namespace
+}  // namespace mlfx::frontends::cpython
