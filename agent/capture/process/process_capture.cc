@@ -462,6 +462,8 @@ Result<BundleCaptureResult> capture_process_to_bundle(
               bundle::BundleWriter::create(std::move(out), device, recipients, std::move(params)));
   // Page faults on the buffers are taken now, not while the target is frozen.
   MLFX_TRY(w.prepare_buffers(expected_core_bytes(options.pid)));
+  // While the target is frozen, reading its memory comes first; sealing uses what is left.
+  w.set_background(true);
   MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
   w.add_context(cap.summary());
   const std::string pid = std::to_string(options.pid);
@@ -475,6 +477,7 @@ Result<BundleCaptureResult> capture_process_to_bundle(
     if (bar) bar->finish();
   }
   MLFX_TRY(cap.thaw());
+  w.set_background(false);
   MLFX_TRY(w.end_stream());
   cap.note_core_sealed();
   BundleCaptureResult result;

@@ -1,6 +1,9 @@
 #include "mlfx/bundle/writer.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -20,6 +23,8 @@ namespace {
 
 constexpr size_t kHugePage = 2u << 20;
 constexpr size_t kMinSlots = 4;  // enough for every stage to hold one chunk
+constexpr int kMadvPopulateWrite = 23;  // <linux/mman.h>, absent from older libc headers
+constexpr int kBackgroundNice = 19;
 
 // One chunk's memory: anonymous pages aligned for transparent huge pages, so a capture that
 // fills hundreds of MiB while its target is frozen takes 512x fewer page faults.
@@ -42,8 +47,9 @@ class ChunkMemory {
     if (data_) munmap(data_, size_);
   }
   uint8_t* data() const { return data_; }
-  // Touches every page now rather than on first use.
+  // Faults every page in now rather than on first use (MADV_POPULATE_WRITE is Linux 5.14+).
   void populate() {
+    if (madvise(data_, size_, kMadvPopulateWrite) == 0) return;
     for (size_t at = 0; at < size_; at += 4096) data_[at] = 0;
   }
 
@@ -105,6 +111,9 @@ struct BundleWriter::Impl {
   std::optional<Error> error;   // the first failure of any stage
   bool stopping = false;
   std::vector<std::thread> threads;
+  std::vector<pid_t> thread_ids;  // for their CPU priority
+  bool background = false;        // set_background(true)
+  bool low_priority = false;      // what the threads run at now
 
   Impl(File f, crypto::Hasher h) : out(std::move(f)), sha256(std::move(h)) {}
 
@@ -126,7 +135,17 @@ struct BundleWriter::Impl {
   }
 
   void start_threads(unsigned sealers) {
-    threads.emplace_back([this] { hash_loop(); });
+    auto registered = [this](auto body) {
+      return [this, body]() mutable {
+        {
+          std::lock_guard lk(mu);
+          thread_ids.push_back(static_cast<pid_t>(syscall(SYS_gettid)));
+        }
+        cv.notify_all();
+        body();
+      };
+    };
+    threads.emplace_back(registered([this] { hash_loop(); }));
     for (unsigned i = 0; i < sealers; ++i) {
       auto gcm = crypto::Aes256Gcm::create(data_key.view());
       if (!gcm) {
@@ -134,9 +153,11 @@ struct BundleWriter::Impl {
         error = gcm.error();
         break;
       }
-      threads.emplace_back([this, g = std::make_shared<crypto::Aes256Gcm>(std::move(*gcm))] { seal_loop(*g); });
+      threads.emplace_back(registered([this, g = std::make_shared<crypto::Aes256Gcm>(std::move(*gcm))] { seal_loop(*g); }));
     }
-    threads.emplace_back([this] { write_loop(); });
+    threads.emplace_back(registered([this] { write_loop(); }));
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return thread_ids.size() == threads.size(); });
   }
 
   // Called with mu held by a stage that failed: everything stops, the caller sees `e`.
@@ -242,13 +263,26 @@ struct BundleWriter::Impl {
     return {};
   }
 
+  // Pipeline threads at nice 19 or at the process's priority; only on a change.
+  void set_priority_locked(bool low) {
+    if (low == low_priority) return;
+    low_priority = low;
+    const int nice = low ? kBackgroundNice : getpriority(PRIO_PROCESS, 0);
+    for (pid_t tid : thread_ids) (void)setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice);
+  }
+
   // A free slot for the caller, allocating one while under the budget, else waiting.
   Result<Slot*> acquire() {
     std::unique_lock lk(mu);
     if (free_slots.empty() && slots.size() < max_slots) {
       MLFX_TRY(add_slot_locked(false));
     }
-    cv.wait(lk, [&] { return error || !free_slots.empty(); });
+    if (free_slots.empty()) {
+      // Out of buffers: the caller waits for sealing, so sealing must not wait for others.
+      set_priority_locked(false);
+      cv.wait(lk, [&] { return error || !free_slots.empty(); });
+      set_priority_locked(background);
+    }
     if (error) return fail(*error);
     Slot* s = free_slots.back();
     free_slots.pop_back();
@@ -352,6 +386,13 @@ Status BundleWriter::prepare_buffers(uint64_t bytes) {
   const uint64_t want = std::min<uint64_t>(s.max_slots, (bytes + s.manifest.chunk_size - 1) / s.manifest.chunk_size);
   while (s.slots.size() < want) MLFX_TRY(s.add_slot_locked(true));
   return {};
+}
+
+void BundleWriter::set_background(bool background) {
+  Impl& s = *impl_;
+  std::lock_guard lk(s.mu);
+  s.background = background;
+  s.set_priority_locked(background);
 }
 
 void BundleWriter::add_context(const json::Json& fields) {

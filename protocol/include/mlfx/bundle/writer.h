@@ -46,6 +46,12 @@ class BundleWriter {
   // Allocates and touches chunk buffers for `bytes` of data (capped by buffer_bytes) now, so
   // that filling them later takes no page faults.
   Status prepare_buffers(uint64_t bytes);
+  // While true the pipeline threads run at the lowest CPU priority (nice 19), so a producer
+  // racing the clock (the memory of a frozen process) gets the cores first and sealing takes
+  // what is left; whenever the producer waits for a free buffer they run at the process's
+  // priority again. Raising it back needs the right to lower a nice value (root); without
+  // it sealing stays at low priority.
+  void set_background(bool background);
   // Fields merged into the manifest's "context" (before finish()).
   void add_context(const json::Json& fields);
 
