@@ -1,5 +1,6 @@
 #include "mlfx/bundle/writer.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -25,6 +26,7 @@ constexpr size_t kHugePage = 2u << 20;
 constexpr size_t kMinSlots = 4;  // enough for every stage to hold one chunk
 constexpr int kMadvPopulateWrite = 23;  // <linux/mman.h>, absent from older libc headers
 constexpr int kBackgroundNice = 19;
+constexpr uint64_t kWritebackStep = 16u << 20;
 
 // One chunk's memory: anonymous pages aligned for transparent huge pages, so a capture that
 // fills hundreds of MiB while its target is frozen takes 512x fewer page faults.
@@ -89,6 +91,7 @@ struct BundleWriter::Impl {
   Manifest manifest;
   SecretBytes data_key;
   uint64_t offset = 0;  // bytes written so far (the writer thread's while streaming)
+  uint64_t writeback_from = 0;
 
   // The current stream. table and the hashers belong to the pipeline threads while chunks
   // are in flight; the caller touches them only after drain().
@@ -245,6 +248,7 @@ struct BundleWriter::Impl {
       if (st) st = out.write_all(s->tag);
       offset += kRecordHeaderSize + s->fill + crypto::kTagSize;
       table.push_back(e);
+      start_writeback();
       lk.lock();
       if (!st) return fail_locked(st.error());
       in_flight.pop_front();
@@ -252,6 +256,15 @@ struct BundleWriter::Impl {
       free_slots.push_back(s);
       cv.notify_all();
     }
+  }
+
+  // Starts the disk writes of what is written so far, so the fsync in finish() has little
+  // left to wait for: the disk works while we seal. Only a hint (pipes refuse it).
+  void start_writeback() {
+    if (offset - writeback_from < kWritebackStep) return;
+    (void)sync_file_range(out.fd(), static_cast<off_t>(writeback_from),
+                          static_cast<off_t>(offset - writeback_from), SYNC_FILE_RANGE_WRITE);
+    writeback_from = offset;
   }
 
   // Adds a slot (with mu held); its memory is touched now when `populate`.
