@@ -139,7 +139,8 @@ json::Json sysroot_report(const layers::SysrootLayer& sysroot, Diagnostics& diag
       diag.warn("sysroot: read " + f.path + " from " + f.host_path + " (" +
                 (f.verified ? "build-id " + f.build_id + " matches the core" : f.detail) + ")");
     files.push_back({{"path", f.path}, {"host_path", f.host_path}, {"attached", f.attached}, {"read", was_read},
-                     {"verified", f.verified}, {"refused", f.refused}, {"build_id", f.build_id}, {"bytes", f.bytes}, {"detail", f.detail}});
+                     {"verified", f.verified}, {"refused", f.refused}, {"build_id", f.build_id},
+                     {"bytes", f.bytes}, {"detail", f.detail}});
   }
   diag.warn("sysroot " + sysroot.sysroot() + ": " + std::to_string(attached) + " of " +
             std::to_string(sysroot.files().size()) + " mapped files lacking data in the core were available, " +

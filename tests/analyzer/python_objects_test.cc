@@ -13,17 +13,18 @@
 #include "synthetic_image.h"
 
 // The largest single allocation since the last reset: what a hostile size made us reserve.
+// (Not inlined: GCC would pair an inlined free() with the caller's `new` and warn.)
 static std::atomic<size_t> g_largest{0};
 
-void* operator new(size_t n) {
+__attribute__((noinline)) void* operator new(size_t n) {
   size_t seen = g_largest.load(std::memory_order_relaxed);
   while (n > seen && !g_largest.compare_exchange_weak(seen, n, std::memory_order_relaxed)) {
   }
   if (void* p = std::malloc(n ? n : 1)) return p;
   std::abort();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace mlfx::frontends::cpython {
 namespace {

@@ -292,7 +292,8 @@ TEST_F(Sysroot, HostileNtFileEntries) {
 
 TEST_F(Sysroot, BoundsTheFilesItOpens) {
   CoreBuilder b;
-  for (uint64_t i = 0; i < 5000; ++i) b.files.push_back({0x10000 + i * 0x1000, 0x11000 + i * 0x1000, 0, "/f/" + std::to_string(i)});
+  for (uint64_t i = 0; i < 5000; ++i)
+    b.files.push_back({0x10000 + i * 0x1000, 0x11000 + i * 0x1000, 0, "/f/" + std::to_string(i)});
   b.loads = {{0x1000000, testing::pattern(0x100, 1), 0, PF_R | PF_W}};
   auto s = sysroot(core(b));
   EXPECT_EQ(s->files().size(), 4096u);

@@ -63,6 +63,12 @@ class Victim {
     }
   }
   pid_t pid() const { return pid_; }
+  // Waits for the victim to end (after a fatal signal); the destructor then signals no one.
+  int wait_exit() {
+    int status = 0;
+    if (pid_ > 0 && waitpid(pid_, &status, 0) == pid_) pid_ = -1;
+    return status;
+  }
   bool alive() const { return kill(pid_, 0) == 0; }
   // Not stopped or traced-stopped: state field of /proc/PID/stat.
   char state() const {
@@ -205,10 +211,41 @@ TEST_F(Recovery, GcoreCoreWithSysroot) {
   const std::string other = dir / "other-root";
   testing::fs::create_directories(other + "/usr/bin");
   testing::fs::copy_file("/bin/ls", other + "/usr/bin/python3.11");
-  auto wrong = run(testing::mlfx_bin() + " recover " + core + " --sysroot " + other + " --out " + (dir / "wrong") + " -q");
+  auto wrong =
+      run(testing::mlfx_bin() + " recover " + core + " --sysroot " + other + " --out " + (dir / "wrong") + " -q");
   EXPECT_EQ(wrong.exit_code, 1) << wrong.output;
   EXPECT_NE(wrong.output.find("/usr/bin/python3.11 refused: build-id "), std::string::npos) << wrong.output;
   testing::write_file(gt + "/stop", "1");
+}
+
+// A kernel core (default coredump_filter) leaves out the same read-only file data, except the
+// first page of each ELF object, and declares every mapping with its permissions.
+TEST_F(Recovery, KernelCoreWithSysroot) {
+  const std::string pattern = testing::read_file("/proc/sys/kernel/core_pattern");
+  if (pattern.empty() || pattern[0] == '|' || pattern.find('/') != std::string::npos)
+    GTEST_SKIP() << "kernel.core_pattern is '" << pattern.substr(0, pattern.find('\n'))
+                 << "': cores do not land in the victim's directory";
+  const std::string gt = dir / "gt", cores = dir / "cores", out = dir / "recovered";
+  testing::fs::create_directories(cores);
+  // Victim execs its command: a shell that execs python keeps the pid.
+  Victim v("sh -c 'cd " + cores + " && ulimit -c unlimited && exec " + kPython + " " + kVictims +
+               "/torch_victim.py cnn " + gt + "'",
+           gt);
+  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
+  ASSERT_EQ(kill(v.pid(), SIGABRT), 0);
+  const int status = v.wait_exit();
+  std::vector<std::string> names = testing::list_dir(cores);
+  if (!WIFSIGNALED(status) || !WCOREDUMP(status) || names.size() != 1)
+    GTEST_SKIP() << "the kernel wrote no core here (RLIMIT_CORE or a container policy?)";
+  const std::string core = cores + "/" + names[0];
+
+  auto bare = run(testing::mlfx_bin() + " recover " + core + " --out " + (dir / "bare") + " -q");
+  EXPECT_EQ(bare.exit_code, 1) << bare.output;
+  EXPECT_NE(bare.output.find("--sysroot /"), std::string::npos) << bare.output;
+  auto r = run(testing::mlfx_bin() + " recover " + core + " --sysroot / --out " + out + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
 }
 
 // ---- bad input ----
