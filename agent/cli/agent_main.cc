@@ -62,6 +62,7 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
   p.device_id = a.device_id;
   p.command = "agent capture";
   MLFX_ASSIGN(p.buffer_bytes, capture_buffer_bytes(a));
+  p.cancel = &g_interrupted;  // also after the thaw, while sealing finishes
   p.tool_parameters = {{"pid", a.pid}, {"source", a.source}, {"recipients", a.recipients},
                        {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
                        {"buffer_bytes", p.buffer_bytes}};

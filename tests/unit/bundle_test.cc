@@ -2,6 +2,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
 
@@ -195,6 +196,24 @@ TEST_F(BundleRoundTrip, PipelineFailureReachesTheCaller) {
   signal(SIGXFSZ, old_handler);
   ASSERT_FALSE(st);
   EXPECT_NE(st.error().message().find("b.mlfx"), std::string::npos) << st.error().to_string();
+}
+
+// The cancel flag stops sealing at the next chunk, also for chunks already buffered.
+TEST_F(BundleRoundTrip, CancelStopsSealingWithAClearError) {
+  std::atomic<bool> cancel{false};
+  SealParams p;
+  p.chunk_size = kMinChunkSize;
+  p.cancel = &cancel;
+  auto w = BundleWriter::create(*File::create_new(dir / "b.mlfx", 0600), *keys.device.signing,
+                                {keys.lab.box->public_key()}, p);
+  ASSERT_TRUE(w);
+  ASSERT_TRUE(w->begin_stream("s", "m"));
+  ASSERT_TRUE(w->write(as_bytes(testing::random_string(2 * kMinChunkSize, 9))));
+  cancel = true;
+  Status st = w->write(as_bytes(testing::random_string(10 * kMinChunkSize, 10)));
+  if (st) st = w->end_stream();
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("interrupted"), std::string::npos) << st.error().to_string();
 }
 
 TEST_F(BundleRoundTrip, SeveralRecipientsEachOpen) {

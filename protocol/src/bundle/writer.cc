@@ -207,6 +207,7 @@ struct BundleWriter::Impl {
       Slot* s = nullptr;
       cv.wait(lk, [&] { return stopping || error || (s = find(Slot::State::kHashed)); });
       if (!s) return;
+      if (params.cancel && params.cancel->load()) return fail_locked(Error(Errc::kIo, "interrupted"));
       s->state = Slot::State::kSealing;
       lk.unlock();
       RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), s->final ? kChunkFinal : 0,

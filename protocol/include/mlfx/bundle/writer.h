@@ -9,6 +9,7 @@
 // must finish quickly (memory read while its process is frozen) can run ahead of sealing.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <span>
 #include <string>
@@ -32,6 +33,8 @@ struct SealParams {
   // Plaintext chunks that may wait for sealing (rounded to whole chunks; at least a few).
   uint64_t buffer_bytes = 64u << 20;
   unsigned sealer_threads = 0;  // 0: one per core beyond the first two, 1 to 4
+  // Set (e.g. from a signal handler) to stop sealing at the next chunk with an error.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class BundleWriter {
