@@ -282,8 +282,15 @@ int main(int argc, char** argv) {
 
   recovery::RecoverOptions ro;
   bool recover_json = false, recover_quiet = false;
-  auto* recover = app.add_subcommand("recover", "recover every model in a captured process (ELF core or bundle)");
-  recover->add_option("input", ro.input, "ELF core, or mlfx bundle with a 'core' stream")->required();
+  auto* recover = app.add_subcommand("recover", "recover every model in a captured process (ELF core or bundle) "
+                                                "or in a live one (--pid)");
+  auto* recover_source = recover->add_option_group("source", "what to recover from: exactly one");
+  recover_source->add_option("input", ro.input, "ELF core, or mlfx bundle with a 'core' stream");
+  recover_source->add_option("--pid", ro.pid,
+                             "a live process instead: frozen while its memory is read into an "
+                             "in-memory core, then released and analysed")
+      ->check(CLI::PositiveNumber);
+  recover_source->require_option(1);
   recover->add_option("--out", ro.out_dir, "output directory (new or empty)")->required();
   recover->add_option("--key", ro.lab_key, "lab private key (for bundles)");
   recover->add_option("--trusted-devices", ro.trusted_devices_dir, "directory of trusted device .pub keys");

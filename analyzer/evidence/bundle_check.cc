@@ -232,9 +232,7 @@ Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const 
   const bundle::StreamInfo* info = reader.manifest().find_stream(stream);
   if (!info) return fail(Errc::kNotFound, path + " has no stream named '" + stream + "'");
   MLFX_ASSIGN(SecretBytes key, reader.unwrap_data_key(*lab.box));
-  int fd = memfd_create(("mlfx-" + stream).c_str(), MFD_CLOEXEC);
-  if (fd < 0) return fail(Errc::kIo, std::string("memfd_create: ") + errno_text(errno));
-  out.file = File(fd, "/proc/self/fd/" + std::to_string(fd));
+  MLFX_ASSIGN(out.file, File::create_memory("mlfx-" + stream));
   std::optional<Progress> bar;
   if (options.show_progress) bar.emplace("decrypting " + stream, info->size);
   MLFX_TRY(reader.decrypt_stream(info->index, key.view(), [&](ByteView b) { return out.file.write_all(b); },

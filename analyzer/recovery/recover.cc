@@ -10,6 +10,7 @@
 #include <future>
 #include <memory>
 
+#include "capture/process/process_capture.h"
 #include "evidence/bundle_check.h"
 #include "exporters/safetensors_writer.h"
 #include "exporters/torch_pt_writer.h"
@@ -59,11 +60,32 @@ Status make_output_dir(const std::string& dir) {
 // The evidence behind the process image, kept alive while layers point into it.
 struct Evidence {
   std::optional<evidence::DecryptedStream> decrypted;
+  File live_core;  // recover --pid: the in-memory core
   std::shared_ptr<layers::FileLayer> file;
   json::Json description;
 };
 
+// A live process: its core is captured into memory (the target frozen only for the read) and
+// analysed like any core, so the analysis never sees memory change under it.
+Result<Evidence> capture_live(const RecoverOptions& o) {
+  Evidence ev;
+  MLFX_ASSIGN(File core, File::create_memory("mlfx-live-core"));
+  agent::process::ProcessCaptureOptions capture;
+  capture.pid = o.pid;
+  MLFX_ASSIGN(json::Json context, agent::process::capture_process_core(capture, core));
+  MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> layer, layers::FileLayer::open(core.path()));
+  ev.description = {{"kind", "live process"},
+                    {"pid", o.pid},
+                    {"method", "frozen with ptrace, memory read into an in-memory ELF core, thawed"},
+                    {"timings", context["timings"]},
+                    {"core_size", layer->size()}};
+  ev.file = std::move(layer);
+  ev.live_core = std::move(core);
+  return ev;
+}
+
 Result<Evidence> open_evidence(const RecoverOptions& o) {
+  if (o.pid) return capture_live(o);
   Evidence ev;
   MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> file, layers::FileLayer::open(o.input));
   if (file->size() == 0) return fail(Errc::kBadFormat, o.input + " is empty");
@@ -190,9 +212,11 @@ Result<json::Json> recover(const RecoverOptions& o) {
     if (!problems.empty()) return fail(Error(located.error().code(), located.error().to_string() + "; " + problems));
   }
   MLFX_ASSIGN(auto runtime, std::move(located));
+  timings["locate_ms"] = ms_since(t1);
+  auto t_gc = Clock::now();
   frontends::cpython::ObjectReader objects(mem, runtime.layout());
   std::vector<uint64_t> tracked = runtime.tracked_objects(diag);
-  timings["gc_walk_ms"] = ms_since(t1);
+  timings["gc_walk_ms"] = ms_since(t_gc);
 
   const std::optional<std::string> torch_version = runtime.module_string(objects, "torch.version", "__version__");
   auto t2 = Clock::now();

@@ -1,6 +1,8 @@
-// `mlfx recover`: from a process image (an ELF core, or a sealed bundle holding one) to every
-// model in the process, written as state_dict files plus its architecture, and a report.
+// `mlfx recover`: from a process image (an ELF core, a sealed bundle holding one, or a live
+// process captured into memory first) to every model in the process, written as state_dict files plus its architecture, and a report.
 #pragma once
+
+#include <sys/types.h>
 
 #include <string>
 
@@ -11,6 +13,7 @@ namespace mlfx::recovery {
 
 struct RecoverOptions {
   std::string input;    // an ELF core, or an mlfx bundle with a "core" stream
+  pid_t pid = 0;        // instead of input: a live process, frozen while its memory is read
   std::string out_dir;  // must not exist or be empty
   std::string lab_key;  // needed for bundles
   std::string trusted_devices_dir;

@@ -165,6 +165,36 @@ TEST_F(Recovery, TiedWeights) { scenario("tied"); }
 TEST_F(Recovery, DtypesNonContiguousAndBuffers) { scenario("dtypes"); }
 TEST_F(Recovery, SixtyMillionParameters) { scenario("big"); }
 
+// mlfx recover --pid: the live process is frozen only while its memory is read into memory,
+// released, and recovered bit-exactly; it runs on with unchanged outputs.
+TEST_F(Recovery, LiveProcessByPid) {
+  const std::string gt = dir / "gt", out = dir / "recovered";
+  Victim v(kPython + " " + kVictims + "/torch_victim.py resnet " + gt, gt);
+  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
+  auto r = run(testing::mlfx_bin() + " recover --pid " + std::to_string(v.pid()) + " --out " + out + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(v.alive());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_NE(v.state(), 't');
+  testing::write_file(gt + "/check", "1");
+  ASSERT_TRUE(wait_for(gt + "/checked", 60)) << v.stderr_text();
+  testing::write_file(gt + "/stop", "1");
+  auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  auto report = json::parse(testing::read_file(out + "/report.json"), "report");
+  ASSERT_TRUE(report);
+  EXPECT_EQ((*report)["input"]["kind"], "live process");
+  EXPECT_EQ((*report)["input"]["pid"], v.pid());
+  EXPECT_GT((*report)["input"]["timings"]["frozen_ms"].get<double>(), 0.0);
+  EXPECT_EQ((*report)["process"]["pid"], v.pid());
+
+  // Nothing to capture: a clear message, exit 1, no output directory.
+  auto gone = run(testing::mlfx_bin() + " recover --pid 999999999 --out " + (dir / "gone") + " -q");
+  EXPECT_EQ(gone.exit_code, 1) << gone.output;
+  EXPECT_NE(gone.output.find("no such process"), std::string::npos) << gone.output;
+  EXPECT_FALSE(testing::fs::exists(dir / "gone"));
+}
+
 // gcore, like kernel cores with the default coredump_filter, leaves out read-only file-backed
 // mappings (.text, .rodata: PyType_Type's name lives there). Without --sysroot recovery says
 // so and what to do; with --sysroot / it reads them from the files, bit-exactly; a sysroot

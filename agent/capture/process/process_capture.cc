@@ -502,4 +502,15 @@ Result<BundleCaptureResult> capture_process_to_bundle(
   return result;
 }
 
+Result<json::Json> capture_process_core(const ProcessCaptureOptions& options, File& out) {
+  MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
+  auto st = cap.write_core([&out, cancel = options.cancel](ByteView b) -> Status {
+    if (cancel && cancel->load()) return fail(Errc::kIo, "interrupted; the target was released");
+    return out.write_all(b);
+  }, nullptr);
+  if (!st) return fail(std::move(st).error().context("writing the core of pid " + std::to_string(options.pid)));
+  MLFX_TRY(cap.thaw());
+  return cap.context();
+}
+
 }  // namespace mlfx::agent::process

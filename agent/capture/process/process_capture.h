@@ -85,4 +85,8 @@ Result<BundleCaptureResult> capture_process_to_bundle(
     const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
     bool show_progress);
 
+// `mlfx recover --pid`: the core of a live process written to `out` (an in-memory file in the
+// lab tool), the target frozen only while its memory is read. Returns the context document.
+Result<json::Json> capture_process_core(const ProcessCaptureOptions& options, File& out);
+
 }  // namespace mlfx::agent::process

@@ -1,6 +1,7 @@
 #include "mlfx/base/file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,6 +46,12 @@ Result<File> File::create_new(const std::string& path, mode_t mode) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return fail(io_error("cannot create", path, errno));
   return File(fd, path);
+}
+
+Result<File> File::create_memory(const std::string& name) {
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) return fail(Errc::kIo, "memfd_create: " + errno_text(errno));
+  return File(fd, "/proc/self/fd/" + std::to_string(fd));
 }
 
 File File::standard_input() { return File(STDIN_FILENO, "-"); }

@@ -24,6 +24,9 @@ class File {
   static Result<File> open_read(const std::string& path);
   // Creates a new file; fails with Errc::kExists rather than replacing one.
   static Result<File> create_new(const std::string& path, mode_t mode);
+  // An anonymous file in memory (memfd): plaintext that must not reach a disk. Its path,
+  // "/proc/self/fd/N", opens it again.
+  static Result<File> create_memory(const std::string& name);
   // Wraps standard input; "-" is its name in messages.
   static File standard_input();
 
