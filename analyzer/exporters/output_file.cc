@@ -2,9 +2,12 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+
 namespace mlfx::exporters {
 namespace {
 constexpr size_t kBufferSize = 1 << 20;
+constexpr size_t kDirectWrite = 64 << 10;  // larger spans skip the buffer
 }
 
 Result<OutputFile> OutputFile::create(const std::string& path) {
@@ -35,10 +38,24 @@ Status OutputFile::flush() {
 
 Status OutputFile::write(ByteView data) {
   offset_ += data.size();
-  if (buffer_.size() + data.size() > kBufferSize) MLFX_TRY(flush());
-  if (data.size() >= kBufferSize) return file_.write_all(data);
+  if (buffer_.size() + data.size() > kBufferSize || data.size() >= kDirectWrite) MLFX_TRY(flush());
+  if (data.size() >= kDirectWrite) return file_.write_all(data);
   if (buffer_.capacity() == 0) buffer_.reserve(kBufferSize);
   buffer_.insert(buffer_.end(), data.begin(), data.end());
+  return {};
+}
+
+Status OutputFile::patch(uint64_t offset, ByteView data) {
+  if (offset > offset_ || data.size() > offset_ - offset)
+    return fail(Errc::kInvalidArgument, "patch beyond what was written to " + path());
+  MLFX_TRY(flush());
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(file_.fd(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(Errc::kIo, "cannot write " + path() + ": " + errno_text(errno));
+    done += static_cast<size_t>(n);
+  }
   return {};
 }
 

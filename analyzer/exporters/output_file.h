@@ -26,6 +26,8 @@ class OutputFile {
   Status write(ByteView data);
   // Bytes written so far (buffered ones included): the offset of the next write.
   uint64_t offset() const { return offset_; }
+  // Overwrites bytes already written at `offset` (a header field known only afterwards).
+  Status patch(uint64_t offset, ByteView data);
   // Flushes and closes (no fsync); the file stays.
   Status commit();
   const std::string& path() const { return file_.path(); }

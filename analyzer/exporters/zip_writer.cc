@@ -24,6 +24,8 @@ constexpr uint16_t kDosDate = (0 << 9) | (1 << 5) | 1;  // 1980-01-01: reproduci
 constexpr uint32_t kMax32 = 0xffffffff;
 constexpr uint64_t kMax16 = 0xffff;
 constexpr size_t kLocalHeaderSize = 30;
+constexpr size_t kCrcFieldOffset = 14;  // in the local header
+constexpr size_t kCrcPiece = 256 << 10;
 
 // Little-endian record builder.
 class Record {
@@ -56,13 +58,6 @@ bool is_ascii(std::string_view s) {
   return true;
 }
 
-uint32_t crc_of(std::span<const ByteView> parts) {
-  // ZIP's CRC-32 is gzip's (reflected IEEE); ISA-L chains calls like zlib's crc32().
-  uint32_t crc = 0;
-  for (ByteView p : parts) crc = crc32_gzip_refl(crc, p.data(), p.size());
-  return crc;
-}
-
 }  // namespace
 
 Result<ZipWriter> ZipWriter::create(const std::string& path) {
@@ -81,7 +76,6 @@ Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, 
 
   uint64_t size = 0;
   for (ByteView p : parts) size += p.size();
-  const uint32_t crc = crc_of(parts);
   const uint64_t header_offset = out_.offset();
   const bool zip64_sizes = size >= kMax32;
   const bool zip64 = zip64_sizes || header_offset >= kMax32;
@@ -94,13 +88,25 @@ Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, 
 
   Record h;
   h.u32(kLocalSig).u16(zip64 ? kVersion45 : kVersion20).u16(is_ascii(name) ? 0 : kFlagUtf8);
-  h.u16(0).u16(0).u16(kDosDate).u32(crc);
+  h.u16(0).u16(0).u16(kDosDate).u32(0);  // CRC-32: patched once the payload is written
   h.u32(zip64_sizes ? kMax32 : size).u32(zip64_sizes ? kMax32 : size);
   h.u16(name.size()).u16(extra_len).bytes(name);
   if (zip64_sizes) h.u16(kZip64ExtraId).u16(16).u64(size).u64(size);
   h.u16(kPaddingExtraId).u16(padding).fill('Z', padding);
   MLFX_TRY(out_.write(h.view()));
-  for (ByteView p : parts) MLFX_TRY(out_.write(p));
+  // The CRC-32 (gzip's reflected IEEE one) in the same pass as the copy, piece by piece, so
+  // each piece is still in the cache when it is written.
+  uint32_t crc = 0;
+  for (ByteView p : parts) {
+    for (size_t at = 0; at < p.size(); at += kCrcPiece) {
+      ByteView piece = p.subspan(at, std::min(kCrcPiece, p.size() - at));
+      crc = crc32_gzip_refl(crc, piece.data(), piece.size());
+      MLFX_TRY(out_.write(piece));
+    }
+  }
+  uint8_t crc_le[4];
+  for (int i = 0; i < 4; ++i) crc_le[i] = static_cast<uint8_t>(crc >> (8 * i));
+  MLFX_TRY(out_.patch(header_offset + kCrcFieldOffset, crc_le));
   entries_.push_back({name, crc, size, header_offset});
   return {};
 }

@@ -20,8 +20,7 @@ class ZipWriter {
   static Result<ZipWriter> create(const std::string& path);
 
   // Adds a stored entry whose contents are `parts` concatenated, its first payload byte at a
-  // file offset that is a multiple of `align` (1..4096). Reads the parts twice (CRC-32, then
-  // the copy), so they must not change in between.
+  // file offset that is a multiple of `align` (1..4096). The parts are read once.
   Status add(const std::string& name, std::span<const ByteView> parts, uint32_t align = 64);
   Status add(const std::string& name, ByteView data, uint32_t align = 64) {
     return add(name, std::span<const ByteView>(&data, 1), align);

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
-#include <unordered_set>
 
+#include "frontends/address_set.h"
 #include "frontends/cpython/python_objects.h"
 #include "frontends/elf/loaded_elf.h"
 
@@ -167,7 +167,7 @@ std::vector<uint64_t> PythonRuntime::tracked_objects(Diagnostics& diag) const {
   for (int g = 0; g < 3; ++g) heads.push_back(gc_ + L.gc_generations + g * L.gc_generation_size);
   heads.push_back(gc_ + L.gc_permanent);
   std::vector<uint64_t> objects;
-  std::unordered_set<uint64_t> seen;
+  AddressSet seen;
   for (size_t i = 0; i < heads.size(); ++i) {
     const std::string list = i < 3 ? "GC generation " + std::to_string(i) : "permanent generation";
     uint64_t head = heads[i];
@@ -178,7 +178,11 @@ std::vector<uint64_t> PythonRuntime::tracked_objects(Diagnostics& diag) const {
         diag.warn(list + ": stopped after " + std::to_string(kMaxTrackedObjects) + " objects");
         return objects;
       }
-      if (!seen.insert(node).second) {
+      if (node == 0) {
+        diag.warn(list + ": null link; the rest of the list is skipped");
+        break;
+      }
+      if (!seen.insert(node)) {
         diag.warn(list + ": link cycle at " + hex_address(node) + "; the rest of the list is skipped");
         break;
       }
