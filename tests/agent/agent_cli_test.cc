@@ -201,6 +201,25 @@ class AgentCli : public ::testing::Test {
     return "capture --pid " + std::to_string(pid) + " --out " + out + " --device-key " + (dir / "dev.key") +
            " --recipient " + (dir / "lab.pub");
   }
+  // Opens `bundle` into dir/open and checks that the PT_LOAD holding the victim's bytes
+  // object holds exactly its ground truth (victim/truth.bin at victim/addr.txt).
+  testing::ElfCoreView expect_ground_truth_in(const std::string& bundle, std::string* core_bytes) {
+    auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
+    EXPECT_EQ(open.exit_code, 0) << open.output;
+    std::string& core = *core_bytes;
+    core = testing::read_file(dir / "open/core");
+    const std::string truth = testing::read_file(dir / "victim/truth.bin");
+    const uint64_t addr = std::stoull(testing::read_file(dir / "victim/addr.txt"));
+    testing::ElfCoreView view = testing::parse_elf_core(core);
+    EXPECT_EQ(view.error, "");
+    const auto* load = view.load_for(addr, truth.size());
+    EXPECT_NE(load, nullptr) << "no PT_LOAD holds 0x" << std::hex << addr;
+    if (load) {
+      EXPECT_TRUE(core.compare(load->offset + (addr - load->vaddr), truth.size(), truth) == 0)
+          << "the captured bytes differ from the ground truth";
+    }
+    return view;
+  }
   testing::TempDir dir;
 };
 
@@ -232,20 +251,13 @@ TEST_F(AgentCli, CapturesALivePythonProcess) {
   auto ver = mlfx("bundle verify " + bundle);
   ASSERT_EQ(ver.exit_code, 0) << ver.output;
   EXPECT_NE(ver.output.find("INTACT"), std::string::npos);
-  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
-  ASSERT_EQ(open.exit_code, 0) << open.output;
 
   // (1) The PT_LOAD holding the bytes object's data holds exactly the ground truth.
-  const std::string core = testing::read_file(dir / "open/core");
+  std::string core;
+  auto view = expect_ground_truth_in(bundle, &core);
+  EXPECT_EQ(view.type, 4);  // ET_CORE
   const std::string truth = testing::read_file(dir / "victim/truth.bin");
   const uint64_t addr = std::stoull(testing::read_file(dir / "victim/addr.txt"));
-  auto view = testing::parse_elf_core(core);
-  ASSERT_EQ(view.error, "");
-  EXPECT_EQ(view.type, 4);  // ET_CORE
-  const auto* load = view.load_for(addr, truth.size());
-  ASSERT_NE(load, nullptr) << "no PT_LOAD holds 0x" << std::hex << addr;
-  EXPECT_TRUE(core.compare(load->offset + (addr - load->vaddr), truth.size(), truth) == 0)
-      << "the captured bytes differ from the ground truth";
   for (const auto& l : view.loads) EXPECT_EQ(l.offset % 4096, 0u);
 
   // (2) gdb opens the core and unwinds every thread, from the top frame down to its start.
@@ -341,16 +353,8 @@ TEST_F(AgentCli, SmallBufferStillCapturesExactly) {
   auto cap = agent(capture_args(v.pid(), bundle) + " --buffer 4M -q");
   ASSERT_EQ(cap.exit_code, 0) << cap.output;
   EXPECT_TRUE(v.runs_on());
-  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
-  ASSERT_EQ(open.exit_code, 0) << open.output;
-  const std::string core = testing::read_file(dir / "open/core");
-  const std::string truth = testing::read_file(dir / "victim/truth.bin");
-  const uint64_t addr = std::stoull(testing::read_file(dir / "victim/addr.txt"));
-  auto view = testing::parse_elf_core(core);
-  ASSERT_EQ(view.error, "");
-  const auto* load = view.load_for(addr, truth.size());
-  ASSERT_NE(load, nullptr);
-  EXPECT_TRUE(core.compare(load->offset + (addr - load->vaddr), truth.size(), truth) == 0);
+  std::string core;
+  expect_ground_truth_in(bundle, &core);
   auto manifest = json::parse(testing::read_file(dir / "open/manifest.json"), "manifest");
   ASSERT_TRUE(manifest);
   EXPECT_EQ((*manifest)["tool"]["parameters"]["buffer_bytes"], 4u << 20);
