@@ -172,7 +172,31 @@ struct ProcessCapture::State {
 
   Status check_target();
   Status inspect();
+  void read_build_ids();
 };
+
+// The GNU build-id of every mapped file, once per file. Read after the thaw: the core does not
+// need them, only the context, and opening a hundred files would lengthen the freeze.
+void ProcessCapture::State::read_build_ids() {
+  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, std::optional<std::string>> ids;
+  build_ids.assign(maps.size(), std::nullopt);
+  for (size_t i = 0; i < maps.size(); ++i) {
+    const MapEntry& e = maps[i];
+    if (!e.file_backed()) continue;
+    auto key = std::make_tuple(e.dev_major, e.dev_minor, e.inode, e.path);
+    auto it = ids.find(key);
+    if (it == ids.end()) {
+      std::optional<std::string> id;
+      // Regular files only: opening a device node would run its driver.
+      struct stat st;
+      if (stat_mapped_file(pid, e, st) && S_ISREG(st.st_mode))
+        if (auto f = open_mapped_file(pid, e))
+          if (auto r = read_gnu_build_id(*f)) id = *r;
+      it = ids.emplace(key, std::move(id)).first;
+    }
+    build_ids[i] = it->second;
+  }
+}
 
 Status ProcessCapture::State::check_target() {
   const std::string who = "pid " + std::to_string(pid);
@@ -260,8 +284,6 @@ Status ProcessCapture::State::inspect() {
 
   // Segments: every readable mapping is read, except what kSkipRules leaves out.
   std::vector<CoreSegment> segments;
-  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, std::optional<std::string>> ids;
-  build_ids.assign(maps.size(), std::nullopt);
   not_dumped.assign(maps.size(), std::string());
   for (size_t i = 0; i < maps.size(); ++i) {
     const MapEntry& e = maps[i];
@@ -273,20 +295,6 @@ Status ProcessCapture::State::inspect() {
     if (const char* reason = skip_reason(e)) {
       not_dumped[i] = reason;
       s.filesz = 0;
-    }
-    if (e.file_backed()) {
-      auto key = std::make_tuple(e.dev_major, e.dev_minor, e.inode, e.path);
-      auto it = ids.find(key);
-      if (it == ids.end()) {
-        std::optional<std::string> id;
-        // Regular files only: opening a device node would run its driver.
-        struct stat st;
-        if (stat_mapped_file(pid, e, st) && S_ISREG(st.st_mode))
-          if (auto f = open_mapped_file(pid, e))
-            if (auto r = read_gnu_build_id(*f)) id = *r;
-        it = ids.emplace(key, std::move(id)).first;
-      }
-      build_ids[i] = it->second;
     }
     segments.push_back(s);
   }
@@ -349,6 +357,7 @@ Status ProcessCapture::thaw() {
   Status st = s.freezer ? s.freezer->thaw() : Status{};
   s.t_thawed = Clock::now();
   s.thawed_utc = utc_timestamp();
+  s.read_build_ids();
   return st;
 }
 
@@ -385,7 +394,7 @@ json::Json ProcessCapture::context() const {
     json::Json j = {{"start", m.start}, {"end", m.end}, {"perms", m.perms}, {"offset", m.offset},
                     {"dev", dev}, {"inode", m.inode}, {"path", m.path},
                     {"vm_flags", m.vm_flags}, {"dumped", s.layout->segments()[i].filesz != 0}};
-    if (s.build_ids[i]) j["build_id"] = *s.build_ids[i];
+    if (i < s.build_ids.size() && s.build_ids[i]) j["build_id"] = *s.build_ids[i];
     maps.push_back(std::move(j));
   }
   json::Json unreadable = json::Json::array();
