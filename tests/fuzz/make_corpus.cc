@@ -1,7 +1,7 @@
 // Writes the seed corpora of the fuzz targets:
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
-//               [--elf_core DIR] [--python_objects DIR]
+//               [--elf_core DIR] [--python_objects DIR] [--wire DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -13,7 +13,8 @@
 //                a dynamic symbol table (SysV or GNU hash), _PyRuntime, an interpreter whose
 //                GC lists hold a torch-like model (synthetic_image.h);
 // python_objects: a 64-byte header of object addresses and flags, then a blob of CPython 3.11
-//                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model).
+//                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model);
+// wire:          one intake protocol frame (header and body) of each message type.
 //
 // Every bundle is read back and fully verified and decrypted before it is kept, so a seed
 // corpus never silently degrades into inputs that are rejected at the first byte. Bundle ids
@@ -32,6 +33,7 @@
 #include "mlfx/bundle/reader.h"
 #include "mlfx/bundle/writer.h"
 #include "mlfx/custody/custody_log.h"
+#include "mlfx/wire/messages.h"
 #include "frontends/cpython/layout.h"
 #include "frontends/cpython/python_objects.h"
 #include "frontends/cpython/python_runtime.h"
@@ -450,6 +452,34 @@ std::map<std::string, std::string> python_object_seeds() {
   return out;
 }
 
+// One frame of each wire message (header and body), as a peer sends them.
+std::map<std::string, std::string> wire_frames() {
+  auto frame = [](wire::FrameType t, const json::Json& body) {
+    Bytes f = wire::encode_json_frame(t, body);
+    return std::string(f.begin(), f.end());
+  };
+  wire::Receipt r{std::string(32, 'a'), std::string(64, 'b'), "sha256:dev", "objects/b.mlfx",
+                  "2026-11-22T02:00:00Z", std::string(64, 'c'), "sha256:intake", 917987328};
+  wire::SignedReceipt sr{r, Bytes(64, 7)};
+  std::map<std::string, std::string> out;
+  wire::Hello hello;
+  hello.agent = "mlfx-agent 0.3.0";
+  out["hello.frame"] = frame(wire::FrameType::kHello, wire::to_json(hello));
+  out["welcome.frame"] = frame(wire::FrameType::kWelcome,
+                               wire::to_json(wire::Welcome{1, "car-17", "sha256:aa", "sha256:bb", (4u << 20) + 56, 1ull << 40}));
+  out["offer.frame"] = frame(wire::FrameType::kOffer,
+                             wire::to_json(wire::Offer{std::string(32, 'a'), 917987328, std::string(64, 'b'), 4u << 20}));
+  out["status-partial.frame"] = frame(
+      wire::FrameType::kStatus, wire::to_json(wire::UploadStatus{wire::UploadState::kPartial, {{0, 64}, {4096, 4194352}}, {}}));
+  out["status-stored.frame"] =
+      frame(wire::FrameType::kStatus, wire::to_json(wire::UploadStatus{wire::UploadState::kStored, {{0, 917987328}}, sr}));
+  out["receipt.frame"] = frame(wire::FrameType::kReceipt, wire::to_json(sr));
+  out["error.frame"] = frame(wire::FrameType::kError, wire::to_json(wire::ErrorMessage{wire::WireError::kBadRecord, "x"}));
+  Bytes rec = wire::encode_frame(wire::FrameType::kRecord, wire::encode_record_body(64, as_bytes(std::string(48, 'r'))));
+  out["record.frame"] = std::string(rec.begin(), rec.end());
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -458,11 +488,11 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
-         a == "--elf_core" || a == "--python_objects")) {
+         a == "--elf_core" || a == "--python_objects" || a == "--wire")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
-          " [--elf_core DIR] [--python_objects DIR]"
+          " [--elf_core DIR] [--python_objects DIR] [--wire DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -499,6 +529,8 @@ int main(int argc, char** argv) {
   }
   if (dirs.count("custody"))
     for (const auto& [name, text] : custody_logs()) put("custody", name, text);
+
+  for (const auto& [name, frame] : wire_frames()) put("wire", name, frame);
 
   const std::string dk = fuzz::kFixedDeviceKeyPem, dp = fuzz::kFixedDevicePubPem;
   const std::string lk = fuzz::kFixedLabKeyPem, lp = fuzz::kFixedLabPubPem;
