@@ -139,7 +139,7 @@ struct BundleWriter::Impl {
 
   void start_threads(unsigned sealers) {
     auto registered = [this](auto body) {
-      return [this, body]() mutable {
+      return [this, body = std::move(body)]() mutable {
         {
           std::lock_guard lk(mu);
           thread_ids.push_back(static_cast<pid_t>(syscall(SYS_gettid)));
@@ -156,7 +156,7 @@ struct BundleWriter::Impl {
         error = gcm.error();
         break;
       }
-      threads.emplace_back(registered([this, g = std::make_shared<crypto::Aes256Gcm>(std::move(*gcm))] { seal_loop(*g); }));
+      threads.emplace_back(registered([this, g = std::move(*gcm)]() mutable { seal_loop(g); }));
     }
     threads.emplace_back(registered([this] { write_loop(); }));
     std::unique_lock lk(mu);

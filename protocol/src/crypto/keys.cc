@@ -18,15 +18,6 @@ namespace {
 
 PkeyPtr wrap_pkey(EVP_PKEY* p) { return PkeyPtr(p, EVP_PKEY_free); }
 
-std::string openssl_error() {
-  unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (!e) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof buf);
-  return buf;
-}
-
 Result<Bytes> raw_public(EVP_PKEY* p) {
   Bytes raw(kRawKeySize);
   size_t n = raw.size();
@@ -72,6 +63,15 @@ Result<PkeyPtr> pkey_from_raw_public(int type, ByteView raw, const char* what) {
 }
 
 }  // namespace
+
+std::string openssl_error() {
+  unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (!e) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  return buf;
+}
 
 const char* key_kind_name(KeyKind k) { return k == KeyKind::kDevice ? "device" : "lab"; }
 

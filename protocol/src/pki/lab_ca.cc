@@ -72,17 +72,8 @@ using TimePtr = std::unique_ptr<ASN1_TIME, Deleter<ASN1_TIME, ASN1_TIME_free>>;
 using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
 using BnPtr = std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>>;
 
-std::string openssl_error() {
-  unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (!e) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof buf);
-  return buf;
-}
-
 tl::unexpected<Error> ssl_fail(const std::string& what) {
-  return fail(Errc::kCrypto, what + ": " + openssl_error());
+  return fail(Errc::kCrypto, what + ": " + crypto::openssl_error());
 }
 
 std::string join(const std::string& dir, const char* name) { return dir + "/" + name; }

@@ -61,17 +61,6 @@ Result<std::string> get_hex_text(const json::Json& j, const char* key, size_t by
   return to_hex(b);
 }
 
-json::Json receipt_fields(const Receipt& r) {
-  return {{"bundle_id", r.bundle_id},
-          {"file_sha256", r.file_sha256},
-          {"file_size", r.file_size},
-          {"device_key_fingerprint", r.device_key_fingerprint},
-          {"stored_as", r.stored_as},
-          {"received_utc", r.received_utc},
-          {"custody_event_sha256", r.custody_event_sha256},
-          {"intake_key_fingerprint", r.intake_key_fingerprint}};
-}
-
 Result<SignedReceipt> receipt_from_json(const json::Json& j, const std::string& where) {
   MLFX_ASSIGN(const json::Json* r, json::get_object(j, "receipt", where));
   const std::string in = where + ".receipt";
@@ -176,10 +165,19 @@ json::Json to_json(const UploadStatus& m) {
   return j;
 }
 
-json::Json to_json(const Receipt& m) { return receipt_fields(m); }
+json::Json to_json(const Receipt& m) {
+  return {{"bundle_id", m.bundle_id},
+          {"file_sha256", m.file_sha256},
+          {"file_size", m.file_size},
+          {"device_key_fingerprint", m.device_key_fingerprint},
+          {"stored_as", m.stored_as},
+          {"received_utc", m.received_utc},
+          {"custody_event_sha256", m.custody_event_sha256},
+          {"intake_key_fingerprint", m.intake_key_fingerprint}};
+}
 
 json::Json to_json(const SignedReceipt& m) {
-  return {{"receipt", receipt_fields(m.receipt)}, {"signature", to_base64(m.signature)}};
+  return {{"receipt", to_json(m.receipt)}, {"signature", to_base64(m.signature)}};
 }
 
 json::Json to_json(const ErrorMessage& m) { return {{"code", wire_error_name(m.code)}, {"message", m.message}}; }
@@ -287,7 +285,7 @@ Bytes encode_record_body(uint64_t offset, ByteView unit) {
 }
 
 Bytes receipt_signing_message(const Receipt& r) {
-  const std::string text = std::string(kReceiptContext) + json::canonical(receipt_fields(r));
+  const std::string text = std::string(kReceiptContext) + json::canonical(to_json(r));
   return Bytes(text.begin(), text.end());
 }
 

@@ -105,6 +105,9 @@ struct PublicKeyFile {
   std::optional<BoxPublicKey> box;
 };
 
+// The oldest queued OpenSSL error as text ("unknown OpenSSL error" when none); clears the queue.
+std::string openssl_error();
+
 // Writes PREFIX.key (0600) and PREFIX.pub; refuses if either exists.
 Status generate_key_files(KeyKind kind, const std::string& prefix);
 
