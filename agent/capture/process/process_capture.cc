@@ -339,11 +339,31 @@ Result<ProcessCapture> ProcessCapture::freeze(const ProcessCaptureOptions& optio
 const ElfCoreLayout& ProcessCapture::layout() const { return *s_->layout; }
 const EmitStats& ProcessCapture::stats() const { return s_->stats; }
 
+namespace {
+
+// Passes the core on to `inner`, and stops at the next block once `cancel` is set.
+class CancellableSink : public CoreSink {
+ public:
+  CancellableSink(CoreSink& inner, const std::atomic<bool>* cancel) : inner_(inner), cancel_(cancel) {}
+  Result<std::span<uint8_t>> buffer(size_t max) override {
+    if (cancel_ && cancel_->load()) return fail(Errc::kIo, "interrupted; the target was released");
+    return inner_.buffer(max);
+  }
+  Status commit(size_t n) override { return inner_.commit(n); }
+
+ private:
+  CoreSink& inner_;
+  const std::atomic<bool>* cancel_;
+};
+
+}  // namespace
+
 Status ProcessCapture::write_core(CoreSink& sink, Progress* progress) {
   State& s = *s_;
   if (s.thawed) return fail(Errc::kInvalidArgument, "the target was thawed before its core was written");
   ProcMemReader reader(s.pid, s.mem);
-  MLFX_TRY(s.layout->emit(reader, sink, s.stats, progress));
+  CancellableSink cancellable(sink, s.options.cancel);
+  MLFX_TRY(s.layout->emit(reader, cancellable, s.stats, progress));
   s.t_captured = Clock::now();
   s.core_written = true;
   return {};
@@ -450,19 +470,15 @@ json::Json ProcessCapture::acquisition() const {
 
 namespace {
 
-// The bundle's core stream as the emitter's sink; checks for cancellation at every block.
+// The bundle's core stream as the emitter's sink: memory is read into its chunk buffers.
 class BundleSink : public CoreSink {
  public:
-  BundleSink(bundle::BundleWriter& w, const std::atomic<bool>* cancel) : w_(w), cancel_(cancel) {}
-  Result<std::span<uint8_t>> buffer(size_t max) override {
-    if (cancel_ && cancel_->load()) return fail(Errc::kIo, "interrupted; the target was released");
-    return w_.buffer(max);
-  }
+  explicit BundleSink(bundle::BundleWriter& w) : w_(w) {}
+  Result<std::span<uint8_t>> buffer(size_t max) override { return w_.buffer(max); }
   Status commit(size_t n) override { return w_.commit(n); }
 
  private:
   bundle::BundleWriter& w_;
-  const std::atomic<bool>* cancel_;
 };
 
 // What the core will roughly hold, from /proc/PID/maps before the freeze: its readable mappings.
@@ -493,7 +509,7 @@ Result<BundleCaptureResult> capture_process_to_bundle(
   {
     std::optional<Progress> bar;
     if (show_progress) bar.emplace("capturing pid " + pid, cap.layout().file_size());
-    BundleSink sink(w, options.cancel);
+    BundleSink sink(w);
     auto st = cap.write_core(sink, bar ? &*bar : nullptr);
     if (!st) return fail(std::move(st).error().context("writing the core of pid " + pid));
     if (bar) bar->finish();
@@ -513,10 +529,7 @@ Result<BundleCaptureResult> capture_process_to_bundle(
 
 Result<json::Json> capture_process_core(const ProcessCaptureOptions& options, File& out) {
   MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
-  auto st = cap.write_core([&out, cancel = options.cancel](ByteView b) -> Status {
-    if (cancel && cancel->load()) return fail(Errc::kIo, "interrupted; the target was released");
-    return out.write_all(b);
-  }, nullptr);
+  auto st = cap.write_core([&out](ByteView b) { return out.write_all(b); }, nullptr);
   if (!st) return fail(std::move(st).error().context("writing the core of pid " + std::to_string(options.pid)));
   MLFX_TRY(cap.thaw());
   return cap.context();
