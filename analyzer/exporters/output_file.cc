@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <cerrno>
-
 namespace mlfx::exporters {
 namespace {
 constexpr size_t kBufferSize = 1 << 20;
@@ -49,14 +47,7 @@ Status OutputFile::patch(uint64_t offset, ByteView data) {
   if (offset > offset_ || data.size() > offset_ - offset)
     return fail(Errc::kInvalidArgument, "patch beyond what was written to " + path());
   MLFX_TRY(flush());
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::pwrite(file_.fd(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(Errc::kIo, "cannot write " + path() + ": " + errno_text(errno));
-    done += static_cast<size_t>(n);
-  }
-  return {};
+  return file_.pwrite_all(offset, data);
 }
 
 Status OutputFile::commit() {

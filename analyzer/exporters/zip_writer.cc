@@ -105,7 +105,7 @@ Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, 
     }
   }
   uint8_t crc_le[4];
-  for (int i = 0; i < 4; ++i) crc_le[i] = static_cast<uint8_t>(crc >> (8 * i));
+  store_le<uint32_t>(crc_le, crc);
   MLFX_TRY(out_.patch(header_offset + kCrcFieldOffset, crc_le));
   entries_.push_back({name, crc, size, header_offset});
   return {};

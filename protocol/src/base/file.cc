@@ -99,6 +99,19 @@ Status File::write_all(ByteView data) {
   return {};
 }
 
+Status File::pwrite_all(uint64_t offset, ByteView data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(io_error("cannot write", path_, errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
 Result<uint64_t> File::size() const {
   struct stat st;
   if (fstat(fd_, &st) != 0) return fail(io_error("cannot stat", path_, errno));

@@ -34,6 +34,7 @@ class File {
   Result<size_t> read_full(uint8_t* buf, size_t len);
   Status pread_exact(uint64_t offset, uint8_t* buf, size_t len) const;
   Status write_all(ByteView data);
+  Status pwrite_all(uint64_t offset, ByteView data);
   Result<uint64_t> size() const;
   Status sync();
   Status close();
