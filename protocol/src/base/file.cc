@@ -1,6 +1,7 @@
 #include "mlfx/base/file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -152,6 +153,62 @@ Status write_new_file(const std::string& path, std::string_view data, mode_t mod
   }
   MLFX_TRY(f.sync());
   return f.close();
+}
+
+Status fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return fail(io_error("cannot open", dir, errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return fail(io_error("cannot sync", dir, err));
+  return {};
+}
+
+Status replace_file(const std::string& path, std::string_view data, mode_t mode) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string tmp = dir + "/." + name + ".tmp.XXXXXX";
+  int fd = ::mkstemp(tmp.data());
+  if (fd < 0) return fail(io_error("cannot create a file in", dir, errno));
+  File f(fd, tmp);
+  Status st = f.write_all(as_bytes(data));
+  if (st && ::fchmod(fd, mode) != 0) st = fail(io_error("cannot chmod", tmp, errno));
+  if (st) st = f.sync();
+  if (st) st = f.close();
+  if (st && ::rename(tmp.c_str(), path.c_str()) != 0) st = fail(io_error("cannot rename to", path, errno));
+  if (!st) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return fsync_dir(dir);
+}
+
+namespace {
+Result<DirLock> lock_dir(const std::string& dir, int how, DirLock (*make)(int)) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return fail(errno == ENOENT ? Errc::kNotFound : Errc::kIo,
+                "cannot open directory " + dir + ": " + errno_text(errno));
+  if (::flock(fd, how) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) return fail(Errc::kExists, dir + " is locked by another process");
+    return fail(io_error("cannot lock", dir, err));
+  }
+  return make(fd);
+}
+}  // namespace
+
+Result<DirLock> DirLock::acquire(const std::string& dir) {
+  return lock_dir(dir, LOCK_EX, [](int fd) { return DirLock(fd); });
+}
+Result<DirLock> DirLock::try_acquire(const std::string& dir) {
+  return lock_dir(dir, LOCK_EX | LOCK_NB, [](int fd) { return DirLock(fd); });
+}
+DirLock::~DirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the lock
 }
 
 }  // namespace mlfx

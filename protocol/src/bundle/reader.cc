@@ -31,165 +31,255 @@ Result<BundleReader> BundleReader::open(const std::string& path) {
   return r;
 }
 
-// Walks every record header in order and enforces the grammar
-//   header (CHNK* CTBL)* MNFT MSIG CUST END <eof>
-// with chunks of each stream in order, the last one final, and each chunk table equal to
-// the chunks actually present.
-Status BundleReader::walk() {
+Result<std::string> BundleReader::read_payload(const RecordHeader& h, uint64_t record_off,
+                                               size_t limit, const std::string& what) const {
+  if (h.payload_size > limit)
+    return fail(bad(what + at(record_off) + " is implausibly large (" +
+                    std::to_string(h.payload_size) + " bytes)"));
+  std::string s(h.payload_size, '\0');
+  MLFX_TRY(file_.pread_exact(record_off + kRecordHeaderSize, reinterpret_cast<uint8_t*>(s.data()), s.size()));
+  return s;
+}
+
+Result<RecordHeader> BundleReader::read_record_header(uint64_t off, Bytes* raw) const {
+  if (off > file_size_ || file_size_ - off < kRecordHeaderSize)
+    return fail(bad("truncated: incomplete record header" + at(off)));
+  raw->resize(kRecordHeaderSize);
+  MLFX_TRY(file_.pread_exact(off, raw->data(), kRecordHeaderSize));
+  MLFX_ASSIGN(RecordHeader h, decode_record_header(*raw, off));
+  const std::string type = record_type_name(h.type);
+  if (h.payload_size > file_size_ - off - kRecordHeaderSize)
+    return fail(bad("truncated: " + type + " record" + at(off) + " needs " +
+                    std::to_string(h.payload_size) + " bytes, the file ends " +
+                    std::to_string(file_size_ - off - kRecordHeaderSize) + " bytes later"));
+  const bool is_stream_record = h.type == uint32_t(RecordType::kChunk) ||
+                                h.type == uint32_t(RecordType::kChunkTable);
+  if (!is_stream_record && h.stream != kNoStream)
+    return fail(bad(type + " record" + at(off) + " names a stream"));
+  if (h.type != uint32_t(RecordType::kChunk) && (h.flags != 0 || h.sequence != 0))
+    return fail(bad(type + " record" + at(off) + " has non-zero flags or sequence"));
+  return h;
+}
+
+Status BundleReader::read_file_header() {
   uint8_t fh[kFileHeaderSize];
   size_t head = static_cast<size_t>(std::min<uint64_t>(file_size_, kFileHeaderSize));
   MLFX_TRY(file_.pread_exact(0, fh, head));
   MLFX_ASSIGN(header_, decode_file_header({fh, head}));
+  units_.push_back({0, kFileHeaderSize});
+  return {};
+}
 
-  enum class State { kStreams, kManifest, kSignature, kCustody, kDone } state = State::kStreams;
-  uint32_t stream = 0;
-  bool awaiting_table = false;
-  std::vector<ChunkEntry> walked;
+// A CTBL record at `off` for stream `stream`: its entries, which `check_entry` compares with
+// what the caller knows of the chunks.
+Status BundleReader::take_chunk_table(const RecordHeader& h, ByteView raw_header, uint64_t off,
+                                      uint32_t stream, size_t chunks,
+                                      const std::function<Status(size_t, const ChunkEntry&)>& check_entry) {
+  const std::string where = "chunk table of stream #" + std::to_string(h.stream) + at(off);
+  if (h.stream != stream) return fail(corrupt(where + ": out of place (streams reordered or spliced)"));
+  if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+  if (chunks > kMaxChunksPerStream)
+    return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks"));
+  if (h.payload_size != chunks * kChunkTableEntrySize)
+    return fail(corrupt(where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
+                        " chunks, the stream has " + std::to_string(chunks)));
+  MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, "chunk table"));
+  StreamLayout layout;
+  layout.table_offset = off;
+  for (size_t i = 0; i < chunks; ++i) {
+    ChunkEntry e = decode_chunk_entry(reinterpret_cast<const uint8_t*>(payload.data()) +
+                                      i * kChunkTableEntrySize);
+    if (auto st = check_entry(i, e); !st) return fail(std::move(st).error().context(where));
+    layout.chunks.push_back(e);
+  }
+  Bytes record(raw_header.begin(), raw_header.end());
+  record.insert(record.end(), payload.begin(), payload.end());
+  table_sha256_.push_back(crypto::sha256_hex(record));
+  streams_.push_back(std::move(layout));
+  units_.push_back({off, kRecordHeaderSize + h.payload_size});
+  return {};
+}
+
+// The records after the streams, MNFT MSIG CUST END, each exactly where the previous ends.
+Status BundleReader::take_trailer(uint64_t off) {
+  Bytes raw;
   std::string custody_text;
-  uint64_t off = kFileHeaderSize;
-  const uint64_t max_chunk_payload = uint64_t(header_.chunk_size) + crypto::kTagSize;
-
-  auto read_payload = [&](const RecordHeader& h, uint64_t record_off, size_t limit,
-                          std::string what) -> Result<std::string> {
-    if (h.payload_size > limit)
-      return fail(bad(what + at(record_off) + " is implausibly large (" +
-                      std::to_string(h.payload_size) + " bytes)"));
-    std::string s(h.payload_size, '\0');
-    MLFX_TRY(file_.pread_exact(record_off + kRecordHeaderSize, reinterpret_cast<uint8_t*>(s.data()), s.size()));
-    return s;
-  };
-
-  while (off < file_size_ && state != State::kDone) {
-    if (file_size_ - off < kRecordHeaderSize)
-      return fail(bad("truncated: incomplete record header" + at(off)));
-    uint8_t hb[kRecordHeaderSize];
-    MLFX_TRY(file_.pread_exact(off, hb, sizeof hb));
-    MLFX_ASSIGN(RecordHeader h, decode_record_header(hb, off));
-    const std::string type = record_type_name(h.type);
-    if (h.payload_size > file_size_ - off - kRecordHeaderSize)
-      return fail(bad("truncated: " + type + " record" + at(off) + " needs " +
-                      std::to_string(h.payload_size) + " bytes, the file ends " +
-                      std::to_string(file_size_ - off - kRecordHeaderSize) + " bytes later"));
-    const bool is_stream_record = h.type == uint32_t(RecordType::kChunk) ||
-                                  h.type == uint32_t(RecordType::kChunkTable);
-    if (!is_stream_record && h.stream != kNoStream)
-      return fail(bad(type + " record" + at(off) + " names a stream"));
-    if (h.type != uint32_t(RecordType::kChunk) && (h.flags != 0 || h.sequence != 0))
-      return fail(bad(type + " record" + at(off) + " has non-zero flags or sequence"));
-
-    switch (static_cast<RecordType>(h.type)) {
-      case RecordType::kChunk: {
-        const std::string where = "stream #" + std::to_string(h.stream) + ", chunk " +
-                                  std::to_string(h.sequence) + at(off);
-        if (state != State::kStreams) return fail(bad(where + ": chunk after the manifest"));
-        if (h.stream != stream)
-          return fail(corrupt(where + ": found where stream #" + std::to_string(stream) +
-                              " was expected (streams reordered or spliced)"));
-        if (awaiting_table)
-          return fail(corrupt(where + ": chunk after the final chunk of its stream (chunk duplicated or spliced)"));
-        if (h.sequence != walked.size())
-          return fail(corrupt(where + ": expected chunk " + std::to_string(walked.size()) +
-                              " (chunks reordered, duplicated or removed)"));
-        if (h.flags & ~kChunkFinal) return fail(bad(where + ": unknown flags"));
-        const bool final = h.flags & kChunkFinal;
-        if (h.payload_size < crypto::kTagSize || h.payload_size > max_chunk_payload ||
-            (!final && h.payload_size != max_chunk_payload))
-          return fail(bad(where + ": impossible chunk size " + std::to_string(h.payload_size)));
-        if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
-        if (walked.size() >= kMaxChunksPerStream)
-          return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks in a stream"));
-        ChunkEntry e;
-        e.record_offset = off;
-        e.plaintext_size = static_cast<uint32_t>(h.payload_size - crypto::kTagSize);
-        e.flags = h.flags;
-        walked.push_back(e);
-        awaiting_table = final;
-        break;
-      }
-      case RecordType::kChunkTable: {
-        const std::string where = "chunk table of stream #" + std::to_string(h.stream) + at(off);
-        if (state != State::kStreams || h.stream != stream)
-          return fail(corrupt(where + ": out of place (streams reordered or spliced)"));
-        if (!awaiting_table)
-          return fail(corrupt(where + ": stream has no final chunk (chunks removed or truncated)"));
-        if (walked.size() > kMaxChunksPerStream)
-          return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks"));
-        if (h.payload_size != walked.size() * kChunkTableEntrySize)
-          return fail(corrupt(where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
-                              " chunks, the stream has " + std::to_string(walked.size())));
-        MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, "chunk table"));
-        StreamLayout layout;
-        layout.table_offset = off;
-        for (size_t i = 0; i < walked.size(); ++i) {
-          ChunkEntry e = decode_chunk_entry(reinterpret_cast<const uint8_t*>(payload.data()) +
-                                            i * kChunkTableEntrySize);
-          if (e.record_offset != walked[i].record_offset ||
-              e.plaintext_size != walked[i].plaintext_size || e.flags != walked[i].flags)
-            return fail(corrupt(where + ": entry " + std::to_string(i) +
-                                " does not describe the chunk found in the file"));
-          layout.chunks.push_back(e);
-        }
-        Bytes record(hb, hb + kRecordHeaderSize);
-        record.insert(record.end(), payload.begin(), payload.end());
-        table_sha256_.push_back(crypto::sha256_hex(record));
-        streams_.push_back(std::move(layout));
-        walked.clear();
-        awaiting_table = false;
-        ++stream;
-        break;
-      }
+  const RecordType expected[] = {RecordType::kManifest, RecordType::kSignature, RecordType::kCustody,
+                                 RecordType::kEnd};
+  static const char* names[] = {"the manifest", "the manifest signature", "the custody log",
+                                "the end record"};
+  for (size_t k = 0; k < 4; ++k) {
+    if (off >= file_size_) return fail(bad("truncated: the file ends" + at(off) + " before " + names[k]));
+    MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
+    if (h.type != uint32_t(expected[k])) {
+      const std::string type = record_type_name(h.type);
+      if (h.type == uint32_t(RecordType::kChunk) || h.type == uint32_t(RecordType::kChunkTable))
+        return fail(bad(type + " record" + at(off) + " after the streams' chunk tables, where " +
+                        names[k] + " belongs"));
+      if (k > 0 && h.type == uint32_t(RecordType::kManifest)) return fail(bad("second manifest" + at(off)));
+      bool known = false;
+      for (RecordType t : expected) known |= h.type == uint32_t(t);
+      if (!known) return fail(bad("unknown record type '" + type + "'" + at(off)));
+      return fail(bad(type + " record out of place" + at(off) + ", expected " + names[k]));
+    }
+    switch (expected[k]) {
       case RecordType::kManifest: {
-        if (state != State::kStreams) return fail(bad("second manifest" + at(off)));
-        if (!walked.empty())
-          return fail(corrupt("stream #" + std::to_string(stream) +
-                              " ends without its final chunk and chunk table (truncated?)"));
         MLFX_ASSIGN(manifest_bytes_, read_payload(h, off, kMaxMetadataRecord, "manifest"));
         auto m = Manifest::parse(manifest_bytes_);
         if (!m) return fail(std::move(m).error().context("manifest" + at(off)));
         manifest_ = std::move(*m);
-        state = State::kManifest;
         break;
       }
       case RecordType::kSignature: {
-        if (state != State::kManifest) return fail(bad("signature record out of place" + at(off)));
         if (h.payload_size != crypto::kSignatureSize)
           return fail(bad("signature record" + at(off) + " is not 64 bytes"));
         MLFX_ASSIGN(std::string sig, read_payload(h, off, crypto::kSignatureSize, "signature"));
         signature_.assign(sig.begin(), sig.end());
-        state = State::kSignature;
         break;
       }
       case RecordType::kCustody: {
-        if (state != State::kSignature) return fail(bad("custody record out of place" + at(off)));
         MLFX_ASSIGN(custody_text, read_payload(h, off, kMaxMetadataRecord, "custody log"));
-        state = State::kCustody;
         break;
       }
-      case RecordType::kEnd: {
-        if (state != State::kCustody) return fail(bad("end record out of place" + at(off)));
+      default: {  // END
         MLFX_ASSIGN(std::string p, read_payload(h, off, 8, "end record"));
         if (p.size() != 8 || load_le<uint64_t>(reinterpret_cast<const uint8_t*>(p.data())) != off)
           return fail(corrupt("end record" + at(off) + " does not give its own offset"));
         if (off + kRecordHeaderSize + 8 != file_size_)
           return fail(corrupt(std::to_string(file_size_ - off - kRecordHeaderSize - 8) +
                               " bytes after the end record (data appended)"));
-        state = State::kDone;
-        break;
       }
-      default:
-        return fail(bad("unknown record type '" + type + "'" + at(off)));
     }
+    units_.push_back({off, kRecordHeaderSize + h.payload_size});
     off += kRecordHeaderSize + h.payload_size;
-  }
-  if (state != State::kDone) {
-    static const char* next[] = {"the manifest", "the manifest signature", "the custody log",
-                                 "the end record"};
-    return fail(bad("truncated: the file ends" + at(off) + " before " +
-                    next[static_cast<int>(state)]));
   }
   auto log = custody::CustodyLog::parse(custody_text, manifest_.bundle_id_hex());
   if (!log) return fail(std::move(log).error());
   custody_ = std::move(*log);
+  return {};
+}
+
+Result<BundleReader> BundleReader::open_metadata(const std::string& path, uint64_t file_size,
+                                                 const std::vector<uint64_t>& offsets) {
+  BundleReader r;
+  MLFX_ASSIGN(r.file_, File::open_read(path));
+  MLFX_ASSIGN(uint64_t actual, r.file_.size());
+  if (actual != file_size)
+    return fail(Errc::kInvalidArgument, path + " holds " + std::to_string(actual) + " bytes, not " +
+                                            std::to_string(file_size));
+  r.file_size_ = file_size;
+  if (auto st = r.walk_metadata(offsets); !st) return fail(std::move(st).error().context(path));
+  if (auto st = r.cross_check(); !st) return fail(std::move(st).error().context(path));
+  return r;
+}
+
+// Walks every record header in order and enforces the grammar
+//   header (CHNK* CTBL)* MNFT MSIG CUST END <eof>
+// with chunks of each stream in order, the last one final, and each chunk table equal to
+// the chunks actually present.
+Status BundleReader::walk() {
+  MLFX_TRY(read_file_header());
+  uint32_t stream = 0;
+  bool awaiting_table = false;
+  std::vector<ChunkEntry> walked;
+  uint64_t off = kFileHeaderSize;
+  const uint64_t max_chunk_payload = uint64_t(header_.chunk_size) + crypto::kTagSize;
+  Bytes raw;
+
+  while (off < file_size_) {
+    MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
+    if (h.type == uint32_t(RecordType::kChunk)) {
+      const std::string where = "stream #" + std::to_string(h.stream) + ", chunk " +
+                                std::to_string(h.sequence) + at(off);
+      if (h.stream != stream)
+        return fail(corrupt(where + ": found where stream #" + std::to_string(stream) +
+                            " was expected (streams reordered or spliced)"));
+      if (awaiting_table)
+        return fail(corrupt(where + ": chunk after the final chunk of its stream (chunk duplicated or spliced)"));
+      if (h.sequence != walked.size())
+        return fail(corrupt(where + ": expected chunk " + std::to_string(walked.size()) +
+                            " (chunks reordered, duplicated or removed)"));
+      if (h.flags & ~kChunkFinal) return fail(bad(where + ": unknown flags"));
+      const bool final = h.flags & kChunkFinal;
+      if (h.payload_size < crypto::kTagSize || h.payload_size > max_chunk_payload ||
+          (!final && h.payload_size != max_chunk_payload))
+        return fail(bad(where + ": impossible chunk size " + std::to_string(h.payload_size)));
+      if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+      if (walked.size() >= kMaxChunksPerStream)
+        return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks in a stream"));
+      ChunkEntry e;
+      e.record_offset = off;
+      e.plaintext_size = static_cast<uint32_t>(h.payload_size - crypto::kTagSize);
+      e.flags = h.flags;
+      walked.push_back(e);
+      awaiting_table = final;
+    } else if (h.type == uint32_t(RecordType::kChunkTable)) {
+      if (!awaiting_table)
+        return fail(corrupt("chunk table of stream #" + std::to_string(h.stream) + at(off) +
+                            ": stream has no final chunk (chunks removed or truncated)"));
+      MLFX_TRY(take_chunk_table(h, raw, off, stream, walked.size(), [&](size_t i, const ChunkEntry& e) -> Status {
+        if (e.record_offset != walked[i].record_offset ||
+            e.plaintext_size != walked[i].plaintext_size || e.flags != walked[i].flags)
+          return fail(corrupt("entry " + std::to_string(i) + " does not describe the chunk found in the file"));
+        return {};
+      }));
+      walked.clear();
+      awaiting_table = false;
+      ++stream;
+    } else {
+      if (!walked.empty())
+        return fail(corrupt("stream #" + std::to_string(stream) +
+                            " ends without its final chunk and chunk table (truncated?)"));
+      return take_trailer(off);
+    }
+    off += kRecordHeaderSize + h.payload_size;
+  }
+  return fail(bad("truncated: the file ends" + at(off) + " before the manifest"));
+}
+
+// Like walk(), but reads only the metadata units at `offsets`; each stream's chunk table must
+// describe chunks that tile the gap before it exactly, so the chunk records need not be there.
+Status BundleReader::walk_metadata(const std::vector<uint64_t>& offsets) {
+  if (offsets.empty() || offsets[0] != 0) return fail(bad("the metadata units must start with the file header"));
+  MLFX_TRY(read_file_header());
+  uint64_t pos = kFileHeaderSize;
+  uint32_t stream = 0;
+  Bytes raw;
+  size_t k = 1;
+  for (; k < offsets.size(); ++k) {
+    const uint64_t off = offsets[k];
+    if (off < pos) return fail(bad("metadata unit" + at(off) + " overlaps the one before it"));
+    MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
+    if (h.type != uint32_t(RecordType::kChunkTable)) break;
+    const uint64_t n = h.payload_size / kChunkTableEntrySize;
+    if (n == 0 || h.payload_size % kChunkTableEntrySize != 0)
+      return fail(bad("chunk table of stream #" + std::to_string(h.stream) + at(off) + " has no whole entries"));
+    uint64_t cursor = pos;
+    MLFX_TRY(take_chunk_table(h, raw, off, stream, n, [&](size_t i, const ChunkEntry& e) -> Status {
+      const bool last = i + 1 == n;
+      const std::string entry = "entry " + std::to_string(i);
+      if (e.record_offset != cursor)
+        return fail(corrupt(entry + " places its chunk" + at(e.record_offset) + ", where " +
+                            at(cursor).substr(4) + " is next"));
+      if (e.flags != (last ? kChunkFinal : 0u))
+        return fail(corrupt(entry + ": the final flag must be on the last chunk only"));
+      if (e.plaintext_size > header_.chunk_size || (!last && e.plaintext_size != header_.chunk_size))
+        return fail(bad(entry + ": impossible chunk size " + std::to_string(e.plaintext_size)));
+      cursor += kRecordHeaderSize + e.plaintext_size + crypto::kTagSize;
+      return {};
+    }));
+    if (cursor != off)
+      return fail(corrupt("the chunks of stream #" + std::to_string(stream) + " end" + at(cursor) +
+                          ", not at their chunk table" + at(off)));
+    pos = off + kRecordHeaderSize + h.payload_size;
+    ++stream;
+  }
+  if (k == offsets.size() || offsets[k] != pos)
+    return fail(bad("the manifest must follow the last chunk table, at offset " + std::to_string(pos)));
+  MLFX_TRY(take_trailer(pos));
+  std::vector<uint64_t> found;
+  for (const Unit& u : units_) found.push_back(u.offset);
+  if (found != offsets) return fail(bad("the metadata units are not exactly the bundle's non-chunk records"));
   return {};
 }
 

@@ -87,63 +87,12 @@ std::string iso_time(int64_t t) {
   return buf;
 }
 
-// ---- files ----
-
-Status fsync_dir(const std::string& dir) {
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return fail(Errc::kIo, "cannot open " + dir + ": " + errno_text(errno));
-  int rc = fsync(fd);
-  int err = errno;
-  close(fd);
-  if (rc != 0) return fail(Errc::kIo, "cannot sync " + dir + ": " + errno_text(err));
-  return {};
+Result<DirLock> lock_ca_dir(const std::string& dir) {
+  auto lock = DirLock::acquire(dir);
+  if (!lock && lock.error().code() == Errc::kNotFound)
+    return fail(Errc::kNotFound, lock.error().message() + "; create one with 'mlfx ca init --out " + dir + "'");
+  return lock;
 }
-
-// Replaces dir/name so that a reader sees the old or the new file, never a torn one.
-Status replace_file(const std::string& dir, const char* name, std::string_view data) {
-  std::string tmp = join(dir, ".") + name + ".tmp.XXXXXX";
-  int fd = mkstemp(tmp.data());
-  if (fd < 0) return fail(Errc::kIo, "cannot create a file in " + dir + ": " + errno_text(errno));
-  File f(fd, tmp);
-  Status st = f.write_all(ByteView(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
-  if (st && fchmod(fd, 0644) != 0) st = fail(Errc::kIo, "cannot chmod " + tmp + ": " + errno_text(errno));
-  if (st) st = f.sync();
-  if (st) st = f.close();
-  if (st && rename(tmp.c_str(), join(dir, name).c_str()) != 0)
-    st = fail(Errc::kIo, "cannot rename " + tmp + ": " + errno_text(errno));
-  if (!st) {
-    unlink(tmp.c_str());
-    return st;
-  }
-  return fsync_dir(dir);
-}
-
-// Serialises changes to one CA directory between processes.
-class DirLock {
- public:
-  static Result<DirLock> acquire(const std::string& dir) {
-    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-      return fail(errno == ENOENT ? Errc::kNotFound : Errc::kIo,
-                  "cannot open CA directory " + dir + ": " + errno_text(errno) +
-                      "; create one with 'mlfx ca init --out " + dir + "'");
-    if (flock(fd, LOCK_EX) != 0) {
-      int err = errno;
-      close(fd);
-      return fail(Errc::kIo, "cannot lock " + dir + ": " + errno_text(err));
-    }
-    return DirLock(fd);
-  }
-  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  DirLock& operator=(DirLock&&) = delete;
-  ~DirLock() {
-    if (fd_ >= 0) close(fd_);  // closing releases the lock
-  }
-
- private:
-  explicit DirLock(int fd) : fd_(fd) {}
-  int fd_;
-};
 
 // ---- PEM ----
 
@@ -371,7 +320,7 @@ Result<std::vector<IndexEntry>> read_index(const std::string& dir) {
 Status write_index(const std::string& dir, const std::vector<IndexEntry>& entries) {
   std::string text;
   for (const auto& e : entries) text += json::canonical(entry_to_json(e)) + "\n";
-  return replace_file(dir, kIndexFile, text);
+  return replace_file(dir + "/" + kIndexFile, text, 0644);
 }
 
 // ---- CRL ----
@@ -453,7 +402,7 @@ Status publish_crl(const Ca& ca, const std::vector<IndexEntry>& entries) {
   // Ed25519 takes no separate digest.
   if (X509_CRL_sign(crl.get(), ca.key.get(), nullptr) <= 0) return ssl_fail("cannot sign the CRL");
   MLFX_ASSIGN(std::string pem, crl_pem(crl.get()));
-  return replace_file(ca.dir, kCrlFile, pem);
+  return replace_file(ca.dir + "/" + kCrlFile, pem, 0644);
 }
 
 Status ensure_empty_dir(const std::string& dir) {
@@ -481,7 +430,7 @@ Status init_ca(const CaInitOptions& o) {
   if (o.name.empty() || o.name.size() > kMaxIdLength)
     return fail(Errc::kInvalidArgument, "CA name must be 1 to 64 characters");
   MLFX_TRY(ensure_empty_dir(o.dir));
-  MLFX_ASSIGN(DirLock lock, DirLock::acquire(o.dir));
+  MLFX_ASSIGN(DirLock lock, lock_ca_dir(o.dir));
   // The key is written the way `mlfx keys gen --kind device` writes one: 0600, never replaced.
   MLFX_TRY(crypto::generate_key_files(crypto::KeyKind::kDevice, join(o.dir, "ca")));
   unlink(join(o.dir, "ca.pub").c_str());  // ca.pem carries the public key
@@ -555,7 +504,7 @@ Result<IndexEntry> issue_certificate(const std::string& ca_dir, const IssueOptio
   if (!subject_key) return ssl_fail("cannot use " + o.public_key_path);
   entry.key_fingerprint = pub.verify->fingerprint();
 
-  MLFX_ASSIGN(DirLock lock, DirLock::acquire(ca_dir));
+  MLFX_ASSIGN(DirLock lock, lock_ca_dir(ca_dir));
   MLFX_ASSIGN(Ca ca, load_ca(ca_dir));
   MLFX_ASSIGN(std::vector<IndexEntry> entries, read_index(ca_dir));
   IntPtr serial;
@@ -604,7 +553,7 @@ Result<IndexEntry> revoke_certificate(const std::string& ca_dir, const RevokeTar
                                       const std::string& reason) {
   if (target.serial.has_value() == target.certificate_pem.has_value())
     return fail(Errc::kInvalidArgument, "give exactly one of a serial or a certificate to revoke");
-  MLFX_ASSIGN(DirLock lock, DirLock::acquire(ca_dir));
+  MLFX_ASSIGN(DirLock lock, lock_ca_dir(ca_dir));
   MLFX_ASSIGN(Ca ca, load_ca(ca_dir));
   std::string serial;
   if (target.serial) {
@@ -638,7 +587,7 @@ Result<IndexEntry> revoke_certificate(const std::string& ca_dir, const RevokeTar
 }
 
 Status refresh_crl(const std::string& ca_dir) {
-  MLFX_ASSIGN(DirLock lock, DirLock::acquire(ca_dir));
+  MLFX_ASSIGN(DirLock lock, lock_ca_dir(ca_dir));
   MLFX_ASSIGN(Ca ca, load_ca(ca_dir));
   MLFX_ASSIGN(std::vector<IndexEntry> entries, read_index(ca_dir));
   return publish_crl(ca, entries);

@@ -53,6 +53,27 @@ Result<std::string> read_small_file(const std::string& path, size_t max_size);
 // Writes a new file (never replacing one) and fsyncs it.
 Status write_new_file(const std::string& path, std::string_view data, mode_t mode);
 
+// Replaces `path` so that a reader sees the old or the new file, never a torn one (a synced
+// temporary file in the same directory, renamed over it, then the directory synced).
+Status replace_file(const std::string& path, std::string_view data, mode_t mode);
+Status fsync_dir(const std::string& dir);
+
+// An exclusive flock on a directory, held until destruction: serialises changes to it between
+// processes. Fails with kNotFound when the directory does not exist.
+class DirLock {
+ public:
+  static Result<DirLock> acquire(const std::string& dir);
+  // Like acquire, but fails with kExists at once when another process holds the lock.
+  static Result<DirLock> try_acquire(const std::string& dir);
+  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DirLock& operator=(DirLock&&) = delete;
+  ~DirLock();
+
+ private:
+  explicit DirLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
 std::string errno_text(int err);
 
 }  // namespace mlfx

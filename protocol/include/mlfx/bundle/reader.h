@@ -20,9 +20,22 @@ struct StreamLayout {
   uint64_t table_offset = 0;
 };
 
+// A range of the file that is transferred or checked whole: the file header or one record.
+struct Unit {
+  uint64_t offset = 0, size = 0;
+  bool operator==(const Unit&) const = default;
+};
+
 class BundleReader {
  public:
   static Result<BundleReader> open(const std::string& path);
+  // Opens only the metadata of a bundle whose chunk records may not be there yet (an upload
+  // in progress): `offsets` are those of the file header, every CTBL, MNFT, MSIG, CUST and END,
+  // ascending, and the chunk tables must tile the gaps between them exactly. The structure,
+  // signature and custody checks work as after open(); verify_chunks and decrypt_stream need
+  // the chunks.
+  static Result<BundleReader> open_metadata(const std::string& path, uint64_t file_size,
+                                            const std::vector<uint64_t>& offsets);
 
   const FileHeader& header() const { return header_; }
   const Manifest& manifest() const { return manifest_; }
@@ -31,6 +44,8 @@ class BundleReader {
   const custody::CustodyLog& custody() const { return custody_; }
   const std::vector<StreamLayout>& layout() const { return streams_; }
   uint64_t file_size() const { return file_size_; }
+  // The file header and every record that is not a CHNK, in file order.
+  const std::vector<Unit>& metadata_units() const { return units_; }
   const std::string& path() const { return file_.path(); }
 
   // The manifest's signature by the device key it names. Trust in that key is separate.
@@ -51,6 +66,14 @@ class BundleReader {
 
  private:
   Status walk();
+  Status walk_metadata(const std::vector<uint64_t>& offsets);
+  Status read_file_header();
+  Result<RecordHeader> read_record_header(uint64_t off, Bytes* raw) const;
+  Result<std::string> read_payload(const RecordHeader& h, uint64_t record_off, size_t limit,
+                                   const std::string& what) const;
+  Status take_chunk_table(const RecordHeader& h, ByteView raw_header, uint64_t off, uint32_t stream,
+                          size_t chunks, const std::function<Status(size_t, const ChunkEntry&)>& check_entry);
+  Status take_trailer(uint64_t off);
   Status cross_check();
   std::string stream_label(uint32_t index) const;
 
@@ -63,6 +86,7 @@ class BundleReader {
   custody::CustodyLog custody_{""};
   std::vector<StreamLayout> streams_;
   std::vector<std::string> table_sha256_;  // per stream, of the CTBL record as found
+  std::vector<Unit> units_;                 // metadata units, in file order
 };
 
 }  // namespace mlfx::bundle
