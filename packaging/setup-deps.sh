@@ -7,7 +7,7 @@ packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config git
   # libraries
-  libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev libisal-dev
+  libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev libisal-dev libboost-dev
   # victims and their inspection: real Python + PyTorch processes, gdb to check cores
   python3 python3-torch python3-numpy gdb procps
   # tests, fuzzing, benchmarks

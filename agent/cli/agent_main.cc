@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <thread>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -12,7 +13,11 @@
 #include <CLI/CLI.hpp>
 
 #include "capture/process/process_capture.h"
+#include "capture/process/proc_maps.h"
 #include "capture/process/procfs.h"
+#include "upload/spool.h"
+#include "upload/uploader.h"
+#include "mlfx/base/progress.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/sealing_keys.h"
 
@@ -39,11 +44,22 @@ void catch_interrupts() {
 
 struct CaptureArgs {
   pid_t pid = 0;
-  std::string out, device_key, source = "process", case_id, note, device_id;
+  std::string out, spool, device_key, source = "process", case_id, note, device_id;
   std::vector<std::string> recipients;
   uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
+  std::optional<uint64_t> spool_quota;
   bool quiet = false;
 };
+
+// The bundle grows to about the target's readable memory: refuse before freezing anything
+// when the spool has no room for that.
+Status check_spool_room(const agent::Spool& spool, pid_t pid) {
+  MLFX_ASSIGN(auto maps, agent::process::read_proc_maps(pid));
+  uint64_t estimate = 0;
+  for (const auto& m : maps)
+    if (m.readable()) estimate += m.size();
+  return spool.check_room(estimate);
+}
 
 // Memory for read-but-not-yet-sealed chunks: with room for the whole image the target is
 // frozen only while its memory is read; a quarter of what the kernel can spare by default.
@@ -53,7 +69,8 @@ Result<uint64_t> capture_buffer_bytes(const CaptureArgs& a) {
   return available / 4;
 }
 
-Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
+// `final_path` receives where the bundle ended up: --out, or its name in the spool's queue.
+Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a, std::string* final_path) {
   // Keys first: a typo fails before anything is created or frozen.
   MLFX_ASSIGN(bundle::SealingKeys keys, bundle::load_sealing_keys(a.device_key, a.recipients));
   bundle::SealParams p;
@@ -66,7 +83,14 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
   p.tool_parameters = {{"pid", a.pid}, {"source", a.source}, {"recipients", a.recipients},
                        {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
                        {"buffer_bytes", p.buffer_bytes}};
-  MLFX_ASSIGN(File out, File::create_new(a.out, 0640));
+  std::optional<agent::Spool> spool;
+  std::string out_path = a.out;
+  if (!a.spool.empty()) {
+    MLFX_ASSIGN(spool, agent::Spool::open(a.spool, a.spool_quota));
+    MLFX_TRY(check_spool_room(*spool, a.pid));
+    out_path = spool->incoming_path("capture-" + std::to_string(a.pid) + "-" + std::to_string(getpid()) + ".mlfx");
+  }
+  MLFX_ASSIGN(File out, File::create_new(out_path, 0640));
   // From here on a failure removes the incomplete bundle.
   struct Cleanup {
     std::string path;
@@ -74,13 +98,19 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
     ~Cleanup() {
       if (!keep) unlink(path.c_str());
     }
-  } cleanup{a.out};
+  } cleanup{out_path};
   agent::process::ProcessCaptureOptions opt;
   opt.pid = a.pid;
   opt.cancel = &g_interrupted;
   auto r = agent::process::capture_process_to_bundle(opt, std::move(out), *keys.device.signing,
                                                      keys.recipients, std::move(p), !a.quiet);
   if (!r) return fail(std::move(r).error().context("capturing pid " + std::to_string(a.pid)));
+  if (spool) {
+    MLFX_ASSIGN(agent::SpoolEntry e, spool->add_incoming(out_path));
+    *final_path = e.path;
+  } else {
+    *final_path = out_path;
+  }
   cleanup.keep = true;
   return r;
 }
@@ -88,7 +118,8 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a) {
 int run_capture(const CaptureArgs& a) {
   if (a.quiet) Progress::set_enabled(false);
   catch_interrupts();
-  auto r = capture(a);
+  std::string path;
+  auto r = capture(a, &path);
   if (!r) return report_error(r.error());
   const json::Json& c = r->context;
   const json::Json& t = c["timings"];
@@ -102,11 +133,159 @@ int run_capture(const CaptureArgs& a) {
     std::printf("  %zu range(s) not read (zero-filled or left out; listed in the context stream), "
                 "%s zero-filled\n",
                 c["unreadable"].size(), human_bytes(c["bytes"]["zero_filled"].get<double>()).c_str());
-  std::printf("sealed %s: bundle %s\n", a.out.c_str(), r->manifest.bundle_id_hex().c_str());
+  std::printf("sealed %s: bundle %s\n", path.c_str(), r->manifest.bundle_id_hex().c_str());
   for (const auto& s : r->manifest.streams)
     std::printf("  %-10s %14llu bytes  sha256 %s\n", s.name.c_str(),
                 static_cast<unsigned long long>(s.size), s.sha256.c_str());
   return 0;
+}
+
+// ---- spool, ship, status ----
+
+struct SpoolArgs {
+  std::string dir;
+  std::vector<std::string> files;
+  std::optional<uint64_t> quota;
+  bool json = false;
+};
+
+int run_spool_add(const SpoolArgs& a) {
+  auto spool = agent::Spool::open(a.dir, a.quota);
+  if (!spool) return report_error(spool.error());
+  for (const auto& f : a.files) {
+    auto e = spool->add(f);
+    if (!e) return report_error(std::move(e).error().context("queueing " + f));
+    std::printf("queued %s as %s (%s, sha256 %s)\n", f.c_str(), e->name.c_str(),
+                human_bytes(double(e->file_size)).c_str(), e->file_sha256.c_str());
+  }
+  return 0;
+}
+
+int run_status(const SpoolArgs& a) {
+  auto spool = agent::Spool::open(a.dir);
+  if (!spool) return report_error(spool.error());
+  auto queue = spool->queue();
+  auto rejected = spool->rejected();
+  auto used = spool->used_bytes();
+  auto receipts = spool->receipt_count();
+  if (!queue || !rejected || !used || !receipts)
+    return report_error(!queue ? queue.error() : !rejected ? rejected.error() : !used ? used.error() : receipts.error());
+  const bool shipping = !DirLock::try_acquire(a.dir + "/queue");
+  uint64_t queued_bytes = 0;
+  for (const auto& e : *queue) queued_bytes += e.file_size;
+  if (a.json) {
+    json::Json q = json::Json::array(), r = json::Json::array();
+    for (const auto& e : *queue) q.push_back(e.to_json());
+    for (const auto& e : *rejected) r.push_back(e.to_json());
+    json::Json j = {{"spool", a.dir}, {"quota_bytes", spool->quota()}, {"used_bytes", *used},
+                    {"shipper_running", shipping}, {"queue", q}, {"rejected", r}, {"receipts", *receipts}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("spool %s: %s used of a %s quota; shipper %s\n", a.dir.c_str(), human_bytes(double(*used)).c_str(),
+              human_bytes(double(spool->quota())).c_str(), shipping ? "running" : "not running");
+  std::printf("queue: %zu bundle(s), %s\n", queue->size(), human_bytes(double(queued_bytes)).c_str());
+  for (const auto& e : *queue) {
+    std::printf("  %s  %10s  added %s  attempts %u\n", e.name.c_str(), human_bytes(double(e.file_size)).c_str(),
+                e.added_utc.c_str(), e.attempts);
+    if (!e.last_error.empty()) std::printf("      last try %s: %s\n", e.last_attempt_utc.c_str(), e.last_error.c_str());
+  }
+  if (!rejected->empty()) {
+    std::printf("rejected by the intake (kept for an operator): %zu\n", rejected->size());
+    for (const auto& e : *rejected) std::printf("  %s  %s\n", e.name.c_str(), e.rejected_reason.c_str());
+  }
+  std::printf("receipts: %zu bundle(s) shipped\n", *receipts);
+  return 0;
+}
+
+struct ShipArgs {
+  std::string spool, server, ca, cert, key, intake_key;
+  uint64_t bandwidth = 0;
+  double timeout_s = 60, backoff_min_s = 1, backoff_max_s = 300, poll_s = 5;
+  bool once = false, until_empty = false, json = false;
+};
+
+Result<agent::IntakeTarget> ship_target(const ShipArgs& a) {
+  agent::IntakeTarget t;
+  const size_t colon = a.server.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.server.size())
+    return fail(Errc::kInvalidArgument, "--server wants HOST:PORT, not '" + a.server + "'");
+  t.host = a.server.substr(0, colon);
+  char* end = nullptr;
+  unsigned long port = std::strtoul(a.server.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || port == 0 || port > 65535)
+    return fail(Errc::kInvalidArgument, "--server: '" + a.server.substr(colon + 1) + "' is not a port");
+  t.port = static_cast<uint16_t>(port);
+  t.tls = {a.ca, a.cert, a.key, ""};
+  if (!a.intake_key.empty()) {
+    if (a.intake_key.rfind("sha256:", 0) == 0) {
+      t.intake_key_fingerprint = a.intake_key;
+    } else {
+      MLFX_ASSIGN(crypto::PublicKeyFile pub, crypto::load_public_key_file(a.intake_key));
+      if (!pub.verify) return fail(Errc::kInvalidArgument, a.intake_key + " holds no signing key");
+      t.intake_key_fingerprint = pub.verify->fingerprint();
+    }
+  }
+  t.bandwidth = a.bandwidth;
+  t.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  return t;
+}
+
+void print_upload(const agent::UploadOutcome& u, bool as_json) {
+  if (as_json) {
+    std::printf("%s\n", u.to_json().dump().c_str());
+  } else if (u.result == "stored" || u.result == "duplicate") {
+    const double rate = u.seconds > 0 ? double(u.sent_bytes) / u.seconds : 0;
+    std::printf("%s %s: %s, %s already at the intake, %s sent in %.2f s (%s/s); receipt verified\n",
+                u.result.c_str(), u.name.c_str(), human_bytes(double(u.file_size)).c_str(),
+                human_bytes(double(u.held_before)).c_str(), human_bytes(double(u.sent_bytes)).c_str(), u.seconds,
+                human_bytes(rate).c_str());
+  } else {
+    std::printf("%s %s: %s\n", u.result.c_str(), u.name.c_str(), u.error.c_str());
+  }
+  std::fflush(stdout);
+}
+
+int run_ship(const ShipArgs& a) {
+  signal(SIGPIPE, SIG_IGN);
+  auto target = ship_target(a);
+  if (!target) return report_error(target.error());
+  auto spool = agent::Spool::open(a.spool);
+  if (!spool) return report_error(spool.error());
+  // One shipper per spool: a second would upload the same bundles twice over.
+  auto lock = DirLock::try_acquire(a.spool + "/queue");
+  if (!lock) return report_error(Error(Errc::kExists, "another mlfx-agent ship is running on " + a.spool));
+  bool any_rejected = false;
+  auto on_upload = [&](const agent::UploadOutcome& u) {
+    any_rejected |= u.result == "rejected";
+    print_upload(u, a.json);
+  };
+  unsigned failures = 0;
+  const auto base = std::chrono::milliseconds(static_cast<int64_t>(a.backoff_min_s * 1000));
+  const auto cap = std::chrono::milliseconds(static_cast<int64_t>(a.backoff_max_s * 1000));
+  for (;;) {
+    agent::PassReport pass = agent::ship_pass(*spool, *target, on_upload);
+    auto left = spool->queue();
+    if (!left) return report_error(left.error());
+    if (pass.ok) failures = 0;
+    if (!pass.ok && !a.json) std::fprintf(stderr, "mlfx-agent: ship: %s\n", pass.error.c_str());
+    if (a.once || (a.until_empty && left->empty())) {
+      if (!left->empty())
+        std::fprintf(stderr, "mlfx-agent: ship: %zu bundle(s) still queued; they are retried on the next run\n",
+                     left->size());
+      if (any_rejected)
+        std::fprintf(stderr, "mlfx-agent: ship: the intake rejected bundle(s); see mlfx-agent status\n");
+      return left->empty() && !any_rejected ? 0 : 1;
+    }
+    std::chrono::milliseconds wait;
+    if (pass.ok) {
+      wait = std::chrono::milliseconds(static_cast<int64_t>(a.poll_s * 1000));
+    } else {
+      wait = agent::backoff_delay(failures++, base, cap);
+      if (!a.json) std::fprintf(stderr, "mlfx-agent: ship: retrying in %.1f s\n", double(wait.count()) / 1000);
+    }
+    std::this_thread::sleep_for(wait);
+  }
 }
 
 }  // namespace
@@ -122,7 +301,7 @@ int main(int argc, char** argv) {
   auto* cap = app.add_subcommand("capture", "freeze a process, capture its memory as an ELF core "
                                             "sealed into a new bundle, and let it run on");
   cap->add_option("--pid", ca.pid, "process to capture")->required()->check(CLI::PositiveNumber);
-  cap->add_option("--out", ca.out, "bundle to create (must not exist)")->required();
+  cap->add_option("--out", ca.out, "bundle to create (must not exist)");
   cap->add_option("--device-key", ca.device_key, "device private key that signs")->required();
   cap->add_option("--recipient", ca.recipients, "lab public key to encrypt to (repeatable)")->required();
   cap->add_option("--source", ca.source, "capture backend (process: ptrace + /proc/PID/mem)")
@@ -136,11 +315,63 @@ int main(int argc, char** argv) {
       ->transform(CLI::AsSizeValue(false));
   cap->add_flag("-q,--quiet", ca.quiet, "no progress bar");
 
+  auto* opt_out = cap->get_option("--out");
+  auto* opt_spool = cap->add_option("--spool", ca.spool, "queue the bundle in this spool directory for 'ship' "
+                                                         "instead of writing --out");
+  cap->add_option("--spool-quota", ca.spool_quota, "spool disk quota, e.g. 20G (kept for later runs)")
+      ->transform(CLI::AsSizeValue(false))->needs(opt_spool);
+  opt_out->excludes(opt_spool);
+
+  SpoolArgs sp;
+  auto* spool_cmd = app.add_subcommand("spool", "manage the spool of bundles waiting to be shipped")->require_subcommand(1);
+  auto* spool_add = spool_cmd->add_subcommand("add", "queue sealed bundles for shipping (copied; the files stay)");
+  spool_add->add_option("--spool", sp.dir, "spool directory (created when missing)")->required();
+  spool_add->add_option("files", sp.files, "bundles to queue")->required();
+  spool_add->add_option("--quota", sp.quota, "spool disk quota, e.g. 20G (kept for later runs)")
+      ->transform(CLI::AsSizeValue(false));
+
+  auto* status = app.add_subcommand("status", "show the spool: queued, rejected and shipped bundles");
+  status->add_option("--spool", sp.dir, "spool directory")->required();
+  status->add_flag("--json", sp.json, "print as JSON");
+
+  ShipArgs sh;
+  auto* ship = app.add_subcommand("ship", "upload the spool's bundles to the lab intake over mutual TLS; "
+                                          "resumable, a bundle leaves the spool only with a verified receipt");
+  ship->add_option("--spool", sh.spool, "spool directory")->required();
+  ship->add_option("--server", sh.server, "intake HOST:PORT")->required();
+  ship->add_option("--ca", sh.ca, "lab CA certificate: the only trust anchor")->required();
+  ship->add_option("--cert", sh.cert, "this device's certificate from 'mlfx ca issue --device'")->required();
+  ship->add_option("--key", sh.key, "this device's key (the one that signs its bundles)")->required();
+  ship->add_option("--intake-key", sh.intake_key, "pin the intake's receipt key: its .pub or sha256: fingerprint");
+  ship->add_option("--bandwidth", sh.bandwidth, "at most this many bytes per second, e.g. 2M (default: no limit)")
+      ->transform(CLI::AsSizeValue(false));
+  ship->add_option("--timeout", sh.timeout_s, "seconds without progress before a connection is given up (default 60)")
+      ->check(CLI::PositiveNumber);
+  ship->add_option("--backoff-min", sh.backoff_min_s, "first retry delay ceiling in seconds (default 1)")
+      ->check(CLI::PositiveNumber);
+  ship->add_option("--backoff-max", sh.backoff_max_s, "largest retry delay in seconds (default 300)")
+      ->check(CLI::PositiveNumber);
+  ship->add_option("--poll", sh.poll_s, "seconds between looks at an empty queue (default 5)")->check(CLI::PositiveNumber);
+  auto* ship_mode = ship->add_option_group("mode", "default: run until stopped");
+  ship_mode->add_flag("--once", sh.once, "one pass over the queue; exit 0 when every bundle was stored");
+  ship_mode->add_flag("--until-empty", sh.until_empty, "retry with backoff until the queue is empty, then exit");
+  ship_mode->require_option(0, 1);
+  ship->add_flag("--json", sh.json, "one JSON line per upload");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (cap->parsed()) return run_capture(ca);
+  if (cap->parsed()) {
+    if (ca.out.empty() && ca.spool.empty()) {
+      std::fprintf(stderr, "mlfx-agent capture: give --out FILE or --spool DIR\n");
+      return 2;
+    }
+    return run_capture(ca);
+  }
+  if (spool_add->parsed()) return run_spool_add(sp);
+  if (status->parsed()) return run_status(sp);
+  if (ship->parsed()) return run_ship(sh);
   return 2;
 }

@@ -1,8 +1,13 @@
 // mlfx: the lab-side command line. Only this file turns errors into exit codes:
 // 0 success, 1 failure (the message says what failed), 2 usage error, 3 `recover` found no
 // model (report.json is still written).
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <mutex>
+#include <thread>
 
 #include <cstdio>
 #include <iostream>
@@ -11,8 +16,11 @@
 #include <CLI/CLI.hpp>
 
 #include "evidence/bundle_check.h"
+#include "intake/intake_server.h"
 #include "recovery/recover.h"
+#include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
+#include "mlfx/base/host.h"
 #include "mlfx/base/json.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/sealing_keys.h"
@@ -326,6 +334,93 @@ int run_recover(const recovery::RecoverOptions& o, bool json_out) {
   return 0;
 }
 
+// ---- serve ----
+
+struct ServeArgs {
+  std::string listen = "127.0.0.1:7443", store, ca_dir, ca, crl, cert, key, name, port_file;
+  uint64_t max_bundle = uint64_t(1) << 40;
+  size_t max_partials = 8, max_connections = 256;
+  double idle_timeout_s = 60, handshake_timeout_s = 10;
+  unsigned threads = 0;
+};
+
+Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& s) {
+  const size_t colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return fail(Errc::kInvalidArgument, "--listen wants ADDRESS:PORT, e.g. 0.0.0.0:7443, not '" + s + "'");
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  char* end = nullptr;
+  unsigned long port = std::strtoul(s.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || port > 65535 || colon + 1 == s.size())
+    return fail(Errc::kInvalidArgument, "--listen: '" + s.substr(colon + 1) + "' is not a port number");
+  return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+int run_serve(const ServeArgs& a) {
+  intake::ServerOptions opt;
+  auto hp = split_host_port(a.listen);
+  if (!hp) return report_error(hp.error());
+  opt.host = hp->first;
+  opt.port = hp->second;
+  opt.tls.ca = !a.ca.empty() ? a.ca : a.ca_dir + "/ca.pem";
+  opt.tls.crl = !a.crl.empty() ? a.crl : a.ca_dir.empty() ? "" : a.ca_dir + "/crl.pem";
+  opt.tls.cert = a.cert;
+  opt.tls.key = a.key;
+  opt.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.idle_timeout_s * 1000));
+  opt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.handshake_timeout_s * 1000));
+  opt.max_connections = a.max_connections;
+  opt.threads = a.threads;
+  if (opt.tls.crl.empty())
+    std::fprintf(stderr, "mlfx serve: warning: no CRL (--crl or --ca-dir): revoked devices are not refused\n");
+
+  auto key_file = crypto::load_secret_key_file(a.key);
+  if (!key_file) return report_error(key_file.error());
+  if (key_file->kind != crypto::KeyKind::kDevice || !key_file->signing)
+    return report_error(Error(Errc::kInvalidArgument, a.key + " is a lab key; the intake signs receipts with a "
+                                                          "device-kind key (mlfx keys gen --kind device)"));
+  HostIdentity host = local_host_identity();
+  custody::Actor actor{"intake", a.name.empty() ? host.hostname : a.name, host.hostname, host.user};
+  intake::StoreLimits limits{a.max_bundle, a.max_partials};
+  auto store = intake::EvidenceStore::open(a.store, *key_file->signing, actor, limits);
+  if (!store) return report_error(store.error());
+
+  std::mutex log_mu;
+  intake::EventLog log = [&](const json::Json& event) {
+    json::Json line = event;
+    line["time"] = utc_timestamp();
+    std::lock_guard lock(log_mu);
+    std::fprintf(stderr, "%s\n", line.dump().c_str());
+    std::fflush(stderr);
+  };
+  // SIGINT/SIGTERM end the server; blocked here so that only the waiting thread takes them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = intake::IntakeServer::create(opt, **store, log);
+  if (!server) return report_error(server.error());
+  const std::string address = opt.host + ":" + std::to_string((*server)->port());
+  if (!a.port_file.empty())
+    if (auto st = replace_file(a.port_file, std::to_string((*server)->port()) + "\n", 0644); !st)
+      return report_error(st.error());
+  log({{"event", "listening"}, {"address", address}, {"store", a.store},
+       {"intake_key_fingerprint", (*store)->intake_key().fingerprint()}});
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    log({{"event", "stopping"}, {"signal", sig}});
+    (*server)->stop();
+  });
+  (*server)->run();
+  // The server stops only on a signal; let the waiting thread finish.
+  stopper.join();
+  return 0;
+}
+
 }  // namespace
 }  // namespace mlfx
 
@@ -437,12 +532,43 @@ int main(int argc, char** argv) {
   recover->add_flag("--json", recover_json, "print the report as JSON");
   recover->add_flag("-q,--quiet", recover_quiet, "no progress bar");
 
+  ServeArgs sv;
+  auto* serve = app.add_subcommand("serve", "intake server: receive bundles from devices over mutual TLS, verify "
+                                            "them as they arrive, store them write-once and sign receipts");
+  serve->add_option("--listen", sv.listen, "ADDRESS:PORT to listen on (default 127.0.0.1:7443; port 0: any)");
+  serve->add_option("--store", sv.store, "evidence store directory (created when missing)")->required();
+  serve->add_option("--ca-dir", sv.ca_dir, "lab CA directory: uses its ca.pem and crl.pem");
+  serve->add_option("--ca", sv.ca, "lab CA certificate (instead of --ca-dir)");
+  serve->add_option("--crl", sv.crl, "CRL to check devices against; re-read when it changes");
+  serve->add_option("--cert", sv.cert, "intake certificate from 'mlfx ca issue --server'")->required();
+  serve->add_option("--key", sv.key, "its key (a device-kind key: it also signs receipts and custody)")->required();
+  serve->add_option("--name", sv.name, "intake name in custody events (default: host name)");
+  serve->add_option("--max-bundle", sv.max_bundle, "largest bundle accepted, e.g. 500G (default 1T)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--max-partials", sv.max_partials, "unfinished uploads kept per device (default 8)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--max-connections", sv.max_connections, "connections at once (default 256)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--idle-timeout", sv.idle_timeout_s, "seconds without a frame before a connection is closed (default 60)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--handshake-timeout", sv.handshake_timeout_s, "seconds for the TLS handshake (default 10)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--threads", sv.threads, "worker threads (default: one per core, at least 2)");
+  serve->add_option("--port-file", sv.port_file, "write the port listened on to this file (for --listen ADDR:0)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   if (gen->parsed()) return run_keys_gen(kg);
+  if (serve->parsed()) {
+    if (sv.ca.empty() && sv.ca_dir.empty()) {
+      std::fprintf(stderr, "mlfx serve: give the lab CA with --ca-dir DIR (or --ca and --crl)\n");
+      return 2;
+    }
+    return run_serve(sv);
+  }
   if (ca_init->parsed()) return run_ca_init(ca_args);
   if (ca_issue->parsed()) return run_ca_issue(ca_args);
   if (ca_revoke->parsed()) return run_ca_revoke(ca_args);

@@ -36,6 +36,7 @@ constexpr ErrorInfo kErrors[] = {
     {WireError::kTooManyPartials, "too_many_partials", true},
     {WireError::kStoreFailed, "store_failed", true},
     {WireError::kIdleTimeout, "idle_timeout", true},
+    {WireError::kBusy, "busy", true},  // another connection holds this upload (e.g. a dead link not yet timed out)
     {WireError::kInternal, "internal", true},
 };
 

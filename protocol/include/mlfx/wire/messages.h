@@ -51,6 +51,7 @@ enum class WireError {
   kTooManyPartials,
   kStoreFailed,
   kIdleTimeout,
+  kBusy,
   kInternal,
 };
 const char* wire_error_name(WireError e);

@@ -1,0 +1,419 @@
+#include "intake/evidence_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "mlfx/base/clock.h"
+#include "mlfx/base/file.h"
+
+namespace mlfx::intake {
+namespace {
+
+using wire::WireError;
+
+tl::unexpected<wire::ErrorMessage> refuse(WireError code, std::string message) {
+  return tl::unexpected<wire::ErrorMessage>(wire::ErrorMessage{code, std::move(message)});
+}
+
+std::string at(uint64_t off) { return " at offset " + std::to_string(off); }
+
+constexpr size_t kMaxMetadataUnits = bundle::kMaxStreams + 5;  // header, tables, MNFT MSIG CUST END
+
+Status make_dir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
+    return fail(Errc::kIo, "cannot create " + path + ": " + errno_text(errno));
+  return {};
+}
+
+size_t count_partials(const std::string& dir) {
+  size_t n = 0;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string_view name = e->d_name;
+      if (name.size() > 5 && name.substr(name.size() - 5) == ".part") ++n;
+    }
+    ::closedir(d);
+  }
+  return n;
+}
+
+// Reserves the whole file up front, so that a full disk is found before any data is sent.
+Status reserve(File& f, uint64_t size) {
+  int err = ::posix_fallocate(f.fd(), 0, static_cast<off_t>(size));
+  if (err == 0) return {};
+  if (err == EOPNOTSUPP || err == EINVAL) {
+    if (::ftruncate(f.fd(), static_cast<off_t>(size)) == 0) return {};
+    err = errno;
+  }
+  return fail(Errc::kIo, "cannot reserve " + std::to_string(size) + " bytes for " + f.path() + ": " + errno_text(err));
+}
+
+}  // namespace
+
+std::string fingerprint_hex(const std::string& fingerprint) {
+  const std::string prefix = "sha256:";
+  return fingerprint.rfind(prefix, 0) == 0 ? fingerprint.substr(prefix.size()) : fingerprint;
+}
+
+// ---- PartialUpload ----
+
+std::vector<wire::ByteRange> PartialUpload::held() const {
+  std::vector<wire::ByteRange> ranges;
+  for (const UnitState& u : units_)
+    if (u.held) ranges.push_back({u.offset, u.size});
+  return wire::normalize_ranges(std::move(ranges));
+}
+
+Status PartialUpload::write_unit(uint64_t offset, ByteView unit) { return file_.pwrite_all(offset, unit); }
+
+WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit) {
+  if (!metadata_) return accept_metadata(offset, unit);
+  auto it = unit_at_.find(offset);
+  if (it == unit_at_.end()) return refuse(WireError::kBadRecord, "no unit of this bundle starts" + at(offset));
+  UnitState& u = units_[it->second];
+  if (unit.size() != u.size)
+    return refuse(WireError::kBadRecord, "the unit" + at(offset) + " is " + std::to_string(u.size) +
+                                             " bytes, not " + std::to_string(unit.size()));
+  if (u.held) return {};  // sent again after a cut link: already verified and stored
+  Bytes digest = crypto::sha256(unit);
+  if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) != 0)
+    return refuse(WireError::kBadRecord, "the chunk record" + at(offset) +
+                                             " does not match the SHA-256 in the signed chunk table");
+  if (auto st = write_unit(offset, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+  if (auto st = mark_held(it->second, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+  accepted_bytes_ += unit.size();
+  return {};
+}
+
+WireResult<void> PartialUpload::accept_metadata(uint64_t offset, ByteView unit) {
+  const uint64_t size = offer_.file_size;
+  if (offset > size || unit.size() > size - offset)
+    return refuse(WireError::kBadRecord, "a unit" + at(offset) + " runs past the end of the " +
+                                             std::to_string(size) + "-byte bundle");
+  if (offset == 0) {
+    if (unit.size() != bundle::kFileHeaderSize)
+      return refuse(WireError::kBadRecord, "the file header unit must be 64 bytes");
+  } else {
+    if (unit.size() < bundle::kRecordHeaderSize)
+      return refuse(WireError::kBadRecord, "the unit" + at(offset) + " is shorter than a record header");
+    auto h = bundle::decode_record_header(unit.first(bundle::kRecordHeaderSize), offset);
+    if (!h) return refuse(WireError::kBadRecord, h.error().to_string());
+    if (h->type == uint32_t(bundle::RecordType::kChunk))
+      return refuse(WireError::kBadRecord, "a chunk record" + at(offset) +
+                                               " came before the bundle's metadata was complete; send the "
+                                               "header, chunk tables, manifest, signature, custody log and end first");
+    if (bundle::kRecordHeaderSize + h->payload_size != unit.size())
+      return refuse(WireError::kBadRecord, "the unit" + at(offset) + " is not one whole record");
+  }
+  if (std::find(pending_metadata_.begin(), pending_metadata_.end(), offset) == pending_metadata_.end()) {
+    if (pending_metadata_.size() >= kMaxMetadataUnits)
+      return refuse(WireError::kBadBundle, "more metadata units than a bundle can have");
+    pending_metadata_.push_back(offset);
+  }
+  if (auto st = write_unit(offset, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+  accepted_bytes_ += unit.size();
+  if (offset + unit.size() < size) return {};
+  // The END record: the metadata is complete. Check it before taking any chunk.
+  std::sort(pending_metadata_.begin(), pending_metadata_.end());
+  return check_metadata();
+}
+
+Status PartialUpload::load_metadata(const std::vector<uint64_t>& offsets) {
+  MLFX_ASSIGN(bundle::BundleReader r, bundle::BundleReader::open_metadata(file_.path(), offer_.file_size, offsets));
+  metadata_ = std::move(r);
+  units_.clear();
+  unit_at_.clear();
+  for (const bundle::Unit& u : metadata_->metadata_units()) units_.push_back({u.offset, u.size, nullptr, false});
+  for (const auto& stream : metadata_->layout())
+    for (const auto& c : stream.chunks)
+      units_.push_back({c.record_offset, bundle::kRecordHeaderSize + c.plaintext_size + crypto::kTagSize, &c, false});
+  std::sort(units_.begin(), units_.end(), [](const UnitState& a, const UnitState& b) { return a.offset < b.offset; });
+  for (size_t i = 0; i < units_.size(); ++i) unit_at_[units_[i].offset] = i;
+  held_units_ = 0;
+  hashed_units_ = 0;
+  MLFX_ASSIGN(file_hash_, crypto::Hasher::create(crypto::HashAlg::kSha256));
+  return {};
+}
+
+// Everything the intake can check without the lab key (wire-protocol.md §5.2).
+WireResult<void> PartialUpload::check_metadata() {
+  if (auto st = load_metadata(pending_metadata_); !st) {
+    metadata_.reset();
+    return refuse(WireError::kBadBundle, "structure: " + st.error().to_string());
+  }
+  const bundle::Manifest& m = metadata_->manifest();
+  if (m.bundle_id_hex() != offer_.bundle_id)
+    return refuse(WireError::kBadBundle, "the bundle is " + m.bundle_id_hex() + ", the offer named " + offer_.bundle_id);
+  if (m.chunk_size != offer_.chunk_size)
+    return refuse(WireError::kBadBundle, "the offer's chunk size does not match the bundle's");
+  if (auto st = metadata_->verify_signature(); !st)
+    return refuse(WireError::kBadBundle, "signature: " + st.error().to_string());
+  if (m.device.key_fingerprint != device_fingerprint_)
+    return refuse(WireError::kWrongDevice, "the bundle was signed by device '" + m.device.id + "' (key " +
+                                               m.device.key_fingerprint + "), but this connection is device key " +
+                                               device_fingerprint_ + ": a device may upload only its own bundles");
+  if (auto report = metadata_->verify_custody(); !report)
+    return refuse(WireError::kBadBundle, "custody: " + report.error().to_string());
+  json::Json meta = {{"offer", wire::to_json(offer_)}, {"metadata_units", pending_metadata_}};
+  if (auto st = replace_file(key_ + ".meta.json", json::canonical(meta), 0640); !st)
+    return refuse(WireError::kStoreFailed, st.error().to_string());
+  for (size_t i = 0; i < units_.size(); ++i)
+    if (!units_[i].chunk)
+      if (auto st = mark_held(i, {}); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+  return {};
+}
+
+// After a restart: a chunk is held when its bytes in the partial hash to its table entry, so a
+// record torn by a crash is simply sent again.
+Status PartialUpload::rebuild_held() {
+  Bytes buf;
+  for (size_t i = 0; i < units_.size(); ++i) {
+    UnitState& u = units_[i];
+    if (!u.chunk) {
+      MLFX_TRY(mark_held(i, {}));
+      continue;
+    }
+    buf.resize(u.size);
+    MLFX_TRY(file_.pread_exact(u.offset, buf.data(), 4));
+    if (load_le<uint32_t>(buf.data()) != uint32_t(bundle::RecordType::kChunk)) continue;  // never written
+    MLFX_TRY(file_.pread_exact(u.offset, buf.data(), buf.size()));
+    Bytes digest = crypto::sha256(buf);
+    if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) == 0) MLFX_TRY(mark_held(i, buf));
+  }
+  return {};
+}
+
+// Marks a unit held and extends the whole-file hash over the held prefix; `bytes` are the
+// unit's own when the caller has them, else they are read back.
+Status PartialUpload::mark_held(size_t index, ByteView bytes) {
+  if (!units_[index].held) {
+    units_[index].held = true;
+    ++held_units_;
+  }
+  Bytes scratch;
+  while (hashed_units_ < units_.size() && units_[hashed_units_].held) {
+    const UnitState& u = units_[hashed_units_];
+    if (hashed_units_ == index && bytes.size() == u.size) {
+      file_hash_->update(bytes);
+    } else {
+      scratch.resize(u.size);
+      MLFX_TRY(file_.pread_exact(u.offset, scratch.data(), scratch.size()));
+      file_hash_->update(scratch);
+    }
+    ++hashed_units_;
+  }
+  return {};
+}
+
+// ---- EvidenceStore ----
+
+Result<std::unique_ptr<EvidenceStore>> EvidenceStore::open(const std::string& dir, crypto::SigningKey intake_key,
+                                                           custody::Actor intake, StoreLimits limits) {
+  MLFX_TRY(make_dir(dir));
+  MLFX_TRY(make_dir(dir + "/objects"));
+  MLFX_TRY(make_dir(dir + "/partial"));
+  return std::unique_ptr<EvidenceStore>(new EvidenceStore(dir, std::move(intake_key), std::move(intake), limits));
+}
+
+std::string EvidenceStore::object_path(const std::string& sha, const char* suffix) const {
+  return dir_ + "/objects/" + sha + suffix;
+}
+
+std::optional<wire::SignedReceipt> EvidenceStore::find(const std::string& file_sha256) const {
+  auto text = read_small_file(object_path(file_sha256, ".receipt.json"), wire::kMaxControlBody);
+  if (!text) return std::nullopt;
+  auto receipt = wire::parse_receipt(as_bytes(*text));
+  if (!receipt || receipt->receipt.file_sha256 != file_sha256) return std::nullopt;
+  if (!intake_key().verify(wire::receipt_signing_message(receipt->receipt), receipt->signature)) return std::nullopt;
+  struct stat st;
+  if (::stat(object_path(file_sha256, ".mlfx").c_str(), &st) != 0) return std::nullopt;
+  return std::move(*receipt);
+}
+
+EvidenceStore::Claim& EvidenceStore::Claim::operator=(Claim&& o) noexcept {
+  if (this != &o) {
+    release();
+    store_ = std::exchange(o.store_, nullptr);
+    upload_ = std::move(o.upload_);
+  }
+  return *this;
+}
+
+EvidenceStore::Claim::~Claim() { release(); }
+
+void EvidenceStore::Claim::release() {
+  if (!store_ || !upload_) return;
+  std::lock_guard lock(store_->mu_);
+  upload_->claimed_ = false;
+  store_ = nullptr;
+  upload_.reset();
+}
+
+WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const wire::Offer& offer) {
+  if (offer.file_size > limits_.max_bundle)
+    return refuse(WireError::kBundleTooLarge, "the bundle is " + std::to_string(offer.file_size) +
+                                                  " bytes; this intake takes at most " +
+                                                  std::to_string(limits_.max_bundle));
+  const std::string key = dir_ + "/partial/" + fingerprint_hex(who.key_fingerprint) + "/" + offer.bundle_id +
+                          "-" + offer.file_sha256;
+  std::shared_ptr<PartialUpload> upload;
+  {
+    std::lock_guard lock(mu_);
+    auto it = uploads_.find(key);
+    if (it != uploads_.end()) {
+      if (it->second->claimed_)
+        return refuse(WireError::kBusy, "another connection is uploading this bundle; retry later");
+      const wire::Offer& had = it->second->offer_;
+      if (had.file_size != offer.file_size || had.chunk_size != offer.chunk_size)
+        return refuse(WireError::kBadBundle, "the offer does not match the earlier offer of this bundle");
+      it->second->claimed_ = true;
+      return Claim(this, it->second);
+    }
+    upload = std::make_shared<PartialUpload>();
+    upload->claimed_ = true;
+    uploads_[key] = upload;
+  }
+  // Opening may re-hash a large partial after a restart: done outside the lock.
+  if (auto st = open_partial(who, offer, key, *upload); !st) {
+    std::lock_guard lock(mu_);
+    uploads_.erase(key);
+    return refuse(st.error().code() == Errc::kExists ? WireError::kTooManyPartials : WireError::kStoreFailed,
+                  st.error().to_string());
+  }
+  return Claim(this, upload);
+}
+
+// Fills `p`, which no other connection looks at while it is claimed.
+Status EvidenceStore::open_partial(const Uploader& who, const wire::Offer& offer, const std::string& key,
+                                   PartialUpload& upload) {
+  PartialUpload* p = &upload;
+  p->key_ = key;
+  p->offer_ = offer;
+  p->device_fingerprint_ = who.key_fingerprint;
+  const std::string device_dir = key.substr(0, key.rfind('/'));
+  MLFX_TRY(make_dir(device_dir));
+  const std::string part = key + ".part";
+  int fd = ::open(part.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd >= 0) {
+    p->file_ = File(fd, part);
+    MLFX_ASSIGN(uint64_t size, p->file_.size());
+    if (size != offer.file_size)
+      return fail(Errc::kInvalidArgument, "the offer does not match the earlier partial upload of this bundle");
+    auto meta_text = read_small_file(key + ".meta.json", 1u << 20);
+    if (!meta_text) return {};  // the metadata never completed: it is sent again
+    auto meta = json::parse(*meta_text, key + ".meta.json");
+    std::vector<uint64_t> offsets;
+    if (meta && meta->contains("metadata_units") && (*meta)["metadata_units"].is_array())
+      for (const auto& o : (*meta)["metadata_units"])
+        if (o.is_number_unsigned()) offsets.push_back(o.get<uint64_t>());
+    p->pending_metadata_ = offsets;
+    if (auto checked = p->check_metadata(); !checked) {
+      p->metadata_.reset();  // damaged: the client sends the metadata again
+      p->pending_metadata_.clear();
+      return {};
+    }
+    return p->rebuild_held();
+  }
+  if (errno != ENOENT) return fail(Errc::kIo, "cannot open " + part + ": " + errno_text(errno));
+  if (count_partials(device_dir) >= limits_.max_partials_per_device)
+    return fail(Errc::kExists, "this device already has " + std::to_string(limits_.max_partials_per_device) +
+                                   " unfinished uploads; finish or abandon one first");
+  MLFX_ASSIGN(p->file_, File::create_new(part, 0640));
+  // File::create_new opens write-only; the partial is also read (hashing, restarts).
+  fd = ::open(part.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return fail(Errc::kIo, "cannot open " + part + ": " + errno_text(errno));
+  p->file_ = File(fd, part);
+  if (auto st = reserve(p->file_, offer.file_size); !st) {
+    ::unlink(part.c_str());
+    return st;
+  }
+  return {};
+}
+
+void EvidenceStore::discard(Claim& claim) {
+  if (!claim.upload_) return;
+  const std::string key = claim.upload_->key_;
+  ::unlink((key + ".part").c_str());
+  ::unlink((key + ".meta.json").c_str());
+  std::lock_guard lock(mu_);
+  uploads_.erase(key);
+  claim.upload_->claimed_ = false;
+  claim.upload_.reset();
+  claim.store_ = nullptr;
+}
+
+WireResult<wire::SignedReceipt> EvidenceStore::commit(Claim& claim, const Uploader& who,
+                                                      const std::string& started_utc) {
+  PartialUpload& p = *claim;
+  const std::string& sha = p.offer_.file_sha256;
+  auto digest = p.file_hash_->finish();
+  if (!digest) return refuse(WireError::kInternal, digest.error().to_string());
+  if (to_hex(*digest) != sha) {
+    discard(claim);
+    return refuse(WireError::kBadBundle, "the file's SHA-256 is " + to_hex(*digest) + ", not the offered " + sha);
+  }
+  std::vector<std::string> created;
+  auto undo = [&](const Error& e) {
+    for (const auto& path : created) ::unlink(path.c_str());
+    return refuse(WireError::kStoreFailed, "could not store the bundle durably: " + e.to_string() + "; retry later");
+  };
+  if (auto st = p.file_.sync(); !st) return undo(st.error());
+  if (::fchmod(p.file_.fd(), 0440) != 0) return undo(Error(Errc::kIo, "cannot chmod " + p.file_.path()));
+  const std::string object = object_path(sha, ".mlfx");
+  if (::link(p.file_.path().c_str(), object.c_str()) == 0) {
+    created.push_back(object);
+  } else if (errno != EEXIST) {  // EEXIST: stored by an earlier attempt that died before its receipt
+    return undo(Error(Errc::kIo, "cannot link " + object + ": " + errno_text(errno)));
+  }
+  if (auto st = fsync_dir(dir_ + "/objects"); !st) return undo(st.error());
+  wire::SignedReceipt receipt;
+  if (auto st = write_custody_and_receipt(p, who, started_utc, &receipt, &created); !st) return undo(st.error());
+  ::unlink((p.key_ + ".part").c_str());
+  ::unlink((p.key_ + ".meta.json").c_str());
+  std::lock_guard lock(mu_);
+  uploads_.erase(p.key_);
+  return receipt;
+}
+
+Status EvidenceStore::write_custody_and_receipt(PartialUpload& p, const Uploader& who, const std::string& started_utc,
+                                                wire::SignedReceipt* out, std::vector<std::string>* created) {
+  const wire::Offer& offer = p.offer_;
+  const std::string received = utc_timestamp();
+  const std::string stored_as = "objects/" + offer.file_sha256 + ".mlfx";
+  custody::CustodyLog log = p.metadata_->custody();
+  json::Json details = {{"device_id", who.device_id},
+                        {"device_key_fingerprint", who.key_fingerprint},
+                        {"certificate_serial", who.certificate_serial},
+                        {"peer", who.address},
+                        {"bundle_id", offer.bundle_id},
+                        {"file_sha256", offer.file_sha256},
+                        {"file_size", offer.file_size},
+                        {"upload_started_utc", started_utc},
+                        {"stored_as", stored_as}};
+  MLFX_TRY(log.append("received", actor_, key_, json::Json::object(), details));
+  const std::string custody_path = object_path(offer.file_sha256, ".custody.jsonl");
+  created->push_back(custody_path);
+  MLFX_TRY(replace_file(custody_path, log.serialize(), 0440));
+
+  wire::Receipt& r = out->receipt;
+  r.bundle_id = offer.bundle_id;
+  r.file_sha256 = offer.file_sha256;
+  r.file_size = offer.file_size;
+  r.device_key_fingerprint = who.key_fingerprint;
+  r.stored_as = stored_as;
+  r.received_utc = received;
+  r.custody_event_sha256 = custody::event_hash(log.events().back());
+  r.intake_key_fingerprint = intake_key().fingerprint();
+  MLFX_ASSIGN(out->signature, key_.sign(wire::receipt_signing_message(r)));
+  const std::string receipt_path = object_path(offer.file_sha256, ".receipt.json");
+  created->push_back(receipt_path);
+  return replace_file(receipt_path, json::canonical(wire::to_json(*out)), 0440);
+}
+
+}  // namespace mlfx::intake

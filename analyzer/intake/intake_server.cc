@@ -1,0 +1,226 @@
+#include "intake/intake_server.h"
+
+#include <sys/stat.h>
+
+#include <mutex>
+#include <thread>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "intake/intake_session.h"
+#include "mlfx/base/clock.h"
+#include "mlfx/transport/deadline.h"
+#include "mlfx/transport/frame_channel.h"
+
+namespace mlfx::intake {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using transport::TlsContext;
+using transport::TlsStream;
+
+namespace {
+
+struct CrlStamp {
+  ino_t ino = 0;
+  off_t size = -1;
+  timespec mtime{};
+  bool operator==(const CrlStamp& o) const {
+    return ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec && mtime.tv_nsec == o.mtime.tv_nsec;
+  }
+};
+
+CrlStamp stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {st.st_ino, st.st_size, st.st_mtim};
+}
+
+}  // namespace
+
+// Time to deliver a last ERROR before the socket closes.
+constexpr std::chrono::milliseconds kGrace{2000};
+
+struct IntakeServer::Impl {
+  Impl(ServerOptions o, EvidenceStore& s, EventLog l) : opt(std::move(o)), store(s), log(std::move(l)), acceptor(io) {}
+
+  ServerOptions opt;
+  EvidenceStore& store;
+  EventLog log;
+  asio::io_context io;
+  tcp::acceptor acceptor;
+  std::mutex ctx_mu;
+  TlsContext ctx;
+  CrlStamp crl_stamp;
+  std::atomic<size_t> connections{0};
+
+  // The TLS context for a new connection: rebuilt when the CRL file changed, so a revocation
+  // holds from the next handshake on, without a restart. A CRL that cannot be read keeps the
+  // previous context (and says so).
+  TlsContext current_context() {
+    std::lock_guard lock(ctx_mu);
+    if (opt.tls.crl.empty()) return ctx;
+    CrlStamp now = stamp(opt.tls.crl);
+    if (now == crl_stamp) return ctx;
+    auto fresh = transport::make_server_context(opt.tls);
+    if (!fresh) {
+      log({{"event", "crl_reload_failed"}, {"error", fresh.error().to_string()}});
+    } else {
+      ctx = *fresh;
+      log({{"event", "crl_reloaded"}, {"crl", opt.tls.crl}});
+    }
+    crl_stamp = now;
+    return ctx;
+  }
+
+  asio::awaitable<void> accept_loop() {
+    for (;;) {
+      boost::system::error_code ec;
+      tcp::socket socket = co_await acceptor.async_accept(asio::make_strand(io), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        log({{"event", "accept_failed"}, {"error", ec.message()}});
+        continue;
+      }
+      if (connections.load() >= opt.max_connections) {
+        log({{"event", "refused"}, {"reason", "connection limit"}, {"limit", opt.max_connections}});
+        socket.close(ec);
+        continue;
+      }
+      ++connections;
+      auto ex = socket.get_executor();
+      asio::co_spawn(ex, serve(std::move(socket)), asio::detached);
+    }
+  }
+
+  asio::awaitable<void> serve(tcp::socket socket) {
+    boost::system::error_code ec;
+    auto endpoint = socket.remote_endpoint(ec);
+    const std::string peer = ec ? "unknown" : endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+    TlsContext tls = current_context();
+    TlsStream stream(std::move(socket), *tls);
+    auto deadline = transport::Deadline::start(stream, opt.handshake_timeout);
+    co_await stream.async_handshake(asio::ssl::stream_base::server, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      log({{"event", "handshake_failed"}, {"peer", peer},
+           {"reason", deadline->expired() ? "handshake timeout" : transport::describe(ec, &stream)}});
+    } else {
+      co_await session(stream, *deadline, peer);
+    }
+    deadline->stop();
+    stream.lowest_layer().close(ec);
+    --connections;
+  }
+
+  asio::awaitable<void> session(TlsStream& stream, transport::Deadline& deadline, const std::string& peer) {
+    auto identity = transport::peer_identity(stream);
+    if (!identity) {
+      log({{"event", "refused"}, {"peer", peer}, {"reason", identity.error().to_string()}});
+      co_return;
+    }
+    Uploader who{identity->id, identity->key_fingerprint, identity->serial, peer};
+    log({{"event", "connected"}, {"peer", peer}, {"device_id", who.device_id},
+         {"device_key_fingerprint", who.key_fingerprint}});
+    IntakeSession session(store, who, opt.max_record);
+    transport::FrameChannel channel(stream);
+    std::string end = "closed by the device";
+    for (;;) {
+      deadline.expire_in(opt.idle_timeout);
+      auto frame = co_await channel.read(session.max_record());
+      if (!frame) {
+        if (deadline.expired()) {
+          deadline.expire_in(kGrace);
+          co_await channel.send_error(wire::WireError::kIdleTimeout, "no frame within the idle limit");
+          end = "idle timeout";
+        } else {
+          end = frame.error().to_string();
+        }
+        break;
+      }
+      SessionReply reply = session.handle(frame->type, frame->body);
+      bool sent = true;
+      for (const Bytes& f : reply.frames) {
+        deadline.expire_in(opt.idle_timeout);
+        if (auto st = co_await channel.write_encoded(f); !st) {
+          end = st.error().to_string();
+          sent = false;
+          break;
+        }
+      }
+      if (!sent) break;
+      if (reply.close) {
+        end = "refused";
+        co_await linger(stream, deadline);
+        break;
+      }
+    }
+    for (const UploadLog& u : session.uploads())
+      log({{"event", "upload"}, {"peer", peer}, {"device_id", who.device_id},
+           {"device_key_fingerprint", who.key_fingerprint}, {"bundle_id", u.bundle_id},
+           {"file_sha256", u.file_sha256}, {"file_size", u.file_size},
+           {"received_bytes", u.received_bytes}, {"result", u.result}});
+    log({{"event", "disconnected"}, {"peer", peer}, {"device_id", who.device_id}, {"end", end},
+         {"bytes_in", channel.bytes_read()}, {"bytes_out", channel.bytes_written()}});
+  }
+
+  // After an ERROR: stop sending, and read (and drop) what the device still sends for a
+  // moment, so that its TCP stack delivers our ERROR instead of a reset.
+  asio::awaitable<void> linger(TlsStream& stream, transport::Deadline& deadline) {
+    boost::system::error_code ec;
+    tcp::socket& sock = stream.next_layer();
+    sock.shutdown(tcp::socket::shutdown_send, ec);
+    deadline.expire_in(kGrace);
+    std::vector<uint8_t> sink(16384);
+    while (!ec) co_await sock.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+  }
+};
+
+IntakeServer::IntakeServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+IntakeServer::~IntakeServer() = default;
+
+Result<std::unique_ptr<IntakeServer>> IntakeServer::create(ServerOptions options, EvidenceStore& store, EventLog log) {
+  auto impl = std::make_unique<Impl>(std::move(options), store, std::move(log));
+  MLFX_ASSIGN(impl->ctx, transport::make_server_context(impl->opt.tls));
+  if (!impl->opt.tls.crl.empty()) impl->crl_stamp = stamp(impl->opt.tls.crl);
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(impl->opt.host, ec);
+  if (ec) return fail(Errc::kInvalidArgument, "'" + impl->opt.host + "' is not an IP address to listen on");
+  tcp::endpoint endpoint(address, impl->opt.port);
+  const std::string where = impl->opt.host + ":" + std::to_string(impl->opt.port);
+  auto& a = impl->acceptor;
+  if (a.open(endpoint.protocol(), ec); !ec) a.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) a.bind(endpoint, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return fail(Errc::kIo, "cannot listen on " + where + ": " + ec.message());
+  return std::unique_ptr<IntakeServer>(new IntakeServer(std::move(impl)));
+}
+
+uint16_t IntakeServer::port() const {
+  boost::system::error_code ec;
+  return impl_->acceptor.local_endpoint(ec).port();
+}
+
+void IntakeServer::run() {
+  asio::co_spawn(impl_->io, impl_->accept_loop(), asio::detached);
+  unsigned n = impl_->opt.threads ? impl_->opt.threads : std::max(2u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < n; ++i) pool.emplace_back([this] { impl_->io.run(); });
+  impl_->io.run();
+  for (auto& t : pool) t.join();
+}
+
+void IntakeServer::stop() {
+  asio::post(impl_->io, [this] {
+    boost::system::error_code ec;
+    impl_->acceptor.close(ec);
+  });
+  impl_->io.stop();
+}
+
+}  // namespace mlfx::intake

@@ -1,0 +1,46 @@
+// `mlfx serve`: the intake's network side. Boost.Asio coroutines on a small thread pool; each
+// connection is a TLS 1.3 mutual handshake, then frames fed to an IntakeSession. Bounded:
+// one frame buffer per connection, a connection limit, handshake and idle timeouts.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "intake/evidence_store.h"
+#include "mlfx/transport/tls.h"
+
+namespace mlfx::intake {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;  // 0: any free port (see IntakeServer::port)
+  transport::TlsFiles tls;
+  std::chrono::milliseconds handshake_timeout{10000}, idle_timeout{60000};
+  size_t max_connections = 256;
+  uint32_t max_record = (64u << 20) + 56;
+  unsigned threads = 0;  // 0: one per core, at least 2
+};
+
+// One JSON line per event (connections, uploads, refusals) goes to this sink.
+using EventLog = std::function<void(const json::Json&)>;
+
+class IntakeServer {
+ public:
+  // Binds the address and loads the TLS identity; fails early on a bad file.
+  static Result<std::unique_ptr<IntakeServer>> create(ServerOptions options, EvidenceStore& store, EventLog log);
+  ~IntakeServer();
+  uint16_t port() const;
+  // Serves until stop() (from any thread or a signal handler's asio::signal_set).
+  void run();
+  void stop();
+
+ private:
+  struct Impl;
+  explicit IntakeServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mlfx::intake

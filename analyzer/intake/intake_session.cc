@@ -1,0 +1,130 @@
+#include "intake/intake_session.h"
+
+#include "mlfx/base/clock.h"
+#include "mlfx/base/version.h"
+
+namespace mlfx::intake {
+
+using wire::FrameType;
+using wire::WireError;
+
+IntakeSession::IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record)
+    : store_(store), who_(std::move(who)), max_record_(max_record) {}
+
+std::vector<UploadLog> IntakeSession::uploads() const {
+  std::vector<UploadLog> all = done_;
+  if (current_) {
+    all.push_back(*current_);
+    all.back().result = "partial";
+    if (claim_) all.back().received_bytes = (*claim_)->accepted_bytes();
+  }
+  return all;
+}
+
+void IntakeSession::finish_upload(const std::string& result) {
+  if (!current_) return;
+  if (claim_) current_->received_bytes = (*claim_)->accepted_bytes();
+  current_->result = result;
+  done_.push_back(*current_);
+  current_.reset();
+  claim_.reset();
+}
+
+SessionReply IntakeSession::refuse(const wire::ErrorMessage& e) {
+  finish_upload(wire::wire_error_name(e.code));
+  state_ = State::kClosed;
+  return {{wire::encode_json_frame(FrameType::kError, wire::to_json(e))}, true};
+}
+
+SessionReply IntakeSession::handle(FrameType type, ByteView body) {
+  if (state_ == State::kClosed) return {{}, true};
+  switch (type) {
+    case FrameType::kPing:
+      return {{wire::encode_json_frame(FrameType::kPong, json::Json::object())}, false};
+    case FrameType::kPong:
+      return {};
+    case FrameType::kError:  // the client gives up; its reason goes to the log
+      finish_upload("client_error");
+      state_ = State::kClosed;
+      return {{}, true};
+    case FrameType::kHello:
+      if (state_ == State::kHello) return on_hello(body);
+      break;
+    case FrameType::kOffer:
+      if (state_ == State::kOffer || state_ == State::kRecords) return on_offer(body);
+      break;
+    case FrameType::kRecord:
+      if (state_ == State::kRecords) return on_record(body);
+      break;
+    default:
+      break;
+  }
+  return refuse({WireError::kBadFrame, std::string(wire::frame_type_name(type)) + " is out of order here"});
+}
+
+SessionReply IntakeSession::on_hello(ByteView body) {
+  auto hello = wire::parse_hello(body);
+  if (!hello) return refuse({WireError::kBadFrame, hello.error().to_string()});
+  bool ok = false;
+  for (uint32_t v : hello->versions) ok |= v == wire::kProtocolVersion;
+  if (!ok) return refuse({WireError::kUnsupportedVersion, "this intake speaks version 1 only"});
+  wire::Welcome w;
+  w.device_id = who_.device_id;
+  w.key_fingerprint = who_.key_fingerprint;
+  w.intake_key_fingerprint = store_.intake_key().fingerprint();
+  w.max_record = max_record_;
+  w.max_bundle = store_.limits().max_bundle;
+  state_ = State::kOffer;
+  return {{wire::encode_json_frame(FrameType::kWelcome, wire::to_json(w))}, false};
+}
+
+SessionReply IntakeSession::on_offer(ByteView body) {
+  finish_upload("abandoned");  // a new offer ends the upload in progress, which stays resumable
+  auto offer = wire::parse_offer(body);
+  if (!offer) return refuse({WireError::kBadFrame, offer.error().to_string()});
+  if (offer->chunk_size < bundle::kMinChunkSize || offer->chunk_size > bundle::kMaxChunkSize)
+    return refuse({WireError::kBadFrame, "OFFER: impossible chunk size " + std::to_string(offer->chunk_size)});
+  if (uint64_t(offer->chunk_size) + bundle::kRecordHeaderSize + crypto::kTagSize + wire::kRecordOffsetSize > max_record_)
+    return refuse({WireError::kBundleTooLarge, "chunks of " + std::to_string(offer->chunk_size) +
+                                                   " bytes do not fit this intake's record limit"});
+  if (offer->file_size < bundle::kFileHeaderSize + 4 * bundle::kRecordHeaderSize)
+    return refuse({WireError::kBadBundle, "a bundle of " + std::to_string(offer->file_size) + " bytes is impossible"});
+  current_ = UploadLog{offer->bundle_id, offer->file_sha256, "", offer->file_size, 0};
+  if (auto stored = store_.find(offer->file_sha256)) {
+    if (stored->receipt.device_key_fingerprint != who_.key_fingerprint)
+      return refuse({WireError::kWrongDevice, "this bundle was uploaded by another device"});
+    finish_upload("duplicate");
+    wire::UploadStatus st;
+    st.state = wire::UploadState::kStored;
+    st.receipt = std::move(*stored);
+    return {{wire::encode_json_frame(FrameType::kStatus, wire::to_json(st))}, false};
+  }
+  auto claim = store_.begin(who_, *offer);
+  if (!claim) return refuse(claim.error());
+  claim_ = std::move(*claim);
+  started_utc_ = utc_timestamp();
+  wire::UploadStatus st;
+  st.have = (*claim_)->held();
+  st.state = st.have.empty() ? wire::UploadState::kNew : wire::UploadState::kPartial;
+  state_ = State::kRecords;
+  return {{wire::encode_json_frame(FrameType::kStatus, wire::to_json(st))}, false};
+}
+
+SessionReply IntakeSession::on_record(ByteView body) {
+  auto record = wire::parse_record(body);
+  if (!record) return refuse({WireError::kBadFrame, record.error().to_string()});
+  PartialUpload& upload = **claim_;
+  if (auto ok = upload.accept(record->offset, record->unit); !ok) {
+    if (ok.error().code == WireError::kBadBundle || ok.error().code == WireError::kWrongDevice)
+      store_.discard(*claim_);  // nothing of a bundle that failed verification is kept
+    return refuse(ok.error());
+  }
+  if (!upload.complete()) return {};
+  auto receipt = store_.commit(*claim_, who_, started_utc_);
+  if (!receipt) return refuse(receipt.error());
+  finish_upload("stored");
+  state_ = State::kOffer;
+  return {{wire::encode_json_frame(FrameType::kReceipt, wire::to_json(*receipt))}, false};
+}
+
+}  // namespace mlfx::intake
