@@ -63,14 +63,37 @@ std::string fingerprint_hex(const std::string& fingerprint) {
 
 // ---- PartialUpload ----
 
-std::vector<wire::ByteRange> PartialUpload::held() const {
+PartialUpload::~PartialUpload() {
+  {
+    std::lock_guard lock(work_mu_);
+    work_stop_ = true;
+  }
+  work_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+bool PartialUpload::complete() {
+  std::lock_guard lock(work_mu_);
+  return metadata_ && !job_ && held_units_ == units_.size();
+}
+
+std::vector<wire::ByteRange> PartialUpload::held() {
+  (void)drain();
+  std::lock_guard lock(work_mu_);
   std::vector<wire::ByteRange> ranges;
   for (const UnitState& u : units_)
     if (u.held) ranges.push_back({u.offset, u.size});
   return wire::normalize_ranges(std::move(ranges));
 }
 
-Status PartialUpload::write_unit(uint64_t offset, ByteView unit) { return file_.pwrite_all(offset, unit); }
+// Writes a unit and starts its write-back at once, so that the fsync before the receipt has
+// little left to wait for.
+Status PartialUpload::write_unit(uint64_t offset, ByteView unit) {
+  MLFX_TRY(file_.pwrite_all(offset, unit));
+  (void)::sync_file_range(file_.fd(), static_cast<off_t>(offset), static_cast<off_t>(unit.size()),
+                          SYNC_FILE_RANGE_WRITE);
+  return {};
+}
 
 WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit) {
   if (!metadata_) return accept_metadata(offset, unit);
@@ -80,15 +103,64 @@ WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit) {
   if (unit.size() != u.size)
     return refuse(WireError::kBadRecord, "the unit" + at(offset) + " is " + std::to_string(u.size) +
                                              " bytes, not " + std::to_string(unit.size()));
-  if (u.held) return {};  // sent again after a cut link: already verified and stored
-  Bytes digest = crypto::sha256(unit);
-  if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) != 0)
-    return refuse(WireError::kBadRecord, "the chunk record" + at(offset) +
-                                             " does not match the SHA-256 in the signed chunk table");
-  if (auto st = write_unit(offset, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
-  if (auto st = mark_held(it->second, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+  return submit_chunk(it->second, unit);
+}
+
+WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit) {
+  bool last = false;
+  {
+    std::unique_lock lock(work_mu_);
+    work_cv_.wait(lock, [&] { return !job_ || work_error_; });
+    if (work_error_) return tl::unexpected(*work_error_);
+    if (units_[index].held) return {};  // sent again after a cut link: already verified and stored
+    if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+    Job job{index, std::move(spare_)};
+    job.bytes.assign(unit.begin(), unit.end());
+    job_ = std::move(job);
+    last = held_units_ + 1 == units_.size();
+  }
+  work_cv_.notify_all();
   accepted_bytes_ += unit.size();
+  if (last) return drain();
   return {};
+}
+
+WireResult<void> PartialUpload::drain() {
+  std::unique_lock lock(work_mu_);
+  work_cv_.wait(lock, [&] { return !job_; });
+  if (work_error_) return tl::unexpected(*work_error_);
+  return {};
+}
+
+// The worker: a chunk record is written only when its bytes match the signed chunk table.
+void PartialUpload::work() {
+  for (;;) {
+    size_t index;
+    ByteView bytes;
+    {
+      std::unique_lock lock(work_mu_);
+      work_cv_.wait(lock, [&] { return work_stop_ || job_; });
+      if (!job_) return;
+      index = job_->index;
+      bytes = job_->bytes;
+    }
+    const UnitState& u = units_[index];
+    std::optional<wire::ErrorMessage> error;
+    Bytes digest = crypto::sha256(bytes);
+    if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) != 0)
+      error = wire::ErrorMessage{WireError::kBadRecord, "the chunk record" + at(u.offset) +
+                                                            " does not match the SHA-256 in the signed chunk table"};
+    else if (auto st = write_unit(u.offset, bytes); !st)
+      error = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
+    {
+      std::lock_guard lock(work_mu_);
+      if (error) work_error_ = error;
+      else mark_held(index);
+      spare_ = std::move(job_->bytes);
+      job_.reset();
+    }
+    work_cv_.notify_all();
+  }
 }
 
 WireResult<void> PartialUpload::accept_metadata(uint64_t offset, ByteView unit) {
@@ -137,7 +209,8 @@ Status PartialUpload::load_metadata(const std::vector<uint64_t>& offsets) {
   for (size_t i = 0; i < units_.size(); ++i) unit_at_[units_[i].offset] = i;
   held_units_ = 0;
   hashed_units_ = 0;
-  MLFX_ASSIGN(file_hash_, crypto::Hasher::create(crypto::HashAlg::kSha256));
+  file_hash_.reset();  // a thread reading the file: stopped before a new one starts
+  MLFX_ASSIGN(file_hash_, BackgroundHash::start(file_.fd()));
   return {};
 }
 
@@ -164,8 +237,10 @@ WireResult<void> PartialUpload::check_metadata() {
   if (auto st = replace_file(key_ + ".meta.json", json::canonical(meta), 0640); !st)
     return refuse(WireError::kStoreFailed, st.error().to_string());
   for (size_t i = 0; i < units_.size(); ++i)
-    if (!units_[i].chunk)
-      if (auto st = mark_held(i, {}); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
+    if (!units_[i].chunk) {
+      std::lock_guard lock(work_mu_);
+      mark_held(i);
+    }
   return {};
 }
 
@@ -176,7 +251,8 @@ Status PartialUpload::rebuild_held() {
   for (size_t i = 0; i < units_.size(); ++i) {
     UnitState& u = units_[i];
     if (!u.chunk) {
-      MLFX_TRY(mark_held(i, {}));
+      std::lock_guard lock(work_mu_);
+      mark_held(i);
       continue;
     }
     buf.resize(u.size);
@@ -184,31 +260,22 @@ Status PartialUpload::rebuild_held() {
     if (load_le<uint32_t>(buf.data()) != uint32_t(bundle::RecordType::kChunk)) continue;  // never written
     MLFX_TRY(file_.pread_exact(u.offset, buf.data(), buf.size()));
     Bytes digest = crypto::sha256(buf);
-    if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) == 0) MLFX_TRY(mark_held(i, buf));
+    if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) == 0) {
+      std::lock_guard lock(work_mu_);
+      mark_held(i);
+    }
   }
   return {};
 }
 
-// Marks a unit held and extends the whole-file hash over the held prefix; `bytes` are the
-// unit's own when the caller has them, else they are read back.
-Status PartialUpload::mark_held(size_t index, ByteView bytes) {
+// Marks a unit held and extends the whole-file hash over the held prefix.
+void PartialUpload::mark_held(size_t index) {
   if (!units_[index].held) {
     units_[index].held = true;
     ++held_units_;
   }
-  Bytes scratch;
-  while (hashed_units_ < units_.size() && units_[hashed_units_].held) {
-    const UnitState& u = units_[hashed_units_];
-    if (hashed_units_ == index && bytes.size() == u.size) {
-      file_hash_->update(bytes);
-    } else {
-      scratch.resize(u.size);
-      MLFX_TRY(file_.pread_exact(u.offset, scratch.data(), scratch.size()));
-      file_hash_->update(scratch);
-    }
-    ++hashed_units_;
-  }
-  return {};
+  for (; hashed_units_ < units_.size() && units_[hashed_units_].held; ++hashed_units_)
+    file_hash_->add(units_[hashed_units_].offset, units_[hashed_units_].size);
 }
 
 // ---- EvidenceStore ----
@@ -353,10 +420,10 @@ WireResult<wire::SignedReceipt> EvidenceStore::commit(Claim& claim, const Upload
   PartialUpload& p = *claim;
   const std::string& sha = p.offer_.file_sha256;
   auto digest = p.file_hash_->finish();
-  if (!digest) return refuse(WireError::kInternal, digest.error().to_string());
-  if (to_hex(*digest) != sha) {
+  if (!digest) return refuse(WireError::kStoreFailed, digest.error().to_string());
+  if (*digest != sha) {
     discard(claim);
-    return refuse(WireError::kBadBundle, "the file's SHA-256 is " + to_hex(*digest) + ", not the offered " + sha);
+    return refuse(WireError::kBadBundle, "the file's SHA-256 is " + *digest + ", not the offered " + sha);
   }
   std::vector<std::string> created;
   auto undo = [&](const Error& e) {

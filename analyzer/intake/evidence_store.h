@@ -9,13 +9,16 @@
 //   DIR/partial/<device>/<bundle>-<sha256>.part / .meta.json   uploads in progress
 #pragma once
 
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "intake/background_hash.h"
 #include "mlfx/bundle/reader.h"
 #include "mlfx/crypto/hash.h"
 #include "mlfx/custody/custody_log.h"
@@ -44,13 +47,20 @@ class EvidenceStore;
 // One bundle being received. Held by one connection at a time (EvidenceStore::Claim).
 class PartialUpload {
  public:
-  // The byte ranges held and verified.
-  std::vector<wire::ByteRange> held() const;
+  PartialUpload() = default;
+  PartialUpload(const PartialUpload&) = delete;
+  PartialUpload& operator=(const PartialUpload&) = delete;
+  ~PartialUpload();
+
+  // The byte ranges held and verified (after the unit in flight, if any).
+  std::vector<wire::ByteRange> held();
   // Checks one unit (wire-protocol.md §5) and writes it at its offset. Units already held are
   // accepted and ignored. bad_record for a unit that is not one of the bundle's; bad_bundle /
   // wrong_device when the metadata fails (the upload is then discarded by the store).
+  // Chunk records are checked and written by a worker thread while the connection reads the
+  // next one; a bad one is reported by the next call. The last one is waited for.
   WireResult<void> accept(uint64_t offset, ByteView unit);
-  bool complete() const { return metadata_ && held_units_ == units_.size(); }
+  bool complete();
   const wire::Offer& offer() const { return offer_; }
   uint64_t accepted_bytes() const { return accepted_bytes_; }  // by this process, for logs
 
@@ -66,8 +76,11 @@ class PartialUpload {
   WireResult<void> check_metadata();
   Status load_metadata(const std::vector<uint64_t>& offsets);
   Status rebuild_held();
-  Status mark_held(size_t index, ByteView bytes);
+  void mark_held(size_t index);  // with work_mu_ held
   Status write_unit(uint64_t offset, ByteView unit);
+  WireResult<void> submit_chunk(size_t index, ByteView unit);
+  WireResult<void> drain();
+  void work();
 
   std::string key_;  // partial path without extension
   wire::Offer offer_;
@@ -79,10 +92,23 @@ class PartialUpload {
   std::map<uint64_t, size_t> unit_at_;
   size_t held_units_ = 0;
   // SHA-256 of the whole file, in file order, as far as the held units reach.
-  std::optional<crypto::Hasher> file_hash_;
+  std::unique_ptr<BackgroundHash> file_hash_;
   size_t hashed_units_ = 0;
   uint64_t accepted_bytes_ = 0;
   bool claimed_ = false;
+
+  // The chunk worker: one record in flight, checked and written off the connection's thread.
+  struct Job {
+    size_t index = 0;
+    Bytes bytes;
+  };
+  std::mutex work_mu_;  // guards the job, the error and the units' held state
+  std::condition_variable work_cv_;
+  std::optional<Job> job_;
+  Bytes spare_;  // the previous job's buffer, reused
+  std::optional<wire::ErrorMessage> work_error_;
+  bool work_stop_ = false;
+  std::thread worker_;
 };
 
 class EvidenceStore {

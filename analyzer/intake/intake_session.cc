@@ -1,5 +1,7 @@
 #include "intake/intake_session.h"
 
+#include <chrono>
+
 #include "mlfx/base/clock.h"
 #include "mlfx/base/version.h"
 
@@ -120,7 +122,9 @@ SessionReply IntakeSession::on_record(ByteView body) {
     return refuse(ok.error());
   }
   if (!upload.complete()) return {};
+  const auto start = std::chrono::steady_clock::now();
   auto receipt = store_.commit(*claim_, who_, started_utc_);
+  current_->commit_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (!receipt) return refuse(receipt.error());
   finish_upload("stored");
   state_ = State::kOffer;
