@@ -130,6 +130,7 @@ class Shipper {
     const std::string where = target_.host + ":" + std::to_string(target_.port);
     boost::system::error_code ec;
     l.deadline = transport::Deadline::start(l.stream, target_.timeout);
+    l.channel.set_rate_limit(target_.bandwidth);
     tcp::resolver resolver(l.stream.get_executor());
     auto endpoints = co_await resolver.async_resolve(target_.host, std::to_string(target_.port),
                                                      asio::redirect_error(asio::use_awaitable, ec));

@@ -131,6 +131,7 @@ class EvidenceStore {
     Claim(Claim&& o) noexcept = default;
     Claim& operator=(Claim&& o) noexcept;
     ~Claim();
+    explicit operator bool() const { return upload_ != nullptr; }  // false once discarded
     PartialUpload& operator*() const { return *upload_; }
     PartialUpload* operator->() const { return upload_.get(); }
 

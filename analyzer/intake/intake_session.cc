@@ -18,14 +18,14 @@ std::vector<UploadLog> IntakeSession::uploads() const {
   if (current_) {
     all.push_back(*current_);
     all.back().result = "partial";
-    if (claim_) all.back().received_bytes = (*claim_)->accepted_bytes();
+    if (claim_ && *claim_) all.back().received_bytes = (*claim_)->accepted_bytes() - accepted_before_;
   }
   return all;
 }
 
 void IntakeSession::finish_upload(const std::string& result) {
   if (!current_) return;
-  if (claim_) current_->received_bytes = (*claim_)->accepted_bytes();
+  if (claim_ && *claim_) current_->received_bytes = (*claim_)->accepted_bytes() - accepted_before_;
   current_->result = result;
   done_.push_back(*current_);
   current_.reset();
@@ -104,12 +104,19 @@ SessionReply IntakeSession::on_offer(ByteView body) {
   auto claim = store_.begin(who_, *offer);
   if (!claim) return refuse(claim.error());
   claim_ = std::move(*claim);
+  accepted_before_ = (*claim_)->accepted_bytes();  // by earlier connections
   started_utc_ = utc_timestamp();
   wire::UploadStatus st;
   st.have = (*claim_)->held();
   st.state = st.have.empty() ? wire::UploadState::kNew : wire::UploadState::kPartial;
   state_ = State::kRecords;
-  return {{wire::encode_json_frame(FrameType::kStatus, wire::to_json(st))}, false};
+  Bytes status = wire::encode_json_frame(FrameType::kStatus, wire::to_json(st));
+  if (!(*claim_)->complete()) return {{std::move(status)}, false};
+  // Everything arrived before, but storing it failed (e.g. a full disk): the device sends no
+  // records, so the answer to its empty run follows the STATUS at once.
+  SessionReply reply = store_upload();
+  reply.frames.insert(reply.frames.begin(), std::move(status));
+  return reply;
 }
 
 SessionReply IntakeSession::on_record(ByteView body) {
@@ -117,11 +124,17 @@ SessionReply IntakeSession::on_record(ByteView body) {
   if (!record) return refuse({WireError::kBadFrame, record.error().to_string()});
   PartialUpload& upload = **claim_;
   if (auto ok = upload.accept(record->offset, record->unit); !ok) {
+    current_->received_bytes = upload.accepted_bytes() - accepted_before_;
     if (ok.error().code == WireError::kBadBundle || ok.error().code == WireError::kWrongDevice)
       store_.discard(*claim_);  // nothing of a bundle that failed verification is kept
     return refuse(ok.error());
   }
   if (!upload.complete()) return {};
+  return store_upload();
+}
+
+// Every unit is held: store it and answer with the receipt (or the reason it failed).
+SessionReply IntakeSession::store_upload() {
   const auto start = std::chrono::steady_clock::now();
   auto receipt = store_.commit(*claim_, who_, started_utc_);
   current_->commit_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

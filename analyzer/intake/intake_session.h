@@ -39,6 +39,7 @@ class IntakeSession {
   SessionReply on_hello(ByteView body);
   SessionReply on_offer(ByteView body);
   SessionReply on_record(ByteView body);
+  SessionReply store_upload();
   SessionReply refuse(const wire::ErrorMessage& e);
   void finish_upload(const std::string& result);
 
@@ -48,6 +49,7 @@ class IntakeSession {
   State state_ = State::kHello;
   std::optional<EvidenceStore::Claim> claim_;
   std::string started_utc_;
+  uint64_t accepted_before_ = 0;
   std::vector<UploadLog> done_;
   std::optional<UploadLog> current_;
 };
