@@ -4,7 +4,9 @@
 #   seal real evidence (this machine's kernel memory map and a copy of a live process's
 #   memory map and executable) into one bundle, signed by the device, encrypted to the lab,
 #   verify it without the lab key, open it with the lab key, and check SHA256SUMS;
-#   then capture a live PyTorch process with mlfx-agent and recover its model bit-exactly.
+#   then capture a live PyTorch process with mlfx-agent into its spool, ship the bundle over
+#   mutual TLS to a local intake (mlfx serve) under a lab CA, and recover the model bit-exactly
+#   from the intake's evidence store.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/packaging/build.sh"
@@ -44,10 +46,29 @@ agent="${BUILD_DIR:-$root/build}/agent/mlfx-agent"
 victim=$!
 trap 'touch "$work/victim-truth/stop"' EXIT
 for _ in $(seq 600); do [ -f victim-truth/ready ] && break; sleep 0.2; done
-"$agent" capture --pid "$victim" --out capture.mlfx --device-key device.key --recipient lab.pub \
+"$agent" capture --pid "$victim" --spool spool --device-key device.key --recipient lab.pub \
   --case DEMO-2 --note "live capture of pid $victim"
-"$mlfx" bundle verify capture.mlfx --trusted-devices trusted -q
-"$mlfx" recover capture.mlfx --key lab.key --out recovered --trusted-devices trusted
+"$agent" status --spool spool
+echo "== ship it to the lab intake: mutual TLS 1.3 under a lab CA, verified on arrival"
+"$mlfx" ca init --out ca
+"$mlfx" ca issue --ca ca --device device.pub --id demo-device --out device.pem
+"$mlfx" keys gen --kind device --out intake
+"$mlfx" ca issue --ca ca --server --key intake.pub --name 127.0.0.1,localhost --out intake.pem
+"$mlfx" serve --listen 127.0.0.1:0 --port-file intake.port --store store --ca-dir ca \
+  --cert intake.pem --key intake.key 2> intake.log &
+intake=$!
+trap 'touch "$work/victim-truth/stop"; kill "$intake" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s intake.port ] && break; sleep 0.1; done
+"$agent" ship --once --spool spool --server "127.0.0.1:$(cat intake.port)" --ca ca/ca.pem \
+  --cert device.pem --key device.key --intake-key intake.pub
+"$agent" status --spool spool
+stored=$(ls store/objects/*.mlfx)
+echo "intake stored $stored; its custody log now ends with:"
+tail -n 1 "${stored%.mlfx}.custody.jsonl"
+kill "$intake"
+echo "== recover the model from the intake's evidence store"
+"$mlfx" bundle verify "$stored" --trusted-devices trusted -q
+"$mlfx" recover "$stored" --key lab.key --out recovered --trusted-devices trusted
 echo "== compare with the ground truth the victim wrote outside the capture"
 /usr/bin/python3 "$root/tests/victims/check_recovery.py" victim-truth recovered
 ls recovered/models/*
