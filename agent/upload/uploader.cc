@@ -132,8 +132,8 @@ class Shipper {
     l.deadline = transport::Deadline::start(l.stream, target_.timeout);
     l.channel.set_rate_limit(target_.bandwidth);
     tcp::resolver resolver(l.stream.get_executor());
-    auto endpoints = co_await resolver.async_resolve(target_.host, std::to_string(target_.port),
-                                                     asio::redirect_error(asio::use_awaitable, ec));
+    const std::string port = std::to_string(target_.port);  // named locals only in co_await (frame_channel.cc)
+    auto endpoints = co_await resolver.async_resolve(target_.host, port, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return fail(Errc::kIo, "cannot resolve " + target_.host + ": " + ec.message());
     co_await asio::async_connect(l.stream.lowest_layer(), endpoints, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return fail(transport::connection_error(ec, "connecting to the intake " + where));
@@ -149,7 +149,8 @@ class Shipper {
     l.intake_key = peer.key;
     wire::Hello hello;
     hello.agent = std::string("mlfx-agent ") + kToolVersion;
-    MLFX_CO_TRY(co_await l.channel.write_json(FrameType::kHello, wire::to_json(hello)));
+    const json::Json hello_body = wire::to_json(hello);
+    MLFX_CO_TRY(co_await l.channel.write_json(FrameType::kHello, hello_body));
     MLFX_CO_ASSIGN(Answer a, co_await read_answer(l));
     std::optional<wire::WireError> code;
     if (a.type == FrameType::kError) co_return fail(intake_error(a, &code));
@@ -201,7 +202,8 @@ class Shipper {
     auto reader = bundle::BundleReader::open(e.path);
     if (!reader) co_return finish("rejected", "the spooled bundle is damaged: " + reader.error().to_string());
     wire::Offer offer{e.bundle_id, e.file_size, e.file_sha256, e.chunk_size};
-    if (auto st = co_await l.channel.write_json(FrameType::kOffer, wire::to_json(offer)); !st)
+    const json::Json offer_body = wire::to_json(offer);
+    if (auto st = co_await l.channel.write_json(FrameType::kOffer, offer_body); !st)
       co_return refused(st.error(), std::nullopt);
     auto a = co_await read_answer(l);
     if (!a) co_return refused(a.error(), std::nullopt);

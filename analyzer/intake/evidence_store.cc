@@ -63,13 +63,24 @@ std::string fingerprint_hex(const std::string& fingerprint) {
 
 // ---- PartialUpload ----
 
-PartialUpload::~PartialUpload() {
+PartialUpload::~PartialUpload() { stop_worker(); }
+
+void PartialUpload::stop_worker() {
   {
     std::lock_guard lock(work_mu_);
     work_stop_ = true;
   }
   work_cv_.notify_all();
   if (worker_.joinable()) worker_.join();
+  std::lock_guard lock(work_mu_);
+  work_stop_ = false;
+}
+
+void PartialUpload::release_resources() {
+  (void)drain();
+  stop_worker();
+  std::lock_guard lock(work_mu_);
+  Bytes().swap(spare_);
 }
 
 bool PartialUpload::complete() {
@@ -316,6 +327,7 @@ EvidenceStore::Claim::~Claim() { release(); }
 
 void EvidenceStore::Claim::release() {
   if (!store_ || !upload_) return;
+  upload_->release_resources();  // an idle upload holds no thread or buffer of its worker
   std::lock_guard lock(store_->mu_);
   upload_->claimed_ = false;
   store_ = nullptr;

@@ -81,6 +81,9 @@ class PartialUpload {
   WireResult<void> submit_chunk(size_t index, ByteView unit);
   WireResult<void> drain();
   void work();
+  void stop_worker();
+  // Between connections: waits for the record in flight, then frees the worker and its buffer.
+  void release_resources();
 
   std::string key_;  // partial path without extension
   wire::Offer offer_;

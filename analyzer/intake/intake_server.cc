@@ -136,7 +136,8 @@ struct IntakeServer::Impl {
       if (!frame) {
         if (deadline.expired()) {
           deadline.expire_in(kGrace);
-          co_await channel.send_error(wire::WireError::kIdleTimeout, "no frame within the idle limit");
+          const std::string why = "no frame within the idle limit";  // a named local: see frame_channel.cc
+          co_await channel.send_error(wire::WireError::kIdleTimeout, why);
           end = "idle timeout";
         } else {
           end = frame.error().to_string();

@@ -31,7 +31,8 @@ void Deadline::stop() {
   timer_.cancel();
 }
 
-asio::awaitable<void> Deadline::watch(std::shared_ptr<Deadline> self) {
+// The parameter, copied into the coroutine frame, keeps this object alive while it watches.
+asio::awaitable<void> Deadline::watch(std::shared_ptr<Deadline>) {
   boost::system::error_code ec;
   while (!stopped_) {
     timer_.expires_at(deadline_);

@@ -5,6 +5,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+// Coroutines here and in their callers pass only named locals to co_await expressions, never
+// temporaries of types with destructors: gcc 12 destroys such temporaries twice.
+
 namespace mlfx::transport {
 
 namespace {
@@ -73,7 +76,6 @@ asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::cons
 }
 
 asio::awaitable<Status> FrameChannel::write(wire::FrameType type, ByteView body) {
-  // Named locals, not braced temporaries, in co_await expressions: gcc 12 miscompiles those.
   const auto header = wire::encode_frame_header(type, static_cast<uint32_t>(body.size()));
   std::vector<asio::const_buffer> parts;
   parts.push_back(asio::buffer(header));
@@ -105,7 +107,8 @@ asio::awaitable<Status> FrameChannel::write_record(uint64_t offset, ByteView uni
 }
 
 asio::awaitable<Status> FrameChannel::send_error(wire::WireError code, const std::string& message) {
-  co_return co_await write_json(wire::FrameType::kError, wire::to_json(wire::ErrorMessage{code, message}));
+  const json::Json body = wire::to_json(wire::ErrorMessage{code, message});
+  co_return co_await write_json(wire::FrameType::kError, body);
 }
 
 asio::awaitable<void> FrameChannel::shutdown() {

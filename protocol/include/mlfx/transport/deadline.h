@@ -26,7 +26,7 @@ class Deadline {
 
  private:
   explicit Deadline(TlsStream& stream);
-  asio::awaitable<void> watch(std::shared_ptr<Deadline> self);
+  asio::awaitable<void> watch(std::shared_ptr<Deadline> keep_alive);
 
   TlsStream& stream_;
   asio::steady_timer timer_;
