@@ -363,6 +363,33 @@ TEST_F(AgentCli, SmallBufferStillCapturesExactly) {
   EXPECT_GE((*ctx)["timings"]["sealed_after_thaw_ms"].get<double>(), 0.0);
 }
 
+// Capture into a spool for shipping: queued with its hash, nothing left in incoming/; a spool
+// too small for the target's memory refuses before anything is frozen.
+TEST_F(AgentCli, CapturesIntoTheSpoolWithinItsQuota) {
+  Victim v;
+  ASSERT_TRUE(v.start(kPythonVictim, dir / "victim", std::chrono::seconds(30)));
+  const std::string keys = " --device-key " + (dir / "dev.key") + " --recipient " + (dir / "lab.pub");
+  const std::string spool = dir / "spool";
+  auto small = agent("capture --pid " + std::to_string(v.pid()) + " --spool " + spool + " --spool-quota 1M -q" + keys);
+  EXPECT_EQ(small.exit_code, 1) << small.output;
+  EXPECT_NE(small.output.find("quota"), std::string::npos) << small.output;
+  EXPECT_TRUE(testing::list_dir(spool + "/incoming").empty());
+  EXPECT_TRUE(v.runs_on());
+
+  auto cap = agent("capture --pid " + std::to_string(v.pid()) + " --spool " + spool + " --spool-quota 4G -q" + keys);
+  ASSERT_EQ(cap.exit_code, 0) << cap.output;
+  EXPECT_TRUE(testing::list_dir(spool + "/incoming").empty());
+  auto status = json::parse(agent("status --json --spool " + spool).output, "status");
+  ASSERT_TRUE(status) << status.error().to_string();
+  ASSERT_EQ((*status)["queue"].size(), 1u);
+  const std::string queued = spool + "/queue/" + (*status)["queue"][0]["name"].get<std::string>();
+  EXPECT_NE(cap.output.find(queued), std::string::npos) << cap.output;
+  EXPECT_EQ(mlfx("bundle verify -q " + queued).exit_code, 0);
+  std::string core;
+  expect_ground_truth_in(queued, &core);
+  EXPECT_EQ(agent("capture --pid 1 --out x.mlfx --spool " + spool + keys).exit_code, 2) << "--out or --spool";
+}
+
 TEST_F(AgentCli, NonexistentPidFailsCleanly) {
   const pid_t pid_max = std::stoi(testing::read_file("/proc/sys/kernel/pid_max"));
   pid_t reaped = fork();
