@@ -46,6 +46,14 @@ class UploadTest : public ::testing::Test {
     EXPECT_TRUE(in_spool) << "the device keeps the intake's receipt";
   }
 
+  // The one upload a `ship --once` run made, which must have ended with `exit_code`.
+  json only_outcome(const CommandResult& r, int exit_code) {
+    EXPECT_EQ(r.exit_code, exit_code) << r.output;
+    auto out = IntakeLab::outcomes(r.output);
+    EXPECT_EQ(out.size(), 1u) << r.output;
+    return out.empty() ? json::object() : out[0];
+  }
+
   uint64_t received_bytes(const std::string& bundle_sha) {
     uint64_t total = 0;
     for (const auto& e : lab_.events("upload"))
@@ -60,12 +68,9 @@ class UploadTest : public ::testing::Test {
 TEST_F(UploadTest, StoresTheBundleByteForByteWithCustodyAndReceipt) {
   const std::string bundle = lab_.seal(car_, 3 << 20, 65536, 1);
   lab_.queue(car_, bundle);
-  auto r = lab_.ship(car_);
-  ASSERT_EQ(r.exit_code, 0) << r.output << read_file(lab_.log_path());
-  auto out = IntakeLab::outcomes(r.output);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(out[0]["result"], "stored");
-  EXPECT_EQ(out[0]["sent_bytes"], fs::file_size(bundle));
+  json out = only_outcome(lab_.ship(car_), 0);
+  EXPECT_EQ(out["result"], "stored");
+  EXPECT_EQ(out["sent_bytes"], fs::file_size(bundle));
   expect_stored(bundle, car_);
   json st = lab_.status(car_);
   EXPECT_TRUE(st["queue"].empty());
@@ -80,12 +85,9 @@ TEST_F(UploadTest, DuplicateUploadSendsNothingAndGetsTheSameReceipt) {
   ASSERT_EQ(lab_.ship(car_).exit_code, 0);
   const std::string receipt = read_file(lab_.store() + "/objects/" + IntakeLab::sha256_of(bundle) + ".receipt.json");
   lab_.queue(car_, bundle);  // the operator queues it again
-  auto r = lab_.ship(car_);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  auto out = IntakeLab::outcomes(r.output);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(out[0]["result"], "duplicate");
-  EXPECT_EQ(out[0]["sent_bytes"], 0);
+  json out = only_outcome(lab_.ship(car_), 0);
+  EXPECT_EQ(out["result"], "duplicate");
+  EXPECT_EQ(out["sent_bytes"], 0);
   EXPECT_EQ(read_file(lab_.store() + "/objects/" + IntakeLab::sha256_of(bundle) + ".receipt.json"), receipt);
   EXPECT_EQ(lab_.objects().size(), 3u) << "one object, its custody log and receipt";
   EXPECT_EQ(lab_.status(car_)["receipts"], 2);
@@ -102,11 +104,8 @@ TEST_F(UploadTest, ResumesAfterTheAgentIsKilledAtRandomPoints) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(150, 900)(rng)));
     ship.kill(SIGKILL);
   }
-  auto r = lab_.ship(car_);
-  ASSERT_EQ(r.exit_code, 0) << r.output << read_file(lab_.log_path());
-  auto out = IntakeLab::outcomes(r.output);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_GT(out[0]["held_before"].get<uint64_t>(), 0u) << "the last run resumed";
+  json out = only_outcome(lab_.ship(car_), 0);
+  EXPECT_GT(out.value("held_before", uint64_t(0)), 0u) << "the last run resumed";
   expect_stored(bundle, car_);
   // Each kill loses at most the unit in flight, or the metadata when it came before the
   // metadata was complete (the intake checks the metadata as one).
@@ -156,13 +155,10 @@ TEST_F(UploadTest, ADeviceCannotUploadAnotherDevicesBundle) {
   Device thief = lab_.add_device("thief");
   const std::string bundle = lab_.seal(car_, 1 << 20, 65536, 7);
   lab_.queue(thief, bundle);
-  auto r = lab_.ship(thief);
-  EXPECT_EQ(r.exit_code, 1) << r.output;
-  auto out = IntakeLab::outcomes(r.output);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(out[0]["result"], "rejected");
-  EXPECT_EQ(out[0]["code"], "wrong_device");
-  EXPECT_NE(out[0]["error"].get<std::string>().find("car-1"), std::string::npos) << out[0];
+  json out = only_outcome(lab_.ship(thief), 1);
+  EXPECT_EQ(out["result"], "rejected");
+  EXPECT_EQ(out["code"], "wrong_device");
+  EXPECT_NE(out.value("error", "").find("car-1"), std::string::npos) << out;
   EXPECT_TRUE(lab_.objects().empty());
   // Nothing of it is kept at the intake; the agent keeps it aside for an operator.
   for (const auto& dev : list_dir(lab_.store() + "/partial"))
@@ -194,12 +190,9 @@ TEST_F(UploadTest, FullDiskGivesNoReceiptAndStoresNothingThatLooksValid) {
   } unmount{lab_.store()};
   lab_.start_server();
   lab_.queue(car_, bundle);
-  auto r = lab_.ship(car_);
-  EXPECT_EQ(r.exit_code, 1) << r.output;
-  auto out = IntakeLab::outcomes(r.output);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(out[0]["result"], "failed");
-  EXPECT_EQ(out[0]["code"], "store_failed") << out[0];
+  json out = only_outcome(lab_.ship(car_), 1);
+  EXPECT_EQ(out["result"], "failed");
+  EXPECT_EQ(out["code"], "store_failed") << out;
   for (const auto& name : lab_.objects()) ADD_FAILURE() << "left in the store: " << name;
   json st = lab_.status(car_);
   ASSERT_EQ(st["queue"].size(), 1u) << "the bundle stays in the spool";
@@ -209,7 +202,7 @@ TEST_F(UploadTest, FullDiskGivesNoReceiptAndStoresNothingThatLooksValid) {
   // A bigger bundle does not even start: its space is reserved up front.
   const std::string big = lab_.seal(car_, 4 << 20, 65536, 9);
   lab_.queue(car_, big);
-  r = lab_.ship(car_);
+  auto r = lab_.ship(car_);
   EXPECT_EQ(r.exit_code, 1);
   for (const auto& name : lab_.objects()) ADD_FAILURE() << "left in the store: " << name;
 
