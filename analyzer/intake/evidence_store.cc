@@ -352,6 +352,13 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
       if (had.file_size != offer.file_size || had.chunk_size != offer.chunk_size)
         return refuse(WireError::kBadBundle, "the offer does not match the earlier offer of this bundle");
       it->second->claimed_ = true;
+      {
+        // A bad record that ended an earlier connection was not written: this connection may
+        // send that unit again (§5.3), so the earlier connection's error is not carried over.
+        std::unique_lock work(it->second->work_mu_);
+        it->second->work_cv_.wait(work, [&] { return !it->second->job_; });
+        it->second->work_error_.reset();
+      }
       return Claim(this, it->second);
     }
     upload = std::make_shared<PartialUpload>();
