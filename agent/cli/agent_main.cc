@@ -155,8 +155,8 @@ int run_spool_add(const SpoolArgs& a) {
   for (const auto& f : a.files) {
     auto e = spool->add(f);
     if (!e) return report_error(std::move(e).error().context("queueing " + f));
-    std::printf("queued %s as %s (%s, sha256 %s)\n", f.c_str(), e->name.c_str(),
-                human_bytes(double(e->file_size)).c_str(), e->file_sha256.c_str());
+    std::printf("queued %s as %s (%s, digest %s)\n", f.c_str(), e->name.c_str(),
+                human_bytes(double(e->file_size)).c_str(), e->bundle_digest.c_str());
   }
   return 0;
 }

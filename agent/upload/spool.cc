@@ -47,17 +47,32 @@ uint64_t file_size_or_zero(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
 }
 
-Result<std::string> sha256_of_file(const std::string& path) {
-  MLFX_ASSIGN(File f, File::open_read(path));
-  MLFX_ASSIGN(crypto::Hasher h, crypto::Hasher::create(crypto::HashAlg::kSha256));
-  Bytes buf(4u << 20);
-  for (;;) {
-    MLFX_ASSIGN(size_t n, f.read_full(buf.data(), buf.size()));
-    if (n == 0) break;
-    h.update({buf.data(), n});
+// What the shipper needs to know of a bundle, from its metadata alone (no pass over the data).
+Result<SpoolEntry> describe(const std::string& path) {
+  MLFX_ASSIGN(bundle::BundleReader reader, bundle::BundleReader::open(path));
+  if (auto st = reader.verify_signature(); !st) return fail(std::move(st).error().context(path));
+  SpoolEntry e;
+  e.bundle_id = reader.manifest().bundle_id_hex();
+  e.file_size = reader.file_size();
+  e.chunk_size = reader.header().chunk_size;
+  MLFX_ASSIGN(e.bundle_digest, reader.digest());
+  return e;
+}
+
+// Temporary files of atomic writes that a killed agent left; only old ones, since another
+// agent process may be writing one right now.
+void remove_stale_temporaries(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const time_t old = ::time(nullptr) - 600;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name[0] != '.' || (name.find(".tmp.") == std::string::npos && !ends_with(name, ".copy"))) continue;
+    struct stat st;
+    const std::string path = dir + "/" + name;
+    if (::stat(path.c_str(), &st) == 0 && st.st_mtime < old) ::unlink(path.c_str());
   }
-  MLFX_ASSIGN(Bytes digest, h.finish());
-  return to_hex(digest);
+  ::closedir(d);
 }
 
 // Copies src to a new file dst and syncs it; the kernel moves the bytes (copy_file_range).
@@ -94,7 +109,7 @@ std::string compact_time(const std::string& utc) {
 }  // namespace
 
 json::Json SpoolEntry::to_json() const {
-  json::Json j = {{"name", name}, {"bundle_id", bundle_id}, {"file_sha256", file_sha256}, {"file_size", file_size},
+  json::Json j = {{"name", name}, {"bundle_id", bundle_id}, {"bundle_digest", bundle_digest}, {"file_size", file_size},
                   {"chunk_size", chunk_size}, {"added_utc", added_utc}, {"attempts", attempts},
                   {"last_attempt_utc", last_attempt_utc}, {"last_error", last_error}};
   if (!rejected_reason.empty()) j["rejected_reason"] = rejected_reason;
@@ -104,7 +119,7 @@ json::Json SpoolEntry::to_json() const {
 Result<SpoolEntry> SpoolEntry::from_json(const json::Json& j, const std::string& where) {
   SpoolEntry e;
   MLFX_ASSIGN(e.bundle_id, json::get_string(j, "bundle_id", where));
-  MLFX_ASSIGN(e.file_sha256, json::get_string(j, "file_sha256", where));
+  MLFX_ASSIGN(e.bundle_digest, json::get_string(j, "bundle_digest", where));
   MLFX_ASSIGN(e.file_size, json::get_uint(j, "file_size", where));
   MLFX_ASSIGN(uint64_t chunk, json::get_uint(j, "chunk_size", where));
   e.chunk_size = static_cast<uint32_t>(chunk);
@@ -120,7 +135,10 @@ Result<SpoolEntry> SpoolEntry::from_json(const json::Json& j, const std::string&
 
 Result<Spool> Spool::open(const std::string& dir, std::optional<uint64_t> quota) {
   MLFX_TRY(make_dir(dir));
-  for (const char* sub : kSubdirs) MLFX_TRY(make_dir(dir + "/" + sub));
+  for (const char* sub : kSubdirs) {
+    MLFX_TRY(make_dir(dir + "/" + sub));
+    remove_stale_temporaries(dir + "/" + sub);
+  }
   const std::string config = dir + "/config.json";
   uint64_t q = kDefaultSpoolQuota;
   if (auto text = read_small_file(config, kMaxSidecar)) {
@@ -161,16 +179,10 @@ Result<SpoolEntry> Spool::add_incoming(const std::string& incoming) { return enq
 
 Result<SpoolEntry> Spool::enqueue(const std::string& source, bool move) {
   // Only sound, signed bundles enter the queue; the intake would refuse anything else.
-  MLFX_ASSIGN(bundle::BundleReader reader, bundle::BundleReader::open(source));
-  if (auto st = reader.verify_signature(); !st) return fail(std::move(st).error().context(source));
-  SpoolEntry e;
-  e.bundle_id = reader.manifest().bundle_id_hex();
-  e.file_size = reader.file_size();
-  e.chunk_size = reader.header().chunk_size;
-  MLFX_ASSIGN(e.file_sha256, sha256_of_file(source));
+  MLFX_ASSIGN(SpoolEntry e, describe(source));
   MLFX_ASSIGN(auto queued, queue());
   for (const auto& q : queued)
-    if (q.file_sha256 == e.file_sha256) {
+    if (q.bundle_digest == e.bundle_digest) {
       if (move) ::unlink(source.c_str());
       return q;
     }
@@ -218,13 +230,8 @@ Result<std::vector<SpoolEntry>> Spool::list(const std::string& sub) const {
       if (j) e = SpoolEntry::from_json(*j, sidecar);
     }
     if (!e) {
-      // A crash between the copy and the sidecar, or a damaged sidecar: describe it again.
-      MLFX_ASSIGN(bundle::BundleReader reader, bundle::BundleReader::open(dir + "/" + name));
-      SpoolEntry fresh;
-      fresh.bundle_id = reader.manifest().bundle_id_hex();
-      fresh.file_size = reader.file_size();
-      fresh.chunk_size = reader.header().chunk_size;
-      MLFX_ASSIGN(fresh.file_sha256, sha256_of_file(dir + "/" + name));
+      // A damaged or missing sidecar: describe the bundle again.
+      MLFX_ASSIGN(SpoolEntry fresh, describe(dir + "/" + name));
       fresh.added_utc = utc_timestamp();
       e = fresh;
     }

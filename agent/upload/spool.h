@@ -23,7 +23,7 @@ namespace mlfx::agent {
 struct SpoolEntry {
   std::string name;  // file name in queue/ or rejected/
   std::string path;  // the bundle
-  std::string bundle_id, file_sha256;
+  std::string bundle_id, bundle_digest;
   uint64_t file_size = 0;
   uint32_t chunk_size = 0;
   std::string added_utc;

@@ -170,9 +170,9 @@ class Shipper {
   Status check_receipt(const Link& l, const SpoolEntry& e, const wire::SignedReceipt& r) {
     if (!l.intake_key->verify(wire::receipt_signing_message(r.receipt), r.signature))
       return fail(Errc::kCorrupt, "the intake's receipt signature does not verify");
-    if (r.receipt.file_sha256 != e.file_sha256 || r.receipt.bundle_id != e.bundle_id ||
+    if (r.receipt.bundle_digest != e.bundle_digest || r.receipt.bundle_id != e.bundle_id ||
         r.receipt.file_size != e.file_size)
-      return fail(Errc::kCorrupt, "the receipt is for another file (" + r.receipt.file_sha256 + ")");
+      return fail(Errc::kCorrupt, "the receipt is for another bundle (" + r.receipt.bundle_digest + ")");
     if (r.receipt.device_key_fingerprint != device_fingerprint_)
       return fail(Errc::kCorrupt, "the receipt names another device key");
     if (r.receipt.intake_key_fingerprint != l.intake_key->fingerprint())
@@ -201,7 +201,7 @@ class Shipper {
     };
     auto reader = bundle::BundleReader::open(e.path);
     if (!reader) co_return finish("rejected", "the spooled bundle is damaged: " + reader.error().to_string());
-    wire::Offer offer{e.bundle_id, e.file_size, e.file_sha256, e.chunk_size};
+    wire::Offer offer{e.bundle_id, e.file_size, e.bundle_digest, e.chunk_size};
     const json::Json offer_body = wire::to_json(offer);
     if (auto st = co_await l.channel.write_json(FrameType::kOffer, offer_body); !st)
       co_return refused(st.error(), std::nullopt);

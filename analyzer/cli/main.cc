@@ -279,14 +279,17 @@ int run_info(const InfoArgs& a) {
   auto r = bundle::BundleReader::open(a.file);
   if (!r) return report_error(r.error());
   const bundle::Manifest& m = r->manifest();
+  auto digest = r->digest();
+  if (!digest) return report_error(digest.error());
   if (a.json) {
-    json::Json j = {{"file", a.file}, {"file_size", r->file_size()}, {"manifest", m.to_json()},
-                    {"custody", r->custody().events()}};
+    json::Json j = {{"file", a.file}, {"file_size", r->file_size()}, {"bundle_digest", *digest},
+                    {"manifest", m.to_json()}, {"custody", r->custody().events()}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
   std::printf("bundle      %s (%llu bytes, format %u.%u)\n", m.bundle_id_hex().c_str(),
               static_cast<unsigned long long>(r->file_size()), m.format_major, m.format_minor);
+  std::printf("digest      %s\n", digest->c_str());
   std::printf("case        %s\nnote        %s\n", m.case_id.c_str(), m.note.c_str());
   std::printf("device      %s (host %s) key %s\n", m.device.id.c_str(), m.device.hostname.c_str(),
               m.device.key_fingerprint.c_str());

@@ -31,15 +31,21 @@ Status make_dir(const std::string& path) {
   return {};
 }
 
-size_t count_partials(const std::string& dir) {
-  size_t n = 0;
+std::vector<std::string> list_names(const std::string& dir) {
+  std::vector<std::string> names;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
-      std::string_view name = e->d_name;
-      if (name.size() > 5 && name.substr(name.size() - 5) == ".part") ++n;
+      std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(name);
     }
     ::closedir(d);
   }
+  return names;
+}
+
+size_t count_partials(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& name : list_names(dir)) n += name.size() > 5 && name.substr(name.size() - 5) == ".part";
   return n;
 }
 
@@ -219,9 +225,6 @@ Status PartialUpload::load_metadata(const std::vector<uint64_t>& offsets) {
   std::sort(units_.begin(), units_.end(), [](const UnitState& a, const UnitState& b) { return a.offset < b.offset; });
   for (size_t i = 0; i < units_.size(); ++i) unit_at_[units_[i].offset] = i;
   held_units_ = 0;
-  hashed_units_ = 0;
-  file_hash_.reset();  // a thread reading the file: stopped before a new one starts
-  MLFX_ASSIGN(file_hash_, BackgroundHash::start(file_.fd()));
   return {};
 }
 
@@ -236,6 +239,12 @@ WireResult<void> PartialUpload::check_metadata() {
     return refuse(WireError::kBadBundle, "the bundle is " + m.bundle_id_hex() + ", the offer named " + offer_.bundle_id);
   if (m.chunk_size != offer_.chunk_size)
     return refuse(WireError::kBadBundle, "the offer's chunk size does not match the bundle's");
+  // The digest names the stored file; the chunk records it commits to are checked one by one
+  // as they arrive, so what is stored is exactly what it names.
+  auto digest = metadata_->digest();
+  if (!digest) return refuse(WireError::kStoreFailed, digest.error().to_string());
+  if (*digest != offer_.bundle_digest)
+    return refuse(WireError::kBadBundle, "the bundle's digest is " + *digest + ", not the offered " + offer_.bundle_digest);
   if (auto st = metadata_->verify_signature(); !st)
     return refuse(WireError::kBadBundle, "signature: " + st.error().to_string());
   if (m.device.key_fingerprint != device_fingerprint_)
@@ -279,14 +288,11 @@ Status PartialUpload::rebuild_held() {
   return {};
 }
 
-// Marks a unit held and extends the whole-file hash over the held prefix.
 void PartialUpload::mark_held(size_t index) {
   if (!units_[index].held) {
     units_[index].held = true;
     ++held_units_;
   }
-  for (; hashed_units_ < units_.size() && units_[hashed_units_].held; ++hashed_units_)
-    file_hash_->add(units_[hashed_units_].offset, units_[hashed_units_].size);
 }
 
 // ---- EvidenceStore ----
@@ -296,21 +302,46 @@ Result<std::unique_ptr<EvidenceStore>> EvidenceStore::open(const std::string& di
   MLFX_TRY(make_dir(dir));
   MLFX_TRY(make_dir(dir + "/objects"));
   MLFX_TRY(make_dir(dir + "/partial"));
-  return std::unique_ptr<EvidenceStore>(new EvidenceStore(dir, std::move(intake_key), std::move(intake), limits));
+  // One intake per store: two would hand out the same upload twice.
+  auto lock = DirLock::try_acquire(dir);
+  if (!lock)
+    return fail(lock.error().code() == Errc::kExists
+                    ? Error(Errc::kExists, "another mlfx serve uses the store " + dir)
+                    : std::move(lock).error());
+  std::unique_ptr<EvidenceStore> store(new EvidenceStore(dir, std::move(intake_key), std::move(intake), limits,
+                                                         std::move(*lock)));
+  store->tidy();
+  return store;
 }
 
-std::string EvidenceStore::object_path(const std::string& sha, const char* suffix) const {
-  return dir_ + "/objects/" + sha + suffix;
+// What an intake killed at a bad moment leaves: temporary files of atomic writes, and a
+// partial upload whose bundle was stored just before the kill.
+void EvidenceStore::tidy() {
+  for (const auto& name : list_names(dir_ + "/objects"))
+    if (name.rfind(".", 0) == 0 && name.find(".tmp.") != std::string::npos) ::unlink((dir_ + "/objects/" + name).c_str());
+  for (const auto& device : list_names(dir_ + "/partial")) {
+    const std::string d = dir_ + "/partial/" + device;
+    for (const auto& name : list_names(d)) {
+      const size_t dash = name.find('-');
+      const size_t dot = name.find('.');
+      if (dash == std::string::npos || dot == std::string::npos || dot < dash) continue;
+      if (find(name.substr(dash + 1, dot - dash - 1))) ::unlink((d + "/" + name).c_str());
+    }
+  }
 }
 
-std::optional<wire::SignedReceipt> EvidenceStore::find(const std::string& file_sha256) const {
-  auto text = read_small_file(object_path(file_sha256, ".receipt.json"), wire::kMaxControlBody);
+std::string EvidenceStore::object_path(const std::string& digest, const char* suffix) const {
+  return dir_ + "/objects/" + digest + suffix;
+}
+
+std::optional<wire::SignedReceipt> EvidenceStore::find(const std::string& bundle_digest) const {
+  auto text = read_small_file(object_path(bundle_digest, ".receipt.json"), wire::kMaxControlBody);
   if (!text) return std::nullopt;
   auto receipt = wire::parse_receipt(as_bytes(*text));
-  if (!receipt || receipt->receipt.file_sha256 != file_sha256) return std::nullopt;
+  if (!receipt || receipt->receipt.bundle_digest != bundle_digest) return std::nullopt;
   if (!intake_key().verify(wire::receipt_signing_message(receipt->receipt), receipt->signature)) return std::nullopt;
   struct stat st;
-  if (::stat(object_path(file_sha256, ".mlfx").c_str(), &st) != 0) return std::nullopt;
+  if (::stat(object_path(bundle_digest, ".mlfx").c_str(), &st) != 0) return std::nullopt;
   return std::move(*receipt);
 }
 
@@ -340,7 +371,7 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
                                                   " bytes; this intake takes at most " +
                                                   std::to_string(limits_.max_bundle));
   const std::string key = dir_ + "/partial/" + fingerprint_hex(who.key_fingerprint) + "/" + offer.bundle_id +
-                          "-" + offer.file_sha256;
+                          "-" + offer.bundle_digest;
   std::shared_ptr<PartialUpload> upload;
   {
     std::lock_guard lock(mu_);
@@ -437,21 +468,14 @@ void EvidenceStore::discard(Claim& claim) {
 WireResult<wire::SignedReceipt> EvidenceStore::commit(Claim& claim, const Uploader& who,
                                                       const std::string& started_utc) {
   PartialUpload& p = *claim;
-  const std::string& sha = p.offer_.file_sha256;
-  auto digest = p.file_hash_->finish();
-  if (!digest) return refuse(WireError::kStoreFailed, digest.error().to_string());
-  if (*digest != sha) {
-    discard(claim);
-    return refuse(WireError::kBadBundle, "the file's SHA-256 is " + *digest + ", not the offered " + sha);
-  }
+  const std::string& digest = p.offer_.bundle_digest;  // checked against the metadata on arrival
   std::vector<std::string> created;
   auto undo = [&](const Error& e) {
     for (const auto& path : created) ::unlink(path.c_str());
     return refuse(WireError::kStoreFailed, "could not store the bundle durably: " + e.to_string() + "; retry later");
   };
   if (auto st = p.file_.sync(); !st) return undo(st.error());
-  if (::fchmod(p.file_.fd(), 0440) != 0) return undo(Error(Errc::kIo, "cannot chmod " + p.file_.path()));
-  const std::string object = object_path(sha, ".mlfx");
+  const std::string object = object_path(digest, ".mlfx");
   if (::link(p.file_.path().c_str(), object.c_str()) == 0) {
     created.push_back(object);
   } else if (errno != EEXIST) {  // EEXIST: stored by an earlier attempt that died before its receipt
@@ -460,6 +484,9 @@ WireResult<wire::SignedReceipt> EvidenceStore::commit(Claim& claim, const Upload
   if (auto st = fsync_dir(dir_ + "/objects"); !st) return undo(st.error());
   wire::SignedReceipt receipt;
   if (auto st = write_custody_and_receipt(p, who, started_utc, &receipt, &created); !st) return undo(st.error());
+  // Read-only from now on (the same inode as the partial, which an earlier attempt may have
+  // left writable for its retry).
+  (void)::fchmod(p.file_.fd(), 0440);
   ::unlink((p.key_ + ".part").c_str());
   ::unlink((p.key_ + ".meta.json").c_str());
   std::lock_guard lock(mu_);
@@ -471,25 +498,25 @@ Status EvidenceStore::write_custody_and_receipt(PartialUpload& p, const Uploader
                                                 wire::SignedReceipt* out, std::vector<std::string>* created) {
   const wire::Offer& offer = p.offer_;
   const std::string received = utc_timestamp();
-  const std::string stored_as = "objects/" + offer.file_sha256 + ".mlfx";
+  const std::string stored_as = "objects/" + offer.bundle_digest + ".mlfx";
   custody::CustodyLog log = p.metadata_->custody();
   json::Json details = {{"device_id", who.device_id},
                         {"device_key_fingerprint", who.key_fingerprint},
                         {"certificate_serial", who.certificate_serial},
                         {"peer", who.address},
                         {"bundle_id", offer.bundle_id},
-                        {"file_sha256", offer.file_sha256},
+                        {"bundle_digest", offer.bundle_digest},
                         {"file_size", offer.file_size},
                         {"upload_started_utc", started_utc},
                         {"stored_as", stored_as}};
   MLFX_TRY(log.append("received", actor_, key_, json::Json::object(), details));
-  const std::string custody_path = object_path(offer.file_sha256, ".custody.jsonl");
+  const std::string custody_path = object_path(offer.bundle_digest, ".custody.jsonl");
   created->push_back(custody_path);
   MLFX_TRY(replace_file(custody_path, log.serialize(), 0440));
 
   wire::Receipt& r = out->receipt;
   r.bundle_id = offer.bundle_id;
-  r.file_sha256 = offer.file_sha256;
+  r.bundle_digest = offer.bundle_digest;
   r.file_size = offer.file_size;
   r.device_key_fingerprint = who.key_fingerprint;
   r.stored_as = stored_as;
@@ -497,7 +524,7 @@ Status EvidenceStore::write_custody_and_receipt(PartialUpload& p, const Uploader
   r.custody_event_sha256 = custody::event_hash(log.events().back());
   r.intake_key_fingerprint = intake_key().fingerprint();
   MLFX_ASSIGN(out->signature, key_.sign(wire::receipt_signing_message(r)));
-  const std::string receipt_path = object_path(offer.file_sha256, ".receipt.json");
+  const std::string receipt_path = object_path(offer.bundle_digest, ".receipt.json");
   created->push_back(receipt_path);
   return replace_file(receipt_path, json::canonical(wire::to_json(*out)), 0440);
 }

@@ -3,10 +3,11 @@
 // content-addressed objects with the custody log extended by a signed 'received' event and
 // the signed receipt. Thread-safe: many connections share one store.
 //
-//   DIR/objects/<sha256>.mlfx            the bundle, byte for byte, mode 0440, never replaced
-//   DIR/objects/<sha256>.custody.jsonl   its custody log + 'received' (the bundle is not touched)
-//   DIR/objects/<sha256>.receipt.json    the signed receipt; written last, so it marks "stored"
-//   DIR/partial/<device>/<bundle>-<sha256>.part / .meta.json   uploads in progress
+//   DIR/objects/<digest>.mlfx            the bundle, byte for byte, mode 0440, never replaced
+//   DIR/objects/<digest>.custody.jsonl   its custody log + 'received' (the bundle is not touched)
+//   DIR/objects/<digest>.receipt.json    the signed receipt; written last, so it marks "stored"
+//   DIR/partial/<device>/<bundle>-<digest>.part / .meta.json   uploads in progress
+// <digest> is the bundle digest (bundle-format.md §18), which names the whole file.
 #pragma once
 
 #include <condition_variable>
@@ -18,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "intake/background_hash.h"
+#include "mlfx/base/file.h"
 #include "mlfx/bundle/reader.h"
 #include "mlfx/crypto/hash.h"
 #include "mlfx/custody/custody_log.h"
@@ -94,9 +95,6 @@ class PartialUpload {
   std::vector<UnitState> units_;  // every unit in file order, once the metadata is checked
   std::map<uint64_t, size_t> unit_at_;
   size_t held_units_ = 0;
-  // SHA-256 of the whole file, in file order, as far as the held units reach.
-  std::unique_ptr<BackgroundHash> file_hash_;
-  size_t hashed_units_ = 0;
   uint64_t accepted_bytes_ = 0;
   bool claimed_ = false;
 
@@ -116,7 +114,8 @@ class PartialUpload {
 
 class EvidenceStore {
  public:
-  // Creates DIR/objects and DIR/partial when missing.
+  // Creates DIR/objects and DIR/partial when missing, and holds DIR locked (one intake per
+  // store); tidies what a killed intake left.
   static Result<std::unique_ptr<EvidenceStore>> open(const std::string& dir, crypto::SigningKey intake_key,
                                                      custody::Actor intake, StoreLimits limits);
   const std::string& dir() const { return dir_; }
@@ -124,7 +123,7 @@ class EvidenceStore {
   const StoreLimits& limits() const { return limits_; }
 
   // The signed receipt of a stored bundle, if it is stored.
-  std::optional<wire::SignedReceipt> find(const std::string& file_sha256) const;
+  std::optional<wire::SignedReceipt> find(const std::string& bundle_digest) const;
 
   // A connection's hold on one upload; released when destroyed.
   class Claim {
@@ -154,8 +153,9 @@ class EvidenceStore {
   void discard(Claim& claim);
 
  private:
-  EvidenceStore(std::string dir, crypto::SigningKey key, custody::Actor actor, StoreLimits limits)
-      : dir_(std::move(dir)), key_(std::move(key)), actor_(std::move(actor)), limits_(limits) {}
+  EvidenceStore(std::string dir, crypto::SigningKey key, custody::Actor actor, StoreLimits limits, DirLock lock)
+      : dir_(std::move(dir)), key_(std::move(key)), actor_(std::move(actor)), limits_(limits), lock_(std::move(lock)) {}
+  void tidy();
   std::string object_path(const std::string& sha, const char* suffix) const;
   Status open_partial(const Uploader& who, const wire::Offer& offer, const std::string& key,
                       PartialUpload& upload);
@@ -166,6 +166,7 @@ class EvidenceStore {
   crypto::SigningKey key_;
   custody::Actor actor_;
   StoreLimits limits_;
+  DirLock lock_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // by key, across connections
 };

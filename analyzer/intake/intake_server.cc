@@ -164,7 +164,7 @@ struct IntakeServer::Impl {
     for (const UploadLog& u : session.uploads())
       log({{"event", "upload"}, {"peer", peer}, {"device_id", who.device_id},
            {"device_key_fingerprint", who.key_fingerprint}, {"bundle_id", u.bundle_id},
-           {"file_sha256", u.file_sha256}, {"file_size", u.file_size},
+           {"bundle_digest", u.bundle_digest}, {"file_size", u.file_size},
            {"received_bytes", u.received_bytes}, {"result", u.result}, {"commit_ms", u.commit_ms}});
     log({{"event", "disconnected"}, {"peer", peer}, {"device_id", who.device_id}, {"end", end},
          {"bytes_in", channel.bytes_read()}, {"bytes_out", channel.bytes_written()}});

@@ -91,8 +91,8 @@ SessionReply IntakeSession::on_offer(ByteView body) {
                                                    " bytes do not fit this intake's record limit"});
   if (offer->file_size < bundle::kFileHeaderSize + 4 * bundle::kRecordHeaderSize)
     return refuse({WireError::kBadBundle, "a bundle of " + std::to_string(offer->file_size) + " bytes is impossible"});
-  current_ = UploadLog{offer->bundle_id, offer->file_sha256, "", offer->file_size, 0};
-  if (auto stored = store_.find(offer->file_sha256)) {
+  current_ = UploadLog{offer->bundle_id, offer->bundle_digest, "", offer->file_size, 0};
+  if (auto stored = store_.find(offer->bundle_digest)) {
     if (stored->receipt.device_key_fingerprint != who_.key_fingerprint)
       return refuse({WireError::kWrongDevice, "this bundle was uploaded by another device"});
     finish_upload("duplicate");

@@ -18,7 +18,7 @@ struct SessionReply {
 
 // What a connection did, for the server's log.
 struct UploadLog {
-  std::string bundle_id, file_sha256, result;  // result: "stored", "duplicate", "partial", an error code
+  std::string bundle_id, bundle_digest, result;  // result: "stored", "duplicate", "partial", an error code
   uint64_t file_size = 0, received_bytes = 0;
   double commit_ms = 0;  // fsync, link, custody and receipt
 };

@@ -194,12 +194,14 @@ class IntakeLab {
 
   // Stored objects: <sha>.mlfx and their sidecars.
   std::vector<std::string> objects() const { return list_dir(store() + "/objects"); }
-  static std::string sha256_of(const std::string& path) {
-    auto r = run("sha256sum " + path);
-    return r.output.substr(0, 64);
+  // The bundle digest (bundle-format.md §18) that names a bundle in spools and the store.
+  static std::string digest_of(const std::string& path) {
+    auto r = mlfx("bundle info --json " + path);
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    return j.is_object() ? j.value("bundle_digest", "") : "";
   }
   std::string object_path(const std::string& bundle) const {
-    return store() + "/objects/" + sha256_of(bundle) + ".mlfx";
+    return store() + "/objects/" + digest_of(bundle) + ".mlfx";
   }
   nlohmann::json status(const Device& d) const {
     auto r = agent("status --spool " + spool(d) + " --json");

@@ -148,7 +148,8 @@ head -c $((64 << 20)) /dev/urandom > "$W/data.bin" || fail_setup "random data"
   -q --chunk-size 1048576 >> "$W/setup.log" 2>&1 || fail_setup "bundle seal"
 rm -f "$W/data.bin"
 file_size=$(stat -c %s "$W/b.mlfx")
-file_sha=$(sha256sum "$W/b.mlfx" | cut -d' ' -f1)
+# The bundle digest names it in the store (bundle-format.md §18).
+file_sha=$("$MLFX" bundle info --json "$W/b.mlfx" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bundle_digest"])')
 unit_max=$((1048576 + 48))  # one chunk record: 32-byte header, 1 MiB, 16-byte tag
 # Framing the server reads besides the units: 16 bytes per RECORD frame (8-byte frame header,
 # 8-byte offset), and HELLO/OFFER per connection (allowed 4 KiB each).
@@ -205,7 +206,7 @@ run_variant() {
   local problems=()
   problem() { problems+=("$*"); }
   t0=$(now)
-  note "variant '$variant' (${2}); bundle $file_size bytes, sha256 $file_sha"
+  note "variant '$variant' (${2}); bundle $file_size bytes, digest $file_sha"
 
   ip netns exec "$ns_srv" "$MLFX" serve --listen "$srv_ip:$port" --store "$V/store" --ca-dir "$W/ca" \
     --cert "$W/intake.pem" --key "$W/intake.key" --idle-timeout "$idle_timeout" 2> "$V/serve.log" &

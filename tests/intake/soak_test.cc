@@ -236,20 +236,9 @@ class FaultProxy {
 
 struct Shipped {
   size_t device = 0;
-  std::string path, sha256;
+  std::string path, digest;  // the bundle digest that names it in the store
 };
 
-std::map<std::string, std::string> sha256_of_files(const std::vector<std::string>& paths) {
-  std::map<std::string, std::string> out;
-  for (size_t i = 0; i < paths.size(); i += 40) {
-    std::string cmd = "sha256sum";
-    for (size_t j = i; j < std::min(paths.size(), i + 40); ++j) cmd += " " + paths[j];
-    std::istringstream in(run(cmd).output);
-    for (std::string line; std::getline(in, line);)
-      if (line.size() > 66) out[line.substr(66)] = line.substr(0, 64);
-  }
-  return out;
-}
 
 // A temporary file of replace_file() (".NAME.tmp.XXXXXX"), left when a process is killed while
 // it writes one: debris, not evidence; what it was being written for is written again.
@@ -288,14 +277,11 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
     ASSERT_FALSE(HasFatalFailure());
   }
   {
-    std::vector<std::string> paths;
-    for (const auto& b : bundles) paths.push_back(b.path);
-    auto sums = sha256_of_files(paths);
     std::set<std::string> distinct;
     for (auto& b : bundles) {
-      b.sha256 = sums[b.path];
-      ASSERT_EQ(b.sha256.size(), 64u) << b.path;
-      distinct.insert(b.sha256);
+      b.digest = IntakeLab::digest_of(b.path);
+      ASSERT_EQ(b.digest.size(), 64u) << b.path;
+      distinct.insert(b.digest);
     }
     ASSERT_EQ(distinct.size(), kBundles) << "the bundles are distinct";
   }
@@ -469,7 +455,7 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
     EXPECT_TRUE(st["rejected"].empty()) << st.dump(2);
     std::set<std::string> expected, receipted;
     for (const auto& b : bundles)
-      if (b.device == i) expected.insert(b.sha256);
+      if (b.device == i) expected.insert(b.digest);
     std::vector<std::string> names;
     for (const auto& name : list_dir(lab.spool(d) + "/receipts")) {
       if (is_debris(name)) {
@@ -480,7 +466,7 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
       names.push_back(name);
       const json r = json::parse(read_file(lab.spool(d) + "/receipts/" + name), nullptr, false);
       ASSERT_FALSE(r.is_discarded()) << name;
-      receipted.insert(r["receipt"]["file_sha256"].get<std::string>());
+      receipted.insert(r["receipt"]["bundle_digest"].get<std::string>());
     }
     EXPECT_EQ(names.size(), expected.size()) << d.id << ": one receipt per bundle";
     EXPECT_EQ(receipted, expected) << d.id << ": a receipt for every bundle";
@@ -489,12 +475,12 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
   // ---- Zero corrupted ----
   size_t checked = 0;
   for (const auto& b : bundles) {
-    const std::string stem = lab.store() + "/objects/" + b.sha256;
+    const std::string stem = lab.store() + "/objects/" + b.digest;
     ASSERT_TRUE(fs::exists(stem + ".mlfx")) << "lost: " << b.path;
     EXPECT_TRUE(read_file(stem + ".mlfx") == read_file(b.path)) << "corrupted: " << stem << ".mlfx";
     const json receipt = json::parse(read_file(stem + ".receipt.json"), nullptr, false);
     ASSERT_FALSE(receipt.is_discarded()) << stem << ".receipt.json";
-    EXPECT_EQ(receipt["receipt"]["file_sha256"], b.sha256);
+    EXPECT_EQ(receipt["receipt"]["bundle_digest"], b.digest);
     std::istringstream custody(read_file(stem + ".custody.jsonl"));
     std::vector<json> events;
     for (std::string line; std::getline(custody, line);) events.push_back(json::parse(line, nullptr, false));
@@ -514,7 +500,7 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
     }
     ++objects;
     const std::string sha = name.substr(0, name.find('.'));
-    EXPECT_TRUE(std::any_of(bundles.begin(), bundles.end(), [&](const Shipped& b) { return b.sha256 == sha; }))
+    EXPECT_TRUE(std::any_of(bundles.begin(), bundles.end(), [&](const Shipped& b) { return b.digest == sha; }))
         << "objects/" << name << " is none of the bundles";
   }
   EXPECT_EQ(objects, 3 * kBundles) << "each object, its custody log and receipt; nothing else";

@@ -30,7 +30,7 @@ TEST_F(SpoolTest, QueuesOnlySoundBundlesOnceAndOldestFirst) {
   auto again = spool->add(a);
   ASSERT_TRUE(again);
   EXPECT_EQ(again->name, ea->name) << "the same bundle is queued once";
-  EXPECT_EQ(ea->file_sha256, IntakeLab::sha256_of(a));
+  EXPECT_EQ(ea->bundle_digest, IntakeLab::digest_of(a));
   EXPECT_EQ(read_file(ea->path), read_file(a)) << "a copy; the source stays";
   EXPECT_TRUE(fs::exists(a));
   auto q = spool->queue();
@@ -87,7 +87,7 @@ TEST_F(SpoolTest, ReceiptRemovesTheBundleRefusalMovesItAside) {
   EXPECT_EQ((*q)[0].attempts, 1u);
   EXPECT_EQ((*q)[0].last_error, "connection refused");
   wire::SignedReceipt receipt;
-  receipt.receipt.file_sha256 = a->file_sha256;
+  receipt.receipt.bundle_digest = a->bundle_digest;
   receipt.signature = Bytes(64, 1);
   ASSERT_TRUE(spool->complete(*a, receipt));
   EXPECT_FALSE(fs::exists(a->path));

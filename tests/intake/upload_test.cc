@@ -39,7 +39,7 @@ class UploadTest : public ::testing::Test {
     EXPECT_EQ(events[2]["actor"]["role"], "intake");
     EXPECT_EQ(events[2]["details"]["device_id"], d.id);
     const json receipt = json::parse(read_file(stem + ".receipt.json"));
-    EXPECT_EQ(receipt["receipt"]["file_sha256"], IntakeLab::sha256_of(bundle));
+    EXPECT_EQ(receipt["receipt"]["bundle_digest"], IntakeLab::digest_of(bundle));
     bool in_spool = false;
     for (const auto& name : list_dir(lab_.spool(d) + "/receipts"))
       in_spool |= json::parse(read_file(lab_.spool(d) + "/receipts/" + name)) == receipt;
@@ -57,7 +57,7 @@ class UploadTest : public ::testing::Test {
   uint64_t received_bytes(const std::string& bundle_sha) {
     uint64_t total = 0;
     for (const auto& e : lab_.events("upload"))
-      if (e["file_sha256"] == bundle_sha) total += e["received_bytes"].get<uint64_t>();
+      if (e["bundle_digest"] == bundle_sha) total += e["received_bytes"].get<uint64_t>();
     return total;
   }
 
@@ -83,12 +83,12 @@ TEST_F(UploadTest, DuplicateUploadSendsNothingAndGetsTheSameReceipt) {
   const std::string bundle = lab_.seal(car_, 1 << 20, 65536, 2);
   lab_.queue(car_, bundle);
   ASSERT_EQ(lab_.ship(car_).exit_code, 0);
-  const std::string receipt = read_file(lab_.store() + "/objects/" + IntakeLab::sha256_of(bundle) + ".receipt.json");
+  const std::string receipt = read_file(lab_.store() + "/objects/" + IntakeLab::digest_of(bundle) + ".receipt.json");
   lab_.queue(car_, bundle);  // the operator queues it again
   json out = only_outcome(lab_.ship(car_), 0);
   EXPECT_EQ(out["result"], "duplicate");
   EXPECT_EQ(out["sent_bytes"], 0);
-  EXPECT_EQ(read_file(lab_.store() + "/objects/" + IntakeLab::sha256_of(bundle) + ".receipt.json"), receipt);
+  EXPECT_EQ(read_file(lab_.store() + "/objects/" + IntakeLab::digest_of(bundle) + ".receipt.json"), receipt);
   EXPECT_EQ(lab_.objects().size(), 3u) << "one object, its custody log and receipt";
   EXPECT_EQ(lab_.status(car_)["receipts"], 2);
 }
@@ -111,7 +111,7 @@ TEST_F(UploadTest, ResumesAfterTheAgentIsKilledAtRandomPoints) {
   // metadata was complete (the intake checks the metadata as one).
   const uint64_t size = fs::file_size(bundle);
   const uint64_t metadata = 64 + 32 + (24 << 20) / chunk * 48 + 64 * 1024;  // generous for MNFT/CUST
-  const uint64_t resent = received_bytes(IntakeLab::sha256_of(bundle)) - size;
+  const uint64_t resent = received_bytes(IntakeLab::digest_of(bundle)) - size;
   EXPECT_LE(resent, kills * (chunk + kUnitOverhead + metadata)) << read_file(lab_.log_path());
 }
 

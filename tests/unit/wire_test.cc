@@ -60,7 +60,7 @@ TEST(WireMessages, RoundTrips) {
   auto o2 = parse_offer(as_bytes(json::canonical(to_json(o))));
   ASSERT_TRUE(o2) << o2.error().to_string();
   EXPECT_EQ(o2->file_size, 917987328u);
-  EXPECT_EQ(o2->file_sha256, o.file_sha256);
+  EXPECT_EQ(o2->bundle_digest, o.bundle_digest);
 
   UploadStatus s;
   s.state = UploadState::kPartial;
@@ -118,7 +118,7 @@ TEST(WireMessages, StrictParsing) {
   EXPECT_FALSE(parse_hello(as_bytes(R"([1,2])")));
   EXPECT_FALSE(parse_hello(as_bytes("not json")));
   EXPECT_TRUE(parse_hello(as_bytes(R"({"protocol":"mlfx-intake","versions":[1,2],"agent":"a","new":true})")));
-  EXPECT_FALSE(parse_offer(as_bytes(R"({"bundle_id":"xyz","file_size":1,"file_sha256":"00","chunk_size":1})")));
+  EXPECT_FALSE(parse_offer(as_bytes(R"({"bundle_id":"xyz","file_size":1,"bundle_digest":"00","chunk_size":1})")));
   EXPECT_FALSE(parse_welcome(as_bytes(
       R"({"version":1,"device_id":"d","key_fingerprint":"k","max_record":4294967296,"max_bundle":1,"intake_key_fingerprint":"i"})")));
   // STATUS ranges must be canonical, and a receipt comes exactly with "stored".

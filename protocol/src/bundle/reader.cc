@@ -310,6 +310,18 @@ Status BundleReader::cross_check() {
   return {};
 }
 
+Result<std::string> BundleReader::digest() const {
+  MLFX_ASSIGN(crypto::Hasher h, crypto::Hasher::create(crypto::HashAlg::kSha256));
+  Bytes buf;
+  for (const Unit& u : units_) {
+    buf.resize(u.size);
+    MLFX_TRY(file_.pread_exact(u.offset, buf.data(), buf.size()));
+    h.update(buf);
+  }
+  MLFX_ASSIGN(Bytes d, h.finish());
+  return to_hex(d);
+}
+
 Status BundleReader::verify_signature() const {
   auto key = crypto::VerifyKey::from_raw(manifest_.device.public_key);
   if (!key) return fail(corrupt("manifest: device public key is invalid"));

@@ -67,7 +67,7 @@ Result<SignedReceipt> receipt_from_json(const json::Json& j, const std::string& 
   const std::string in = where + ".receipt";
   SignedReceipt s;
   MLFX_ASSIGN(s.receipt.bundle_id, get_hex_text(*r, "bundle_id", 16, in));
-  MLFX_ASSIGN(s.receipt.file_sha256, get_hex_text(*r, "file_sha256", 32, in));
+  MLFX_ASSIGN(s.receipt.bundle_digest, get_hex_text(*r, "bundle_digest", 32, in));
   MLFX_ASSIGN(s.receipt.file_size, json::get_uint(*r, "file_size", in));
   MLFX_ASSIGN(s.receipt.device_key_fingerprint, json::get_string(*r, "device_key_fingerprint", in));
   MLFX_ASSIGN(s.receipt.stored_as, json::get_string(*r, "stored_as", in));
@@ -154,7 +154,7 @@ json::Json to_json(const Welcome& m) {
 }
 
 json::Json to_json(const Offer& m) {
-  return {{"bundle_id", m.bundle_id}, {"file_size", m.file_size}, {"file_sha256", m.file_sha256},
+  return {{"bundle_id", m.bundle_id}, {"file_size", m.file_size}, {"bundle_digest", m.bundle_digest},
           {"chunk_size", m.chunk_size}};
 }
 
@@ -168,7 +168,7 @@ json::Json to_json(const UploadStatus& m) {
 
 json::Json to_json(const Receipt& m) {
   return {{"bundle_id", m.bundle_id},
-          {"file_sha256", m.file_sha256},
+          {"bundle_digest", m.bundle_digest},
           {"file_size", m.file_size},
           {"device_key_fingerprint", m.device_key_fingerprint},
           {"stored_as", m.stored_as},
@@ -222,7 +222,7 @@ Result<Offer> parse_offer(ByteView body) {
   Offer o;
   MLFX_ASSIGN(o.bundle_id, get_hex_text(j, "bundle_id", 16, where));
   MLFX_ASSIGN(o.file_size, json::get_uint(j, "file_size", where));
-  MLFX_ASSIGN(o.file_sha256, get_hex_text(j, "file_sha256", 32, where));
+  MLFX_ASSIGN(o.bundle_digest, get_hex_text(j, "bundle_digest", 32, where));
   MLFX_ASSIGN(o.chunk_size, get_u32(j, "chunk_size", where));
   return o;
 }

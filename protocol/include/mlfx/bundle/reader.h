@@ -46,6 +46,10 @@ class BundleReader {
   uint64_t file_size() const { return file_size_; }
   // The file header and every record that is not a CHNK, in file order.
   const std::vector<Unit>& metadata_units() const { return units_; }
+  // The bundle digest (bundle-format.md §18): hex SHA-256 of the metadata units in file order.
+  // Through the chunk tables' record hashes it commits to every byte of the file, yet needs
+  // only the metadata: the name of a bundle in the spool and in the intake's store.
+  Result<std::string> digest() const;
   const std::string& path() const { return file_.path(); }
 
   // The manifest's signature by the device key it names. Trust in that key is separate.

@@ -72,7 +72,7 @@ struct Welcome {
 struct Offer {
   std::string bundle_id;    // 32 hex digits
   uint64_t file_size = 0;
-  std::string file_sha256;  // 64 hex digits
+  std::string bundle_digest;  // 64 hex digits
   uint32_t chunk_size = 0;
 };
 struct ByteRange {
@@ -80,7 +80,7 @@ struct ByteRange {
   bool operator==(const ByteRange&) const = default;
 };
 struct Receipt {
-  std::string bundle_id, file_sha256, device_key_fingerprint, stored_as, received_utc,
+  std::string bundle_id, bundle_digest, device_key_fingerprint, stored_as, received_utc,
       custody_event_sha256, intake_key_fingerprint;
   uint64_t file_size = 0;
 };
