@@ -60,7 +60,7 @@ RawBundle cut(const std::string& path) {
   b.offer.bundle_id = to_hex(ByteView(p + 16, 16));
   b.offer.chunk_size = load_le<uint32_t>(p + 32);
   b.offer.file_size = b.bytes.size();
-  b.offer.file_sha256 = IntakeLab::sha256_of(path);
+  b.offer.bundle_digest = IntakeLab::digest_of(path);
   return b;
 }
 
@@ -420,7 +420,7 @@ class MalformedTest : public RefusalTest {
     EXPECT_EQ(read_file(lab_.object_path(background_bundle_)), read_file(background_bundle_));
     bool one_connection = false;
     for (const auto& e : lab_.events("upload"))
-      one_connection |= e["file_sha256"] == IntakeLab::sha256_of(background_bundle_) && e["result"] == "stored" &&
+      one_connection |= e["bundle_digest"] == IntakeLab::digest_of(background_bundle_) && e["result"] == "stored" &&
                         e["received_bytes"] == fs::file_size(background_bundle_);
     EXPECT_TRUE(one_connection) << "stored in one go, never cut: " << read_file(lab_.log_path());
   }
@@ -499,7 +499,7 @@ TEST_F(MalformedTest, EachBadConnectionGetsItsErrorAndTheOthersGoOn) {
     c->expect_refused("bad_frame");
     c = raw(van);
     c->send_json(FrameType::kOffer,
-                 ::mlfx::json::Json{{"bundle_id", "zz"}, {"file_size", -1}, {"file_sha256", 7}, {"chunk_size", 1}});
+                 ::mlfx::json::Json{{"bundle_id", "zz"}, {"file_size", -1}, {"bundle_digest", 7}, {"chunk_size", 1}});
     c->expect_refused("bad_frame");
   }
   {  // a chunk record whose bytes do not match its signed hash

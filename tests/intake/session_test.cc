@@ -57,7 +57,9 @@ TestBundle make_bundle(const testing::TempDir& dir, const testing::TestKeys& key
   std::sort(b.chunks.begin(), b.chunks.end(), [](const Unit& x, const Unit& y) { return x.offset < y.offset; });
   b.offer.bundle_id = m->bundle_id_hex();
   b.offer.file_size = b.file.size();
-  b.offer.file_sha256 = crypto::sha256_hex(b.file);
+  auto digest = r->digest();
+  EXPECT_TRUE(digest);
+  b.offer.bundle_digest = digest ? *digest : "";
   b.offer.chunk_size = bundle::kMinChunkSize;
   return b;
 }
@@ -170,18 +172,18 @@ class SessionTest : public ::testing::Test {
     wire::SignedReceipt forged = *rc;
     forged.receipt.file_size += 1;
     EXPECT_FALSE(intake_key_.public_key().verify(wire::receipt_signing_message(forged.receipt), forged.signature));
-    EXPECT_EQ(rc->receipt.file_sha256, b.offer.file_sha256);
+    EXPECT_EQ(rc->receipt.bundle_digest, b.offer.bundle_digest);
     EXPECT_EQ(rc->receipt.bundle_id, b.offer.bundle_id);
     EXPECT_EQ(rc->receipt.file_size, b.file.size());
     EXPECT_EQ(rc->receipt.device_key_fingerprint, who_.key_fingerprint);
-    EXPECT_EQ(rc->receipt.stored_as, "objects/" + b.offer.file_sha256 + ".mlfx");
-    const std::string stem = store_->dir() + "/objects/" + b.offer.file_sha256;
+    EXPECT_EQ(rc->receipt.stored_as, "objects/" + b.offer.bundle_digest + ".mlfx");
+    const std::string stem = store_->dir() + "/objects/" + b.offer.bundle_digest;
     EXPECT_TRUE(fs::exists(stem + ".mlfx"));
     EXPECT_EQ(read_file(stem + ".mlfx"), read_file(b.path)) << "stored byte for byte";
     EXPECT_TRUE(fs::exists(stem + ".custody.jsonl"));
     EXPECT_NE(read_file(stem + ".custody.jsonl").find("\"received\""), std::string::npos);
     EXPECT_EQ(read_file(stem + ".receipt.json"), r.frames[0].second);
-    EXPECT_TRUE(store_->find(b.offer.file_sha256));
+    EXPECT_TRUE(store_->find(b.offer.bundle_digest));
     EXPECT_TRUE(partials(who_).empty()) << "no partial upload is left";
     return *rc;
   }
@@ -190,7 +192,7 @@ class SessionTest : public ::testing::Test {
     return store_->dir() + "/partial/" + fingerprint_hex(who.key_fingerprint);
   }
   std::string partial_path(const Uploader& who, const TestBundle& b) const {
-    return partial_dir(who) + "/" + b.offer.bundle_id + "-" + b.offer.file_sha256 + ".part";
+    return partial_dir(who) + "/" + b.offer.bundle_id + "-" + b.offer.bundle_digest + ".part";
   }
   std::vector<std::string> partials(const Uploader& who) const { return testing::list_dir(partial_dir(who)); }
 
@@ -408,14 +410,16 @@ TEST_F(SessionTest, ARecordOffItsUnitIsBadRecord) {
   EXPECT_EQ(r.error(), "bad_record") << describe(r);
 }
 
-TEST_F(SessionTest, AWrongWholeFileHashIsBadBundleAndTheUploadIsDiscarded) {
+// The offer names the bundle by its digest; metadata with another digest is refused before any
+// chunk is taken.
+TEST_F(SessionTest, AWrongDigestIsBadBundleAndTheUploadIsDiscarded) {
   wire::Offer lie = bundle_.offer;
-  lie.file_sha256 = std::string(64, 'a');
+  lie.bundle_digest = std::string(64, 'a');
   auto s = session(who_);
   status_of(offer(*s, lie));
-  send_all(*s, bundle_, bundle_.metadata);
-  Reply r = send_all(*s, bundle_, bundle_.chunks);
+  Reply r = send_all(*s, bundle_, bundle_.metadata);
   EXPECT_EQ(r.error(), "bad_bundle") << describe(r);
+  EXPECT_NE(describe(r).find("digest"), std::string::npos) << describe(r);
   EXPECT_TRUE(partials(who_).empty());
   EXPECT_TRUE(testing::list_dir(store_->dir() + "/objects").empty());
 }

@@ -116,8 +116,9 @@ tl::expected<FrameHeader, ErrorMessage> decode_frame_header(ByteView header, uin
 
 Bytes encode_frame(FrameType type, ByteView body) {
   auto h = encode_frame_header(type, static_cast<uint32_t>(body.size()));
-  Bytes out(h.begin(), h.end());
-  out.insert(out.end(), body.begin(), body.end());
+  Bytes out(h.size() + body.size());
+  std::memcpy(out.data(), h.data(), h.size());
+  if (!body.empty()) std::memcpy(out.data() + h.size(), body.data(), body.size());
   return out;
 }
 
