@@ -77,7 +77,8 @@ void PartialUpload::stop_worker() {
     work_stop_ = true;
   }
   work_cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
+  if (checker_.joinable()) checker_.join();
+  if (writer_.joinable()) writer_.join();
   std::lock_guard lock(work_mu_);
   work_stop_ = false;
 }
@@ -86,12 +87,12 @@ void PartialUpload::release_resources() {
   (void)drain();
   stop_worker();
   std::lock_guard lock(work_mu_);
-  Bytes().swap(spare_);
+  spares_.clear();
 }
 
 bool PartialUpload::complete() {
   std::lock_guard lock(work_mu_);
-  return metadata_ && !job_ && held_units_ == units_.size();
+  return metadata_ && !to_check_ && !to_write_ && held_units_ == units_.size();
 }
 
 std::vector<wire::ByteRange> PartialUpload::held() {
@@ -127,14 +128,20 @@ WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit) {
   bool last = false;
   {
     std::unique_lock lock(work_mu_);
-    work_cv_.wait(lock, [&] { return !job_ || work_error_; });
+    work_cv_.wait(lock, [&] { return !to_check_ || work_error_; });
     if (work_error_) return tl::unexpected(*work_error_);
-    if (units_[index].held) return {};  // sent again after a cut link: already verified and stored
-    if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
-    Job job{index, std::move(spare_)};
+    // Sent again after a cut link: already verified and stored, or about to be.
+    if (units_[index].held || (to_write_ && to_write_->index == index)) return {};
+    if (!checker_.joinable()) checker_ = std::thread([this] { check_chunks(); });
+    if (!writer_.joinable()) writer_ = std::thread([this] { write_chunks(); });
+    Job job{index, {}};
+    if (!spares_.empty()) {
+      job.bytes = std::move(spares_.back());
+      spares_.pop_back();
+    }
     job.bytes.assign(unit.begin(), unit.end());
-    job_ = std::move(job);
-    last = held_units_ + 1 == units_.size();
+    to_check_ = std::move(job);
+    last = held_units_ + (to_write_ ? 1 : 0) + 1 == units_.size();
   }
   work_cv_.notify_all();
   accepted_bytes_ += unit.size();
@@ -144,37 +151,61 @@ WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit) {
 
 WireResult<void> PartialUpload::drain() {
   std::unique_lock lock(work_mu_);
-  work_cv_.wait(lock, [&] { return !job_; });
+  work_cv_.wait(lock, [&] { return !to_check_ && !to_write_; });
   if (work_error_) return tl::unexpected(*work_error_);
   return {};
 }
 
-// The worker: a chunk record is written only when its bytes match the signed chunk table.
-void PartialUpload::work() {
+// The checker: a record goes on to the writer only when its bytes match the signed table.
+void PartialUpload::check_chunks() {
   for (;;) {
-    size_t index;
     ByteView bytes;
+    size_t index;
     {
       std::unique_lock lock(work_mu_);
-      work_cv_.wait(lock, [&] { return work_stop_ || job_; });
-      if (!job_) return;
-      index = job_->index;
-      bytes = job_->bytes;
+      work_cv_.wait(lock, [&] { return work_stop_ || to_check_; });
+      if (!to_check_) return;
+      index = to_check_->index;
+      bytes = to_check_->bytes;
     }
     const UnitState& u = units_[index];
-    std::optional<wire::ErrorMessage> error;
     Bytes digest = crypto::sha256(bytes);
-    if (std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) != 0)
-      error = wire::ErrorMessage{WireError::kBadRecord, "the chunk record" + at(u.offset) +
-                                                            " does not match the SHA-256 in the signed chunk table"};
-    else if (auto st = write_unit(u.offset, bytes); !st)
-      error = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
+    const bool ok = std::memcmp(digest.data(), u.chunk->record_sha256.data(), 32) == 0;
+    {
+      std::unique_lock lock(work_mu_);
+      if (!ok) {
+        work_error_ = wire::ErrorMessage{WireError::kBadRecord, "the chunk record" + at(u.offset) +
+                                                                    " does not match the SHA-256 in the signed chunk table"};
+        spares_.push_back(std::move(to_check_->bytes));
+      } else {
+        work_cv_.wait(lock, [&] { return !to_write_; });
+        to_write_ = std::move(to_check_);
+      }
+      to_check_.reset();
+    }
+    work_cv_.notify_all();
+  }
+}
+
+// The writer: checked records to their offsets in the partial file.
+void PartialUpload::write_chunks() {
+  for (;;) {
+    ByteView bytes;
+    size_t index;
+    {
+      std::unique_lock lock(work_mu_);
+      work_cv_.wait(lock, [&] { return to_write_ || (work_stop_ && !to_check_); });
+      if (!to_write_) return;
+      index = to_write_->index;
+      bytes = to_write_->bytes;
+    }
+    auto st = write_unit(units_[index].offset, bytes);
     {
       std::lock_guard lock(work_mu_);
-      if (error) work_error_ = error;
+      if (!st) work_error_ = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
       else mark_held(index);
-      spare_ = std::move(job_->bytes);
-      job_.reset();
+      if (spares_.size() < 2) spares_.push_back(std::move(to_write_->bytes));
+      to_write_.reset();
     }
     work_cv_.notify_all();
   }
@@ -387,7 +418,7 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
         // A bad record that ended an earlier connection was not written: this connection may
         // send that unit again (§5.3), so the earlier connection's error is not carried over.
         std::unique_lock work(it->second->work_mu_);
-        it->second->work_cv_.wait(work, [&] { return !it->second->job_; });
+        it->second->work_cv_.wait(work, [&] { return !it->second->to_check_ && !it->second->to_write_; });
         it->second->work_error_.reset();
       }
       return Claim(this, it->second);

@@ -58,8 +58,8 @@ class PartialUpload {
   // Checks one unit (wire-protocol.md §5) and writes it at its offset. Units already held are
   // accepted and ignored. bad_record for a unit that is not one of the bundle's; bad_bundle /
   // wrong_device when the metadata fails (the upload is then discarded by the store).
-  // Chunk records are checked and written by a worker thread while the connection reads the
-  // next one; a bad one is reported by the next call. The last one is waited for.
+  // Chunk records are checked and written by two worker threads while the connection reads
+  // the next one; a bad one is reported by a later call. The last one is waited for.
   WireResult<void> accept(uint64_t offset, ByteView unit);
   bool complete();
   const wire::Offer& offer() const { return offer_; }
@@ -81,7 +81,8 @@ class PartialUpload {
   Status write_unit(uint64_t offset, ByteView unit);
   WireResult<void> submit_chunk(size_t index, ByteView unit);
   WireResult<void> drain();
-  void work();
+  void check_chunks();
+  void write_chunks();
   void stop_worker();
   // Between connections: waits for the record in flight, then frees the worker and its buffer.
   void release_resources();
@@ -98,18 +99,20 @@ class PartialUpload {
   uint64_t accepted_bytes_ = 0;
   bool claimed_ = false;
 
-  // The chunk worker: one record in flight, checked and written off the connection's thread.
+  // Chunk records pass two stages off the connection's thread, one record each: a checker
+  // (SHA-256 against the signed table) and a writer (pwrite), so that hashing a record
+  // overlaps writing the one before it. A record is written only after it was checked.
   struct Job {
     size_t index = 0;
     Bytes bytes;
   };
-  std::mutex work_mu_;  // guards the job, the error and the units' held state
+  std::mutex work_mu_;  // guards the jobs, the error and the units' held state
   std::condition_variable work_cv_;
-  std::optional<Job> job_;
-  Bytes spare_;  // the previous job's buffer, reused
+  std::optional<Job> to_check_, to_write_;
+  std::vector<Bytes> spares_;  // buffers of finished jobs, reused
   std::optional<wire::ErrorMessage> work_error_;
   bool work_stop_ = false;
-  std::thread worker_;
+  std::thread checker_, writer_;
 };
 
 class EvidenceStore {
