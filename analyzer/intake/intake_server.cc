@@ -141,6 +141,8 @@ struct IntakeServer::Impl {
           end = "idle timeout";
         } else {
           end = frame.error().to_string();
+          // A header over its limits: the channel has sent the ERROR; let it arrive.
+          if (frame.error().code() == Errc::kBadFormat) co_await linger(stream, deadline);
         }
         break;
       }

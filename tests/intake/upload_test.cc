@@ -93,6 +93,16 @@ TEST_F(UploadTest, DuplicateUploadSendsNothingAndGetsTheSameReceipt) {
   EXPECT_EQ(lab_.status(car_)["receipts"], 2);
 }
 
+// --bandwidth paces the upload: 3 MiB at 1 MiB/s cannot take much less than 3 s.
+TEST_F(UploadTest, BandwidthLimitPacesTheUpload) {
+  const std::string bundle = lab_.seal(car_, 3 << 20, 65536, 10);
+  lab_.queue(car_, bundle);
+  json out = only_outcome(lab_.ship(car_, "--once --bandwidth 1M"), 0);
+  EXPECT_EQ(out["result"], "stored");
+  EXPECT_GE(out.value("seconds", 0.0), 2.5) << out;
+  expect_stored(bundle, car_);
+}
+
 TEST_F(UploadTest, ResumesAfterTheAgentIsKilledAtRandomPoints) {
   const uint32_t chunk = 256 << 10;
   const std::string bundle = lab_.seal(car_, 24 << 20, chunk, 3);

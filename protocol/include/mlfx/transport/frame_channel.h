@@ -37,7 +37,8 @@ class FrameChannel {
   explicit FrameChannel(TlsStream& stream) : stream_(stream) {}
 
   // Reads one frame. A header over its limits is answered with ERROR (bad_frame or
-  // frame_too_large) before any of its body is read, and the read fails.
+  // frame_too_large) before any of its body is read, and the read fails with kBadFormat
+  // (connection failures are kIo).
   asio::awaitable<Result<Frame>> read(uint32_t max_record);
   asio::awaitable<Status> write(wire::FrameType type, ByteView body);
   asio::awaitable<Status> write_json(wire::FrameType type, const json::Json& body);
