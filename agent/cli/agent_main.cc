@@ -268,7 +268,13 @@ int run_ship(const ShipArgs& a) {
     auto left = spool->queue();
     if (!left) return report_error(left.error());
     if (pass.ok) failures = 0;
-    if (!pass.ok && !a.json) std::fprintf(stderr, "mlfx-agent: ship: %s\n", pass.error.c_str());
+    if (!pass.ok) {
+      if (a.json)
+        std::printf("%s\n", json::Json({{"pass", "failed"}, {"error", pass.error}}).dump().c_str());
+      else
+        std::fprintf(stderr, "mlfx-agent: ship: %s\n", pass.error.c_str());
+      std::fflush(stdout);
+    }
     if (a.once || (a.until_empty && left->empty())) {
       if (!left->empty())
         std::fprintf(stderr, "mlfx-agent: ship: %zu bundle(s) still queued; they are retried on the next run\n",

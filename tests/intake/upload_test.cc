@@ -182,6 +182,35 @@ TEST_F(UploadTest, ADeviceCannotUploadAnotherDevicesBundle) {
   expect_stored(bundle, car_);
 }
 
+// Connections over --max-connections are closed at once (and logged); the limit frees up as
+// connections end.
+TEST_F(UploadTest, ConnectionsOverTheLimitAreRefusedAtAccept) {
+  lab_.start_server("--max-connections 1 --handshake-timeout 30");
+  int held = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(lab_.port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(held, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);  // never says hello
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string bundle = lab_.seal(car_, 100000, 4096, 11);
+  lab_.queue(car_, bundle);
+  auto r = lab_.ship(car_, "--once --timeout 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("\"pass\":\"failed\""), std::string::npos) << r.output;
+  json st = lab_.status(car_);
+  ASSERT_EQ(st["queue"].size(), 1u);
+  EXPECT_EQ(st["queue"][0]["attempts"], 1);
+  EXPECT_NE(st["queue"][0]["last_error"].get<std::string>().find("intake"), std::string::npos) << st;
+  bool refused = false;
+  for (const auto& e : lab_.events("refused")) refused |= e.value("reason", "") == "connection limit";
+  EXPECT_TRUE(refused) << read_file(lab_.log_path());
+  close(held);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  only_outcome(lab_.ship(car_), 0);
+  expect_stored(bundle, car_);
+}
+
 // A store on a small tmpfs: a bundle that does not fit is refused before any data moves, a
 // bundle whose custody log and receipt do not fit is not stored at all, and both go through
 // once there is room.
