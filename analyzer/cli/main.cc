@@ -17,6 +17,7 @@
 
 #include "evidence/bundle_check.h"
 #include "intake/intake_server.h"
+#include "cli/investigate_commands.h"
 #include "recovery/recover.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
@@ -559,6 +560,9 @@ int main(int argc, char** argv) {
   serve->add_option("--threads", sv.threads, "worker threads (default: one per core, at least 2)");
   serve->add_option("--port-file", sv.port_file, "write the port listened on to this file (for --listen ADDR:0)");
 
+  cli::Commands investigate;
+  cli::add_investigate_commands(app, investigate);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -581,6 +585,8 @@ int main(int argc, char** argv) {
   if (verify->parsed()) return run_verify(va);
   if (open->parsed()) return run_open(oa);
   if (info->parsed()) return run_info(ia);
+  for (const auto& [command, run] : investigate)
+    if (command->parsed()) return run();
   if (recover->parsed()) {
     ro.show_progress = !recover_quiet && !recover_json;
     return run_recover(ro, recover_json);

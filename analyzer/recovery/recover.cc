@@ -45,18 +45,6 @@ std::string dir_name(size_t index, const std::string& class_name) {
   return std::to_string(index) + "-" + safe.substr(0, 64);
 }
 
-Status make_output_dir(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0750) == 0) return {};
-  if (errno != EEXIST) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
-  struct stat st;
-  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    return fail(Errc::kExists, dir + " exists and is not a directory");
-  std::string probe = dir + "/report.json";
-  if (access(probe.c_str(), F_OK) == 0 || access((dir + "/models").c_str(), F_OK) == 0)
-    return fail(Errc::kExists, "output directory " + dir + " already holds a recovery; choose a new one");
-  return {};
-}
-
 // The evidence behind the process image, kept alive while layers point into it.
 struct Evidence {
   std::optional<evidence::DecryptedStream> decrypted;
@@ -225,7 +213,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
   std::vector<uint64_t> roots = walker.roots();
   timings["module_scan_ms"] = ms_since(t2);
 
-  MLFX_TRY(make_output_dir(o.out_dir));
+  MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "models"}));
   const std::string models_dir = o.out_dir + "/models";
   if (!roots.empty() && mkdir(models_dir.c_str(), 0750) != 0)
     return fail(Errc::kIo, "cannot create " + models_dir + ": " + errno_text(errno));
@@ -237,10 +225,10 @@ Result<json::Json> recover(const RecoverOptions& o) {
   for (size_t n = 0; n < roots.size(); ++n) {
     const auto* m = walker.module(roots[n]);
     json::Json model = {{"index", n}, {"class", m->class_name}, {"address", hex_address(roots[n])}};
-    std::vector<exporters::TensorRecord> records;
+    std::vector<exporters::TensorRecord> records, non_persistent;
     json::Json missing = json::Json::array(), tensor_meta = json::Json::object();
     uint64_t bytes = 0, parameters = 0;
-    for (const auto& entry : walker.state_dict(roots[n])) {
+    for (const auto& entry : walker.state_dict(roots[n], /*with_non_persistent=*/true)) {
       auto t = tensors.read(entry.tensor);
       if (t && t->device_type != 0) {
         diag.warn(entry.key + ": tensor on device type " + std::to_string(t->device_type) +
@@ -266,12 +254,18 @@ Result<json::Json> recover(const RecoverOptions& o) {
         missing.push_back(entry.key);
         continue;
       }
-      bytes += t->storage_bytes;
+      if (entry.persistent) bytes += t->storage_bytes;
       if (!entry.is_buffer) parameters += static_cast<uint64_t>(t->numel);
+      // The layout, so that a rehost can rebuild strides and shared storages exactly.
+      const exporters::DtypeInfo* dtype = exporters::find_dtype(t->scalar_type);
       tensor_meta[entry.key] = {{"python_class", t->python_class}, {"address", hex_address(t->object)},
                                 {"storage", hex_address(t->storage)}, {"data", hex_address(t->data)},
-                                {"buffer", entry.is_buffer}};
-      records.push_back(std::move(r));
+                                {"buffer", entry.is_buffer},
+                                {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"},
+                                {"shape", t->sizes}, {"stride", t->strides},
+                                {"storage_offset", t->storage_offset}, {"storage_bytes", t->storage_bytes},
+                                {"persistent", entry.persistent}};
+      (entry.persistent ? records : non_persistent).push_back(std::move(r));
     }
     const std::string dir = models_dir + "/" + dir_name(n, m->class_name);
     if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
@@ -289,6 +283,11 @@ Result<json::Json> recover(const RecoverOptions& o) {
       diag.warn(dir + "/state_dict.safetensors not written: " + st.error().to_string());
     MLFX_TRY(std::move(pt));
     files.push_back("state_dict.pt");
+    // Not part of state_dict(), but the model's forward may read them: a rehost needs them.
+    if (!non_persistent.empty()) {
+      MLFX_TRY(exporters::write_safetensors(dir + "/non_persistent.safetensors", non_persistent, meta));
+      files.push_back("non_persistent.safetensors");
+    }
     json::Json arch = walker.architecture(roots[n]);
     arch["tensors"] = tensor_meta;
     MLFX_TRY(write_new_file(dir + "/architecture.json", arch.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));

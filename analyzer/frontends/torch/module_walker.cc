@@ -67,8 +67,15 @@ Result<ModuleInfo> ModuleWalker::read_module(uint64_t obj) {
       if (v && *v && (*v)->is_boolean()) m.training = (*v)->get<bool>();
     } else if (!is_module_internal(name)) {
       auto v = objects_.plain_value(value);
-      if (v && *v) m.attributes[name] = std::move(**v);
-      else m.other_attributes.push_back(name);
+      if (v && *v) {
+        // JSON has no tuple and no non-finite float: say which attributes were those.
+        auto type = objects_.type_info_of(value);
+        if (type && ((*type)->name == "tuple" || ((*type)->name == "float" && (**v).is_string())))
+          m.attribute_types[name] = (*type)->name;
+        m.attributes[name] = std::move(**v);
+      } else {
+        m.other_attributes.push_back(name);
+      }
     }
   }
   if (!have_parameters)
@@ -135,7 +142,7 @@ std::vector<uint64_t> ModuleWalker::roots() const {
 size_t ModuleWalker::visit_budget() const { return 4 * modules_.size() + 1024; }
 
 void ModuleWalker::collect(uint64_t obj, const std::string& prefix, std::set<uint64_t>& path,
-                           std::vector<StateEntry>& out, size_t& budget) const {
+                           std::vector<StateEntry>& out, size_t& budget, bool with_non_persistent) const {
   const ModuleInfo* m = module(obj);
   if (!m) return;
   if (budget == 0) {
@@ -149,18 +156,21 @@ void ModuleWalker::collect(uint64_t obj, const std::string& prefix, std::set<uin
   }
   for (const auto& p : m->parameters)
     if (p.object) out.push_back({prefix + p.name, *p.object, false});
-  for (const auto& b : m->buffers)
-    if (b.object && !m->non_persistent_buffers.count(b.name)) out.push_back({prefix + b.name, *b.object, true});
+  for (const auto& b : m->buffers) {
+    const bool persistent = !m->non_persistent_buffers.count(b.name);
+    if (b.object && (persistent || with_non_persistent))
+      out.push_back({prefix + b.name, *b.object, true, persistent});
+  }
   for (const auto& c : m->children)
-    if (c.object) collect(*c.object, prefix + c.name + ".", path, out, budget);
+    if (c.object) collect(*c.object, prefix + c.name + ".", path, out, budget, with_non_persistent);
   path.erase(obj);
 }
 
-std::vector<StateEntry> ModuleWalker::state_dict(uint64_t root) const {
+std::vector<StateEntry> ModuleWalker::state_dict(uint64_t root, bool with_non_persistent) const {
   std::vector<StateEntry> out;
   std::set<uint64_t> path;
   size_t budget = visit_budget();
-  collect(root, "", path, out, budget);
+  collect(root, "", path, out, budget, with_non_persistent);
   return out;
 }
 
@@ -182,6 +192,7 @@ json::Json ModuleWalker::describe(uint64_t obj, const std::string& path, std::se
   j["class"] = m->class_name;
   j["training"] = m->training;
   j["attributes"] = m->attributes;
+  j["attribute_types"] = m->attribute_types;
   j["other_attributes"] = m->other_attributes;
   auto slots = [&](const std::vector<NamedSlot>& v) {
     json::Json a = json::Json::array();

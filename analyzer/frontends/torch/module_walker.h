@@ -25,6 +25,7 @@ struct ModuleInfo {
   std::vector<NamedSlot> parameters, buffers, children;
   std::set<std::string> non_persistent_buffers;
   json::Json attributes = json::Json::object();  // plain hyperparameters (ints, floats, str...)
+  std::map<std::string, std::string> attribute_types;  // "tuple" or "float" (non-finite) by name
   std::vector<std::string> other_attributes;    // names of attributes that are not plain
 };
 
@@ -32,6 +33,7 @@ struct StateEntry {
   std::string key;      // dotted state_dict key
   uint64_t tensor = 0;  // the Python tensor object
   bool is_buffer = false;
+  bool persistent = true;  // false: a buffer registered with persistent=False
 };
 
 class ModuleWalker {
@@ -46,7 +48,8 @@ class ModuleWalker {
   const std::map<uint64_t, ModuleInfo>& modules() const { return modules_; }
   // The entries of root.state_dict(), in its order: own parameters, own persistent buffers,
   // then each child's, recursively. Cycles in a damaged image are cut with a diagnostic.
-  std::vector<StateEntry> state_dict(uint64_t root) const;
+  // With `with_non_persistent`, non-persistent buffers too (in their place in that order).
+  std::vector<StateEntry> state_dict(uint64_t root, bool with_non_persistent = false) const;
   // The module tree as JSON (path, class, attributes, tensors by key) for architecture.json.
   json::Json architecture(uint64_t root) const;
   size_t tensor_count(uint64_t root) const { return state_dict(root).size(); }
@@ -57,7 +60,7 @@ class ModuleWalker {
   Result<std::vector<NamedSlot>> read_slots(uint64_t dict, const std::string& what) const;
   size_t visit_budget() const;
   void collect(uint64_t obj, const std::string& prefix, std::set<uint64_t>& path,
-               std::vector<StateEntry>& out, size_t& budget) const;
+               std::vector<StateEntry>& out, size_t& budget, bool with_non_persistent) const;
   json::Json describe(uint64_t obj, const std::string& path, std::set<uint64_t>& seen, size_t& budget) const;
 
   const cpython::ObjectReader& objects_;

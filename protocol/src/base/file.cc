@@ -212,3 +212,19 @@ DirLock::~DirLock() {
 }
 
 }  // namespace mlfx
+
+namespace mlfx {
+
+Status make_output_dir(const std::string& dir, std::initializer_list<const char*> owned) {
+  if (mkdir(dir.c_str(), 0750) == 0) return {};
+  if (errno != EEXIST) return fail(Errc::kIo, "cannot create " + dir + ": " + std::string(strerror(errno)));
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return fail(Errc::kExists, dir + " exists and is not a directory");
+  for (const char* name : owned)
+    if (access((dir + "/" + name).c_str(), F_OK) == 0)
+      return fail(Errc::kExists, "output directory " + dir + " already holds " + name + "; choose a new one");
+  return {};
+}
+
+}  // namespace mlfx

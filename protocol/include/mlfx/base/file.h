@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "mlfx/base/bytes.h"
@@ -57,6 +58,10 @@ Status write_new_file(const std::string& path, std::string_view data, mode_t mod
 // temporary file in the same directory, renamed over it, then the directory synced).
 Status replace_file(const std::string& path, std::string_view data, mode_t mode);
 Status fsync_dir(const std::string& dir);
+
+// Creates the output directory of a command, or accepts an existing one unless it already
+// holds one of `owned` (the names that command writes): outputs are never overwritten.
+Status make_output_dir(const std::string& dir, std::initializer_list<const char*> owned);
 
 // An exclusive flock on a directory, held until destruction: serialises changes to it between
 // processes. Fails with kNotFound when the directory does not exist.

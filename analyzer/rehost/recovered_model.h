@@ -1,0 +1,34 @@
+// A model directory written by `mlfx recover`, loaded into libtorch tensors with the live
+// layout: each tensor gets the strides and storage offset it had in the process, and tensors
+// that shared a storage there (tied weights, views) share one here.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mlfx/base/json.h"
+#include "mlfx/base/result.h"
+
+namespace mlfx::rehost {
+
+struct RecoveredModel {
+  std::string dir;
+  json::Json architecture;                 // architecture.json: the module tree
+  std::map<std::string, at::Tensor> state;  // state_dict keys and non-persistent buffers
+  std::vector<std::string> state_keys;     // state_dict() order (persistent entries only)
+  bool exact_layout = false;  // false: an older recovery without strides; tensors are contiguous
+};
+
+// Reads DIR/architecture.json, DIR/state_dict.safetensors and DIR/non_persistent.safetensors.
+Result<RecoveredModel> load_recovered_model(const std::string& dir);
+
+// Tensor dtype by c10 name or torch name ("float32"); nullopt when unknown.
+std::optional<at::ScalarType> scalar_type_named(const std::string& name);
+
+// Bit-for-bit equality: same dtype, shape and bytes (NaNs with equal bits are equal).
+bool same_bits(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace mlfx::rehost

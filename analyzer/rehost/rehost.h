@@ -1,0 +1,40 @@
+// `mlfx rehost`: turns a recovered model directory into a live, runnable model.
+//   (a) TorchScript built from the architecture in C++ (torchscript_builder.h), no Python;
+//   (b) otherwise, the lab's Python rebuilds the instance tree from classes it can import (a
+//       library, or the analyst's source via --code-path): a torch.load-able full-model file
+//       and a TorchScript export (python/mlfx_rehost.py, embedded in the binary).
+// Then, with verify, the rehosted TorchScript runs on reference inputs and its outputs are
+// compared bit for bit with the reference outputs.
+// No libtorch types here: the CLI includes this header.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mlfx/base/json.h"
+#include "mlfx/base/result.h"
+
+namespace mlfx::rehost {
+
+struct RehostOptions {
+  std::string model_dir, out_dir;
+  std::vector<std::string> code_paths;  // path (b): the analyst's source, files or directories
+  bool verify = false;
+  std::string reference;                // safetensors of input[.N] / output[.N] pairs
+  std::string python = "/usr/bin/python3";
+  bool allow_python = true;             // false: path (a) only
+  int threads = 0;                      // intra-op threads for verification; 0: libtorch's default
+};
+
+// Exit status of `mlfx rehost` beyond 0 (a model written and, if asked, verified) and 1.
+inline constexpr int kExitNotRehostable = 3;  // neither path applies; rehost.json says what is missing
+inline constexpr int kExitNotEquivalent = 4;  // written, but outputs differ from the reference
+
+// Writes OUT/rehost.json (and the model files) and returns that report.
+Result<json::Json> rehost(const RehostOptions& o);
+
+// Runs a TorchScript model file on every input[.N] in `reference` and compares the outputs bit
+// for bit with output[.N]. The report lists each pair; "equivalent" is true when all match.
+Result<json::Json> verify_against_reference(const std::string& torchscript, const std::string& reference, int threads);
+
+}  // namespace mlfx::rehost

@@ -1,0 +1,21 @@
+// Runs a helper program (the lab's Python, a browser) and collects what it prints.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mlfx/base/result.h"
+
+namespace mlfx {
+
+struct ProcessResult {
+  int exit_code = -1;  // the exit status; 128 + N when killed by signal N
+  std::string out;     // standard output, whole
+  std::string err;     // the last 64 KiB of standard error
+};
+
+// Runs argv[0] (looked up in PATH when it has no slash) with `input` on its standard input.
+// Fails only when it cannot be started; a non-zero exit is in the result.
+Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input = "");
+
+}  // namespace mlfx
