@@ -1,5 +1,6 @@
 #include "rehost/recovered_model.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -13,15 +14,6 @@ namespace {
 
 constexpr size_t kMaxArchitectureJson = size_t{256} << 20;
 
-// A safetensors tensor as a fresh contiguous libtorch tensor (a copy: the file buffer goes).
-at::Tensor to_tensor(const exporters::SafetensorsFile& file, const exporters::SafetensorsTensor& t) {
-  auto type = static_cast<at::ScalarType>(t.dtype->scalar_type);
-  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(type));
-  ByteView bytes = file.data(t);
-  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
-  return out;
-}
-
 std::vector<int64_t> int_list(const json::Json& j) {
   std::vector<int64_t> v;
   if (j.is_array())
@@ -31,6 +23,33 @@ std::vector<int64_t> int_list(const json::Json& j) {
 }
 
 }  // namespace
+
+at::Tensor to_tensor(const exporters::SafetensorsFile& file, const exporters::SafetensorsTensor& t) {
+  auto type = static_cast<at::ScalarType>(t.dtype->scalar_type);
+  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(type));
+  ByteView bytes = file.data(t);
+  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+  return out;
+}
+
+Result<torch::jit::Module> load_torchscript(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return fail(Errc::kNotFound, path + ": " + std::strerror(errno));
+  std::string file = path;
+  if (S_ISDIR(st.st_mode)) {
+    MLFX_ASSIGN(std::string text, read_small_file(path + "/rehost.json", 64 << 20));
+    auto r = json::Json::parse(text, nullptr, false);
+    if (!r.is_object() || !r.contains("torchscript") || !r["torchscript"].is_string())
+      return fail(Errc::kNotFound, path + " is not a `mlfx rehost` directory with a TorchScript model");
+    file = path + "/" + r["torchscript"].get<std::string>();
+  }
+  try {
+    return torch::jit::load(file);
+  } catch (const c10::Error& e) {
+    std::string what = e.what_without_backtrace();
+    return fail(Errc::kBadFormat, file + " is not a loadable TorchScript model: " + what.substr(0, what.find('\n')));
+  }
+}
 
 std::optional<at::ScalarType> scalar_type_named(const std::string& name) {
   for (const auto& d : exporters::dtype_table())

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/script.h>
 
 #include <map>
 #include <string>
 #include <vector>
 
+#include "exporters/safetensors_reader.h"
 #include "mlfx/base/json.h"
 #include "mlfx/base/result.h"
 
@@ -24,6 +26,12 @@ struct RecoveredModel {
 
 // Reads DIR/architecture.json, DIR/state_dict.safetensors and DIR/non_persistent.safetensors.
 Result<RecoveredModel> load_recovered_model(const std::string& dir);
+
+// A safetensors tensor as a fresh contiguous libtorch tensor (a copy).
+at::Tensor to_tensor(const exporters::SafetensorsFile& file, const exporters::SafetensorsTensor& t);
+
+// Loads a TorchScript model: the file itself, or the one a `mlfx rehost` directory names.
+Result<torch::jit::Module> load_torchscript(const std::string& file_or_rehost_dir);
 
 // Tensor dtype by c10 name or torch name ("float32"); nullopt when unknown.
 std::optional<at::ScalarType> scalar_type_named(const std::string& name);

@@ -24,13 +24,6 @@ constexpr const char* kTorchScriptFile = "model.torchscript.pt";
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-at::Tensor tensor_from(const exporters::SafetensorsFile& f, const exporters::SafetensorsTensor& t) {
-  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(static_cast<at::ScalarType>(t.dtype->scalar_type)));
-  ByteView b = f.data(t);
-  if (!b.empty()) std::memcpy(out.data_ptr(), b.data(), b.size());
-  return out;
-}
-
 // Every state_dict entry of the recovered model, read back from the saved module, bit for bit.
 json::Json compare_state(const torch::jit::Module& m, const RecoveredModel& model) {
   std::map<std::string, at::Tensor> saved;
@@ -103,14 +96,14 @@ Result<json::Json> verify_against_reference(const std::string& torchscript, cons
   json::Json pairs = json::Json::array();
   bool all = true;
   try {
-    torch::jit::Module m = torch::jit::load(torchscript);
+    MLFX_ASSIGN(torch::jit::Module m, load_torchscript(torchscript));
     torch::NoGradGuard no_grad;
     for (const auto& t : ref.tensors()) {
       if (t.name.rfind("input", 0) != 0) continue;
       const std::string suffix = t.name.substr(5);
       const auto* expected = ref.find("output" + suffix);
       if (!expected) continue;
-      at::Tensor input = tensor_from(ref, t), want = tensor_from(ref, *expected);
+      at::Tensor input = to_tensor(ref, t), want = to_tensor(ref, *expected);
       c10::IValue got = m.forward({input});
       json::Json p = {{"input", t.name}, {"output", expected->name}, {"input_shape", input.sizes().vec()}};
       if (!got.isTensor()) {

@@ -55,7 +55,8 @@ void Progress::draw(bool final) {
     line += "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] ";
     char pct[16];
     std::snprintf(pct, sizeof pct, "%3.0f%% ", frac * 100);
-    line += pct + human_bytes(double(done_)) + "/" + human_bytes(double(total_));
+    line += pct + (unit_.empty() ? human_bytes(double(done_)) + "/" + human_bytes(double(total_))
+                                 : std::to_string(done_) + "/" + std::to_string(total_) + " " + unit_);
     if (!final && rate > 0) {
       char eta[32];
       std::snprintf(eta, sizeof eta, " ETA %.0fs", double(total_ - std::min(done_, total_)) / rate);
@@ -64,7 +65,8 @@ void Progress::draw(bool final) {
   } else {
     line += human_bytes(double(done_));
   }
-  line += "  " + human_bytes(rate) + "/s\033[K";
+  if (unit_.empty()) line += "  " + human_bytes(rate) + "/s";
+  line += "\033[K";
   if (final) line += "\n";
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);

@@ -14,6 +14,8 @@ class Progress {
  public:
   // total == 0 means unknown (a pipe): shows bytes and rate without a bar.
   Progress(std::string label, uint64_t total);
+  // Counts things instead of bytes: "3/10 classes".
+  Progress(std::string label, uint64_t total, std::string unit) : Progress(std::move(label), total) { unit_ = std::move(unit); }
   ~Progress();
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
@@ -26,7 +28,7 @@ class Progress {
 
  private:
   void draw(bool final);
-  std::string label_;
+  std::string label_, unit_;  // unit_ empty: bytes
   uint64_t total_, done_ = 0;
   bool active_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
