@@ -8,6 +8,7 @@
 #include "investigate/neural_cleanse.h"
 #include "investigate/weight_diff.h"
 #include "rehost/rehost.h"
+#include "report/report.h"
 
 namespace mlfx::cli {
 
@@ -217,6 +218,26 @@ void add_investigate_commands(CLI::App& app, Commands& out) {
   dfc->add_option("--threads", df->threads, "intra-op threads (default: libtorch's)")->check(CLI::NonNegativeNumber);
   dfc->add_flag("--json", *df_json, "print differential.json as one line");
   out.emplace_back(dfc, [df, df_json] { return run_differential(*df, *df_json); });
+
+  auto rp = std::make_shared<report::ReportOptions>();
+  auto* rpc = app.add_subcommand("report", "write the case's forensic report: one self-contained HTML page and "
+                                           "report.json (custody, hashes, device, timeline, models, scans)");
+  rpc->add_option("--out", rp->out_dir, "output directory (new or empty)")->required();
+  rpc->add_option("--case", rp->case_id, "case identifier (default: the bundle's)");
+  rpc->add_option("--examiner", rp->examiner, "who wrote the report");
+  rpc->add_option("--title", rp->title, "page title");
+  rpc->add_option("--bundle", rp->bundle, "the evidence bundle: manifest, custody chain, verification")->check(CLI::ExistingFile);
+  rpc->add_option("--trusted-devices", rp->trusted_devices_dir, "directory of trusted device .pub keys");
+  rpc->add_option("--recovery", rp->recovery, "a `mlfx recover` output directory")->check(CLI::ExistingDirectory);
+  rpc->add_option("--rehost", rp->rehosts, "a `mlfx rehost` output directory; repeatable")->check(CLI::ExistingDirectory);
+  rpc->add_option("--scan", rp->scans, "a `mlfx scan` output directory; repeatable")->check(CLI::ExistingDirectory);
+  out.emplace_back(rpc, [rp] {
+    auto r = report::build_report(*rp);
+    if (!r) return report_error("report", r.error());
+    for (const auto& f : (*r)["findings"]) std::printf("- %s\n", f["text"].get<std::string>().c_str());
+    std::printf("wrote %s/report.html and %s/report.json\n", rp->out_dir.c_str(), rp->out_dir.c_str());
+    return 0;
+  });
 }
 
 }  // namespace mlfx::cli
