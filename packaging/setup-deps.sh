@@ -8,11 +8,15 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   # libraries
   libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev libisal-dev libboost-dev
+  # rehost and white-box scans (libtorch), the report's pictures (libpng)
+  libtorch-dev libpng-dev
   # victims and their inspection: real Python + PyTorch processes, gdb to check cores
   python3 python3-torch python3-numpy gdb procps
   # tests, fuzzing, benchmarks
   googletest libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
   coreutils util-linux bc
+  # the report is checked in a headless browser
+  chromium
 )
 
 missing=()

@@ -216,6 +216,7 @@ def main():
         return synthetic(sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp(prefix="rehost-synth-"))
     scenario, gt, rec = sys.argv[1:4]
     scratch = sys.argv[4] if len(sys.argv) > 4 else tempfile.mkdtemp(prefix="rehost-")
+    os.makedirs(scratch, exist_ok=True)
     sys.path.insert(0, os.path.dirname(VICTIM))
     import torch_victim  # noqa: E402  (seeds torch with 1234 as the victim did)
     torch.manual_seed(1234)
@@ -235,12 +236,21 @@ def main():
             continue
         model_dir = os.path.join(rec, model_dirs[0])
         out = os.path.join(scratch, scenario + "-" + name)
-        with open(SCRIPT, "rb") as f:
-            p = subprocess.run([sys.executable, "-", model_dir, "--out", out, "--code-path", VICTIM],
-                               stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cli = os.environ.get("MLFX_CLI")  # set: through `mlfx rehost`, which embeds the script
         try:
-            result = json.loads(p.stdout)
-        except ValueError:
+            if cli:
+                p = subprocess.run([cli, "rehost", model_dir, "--out", out, "--code-path", VICTIM],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                rehost = json.load(open(os.path.join(out, "rehost.json")))
+                if rehost.get("path") != "python-classes":
+                    raise ValueError("mlfx rehost took path %r" % rehost.get("path"))
+                result = rehost["python_classes"]
+            else:
+                with open(SCRIPT, "rb") as f:
+                    p = subprocess.run([sys.executable, "-", model_dir, "--out", out, "--code-path", VICTIM],
+                                       stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                result = json.loads(p.stdout)
+        except (ValueError, OSError):
             print("%s/%s: FAIL stdout is not one JSON object: %r\n%s" % (scenario, name, p.stdout[:500], p.stderr.decode()[-2000:]))
             failures += 1
             continue
