@@ -72,4 +72,8 @@ echo "== recover the model from the intake's evidence store"
 echo "== compare with the ground truth the victim wrote outside the capture"
 /usr/bin/python3 "$root/tests/victims/check_recovery.py" victim-truth recovered
 ls recovered/models/*
-echo "== demo complete: $work"
+echo "== rehost it live (its classes come from the victim's source) and write the case report"
+model=$(ls -d recovered/models/0-*)
+"$mlfx" rehost "$model" --out rehosted --code-path "$root/tests/victims/torch_victim.py"
+"$mlfx" report --out report --bundle "$stored" --trusted-devices trusted --recovery recovered --rehost rehosted
+echo "== demo complete: $work (open $work/report/report.html)"
