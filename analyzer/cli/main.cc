@@ -585,8 +585,15 @@ int main(int argc, char** argv) {
   if (verify->parsed()) return run_verify(va);
   if (open->parsed()) return run_open(oa);
   if (info->parsed()) return run_info(ia);
-  for (const auto& [command, run] : investigate)
-    if (command->parsed()) return run();
+  for (const auto& [command, run] : investigate) {
+    if (!command->parsed()) continue;
+    try {  // libtorch reports by exception; whatever escapes is a clean failure, not an abort
+      return run();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mlfx %s: error: %s\n", command->get_name().c_str(), e.what());
+      return 1;
+    }
+  }
   if (recover->parsed()) {
     ro.show_progress = !recover_quiet && !recover_json;
     return run_recover(ro, recover_json);

@@ -25,8 +25,8 @@ Result<at::Tensor> logits_of(torch::jit::Module& m, const at::Tensor& x, const s
     at::Tensor out = at::cat(parts);
     if (out.dim() != 2) return fail(Errc::kInvalidArgument, what + ": the output is not (batch, classes)");
     return out;
-  } catch (const c10::Error& e) {
-    std::string w = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    std::string w = rehost::torch_error(e);
     return fail(Errc::kInvalidArgument, what + " does not run on these inputs: " + w.substr(0, w.find('\n')));
   }
 }

@@ -194,8 +194,8 @@ Result<json::Json> neural_cleanse(const NeuralCleanseOptions& o) {
     at::Tensor probe = model.forward({x.slice(0, 0, 1)}).toTensor();
     if (probe.dim() != 2) return fail(Errc::kInvalidArgument, "the model's output is not (batch, classes) logits");
     num_classes = probe.size(1);
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    std::string what = rehost::torch_error(e);
     return fail(Errc::kInvalidArgument, "the model does not run on these inputs: " + what.substr(0, what.find('\n')));
   }
   std::vector<int64_t> classes = o.classes;
@@ -212,8 +212,8 @@ Result<json::Json> neural_cleanse(const NeuralCleanseOptions& o) {
   for (int64_t k : classes) {
     try {
       results.push_back(reverse_trigger(model, x, k, lo, hi, o));
-    } catch (const c10::Error& e) {
-      std::string what = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      std::string what = rehost::torch_error(e);
       return fail(Errc::kInvalidArgument, "class " + std::to_string(k) + ": " + what.substr(0, what.find('\n')));
     }
     progress.advance(1);

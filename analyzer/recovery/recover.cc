@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <deque>
 #include <future>
+#include <map>
+#include <set>
 #include <memory>
 
 #include "capture/process/process_capture.h"
@@ -122,6 +124,68 @@ class StorageBytes {
   std::deque<Bytes> copies_;
 };
 
+// Tensors alive outside every model: a serving process's last input and output are among
+// them. Small ones are saved so that `mlfx rehost --verify` can replay what a model computed.
+constexpr uint64_t kLooseTensorMaxBytes = uint64_t{64} << 20, kLooseTotalMaxBytes = uint64_t{256} << 20;
+constexpr size_t kLooseMaxCount = 20000;
+
+Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, const frontends::cpython::ObjectReader& objects,
+                                        frontends::torch::TensorReader& tensors, StorageBytes& storage,
+                                        const std::set<uint64_t>& model_tensors, const std::string& out_dir) {
+  std::map<uint64_t, bool> tensor_types;
+  std::vector<exporters::TensorRecord> records;
+  json::Json listed = json::Json::array();
+  uint64_t total = 0;
+  for (uint64_t obj : tracked) {
+    if (model_tensors.count(obj)) continue;
+    auto type = objects.type_of(obj);
+    if (!type) continue;
+    auto known = tensor_types.find(*type);
+    if (known == tensor_types.end()) {
+      auto is = tensors.is_tensor_type(*type);
+      known = tensor_types.emplace(*type, is && *is).first;
+    }
+    if (!known->second) continue;
+    auto t = tensors.read(obj);
+    if (!t) continue;
+    const exporters::DtypeInfo* dtype = exporters::find_dtype(t->scalar_type);
+    json::Json e = {{"name", hex_address(obj)}, {"python_class", t->python_class},
+                    {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t->sizes}};
+    std::string skipped;
+    exporters::TensorRecord r;
+    r.key = hex_address(obj);
+    r.scalar_type = t->scalar_type;
+    r.shape = t->sizes;
+    r.strides = t->strides;
+    r.storage_offset = t->storage_offset;
+    auto size = exporters::contiguous_size(r);
+    if (t->device_type != 0) skipped = "not in host memory";
+    else if (!dtype || dtype->safetensors_name.empty()) skipped = "dtype not expressible in safetensors";
+    else if (listed.size() >= kLooseMaxCount) skipped = "too many tensors";
+    else if (!size || *size > kLooseTensorMaxBytes || total + *size > kLooseTotalMaxBytes) skipped = "too large";
+    if (skipped.empty()) {
+      auto data = storage.get(t->data, t->storage_bytes);
+      r.storage = {t->storage, data ? *data : ByteView{}, t->storage_bytes, "cpu"};
+      if (!data) skipped = "storage unreadable";
+      else if (!exporters::validate(r)) skipped = "inconsistent layout";
+    }
+    e["saved"] = skipped.empty();
+    if (skipped.empty()) {
+      total += *size;
+      records.push_back(std::move(r));
+    } else {
+      e["reason"] = skipped;
+    }
+    listed.push_back(std::move(e));
+  }
+  const std::string dir = out_dir + "/tensors";
+  if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
+  if (!records.empty()) MLFX_TRY(exporters::write_safetensors(dir + "/loose.safetensors", records, {{"format", "pt"}}));
+  MLFX_TRY(write_new_file(dir + "/loose.json", listed.dump(1) + "\n", 0640));
+  return json::Json{{"found", listed.size()}, {"saved", records.size()}, {"saved_bytes", total},
+                    {"file", records.empty() ? json::Json(nullptr) : json::Json("tensors/loose.safetensors")}};
+}
+
 // Why the sysroot could not fill the core's gaps, for an error message: the refused files
 // first (another build), then the missing ones; empty when every file was attached.
 std::string sysroot_problems(const layers::SysrootLayer& sysroot) {
@@ -213,7 +277,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
   std::vector<uint64_t> roots = walker.roots();
   timings["module_scan_ms"] = ms_since(t2);
 
-  MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "models"}));
+  MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "models", "tensors"}));
   const std::string models_dir = o.out_dir + "/models";
   if (!roots.empty() && mkdir(models_dir.c_str(), 0750) != 0)
     return fail(Errc::kIo, "cannot create " + models_dir + ": " + errno_text(errno));
@@ -301,6 +365,13 @@ Result<json::Json> recover(const RecoverOptions& o) {
     model["files"] = files;
     models.push_back(std::move(model));
   }
+  std::set<uint64_t> model_tensors;
+  for (uint64_t root : roots)
+    for (const auto& entry : walker.state_dict(root, true)) model_tensors.insert(entry.tensor);
+  json::Json loose = json::Json::object();
+  if (torch_version) {
+    MLFX_ASSIGN(loose, export_loose_tensors(tracked, objects, tensors, storage, model_tensors, o.out_dir));
+  }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);
   if (sysroot) ev.description["sysroot"] = sysroot_report(*sysroot, diag);
@@ -322,6 +393,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
                  {"layout", tensors.layout() ? tensors.layout()->name : "none (no tensors read)"},
                  {"modules", walker.modules().size()}}},
       {"models", models},
+      {"loose_tensors", loose},
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
   MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));

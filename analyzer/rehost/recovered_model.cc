@@ -45,10 +45,23 @@ Result<torch::jit::Module> load_torchscript(const std::string& path) {
   }
   try {
     return torch::jit::load(file);
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    std::string what = torch_error(e);
     return fail(Errc::kBadFormat, file + " is not a loadable TorchScript model: " + what.substr(0, what.find('\n')));
   }
+}
+
+std::string torch_error(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) {
+    std::string w = c->what_without_backtrace();
+    return w.substr(0, w.find('\n'));
+  }
+  std::string w = e.what();
+  size_t end = w.find_last_not_of("\n ");
+  if (end == std::string::npos) return w;
+  w.erase(end + 1);
+  const size_t line = w.rfind('\n');
+  return line == std::string::npos ? w : w.substr(line + 1);
 }
 
 std::optional<at::ScalarType> scalar_type_named(const std::string& name) {
@@ -112,9 +125,9 @@ Result<RecoveredModel> load_recovered_model(const std::string& dir) {
         m.state[t.name] = view;
       }
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return fail(Errc::kBadFormat, dir + ": a tensor layout in architecture.json does not fit its storage: " +
-                                      std::string(e.what_without_backtrace()));
+                                      torch_error(e));
   }
   return m;
 }

@@ -36,6 +36,10 @@ Result<torch::jit::Module> load_torchscript(const std::string& file_or_rehost_di
 // Tensor dtype by c10 name or torch name ("float32"); nullopt when unknown.
 std::optional<at::ScalarType> scalar_type_named(const std::string& name);
 
+// What libtorch threw, in one line: c10::Error's message without its backtrace, or the last
+// "...Error: ..." line of a TorchScript interpreter traceback.
+std::string torch_error(const std::exception& e);
+
 // Bit-for-bit equality: same dtype, shape and bytes (NaNs with equal bits are equal).
 bool same_bits(const at::Tensor& a, const at::Tensor& b);
 

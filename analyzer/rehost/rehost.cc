@@ -55,10 +55,10 @@ Result<json::Json> torchscript_path(const RecoveredModel& model, const std::stri
     // Check the artifact itself, as an analyst will load it.
     torch::jit::Module loaded = torch::jit::load(path);
     r["state_dict"] = compare_state(loaded, model);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     unlink(tmp.c_str());
     unlink(path.c_str());
-    return fail(Errc::kIo, "saving the TorchScript model failed: " + first_line(e.what_without_backtrace()));
+    return fail(Errc::kIo, "saving the TorchScript model failed: " + torch_error(e));
   }
   written = true;
   r["file"] = kTorchScriptFile;
@@ -119,9 +119,9 @@ Result<json::Json> verify_against_reference(const std::string& torchscript, cons
       all = all && p["bit_identical"].get<bool>();
       pairs.push_back(std::move(p));
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return fail(Errc::kBadFormat, "running " + torchscript + " on " + reference + " failed: " +
-                                      first_line(e.what_without_backtrace()));
+                                      torch_error(e));
   }
   if (pairs.empty())
     return fail(Errc::kInvalidArgument, reference + " holds no input/output pair (tensors named input and output, "
@@ -131,9 +131,48 @@ Result<json::Json> verify_against_reference(const std::string& torchscript, cons
   return r;
 }
 
+Result<json::Json> verify_against_process(const std::string& torchscript, const std::string& loose, int threads) {
+  MLFX_ASSIGN(auto file, exporters::SafetensorsFile::read(loose));
+  if (threads > 0) at::set_num_threads(threads);
+  MLFX_ASSIGN(torch::jit::Module m, load_torchscript(torchscript));
+  std::vector<std::pair<std::string, at::Tensor>> all;
+  for (const auto& t : file.tensors()) all.emplace_back(t.name, to_tensor(file, t));
+  json::Json pairs = json::Json::array(), ran = json::Json::array();
+  torch::NoGradGuard no_grad;
+  // Every tensor the model accepts is a candidate input; a candidate output is a tensor of the
+  // result's dtype and shape. A pair is a match only bit for bit.
+  for (const auto& [in_name, input] : all) {
+    if (input.dim() == 0 || input.numel() > (int64_t{1} << 24)) continue;
+    at::Tensor y;
+    try {
+      c10::IValue out = m.forward({input});
+      if (!out.isTensor()) continue;
+      y = out.toTensor();
+    } catch (const std::exception&) {
+      continue;  // not an input of this model
+    }
+    ran.push_back({{"input", in_name}, {"input_shape", input.sizes().vec()}, {"output_shape", y.sizes().vec()}});
+    for (const auto& [out_name, candidate] : all)
+      if (out_name != in_name && candidate.sizes() == y.sizes() && candidate.scalar_type() == y.scalar_type() &&
+          same_bits(candidate, y))
+        pairs.push_back({{"input", in_name}, {"output", out_name}, {"input_shape", input.sizes().vec()},
+                         {"output_shape", y.sizes().vec()}, {"bit_identical", true}});
+  }
+  json::Json r = {{"reference", loose}, {"source", "tensors recovered from the captured process"},
+                  {"inputs_accepted", ran}, {"pairs", pairs}, {"equivalent", !pairs.empty()}};
+  if (pairs.empty())
+    r["note"] = ran.empty() ? "no recovered tensor is an input this model accepts"
+                            : "the model accepts some recovered tensors, but none of its outputs on them is in the process";
+  r["threads"] = at::get_num_threads();
+  return r;
+}
+
 Result<json::Json> rehost(const RehostOptions& o) {
-  if (o.verify && o.reference.empty())
-    return fail(Errc::kInvalidArgument, "--verify needs --reference FILE.safetensors with input/output tensors");
+  // Without a reference, the tensors the recovery found in the captured process are replayed.
+  const std::string loose = o.model_dir + "/../../tensors/loose.safetensors";
+  if (o.verify && o.reference.empty() && access(loose.c_str(), R_OK) != 0)
+    return fail(Errc::kInvalidArgument, "--verify needs --reference FILE.safetensors with input/output tensors (this "
+                                        "recovery saved no tensors from the process to replay)");
   MLFX_ASSIGN(RecoveredModel model, load_recovered_model(o.model_dir));
   MLFX_TRY(make_output_dir(o.out_dir, {"rehost.json", kTorchScriptFile, "model.full.pt"}));
   json::Json report = {{"tool", {{"name", "mlfx"}, {"version", kToolVersion}}},
@@ -159,8 +198,12 @@ Result<json::Json> rehost(const RehostOptions& o) {
   }
   if (o.verify) {
     if (report["torchscript"].is_string()) {
-      MLFX_ASSIGN(report["verification"],
-                  verify_against_reference(o.out_dir + "/" + report["torchscript"].get<std::string>(), o.reference, o.threads));
+      const std::string ts = o.out_dir + "/" + report["torchscript"].get<std::string>();
+      if (!o.reference.empty()) {
+        MLFX_ASSIGN(report["verification"], verify_against_reference(ts, o.reference, o.threads));
+      } else {
+        MLFX_ASSIGN(report["verification"], verify_against_process(ts, loose, o.threads));
+      }
     } else {
       report["verification"] = {{"equivalent", false}, {"error", "no TorchScript model to run"}};
     }

@@ -20,7 +20,8 @@ struct RehostOptions {
   std::string model_dir, out_dir;
   std::vector<std::string> code_paths;  // path (b): the analyst's source, files or directories
   bool verify = false;
-  std::string reference;                // safetensors of input[.N] / output[.N] pairs
+  std::string reference;                // safetensors of input[.N] / output[.N] pairs; empty:
+                                        // the tensors recovered from the process are replayed
   std::string python = "/usr/bin/python3";
   bool allow_python = true;             // false: path (a) only
   int threads = 0;                      // intra-op threads for verification; 0: libtorch's default
@@ -36,5 +37,10 @@ Result<json::Json> rehost(const RehostOptions& o);
 // Runs a TorchScript model file on every input[.N] in `reference` and compares the outputs bit
 // for bit with output[.N]. The report lists each pair; "equivalent" is true when all match.
 Result<json::Json> verify_against_reference(const std::string& torchscript, const std::string& reference, int threads);
+
+// In the field there is no reference: every tensor `mlfx recover` saved from the process
+// (tensors/loose.safetensors) the model accepts is run, and its output is searched for among
+// them. Pairs found (the last input and output a serving process kept) match bit for bit.
+Result<json::Json> verify_against_process(const std::string& torchscript, const std::string& loose, int threads);
 
 }  // namespace mlfx::rehost

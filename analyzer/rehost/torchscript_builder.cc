@@ -383,8 +383,8 @@ class Builder {
       m.define(*source);
       if (!address.empty()) built_.emplace(address, m);
       return m;
-    } catch (const c10::Error& e) {
-      std::string what = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      std::string what = torch_error(e);
       out_.unsupported.push_back({path, cls, "TorchScript: " + what.substr(0, what.find('\n'))});
       return std::nullopt;
     }

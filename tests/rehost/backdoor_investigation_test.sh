@@ -72,6 +72,15 @@ gt = torch.load("gt/outputs_before.pt")["poisoned"]
 x = torch.load("gt/poisoned.pt")  # keys must match the live state_dict
 assert list(m.state_dict()) == list(x), "state_dict keys differ"
 PY
+# In the field there is no reference: the last input and output the victim kept in memory
+# (last_input, last_output) are found among the recovered tensors and replayed.
+"$mlfx" rehost "$poisoned" --out rh_field --no-python --verify > /dev/null
+"$py" - <<'PY'
+import json
+v = json.load(open("rh_field/rehost.json"))["verification"]
+assert v["equivalent"] and v["source"].startswith("tensors recovered"), v
+assert any(p["input_shape"] == [4, 3, 16, 16] and p["output_shape"] == [4, 10] for p in v["pairs"]), v["pairs"]
+PY
 # The clean model's outputs differ from the poisoned reference: the check can fail.
 set +e
 "$mlfx" rehost "$clean" --out rh_wrong --no-python --verify --reference gt/io_poisoned.safetensors > /dev/null 2>&1
