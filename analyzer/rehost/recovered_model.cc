@@ -22,6 +22,20 @@ std::vector<int64_t> int_list(const json::Json& j) {
   return v;
 }
 
+// Whether a (shape, stride, offset) view of `item` bytes per element stays inside a storage of
+// `storage_bytes`: at::Tensor::set_ would silently grow the storage instead.
+bool fits(const std::vector<int64_t>& shape, const std::vector<int64_t>& stride, int64_t offset, size_t item,
+          uint64_t storage_bytes) {
+  if (shape.size() != stride.size() || offset < 0) return false;
+  __int128 last = offset;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0 || stride[i] < 0) return false;
+    if (shape[i] == 0) return true;  // no element
+    last += static_cast<__int128>(shape[i] - 1) * stride[i];
+  }
+  return (last + 1) * static_cast<__int128>(item) <= static_cast<__int128>(storage_bytes);
+}
+
 }  // namespace
 
 at::Tensor to_tensor(const exporters::SafetensorsFile& file, const exporters::SafetensorsTensor& t) {
@@ -116,9 +130,13 @@ Result<RecoveredModel> load_recovered_model(const std::string& dir) {
           storage = at::zeros({static_cast<int64_t>(storage_bytes)}, at::kByte);
         else if (static_cast<uint64_t>(storage.numel()) != storage_bytes)
           return fail(Errc::kBadFormat, dir + ": tensors of storage " + storage_id + " disagree on its size");
+        const auto shape = int_list(layout["shape"]), stride = int_list(layout["stride"]);
+        const int64_t offset = layout.value("storage_offset", int64_t{0});
+        if (!fits(shape, stride, offset, contiguous.element_size(), storage_bytes))
+          return fail(Errc::kBadFormat, dir + ": " + t.name + ": a tensor layout in architecture.json does not fit "
+                                                              "its storage of " + std::to_string(storage_bytes) + " bytes");
         at::Tensor view = at::empty({0}, contiguous.options());
-        view.set_(storage.storage(), layout.value("storage_offset", int64_t{0}), int_list(layout["shape"]),
-                  int_list(layout["stride"]));
+        view.set_(storage.storage(), offset, shape, stride);
         if (view.sizes() != contiguous.sizes())
           return fail(Errc::kBadFormat, dir + ": " + t.name + ": the shape in architecture.json differs from the safetensors file");
         view.copy_(contiguous);
