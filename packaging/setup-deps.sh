@@ -11,7 +11,7 @@ packages=(
   # rehost and white-box scans (libtorch), the report's pictures (libpng)
   libtorch-dev libpng-dev
   # victims and their inspection: real Python + PyTorch processes, gdb to check cores
-  python3 python3-torch python3-numpy gdb procps
+  python3 python3-torch python3-numpy python3-torchvision gdb procps
   # tests, fuzzing, benchmarks
   googletest libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
   coreutils util-linux bc

@@ -23,7 +23,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 "$mlfx" keys gen --kind device --out dev > /dev/null
 "$mlfx" keys gen --kind lab --out lab > /dev/null
 
-for scenario in resnet lstm tied dtypes; do
+for scenario in resnet lstm tied dtypes torchvision; do
   echo "== $scenario"
   "$py" "$root/tests/victims/torch_victim.py" "$scenario" "gt-$scenario" &
   victim=$!
@@ -44,6 +44,12 @@ for scenario in resnet lstm tied dtypes; do
     grep -q "__main__.ResNetSmall.*not a torch.nn class" err1 || { cat err1; fail "path (a) does not name the class"; }
     grep -q "ResNetSmall.*--code-path" err2 || { cat err2; fail "path (b) does not ask for the source"; }
     [ ! -e no-code/model.full.pt ] || fail "a model file was written without the classes"
+  fi
+  if [ "$scenario" = torchvision ]; then
+    # A library's classes (torchvision) import in the lab: path (b) without any --code-path.
+    "$mlfx" rehost "$model" --out tv > /dev/null
+    "$py" -c "import json; r = json.load(open('tv/rehost.json')); assert r['path'] == 'python-classes', r['path']; \
+assert 'torchvision' in str(r['python_classes']['classes']), r['python_classes']['classes']"
   fi
   MLFX_CLI=$mlfx "$py" "$here/python_rehost_selftest.py" "$scenario" "gt-$scenario" "rec-$scenario" "$work/out-$scenario"
 done

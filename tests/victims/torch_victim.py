@@ -190,6 +190,13 @@ def build(scenario):
         models = [("tied", TiedLM().eval(), torch.randint(0, 300, (2, 7)))]
     elif scenario == "dtypes":
         models = [("dtypes", Dtypes().eval(), torch.randn(2, 8))]
+    elif scenario == "torchvision":  # a library's model: its classes import in the lab, no source needed
+        import torchvision
+        m = torchvision.models.resnet18(num_classes=10)
+        m.train()
+        m(image(4, 32))  # move the BatchNorm statistics
+        m.eval()
+        models = [("torchvision", m, image(2, 32))]
     elif scenario == "big":
         models = [("big", Big().eval(), torch.randn(2, 2048))]
     else:
