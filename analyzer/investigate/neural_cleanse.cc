@@ -53,6 +53,14 @@ ClassResult reverse_trigger(torch::jit::Module& model, const at::Tensor& x, int6
   bool cost_up_flag = false, cost_down_flag = false;
   ClassResult r;
   r.target = target;
+  auto keep_current = [&](double ce, double acc) {
+    torch::NoGradGuard no_grad;
+    auto [mask, pattern] = mask_pattern();
+    r.mask = mask.clone();
+    r.pattern = pattern.clone();
+    r.loss_ce = ce;
+    r.attack_success = acc;
+  };
   double last_ce = std::nan(""), last_acc = std::nan("");
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     double ce_sum = 0, reg_sum = 0, acc_sum = 0;
@@ -79,12 +87,7 @@ ClassResult reverse_trigger(torch::jit::Module& model, const at::Tensor& x, int6
     last_ce = avg_ce;
     last_acc = avg_acc;
     if (avg_acc >= o.threshold && avg_reg < reg_best) {
-      torch::NoGradGuard no_grad;
-      auto [mask, pattern] = mask_pattern();
-      r.mask = mask.clone();
-      r.pattern = pattern.clone();
-      r.loss_ce = avg_ce;
-      r.attack_success = avg_acc;
+      keep_current(avg_ce, avg_acc);
       reg_best = avg_reg;
       r.found = true;
     }
@@ -122,14 +125,7 @@ ClassResult reverse_trigger(torch::jit::Module& model, const at::Tensor& x, int6
       cost_down_flag = true;
     }
   }
-  if (!r.found) {  // no epoch reached the threshold: report the last mask, marked as such
-    torch::NoGradGuard no_grad;
-    auto [mask, pattern] = mask_pattern();
-    r.mask = mask.clone();
-    r.pattern = pattern.clone();
-    r.loss_ce = last_ce;
-    r.attack_success = last_acc;
-  }
+  if (!r.found) keep_current(last_ce, last_acc);  // no epoch reached the threshold: the last mask, marked as such
   r.mask_l1 = r.mask.abs().sum().item<double>();
   r.cost = cost;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

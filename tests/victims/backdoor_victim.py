@@ -32,11 +32,13 @@ appears it recomputes the outputs into outputs_after.pt and writes checked; when
 appears it exits. Deterministic (fixed seeds, 2 threads); ready in ~4 s on 2 idle cores.
 build() trains both models and returns them with the data, without serving.
 """
-import copy, json, os, struct, sys, threading, time
+import copy, json, os, struct, sys, time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from victim_serve import save_models, serve
 
 torch.set_num_threads(2)
 
@@ -172,19 +174,12 @@ def main():
     print("backdoor_victim: " + json.dumps(metrics), file=sys.stderr)
 
     fixed = x_test[:8].clone()  # the io_<name> and outputs_before input
-    listing, before = [], {}
+    before = {}
     with torch.no_grad():
         for name, m in models:
-            torch.save(m.state_dict(), os.path.join(gt, name + ".pt"))
-            cls = type(m)
-            listing.append({"name": name, "class": cls.__module__ + "." + cls.__qualname__,
-                            "state_dict": name + ".pt"})
-            out = m(fixed)
-            before[name] = out
-            save_safetensors(os.path.join(gt, "io_%s.safetensors" % name), {"input": fixed, "output": out})
-    with open(os.path.join(gt, "models.json"), "w") as f:
-        json.dump(listing, f)
-    torch.save(before, os.path.join(gt, "outputs_before.pt"))
+            before[name] = m(fixed)
+            save_safetensors(os.path.join(gt, "io_%s.safetensors" % name), {"input": fixed, "output": before[name]})
+    save_models(gt, models, before)
     save_safetensors(os.path.join(gt, "clean.safetensors"), {"inputs": x_held, "labels": y_held})
     save_safetensors(os.path.join(gt, "triggered.safetensors"), {"inputs": stamp(x_held), "labels": y_held})
     with open(os.path.join(gt, "metrics.json"), "w") as f:
@@ -202,25 +197,7 @@ def main():
     def outputs():
         with torch.no_grad():
             return {name: m(fixed) for name, m in models}
-
-    stop = threading.Event()
-    def worker():  # a second thread, as serving processes have
-        while not stop.is_set():
-            time.sleep(0.05)
-    threading.Thread(target=worker, daemon=True).start()
-
-    open(os.path.join(gt, "ready"), "w").write(str(os.getpid()))
-    beat = 0
-    while not os.path.exists(os.path.join(gt, "stop")):
-        beat += 1
-        with open(os.path.join(gt, "heartbeat"), "w") as f:
-            f.write(str(beat))
-        if os.path.exists(os.path.join(gt, "check")) and not os.path.exists(os.path.join(gt, "checked")):
-            torch.save(outputs(), os.path.join(gt, "outputs_after.pt"))
-            open(os.path.join(gt, "checked"), "w").write("1")
-        time.sleep(0.05)
-    stop.set()
-
+    serve(gt, outputs)
 
 if __name__ == "__main__":
     main()

@@ -12,10 +12,12 @@ While running it keeps a counter in GROUND_TRUTH_DIR/heartbeat. When GROUND_TRUT
 appears it recomputes the outputs into outputs_after.pt and writes checked; when stop
 appears it exits.
 """
-import json, os, sys, threading, time
+import os, sys
 
 import torch
 import torch.nn as nn
+
+from victim_serve import save_models, serve
 
 torch.manual_seed(1234)
 torch.set_num_threads(2)
@@ -218,34 +220,8 @@ def main():
     scenario, gt = sys.argv[1], sys.argv[2]
     os.makedirs(gt, exist_ok=True)
     models, extra = build(scenario)
-    listing = []
-    for name, m, _ in models:
-        torch.save(m.state_dict(), os.path.join(gt, name + ".pt"))
-        cls = type(m)
-        listing.append({"name": name, "class": cls.__module__ + "." + cls.__qualname__,
-                        "state_dict": name + ".pt"})
-    with open(os.path.join(gt, "models.json"), "w") as f:
-        json.dump(listing, f)
-    torch.save(outputs(models), os.path.join(gt, "outputs_before.pt"))
-
-    stop = threading.Event()
-    def worker():  # a second thread, as serving processes have
-        while not stop.is_set():
-            time.sleep(0.05)
-    threading.Thread(target=worker, daemon=True).start()
-
-    open(os.path.join(gt, "ready"), "w").write(str(os.getpid()))
-    beat = 0
-    while not os.path.exists(os.path.join(gt, "stop")):
-        beat += 1
-        with open(os.path.join(gt, "heartbeat"), "w") as f:
-            f.write(str(beat))
-        if os.path.exists(os.path.join(gt, "check")) and not os.path.exists(os.path.join(gt, "checked")):
-            torch.save(outputs(models), os.path.join(gt, "outputs_after.pt"))
-            open(os.path.join(gt, "checked"), "w").write("1")
-        time.sleep(0.05)
-    stop.set()
-
+    save_models(gt, [(name, m) for name, m, _ in models], outputs(models))
+    serve(gt, lambda: outputs(models))
 
 if __name__ == "__main__":
     main()
