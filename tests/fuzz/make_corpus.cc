@@ -1,7 +1,7 @@
 // Writes the seed corpora of the fuzz targets:
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
-//               [--elf_core DIR] [--python_objects DIR] [--wire DIR]
+//               [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -14,7 +14,9 @@
 //                GC lists hold a torch-like model (synthetic_image.h);
 // python_objects: a 64-byte header of object addresses and flags, then a blob of CPython 3.11
 //                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model);
-// wire:          one intake protocol frame (header and body) of each message type.
+// wire:          one intake protocol frame (header and body) of each message type;
+// safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
+//                empty tensors, metadata), each read back before it is kept.
 //
 // Every bundle is read back and fully verified and decrypted before it is kept, so a seed
 // corpus never silently degrades into inputs that are rejected at the first byte. Bundle ids
@@ -34,6 +36,8 @@
 #include "mlfx/bundle/writer.h"
 #include "mlfx/custody/custody_log.h"
 #include "mlfx/wire/messages.h"
+#include "exporters/safetensors_reader.h"
+#include "exporters/safetensors_writer.h"
 #include "frontends/cpython/layout.h"
 #include "frontends/cpython/python_objects.h"
 #include "frontends/cpython/python_runtime.h"
@@ -482,17 +486,65 @@ std::map<std::string, std::string> wire_frames() {
 
 }  // namespace
 
+// Safetensors files of a few tensors each (contiguous, their own storages), as the exporter
+// writes them; each must read back.
+std::map<std::string, std::string> safetensors_seeds() {
+  using exporters::TensorRecord;
+  static const std::string bytes = [] {
+    std::string b(256, 0);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = char(i * 37 + 11);
+    return b;
+  }();
+  auto tensor = [](std::string key, int dtype, std::vector<int64_t> shape) {
+    TensorRecord t;
+    t.key = std::move(key);
+    t.scalar_type = dtype;
+    t.shape = std::move(shape);
+    t.strides.assign(t.shape.size(), 1);
+    for (size_t i = t.shape.size(); i-- > 1;) t.strides[i - 1] = t.strides[i] * std::max<int64_t>(t.shape[i], 1);
+    const uint64_t n = must(exporters::contiguous_size(t), t.key);
+    t.storage = {uint64_t(t.key.size()), as_bytes(bytes).first(n), n};
+    return t;
+  };
+  const std::map<std::string, std::pair<std::vector<TensorRecord>, exporters::SafetensorsMetadata>> files = {
+      {"empty.safetensors", {{}, {}}},
+      {"linear.safetensors",
+       {{tensor("weight", exporters::kFloat, {4, 3}), tensor("bias", exporters::kFloat, {4})}, {{"format", "pt"}}}},
+      {"dtypes.safetensors",
+       {{tensor("f64", exporters::kDouble, {2, 2}), tensor("f16", exporters::kHalf, {3}),
+         tensor("bf16", exporters::kBFloat16, {1, 2, 2}), tensor("i64", exporters::kLong, {2}),
+         tensor("i8", exporters::kChar, {5}), tensor("u8", exporters::kByte, {2, 3}),
+         tensor("bool", exporters::kBool, {7}), tensor("scalar", exporters::kInt, {}),
+         tensor("empty", exporters::kFloat, {0, 5})},
+        {{"mlfx", "seed"}, {"notes", "{\"nested\": \"json in a string\"}"}}}},
+      {"reference.safetensors",
+       {{tensor("input", exporters::kFloat, {2, 1, 4, 4}), tensor("output", exporters::kFloat, {2, 10})}, {}}},
+  };
+  std::map<std::string, std::string> out;
+  for (const auto& [name, spec] : files) {
+    const std::string header = must(exporters::safetensors_header(spec.first, spec.second), name);
+    std::string file(8, '\0');
+    store_le<uint64_t>(reinterpret_cast<uint8_t*>(file.data()), header.size());
+    file += header;
+    for (const TensorRecord& t : spec.first) file.append(reinterpret_cast<const char*>(t.storage.data.data()), t.storage.data.size());
+    auto back = exporters::SafetensorsFile::parse(std::vector<uint8_t>(file.begin(), file.end()), name);
+    if (!back || back->tensors().size() != spec.first.size()) die("safetensors seed " + name + " does not read back");
+    out[name] = file;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
   std::map<std::string, fs::path> dirs;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
-         a == "--elf_core" || a == "--python_objects" || a == "--wire")) {
+         a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
-          " [--elf_core DIR] [--python_objects DIR] [--wire DIR]"
+          " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -554,6 +606,8 @@ int main(int argc, char** argv) {
   }
   if (dirs.count("python_objects"))
     for (const auto& [name, input] : python_object_seeds()) put("python_objects", name, input);
+
+  for (const auto& [name, file] : safetensors_seeds()) put("safetensors", name, file);
 
   std::printf("make_corpus: wrote %zu seed files\n", files);
   return 0;
