@@ -1,12 +1,15 @@
 # mlfx_test(NAME SOURCES... LIBS ...): one GoogleTest binary per component, registered with CTest.
 function(mlfx_test name)
-  cmake_parse_arguments(T "" "" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "COST" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   set(props ENVIRONMENT "MLFX_BIN=${PROJECT_BINARY_DIR}/analyzer")
   if(T_LABELS)
     list(APPEND props LABELS "${T_LABELS}")
+  endif()
+  if(T_COST)  # a long test: ctest starts it first, beside the short ones
+    list(APPEND props COST ${T_COST})
   endif()
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES ${props})
 endfunction()
