@@ -46,7 +46,7 @@ print(total)
 PY
 
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+source "$root/tests/bench/bench_common.sh"
 declare -A s
 for i in $(seq "$runs"); do
   s[raw]+="$(seconds /usr/bin/python3 rawread.py "$victim") "

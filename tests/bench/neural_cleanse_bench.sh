@@ -40,16 +40,10 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$work"
-# A copy of both binaries: a rebuild of BUILD_DIR during the run cannot mix versions.
-mkdir bin
-cp "$build/analyzer/mlfx" "$build/agent/mlfx-agent" bin/
-mlfx=$work/bin/mlfx
-agent=$work/bin/mlfx-agent
+source "$root/tests/bench/bench_common.sh"
+copy_binaries "$build"
 ref=$root/tests/bench/neural_cleanse_ref.py
 
-now() { date +%s.%N; }
-sub() { echo "$1 - $2" | bc -l; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 die() { echo "neural_cleanse_bench: FAIL: $*" >&2; exit 1; }
 
 # --- the victim, its capture and recovery

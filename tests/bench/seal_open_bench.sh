@@ -7,6 +7,7 @@
 # References: `sha256sum` (coreutils, the issue's reference) and `openssl dgst -sha256`
 # (SHA-NI accelerated where the CPU has it: the fastest a plain hash of the file gets).
 set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/bench_common.sh"
 build=${1:-build}
 size_mib=${2:-1024}
 runs=${3:-5}
@@ -22,7 +23,6 @@ cat input.bin > /dev/null  # warm page cache
 
 pin="taskset -c 0"
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -A samples
 for i in $(seq "$runs"); do

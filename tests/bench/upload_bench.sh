@@ -22,6 +22,7 @@
 # something else runs (the upload is CPU-bound on 2 cores; see the per-round spread).
 # Warm page cache for both; `sync` between rounds. The store and spool are fresh per round.
 set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/bench_common.sh"
 build=$(realpath "${1:?usage: $0 BUILD_DIR [ROUNDS]}")
 rounds=${2:-5}
 size=$(( ${UPLOAD_BENCH_MIB:-2048} << 20 ))  # 2 GiB; UPLOAD_BENCH_MIB only to try the script out
@@ -35,15 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$work"
-# A copy of both binaries: a rebuild of BUILD_DIR during the run cannot mix versions.
-mkdir bin
-cp "$build/analyzer/mlfx" "$build/agent/mlfx-agent" bin/
-mlfx=$work/bin/mlfx
-agent=$work/bin/mlfx-agent
+copy_binaries "$build"
 
-now() { date +%s.%N; }
-sub() { echo "$1 - $2" | bc -l; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 die() { echo "upload_bench: FAIL: $*" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Waits for a listening socket without connecting to it (s_server -naccept 1 takes one connection).
