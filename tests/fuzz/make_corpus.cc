@@ -37,7 +37,7 @@
 #include "mlfx/custody/custody_log.h"
 #include "mlfx/wire/messages.h"
 #include "exporters/safetensors_reader.h"
-#include "exporters/safetensors_writer.h"
+#include "safetensors_bytes.h"
 #include "frontends/cpython/layout.h"
 #include "frontends/cpython/python_objects.h"
 #include "frontends/cpython/python_runtime.h"
@@ -496,15 +496,11 @@ std::map<std::string, std::string> safetensors_seeds() {
     return b;
   }();
   auto tensor = [](std::string key, int dtype, std::vector<int64_t> shape) {
-    TensorRecord t;
-    t.key = std::move(key);
-    t.scalar_type = dtype;
-    t.shape = std::move(shape);
-    t.strides.assign(t.shape.size(), 1);
-    for (size_t i = t.shape.size(); i-- > 1;) t.strides[i - 1] = t.strides[i] * std::max<int64_t>(t.shape[i], 1);
-    const uint64_t n = must(exporters::contiguous_size(t), t.key);
-    t.storage = {uint64_t(t.key.size()), as_bytes(bytes).first(n), n};
-    return t;
+    uint64_t n = exporters::find_dtype(dtype)->item_size;
+    for (int64_t d : shape) n *= uint64_t(d);
+    auto t = fuzz::contiguous_tensor(key, dtype, std::move(shape), as_bytes(bytes).first(n), key.size());
+    if (!t) die("safetensors seed tensor " + key);
+    return *t;
   };
   const std::map<std::string, std::pair<std::vector<TensorRecord>, exporters::SafetensorsMetadata>> files = {
       {"empty.safetensors", {{}, {}}},
@@ -522,14 +518,10 @@ std::map<std::string, std::string> safetensors_seeds() {
   };
   std::map<std::string, std::string> out;
   for (const auto& [name, spec] : files) {
-    const std::string header = must(exporters::safetensors_header(spec.first, spec.second), name);
-    std::string file(8, '\0');
-    store_le<uint64_t>(reinterpret_cast<uint8_t*>(file.data()), header.size());
-    file += header;
-    for (const TensorRecord& t : spec.first) file.append(reinterpret_cast<const char*>(t.storage.data.data()), t.storage.data.size());
-    auto back = exporters::SafetensorsFile::parse(std::vector<uint8_t>(file.begin(), file.end()), name);
+    const std::vector<uint8_t> file = must(fuzz::safetensors_bytes(spec.first, spec.second), name);
+    auto back = exporters::SafetensorsFile::parse(file, name);
     if (!back || back->tensors().size() != spec.first.size()) die("safetensors seed " + name + " does not read back");
-    out[name] = file;
+    out[name] = std::string(file.begin(), file.end());
   }
   return out;
 }

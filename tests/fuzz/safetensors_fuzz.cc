@@ -6,14 +6,13 @@
 // section whose length is its element count times the item size, and is found by its name;
 // what parses writes out again (safetensors_header + the tensors back to back) into a file
 // that parses to the same names, dtypes, shapes, bytes and metadata.
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "exporters/safetensors_reader.h"
-#include "exporters/safetensors_writer.h"
 #include "fuzz_support.h"
+#include "safetensors_bytes.h"
 #include "mlfx/base/bytes.h"
 
 namespace {
@@ -54,30 +53,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Written out again and read back.
   std::vector<exporters::TensorRecord> records;
   for (const auto& t : f->tensors()) {
-    exporters::TensorRecord r;
-    r.key = t.name;
-    r.scalar_type = t.dtype->scalar_type;
-    r.shape = t.shape;
-    r.strides.resize(t.shape.size());
-    int64_t stride = 1;
-    for (size_t i = t.shape.size(); i-- > 0;) {
-      r.strides[i] = stride;
-      // Only an empty tensor's sizes multiply past int64 (its other sizes are unbounded).
-      if (__builtin_mul_overflow(stride, std::max<int64_t>(t.shape[i], 1), &stride)) return 0;
-    }
-    r.storage = {records.size() + 1, f->data(t), f->data(t).size()};
-    records.push_back(std::move(r));
+    auto r = fuzz::contiguous_tensor(t.name, t.dtype->scalar_type, t.shape, f->data(t), records.size() + 1);
+    if (!r) return 0;
+    records.push_back(std::move(*r));
   }
-  auto header = exporters::safetensors_header(records, f->metadata());
-  if (!header) fuzz::invariant_failed("what parses has a header", header.error().to_string());
-  std::vector<uint8_t> again(8);
-  store_le<uint64_t>(again.data(), header->size());
-  again.insert(again.end(), header->begin(), header->end());
-  for (const auto& t : f->tensors()) {
-    ByteView b = f->data(t);
-    again.insert(again.end(), b.begin(), b.end());
-  }
-  auto g = SafetensorsFile::parse(std::move(again), "rewritten");
+  auto again = fuzz::safetensors_bytes(records, f->metadata());
+  if (!again) fuzz::invariant_failed("what parses writes out again", again.error().to_string());
+  auto g = SafetensorsFile::parse(std::move(*again), "rewritten");
   if (!g) fuzz::invariant_failed("a rewritten file parses", g.error().to_string());
   check_tensors(*g);
   if (g->tensors().size() != f->tensors().size() || g->metadata() != f->metadata())

@@ -410,7 +410,10 @@ TEST_F(RefusalTest, CertificatesThatMustNotPassAreRefusedAtTheHandshake) {
 class HeldUpload {
  public:
   HeldUpload(std::unique_ptr<RawClient> c, RawBundle b) : c_(std::move(c)), b_(std::move(b)) {
-    thread_ = std::thread([this] { outcome_ = run(); });
+    thread_ = std::thread([this] {
+      outcome_ = run();
+      done_ = true;
+    });
   }
   HeldUpload(const HeldUpload&) = delete;
   ~HeldUpload() { finish(); }
@@ -424,10 +427,6 @@ class HeldUpload {
 
  private:
   std::string run() {
-    struct Done {
-      std::atomic<bool>& d;
-      ~Done() { d = true; }
-    } done{done_};
     if (auto e = c_->send_json(FrameType::kOffer, wire::to_json(b_.offer)); !e.empty()) return e;
     if (In st = c_->read(); st.type != FrameType::kStatus) return "no STATUS: " + st.describe();
     for (const Unit& u : b_.metadata)
@@ -467,11 +466,11 @@ class MalformedTest : public RefusalTest {
     ASSERT_TRUE(fs::exists(lab_.object_path(background_bundle_))) << read_file(lab_.log_path());
     EXPECT_EQ(read_file(lab_.object_path(background_bundle_)), read_file(background_bundle_));
     const std::string digest = IntakeLab::digest_of(background_bundle_);
-    bool one_connection = false;
+    const uint64_t size = fs::file_size(background_bundle_);
+    bool one_connection = false;  // the intake logs the upload when the session ends
     for (int i = 0; i < 250 && !one_connection; ++i, std::this_thread::sleep_for(20ms))
       for (const auto& e : lab_.events("upload"))
-        one_connection |= e["bundle_digest"] == digest && e["result"] == "stored" &&
-                          e["received_bytes"] == fs::file_size(background_bundle_);
+        one_connection |= e["bundle_digest"] == digest && e["result"] == "stored" && e["received_bytes"] == size;
     EXPECT_TRUE(one_connection) << "stored in one go, never cut: " << read_file(lab_.log_path());
   }
 
