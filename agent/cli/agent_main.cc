@@ -199,7 +199,7 @@ int run_status(const SpoolArgs& a) {
 }
 
 struct ShipArgs {
-  std::string spool, server, ca, cert, key, intake_key;
+  std::string spool, server, ca, crl, cert, key, intake_key;
   uint64_t bandwidth = 0;
   double timeout_s = 60, backoff_min_s = 1, backoff_max_s = 300, poll_s = 5;
   bool once = false, until_empty = false, json = false;
@@ -216,7 +216,7 @@ Result<agent::IntakeTarget> ship_target(const ShipArgs& a) {
   if (*end != '\0' || port == 0 || port > 65535)
     return fail(Errc::kInvalidArgument, "--server: '" + a.server.substr(colon + 1) + "' is not a port");
   t.port = static_cast<uint16_t>(port);
-  t.tls = {a.ca, a.cert, a.key, ""};
+  t.tls = {a.ca, a.cert, a.key, a.crl};
   if (!a.intake_key.empty()) {
     if (a.intake_key.rfind("sha256:", 0) == 0) {
       t.intake_key_fingerprint = a.intake_key;
@@ -236,10 +236,10 @@ void print_upload(const agent::UploadOutcome& u, bool as_json) {
     std::printf("%s\n", u.to_json().dump().c_str());
   } else if (u.result == "stored" || u.result == "duplicate") {
     const double rate = u.seconds > 0 ? double(u.sent_bytes) / u.seconds : 0;
-    std::printf("%s %s: %s, %s already at the intake, %s sent in %.2f s (%s/s); receipt verified\n",
+    std::printf("%s %s: %s, %s already at the intake, %s sent in %.2f s (%s/s); receipt verified; intake CRL %s\n",
                 u.result.c_str(), u.name.c_str(), human_bytes(double(u.file_size)).c_str(),
                 human_bytes(double(u.held_before)).c_str(), human_bytes(double(u.sent_bytes)).c_str(), u.seconds,
-                human_bytes(rate).c_str());
+                human_bytes(rate).c_str(), u.crl_checked ? "checked" : "not checked");
   } else {
     std::printf("%s %s: %s\n", u.result.c_str(), u.name.c_str(), u.error.c_str());
   }
@@ -250,6 +250,9 @@ int run_ship(const ShipArgs& a) {
   signal(SIGPIPE, SIG_IGN);
   auto target = ship_target(a);
   if (!target) return report_error(target.error());
+  if (a.crl.empty())
+    std::fprintf(stderr, "mlfx-agent: ship: warning: no --crl: the intake's certificate is not checked for "
+                         "revocation (CRL not checked)\n");
   auto spool = agent::Spool::open(a.spool);
   if (!spool) return report_error(spool.error());
   // One shipper per spool: a second would upload the same bundles twice over.
@@ -346,6 +349,8 @@ int main(int argc, char** argv) {
   ship->add_option("--spool", sh.spool, "spool directory")->required();
   ship->add_option("--server", sh.server, "intake HOST:PORT")->required();
   ship->add_option("--ca", sh.ca, "lab CA certificate: the only trust anchor")->required();
+  ship->add_option("--crl", sh.crl, "the lab CA's crl.pem: refuse an intake whose certificate it revokes "
+                                    "(without it: not checked, and each upload says so)");
   ship->add_option("--cert", sh.cert, "this device's certificate from 'mlfx ca issue --device'")->required();
   ship->add_option("--key", sh.key, "this device's key (the one that signs its bundles)")->required();
   ship->add_option("--intake-key", sh.intake_key, "pin the intake's receipt key: its .pub or sha256: fingerprint");

@@ -26,7 +26,8 @@ using Clock = std::chrono::steady_clock;
 json::Json UploadOutcome::to_json() const {
   json::Json j = {{"name", name},           {"bundle_id", bundle_id},     {"result", result},
                   {"file_size", file_size}, {"held_before", held_before}, {"sent_bytes", sent_bytes},
-                  {"sent_units", sent_units}, {"seconds", seconds}};
+                  {"sent_units", sent_units}, {"seconds", seconds},
+                  {"intake_crl", crl_checked ? "checked" : "not checked"}};
   if (!error.empty()) j["error"] = error;
   if (code) j["code"] = wire::wire_error_name(*code);
   return j;
@@ -139,6 +140,12 @@ class Shipper {
     if (ec) co_return fail(transport::connection_error(ec, "connecting to the intake " + where));
     MLFX_CO_TRY(transport::expect_server_name(l.stream, target_.host));
     co_await l.stream.async_handshake(asio::ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec && transport::peer_revoked(l.stream))
+      co_return fail(Errc::kUntrusted, "the intake " + where + " presented a certificate that the lab CA revoked (" +
+                                           target_.tls.crl + "): not shipping to it");
+    if (ec && transport::crl_expired(l.stream))
+      co_return fail(Errc::kUntrusted, "the CRL " + target_.tls.crl + " is past its next update: get a fresh one "
+                                           "from the lab CA (mlfx ca crl) before shipping");
     if (ec) co_return fail(Errc::kUntrusted, "TLS handshake with the intake " + where + " failed: " +
                                                  transport::describe(ec, &l.stream));
     MLFX_CO_ASSIGN(transport::PeerIdentity peer, transport::peer_identity(l.stream));
@@ -183,6 +190,7 @@ class Shipper {
   asio::awaitable<UploadOutcome> upload(Link& l, SpoolEntry& e) {
     const auto start = Clock::now();
     UploadOutcome out;
+    out.crl_checked = !target_.tls.crl.empty();
     out.name = e.name;
     out.bundle_id = e.bundle_id;
     out.file_size = e.file_size;

@@ -19,7 +19,8 @@ namespace mlfx::agent {
 struct IntakeTarget {
   std::string host;
   uint16_t port = 7443;
-  transport::TlsFiles tls;            // ca, cert (the device certificate) and key (the device key)
+  transport::TlsFiles tls;  // ca, cert (the device certificate), key (the device key), crl (the lab CA's
+                            // CRL: a revoked intake certificate is refused; empty: not checked)
   std::string intake_key_fingerprint;  // optional pin of the receipt key, beyond the lab CA
   uint64_t bandwidth = 0;              // bytes per second, 0: unlimited
   std::chrono::milliseconds timeout{60000};  // without progress, a connection is given up
@@ -34,6 +35,7 @@ struct UploadOutcome {
   uint64_t held_before = 0, sent_bytes = 0, file_size = 0;
   size_t sent_units = 0;
   double seconds = 0;
+  bool crl_checked = false;  // the intake's certificate was checked against the lab CA's CRL
   json::Json to_json() const;
 };
 

@@ -343,8 +343,11 @@ int run_recover(const recovery::RecoverOptions& o, bool json_out) {
 struct ServeArgs {
   std::string listen = "127.0.0.1:7443", store, ca_dir, ca, crl, cert, key, name, port_file;
   uint64_t max_bundle = uint64_t(1) << 40;
-  size_t max_partials = 8, max_connections = 256;
-  double idle_timeout_s = 60, handshake_timeout_s = 10;
+  size_t max_partials = 8, max_connections = 256, max_sessions_per_device = 4;
+  size_t max_handshakes = 256, max_handshakes_per_address = 32;
+  uint64_t upload_memory = uint64_t(2) << 30, max_reserved = uint64_t(1) << 40,
+           max_reserved_per_device = uint64_t(256) << 30, device_quota = 0;
+  double idle_timeout_s = 60, handshake_timeout_s = 5, partial_ttl_s = 7 * 24 * 3600;
   unsigned threads = 0;
 };
 
@@ -385,7 +388,8 @@ int run_serve(const ServeArgs& a) {
                                                           "device-kind key (mlfx keys gen --kind device)"));
   HostIdentity host = local_host_identity();
   custody::Actor actor{"intake", a.name.empty() ? host.hostname : a.name, host.hostname, host.user};
-  intake::StoreLimits limits{a.max_bundle, a.max_partials};
+  intake::StoreLimits limits{a.max_bundle, a.max_partials, a.max_reserved, a.max_reserved_per_device, a.device_quota,
+                             std::chrono::seconds(static_cast<int64_t>(a.partial_ttl_s))};
   auto store = intake::EvidenceStore::open(a.store, *key_file->signing, actor, limits);
   if (!store) return report_error(store.error());
 
@@ -406,6 +410,10 @@ int run_serve(const ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
 
   auto server = intake::IntakeServer::create(opt, **store, log);
+  opt.max_sessions_per_device = a.max_sessions_per_device;
+  opt.max_handshakes = a.max_handshakes;
+  opt.max_handshakes_per_address = a.max_handshakes_per_address;
+  opt.upload_memory = a.upload_memory;
   if (!server) return report_error(server.error());
   const std::string address = opt.host + ":" + std::to_string((*server)->port());
   if (!a.port_file.empty())
@@ -551,11 +559,12 @@ int main(int argc, char** argv) {
       ->transform(CLI::AsSizeValue(false));
   serve->add_option("--max-partials", sv.max_partials, "unfinished uploads kept per device (default 8)")
       ->check(CLI::PositiveNumber);
-  serve->add_option("--max-connections", sv.max_connections, "connections at once (default 256)")
+  serve->add_option("--max-connections", sv.max_connections, "authenticated sessions at once (default 256)")
       ->check(CLI::PositiveNumber);
   serve->add_option("--idle-timeout", sv.idle_timeout_s, "seconds without a frame before a connection is closed (default 60)")
       ->check(CLI::PositiveNumber);
-  serve->add_option("--handshake-timeout", sv.handshake_timeout_s, "seconds for the TLS handshake (default 10)")
+  serve->add_option("--handshake-timeout", sv.handshake_timeout_s,
+                    "seconds from connect to HELLO, TLS handshake included (default 5)")
       ->check(CLI::PositiveNumber);
   serve->add_option("--threads", sv.threads, "worker threads (default: one per core, at least 2)");
   serve->add_option("--port-file", sv.port_file, "write the port listened on to this file (for --listen ADDR:0)");
@@ -595,6 +604,27 @@ int main(int argc, char** argv) {
     }
   }
   if (recover->parsed()) {
+  serve->add_option("--max-sessions-per-device", sv.max_sessions_per_device,
+                    "sessions of one device at once (default 4)")->check(CLI::PositiveNumber);
+  serve->add_option("--max-handshakes", sv.max_handshakes,
+                    "connections not authenticated yet; when full, the oldest of the busiest address goes "
+                    "(default 256)")->check(CLI::PositiveNumber);
+  serve->add_option("--max-handshakes-per-address", sv.max_handshakes_per_address,
+                    "of them, from one source address (default 32)")->check(CLI::PositiveNumber);
+  serve->add_option("--upload-memory", sv.upload_memory,
+                    "record buffers of all uploads in progress, a quarter per device, e.g. 4G (default 2G)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--max-reserved", sv.max_reserved, "disk reserved for unfinished uploads, all devices (default 1T)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--max-reserved-per-device", sv.max_reserved_per_device,
+                    "disk reserved for one device's unfinished uploads (default 256G)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--device-quota", sv.device_quota,
+                    "bytes one device may hold: stored bundles and unfinished uploads (default: no quota)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--partial-ttl", sv.partial_ttl_s,
+                    "seconds an unfinished upload may sit untouched before it is removed, with a signed note in "
+                    "the store's journal.jsonl (default 604800: 7 days)")->check(CLI::PositiveNumber);
     ro.show_progress = !recover_quiet && !recover_json;
     return run_recover(ro, recover_json);
   }

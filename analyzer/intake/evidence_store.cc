@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
@@ -24,6 +25,8 @@ tl::unexpected<wire::ErrorMessage> refuse(WireError code, std::string message) {
 std::string at(uint64_t off) { return " at offset " + std::to_string(off); }
 
 constexpr size_t kMaxMetadataUnits = bundle::kMaxStreams + 5;  // header, tables, MNFT MSIG CUST END
+constexpr uint64_t kMetadataBase = 4u << 20;  // header, manifest, signature, custody log, end
+constexpr char kJournalContext[] = "mlfx-intake-v1 journal\n";
 
 Status make_dir(const std::string& path) {
   if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
@@ -49,8 +52,9 @@ size_t count_partials(const std::string& dir) {
   return n;
 }
 
-// Reserves the whole file up front, so that a full disk is found before any data is sent.
-Status reserve(File& f, uint64_t size) {
+// Reserves the whole file once its metadata verified, so that a full disk is found before any
+// chunk is sent.
+Status reserve_space(File& f, uint64_t size) {
   int err = ::posix_fallocate(f.fd(), 0, static_cast<off_t>(size));
   if (err == 0) return {};
   if (err == EOPNOTSUPP || err == EINVAL) {
@@ -60,7 +64,44 @@ Status reserve(File& f, uint64_t size) {
   return fail(Errc::kIo, "cannot reserve " + std::to_string(size) + " bytes for " + f.path() + ": " + errno_text(err));
 }
 
+std::string utc_of(time_t t) {
+  tm parts{};
+  gmtime_r(&t, &parts);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  return buf;
+}
+
+bool ends_with(const std::string& s, std::string_view tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// The offer a verified partial was made for (its .meta.json).
+std::optional<wire::Offer> partial_offer(const std::string& key) {
+  auto text = read_small_file(key + ".meta.json", 1u << 20);
+  if (!text) return std::nullopt;
+  auto meta = json::parse(*text, key + ".meta.json");
+  if (!meta || !meta->contains("offer")) return std::nullopt;
+  const std::string body = json::canonical((*meta)["offer"]);
+  auto offer = wire::parse_offer(as_bytes(body));
+  return offer ? std::optional(*offer) : std::nullopt;
+}
+
 }  // namespace
+
+uint64_t metadata_allowance(const wire::Offer& o) {
+  const uint64_t chunks = o.file_size / std::max<uint32_t>(o.chunk_size, 1) + bundle::kMaxStreams;
+  const uint64_t tables = bundle::kMaxStreams * bundle::kRecordHeaderSize + chunks * bundle::kChunkTableEntrySize;
+  return std::min(o.file_size, kMetadataBase + tables);
+}
+
+uint64_t metadata_unit_limit(const wire::Offer& o) {
+  return std::min<uint64_t>(metadata_allowance(o), bundle::kRecordHeaderSize + bundle::kMaxMetadataRecord);
+}
+
+uint64_t chunk_record_limit(const wire::Offer& o) {
+  return uint64_t(o.chunk_size) + bundle::kRecordHeaderSize + crypto::kTagSize + wire::kRecordOffsetSize;
+}
 
 std::string fingerprint_hex(const std::string& fingerprint) {
   const std::string prefix = "sha256:";
@@ -234,7 +275,11 @@ WireResult<void> PartialUpload::accept_metadata(uint64_t offset, ByteView unit) 
   if (std::find(pending_metadata_.begin(), pending_metadata_.end(), offset) == pending_metadata_.end()) {
     if (pending_metadata_.size() >= kMaxMetadataUnits)
       return refuse(WireError::kBadBundle, "more metadata units than a bundle can have");
+    if (pending_metadata_bytes_ + unit.size() > metadata_allowance(offer_))
+      return refuse(WireError::kBadBundle, "more metadata than a bundle of " + std::to_string(size) +
+                                               " bytes in chunks of " + std::to_string(offer_.chunk_size) + " can have");
     pending_metadata_.push_back(offset);
+    pending_metadata_bytes_ += unit.size();
   }
   if (auto st = write_unit(offset, unit); !st) return refuse(WireError::kStoreFailed, st.error().to_string());
   accepted_bytes_ += unit.size();
@@ -282,8 +327,19 @@ WireResult<void> PartialUpload::check_metadata() {
     return refuse(WireError::kWrongDevice, "the bundle was signed by device '" + m.device.id + "' (key " +
                                                m.device.key_fingerprint + "), but this connection is device key " +
                                                device_fingerprint_ + ": a device may upload only its own bundles");
+  // The key is the certificate's; so must the name be, or the bundle would be filed under a
+  // device the lab CA never vouched for.
+  if (m.device.id != device_id_)
+    return refuse(WireError::kWrongDevice, "the manifest names device '" + m.device.id +
+                                               "', but this connection's certificate is for device '" + device_id_ +
+                                               "': seal with --device-id " + device_id_ +
+                                               " or issue the certificate for the name in the manifest");
   if (auto report = metadata_->verify_custody(); !report)
     return refuse(WireError::kBadBundle, "custody: " + report.error().to_string());
+  if (auto reserved = store_->reserve(*this); !reserved) {
+    metadata_.reset();
+    return reserved;
+  }
   json::Json meta = {{"offer", wire::to_json(offer_)}, {"metadata_units", pending_metadata_}};
   if (auto st = replace_file(key_ + ".meta.json", json::canonical(meta), 0640); !st)
     return refuse(WireError::kStoreFailed, st.error().to_string());
@@ -342,11 +398,14 @@ Result<std::unique_ptr<EvidenceStore>> EvidenceStore::open(const std::string& di
   std::unique_ptr<EvidenceStore> store(new EvidenceStore(dir, std::move(intake_key), std::move(intake), limits,
                                                          std::move(*lock)));
   store->tidy();
+  store->load_charges();
+  store->expire_partials();
   return store;
 }
 
-// What an intake killed at a bad moment leaves: temporary files of atomic writes, and a
-// partial upload whose bundle was stored just before the kill.
+// What an intake killed at a bad moment leaves: temporary files of atomic writes, a partial
+// upload whose bundle was stored just before the kill, and uploads whose metadata never
+// verified (nothing of them is evidence; their metadata is sent again).
 void EvidenceStore::tidy() {
   for (const auto& name : list_names(dir_ + "/objects"))
     if (name.rfind(".", 0) == 0 && name.find(".tmp.") != std::string::npos) ::unlink((dir_ + "/objects/" + name).c_str());
@@ -358,7 +417,170 @@ void EvidenceStore::tidy() {
       if (dash == std::string::npos || dot == std::string::npos || dot < dash) continue;
       if (find(name.substr(dash + 1, dot - dash - 1))) ::unlink((d + "/" + name).c_str());
     }
+    for (const auto& name : list_names(d)) {
+      const std::string key = d + "/" + name.substr(0, name.size() - 5);
+      if (ends_with(name, ".part") && !partial_offer(key)) remove_partial_files(key);
+    }
   }
+}
+
+// After a restart: what the verified partials hold against the caps (whatever the caps are
+// now), and what each device has stored, for its quota.
+void EvidenceStore::load_charges() {
+  std::lock_guard lock(mu_);
+  for (const auto& device : list_names(dir_ + "/partial"))
+    for (const auto& name : list_names(dir_ + "/partial/" + device)) {
+      const std::string key = dir_ + "/partial/" + device + "/" + name.substr(0, name.size() - 5);
+      auto offer = ends_with(name, ".part") ? partial_offer(key) : std::nullopt;
+      if (!offer) continue;
+      charges_[key] = {device, offer->file_size};
+      reserved_by_device_[device] += offer->file_size;
+      reserved_total_ += offer->file_size;
+    }
+  if (limits_.device_quota == 0) return;
+  for (const auto& name : list_names(dir_ + "/objects")) {
+    if (!ends_with(name, ".receipt.json")) continue;
+    auto receipt = find(name.substr(0, name.size() - std::strlen(".receipt.json")));
+    if (receipt)
+      stored_by_device_[fingerprint_hex(receipt->receipt.device_key_fingerprint)] += receipt->receipt.file_size;
+  }
+}
+
+uint64_t EvidenceStore::max_bundle() const {
+  uint64_t m = std::min({limits_.max_bundle, limits_.max_reserved, limits_.max_reserved_per_device});
+  return limits_.device_quota ? std::min(m, limits_.device_quota) : m;
+}
+
+WireResult<void> EvidenceStore::charge(const std::string& key, const std::string& device, uint64_t bytes) {
+  auto it = charges_.find(key);
+  const uint64_t before = it == charges_.end() ? 0 : it->second.bytes;
+  const uint64_t device_after = reserved_by_device_[device] - before + bytes;
+  const uint64_t total_after = reserved_total_ - before + bytes;
+  if (bytes > before) {
+    const std::string want = "this upload needs " + std::to_string(bytes) + " bytes";
+    if (device_after > limits_.max_reserved_per_device)
+      return refuse(WireError::kOverQuota, want + ", and this device's unfinished uploads would then hold " +
+                                               std::to_string(device_after) + "; the intake holds at most " +
+                                               std::to_string(limits_.max_reserved_per_device) +
+                                               " per device (--max-reserved-per-device): finish them, or wait "
+                                               "until they expire (--partial-ttl)");
+    if (limits_.device_quota && device_after + stored_by_device_[device] > limits_.device_quota)
+      return refuse(WireError::kOverQuota, want + ", over this device's quota of " +
+                                               std::to_string(limits_.device_quota) + " bytes (--device-quota), of which " +
+                                               std::to_string(stored_by_device_[device]) + " are stored bundles");
+    if (total_after > limits_.max_reserved)
+      return refuse(WireError::kStoreFailed, want + ", and the intake's space for unfinished uploads (" +
+                                                 std::to_string(limits_.max_reserved) +
+                                                 " bytes, --max-reserved) is taken; retry later");
+  }
+  charges_[key] = {device, bytes};
+  reserved_by_device_[device] = device_after;
+  reserved_total_ = total_after;
+  return {};
+}
+
+void EvidenceStore::uncharge(const std::string& key) {
+  auto it = charges_.find(key);
+  if (it == charges_.end()) return;
+  reserved_by_device_[it->second.device] -= it->second.bytes;
+  if (reserved_by_device_[it->second.device] == 0) reserved_by_device_.erase(it->second.device);
+  reserved_total_ -= it->second.bytes;
+  charges_.erase(it);
+}
+
+WireResult<void> EvidenceStore::reserve(PartialUpload& p) {
+  const std::string device = fingerprint_hex(p.device_fingerprint_);
+  {
+    std::lock_guard lock(mu_);
+    if (auto ok = charge(p.key_, device, p.offer_.file_size); !ok) return ok;
+  }
+  if (auto st = reserve_space(p.file_, p.offer_.file_size); !st) {
+    std::lock_guard lock(mu_);
+    (void)charge(p.key_, device, metadata_allowance(p.offer_));  // lower: cannot fail
+    return refuse(WireError::kStoreFailed, st.error().to_string());
+  }
+  return {};
+}
+
+void EvidenceStore::remove_partial_files(const std::string& key) {
+  ::unlink((key + ".part").c_str());
+  ::unlink((key + ".meta.json").c_str());
+}
+
+void EvidenceStore::release(PartialUpload& p) {
+  std::lock_guard lock(mu_);
+  p.claimed_ = false;
+  if (p.verified()) return;  // kept for a resume
+  remove_partial_files(p.key_);
+  uncharge(p.key_);
+  uploads_.erase(p.key_);
+}
+
+std::vector<json::Json> EvidenceStore::expire_partials() {
+  std::vector<json::Json> notes;
+  const time_t now = ::time(nullptr);
+  for (const auto& device : list_names(dir_ + "/partial")) {
+    for (const auto& name : list_names(dir_ + "/partial/" + device)) {
+      if (!ends_with(name, ".part")) continue;
+      const std::string key = dir_ + "/partial/" + device + "/" + name.substr(0, name.size() - 5);
+      struct stat st {};
+      if (::stat((key + ".part").c_str(), &st) != 0 || now - st.st_mtime < limits_.partial_ttl.count()) continue;
+      auto offer = partial_offer(key);
+      {
+        std::lock_guard lock(mu_);  // a connection that wants it now either holds it or starts afresh
+        auto it = uploads_.find(key);
+        if (it != uploads_.end() && it->second->claimed_) continue;
+        if (it != uploads_.end()) uploads_.erase(it);
+        uncharge(key);
+        remove_partial_files(key);
+      }
+      if (!offer) continue;  // its metadata never verified: nothing of it was evidence
+      json::Json note = {{"device_key_fingerprint", "sha256:" + device},
+                         {"bundle_id", offer->bundle_id},
+                         {"bundle_digest", offer->bundle_digest},
+                         {"file_size", offer->file_size},
+                         {"reserved_bytes", uint64_t(st.st_blocks) * 512},
+                         {"last_activity_utc", utc_of(st.st_mtime)},
+                         {"partial_ttl_s", limits_.partial_ttl.count()}};
+      if (auto j = journal("partial_expired", note); !j) note["journal_error"] = j.error().to_string();
+      notes.push_back(std::move(note));
+    }
+  }
+  return notes;
+}
+
+// One line per note, canonical JSON chained to the line before by its SHA-256 and signed by
+// the intake key, like the custody events the store writes; fsynced before it returns.
+Status EvidenceStore::journal(const std::string& type, json::Json details) {
+  std::lock_guard lock(journal_mu_);
+  const std::string path = dir_ + "/journal.jsonl";
+  if (journal_prev_.empty()) {
+    auto text = read_small_file(path, 64u << 20);
+    std::string last = "mlfx-intake-v1 journal genesis\n";
+    if (text && !text->empty()) {
+      const size_t end = text->find_last_not_of('\n');
+      const size_t start = text->rfind('\n', end);
+      last = text->substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+    }
+    journal_prev_ = to_hex(crypto::sha256(as_bytes(last)));
+  }
+  json::Json event = {{"type", type},
+                      {"time_utc", utc_timestamp()},
+                      {"actor", {{"role", actor_.role}, {"id", actor_.id}, {"host", actor_.host}, {"user", actor_.user}}},
+                      {"intake_key_fingerprint", intake_key().fingerprint()},
+                      {"details", std::move(details)},
+                      {"prev", journal_prev_}};
+  const std::string unsigned_text = json::canonical(event);
+  MLFX_ASSIGN(Bytes sig, key_.sign(as_bytes(std::string(kJournalContext) + unsigned_text)));
+  event["signature"] = to_base64(sig);
+  const std::string line = json::canonical(event);
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) return fail(Errc::kIo, "cannot open " + path + ": " + errno_text(errno));
+  File f(fd, path);
+  MLFX_TRY(f.write_all(as_bytes(line + "\n")));
+  MLFX_TRY(f.sync());
+  journal_prev_ = to_hex(crypto::sha256(as_bytes(line)));
+  return {};
 }
 
 std::string EvidenceStore::object_path(const std::string& digest, const char* suffix) const {
@@ -390,20 +612,21 @@ EvidenceStore::Claim::~Claim() { release(); }
 void EvidenceStore::Claim::release() {
   if (!store_ || !upload_) return;
   upload_->release_resources();  // an idle upload holds no thread or buffer of its worker
-  std::lock_guard lock(store_->mu_);
-  upload_->claimed_ = false;
+  store_->release(*upload_);
   store_ = nullptr;
   upload_.reset();
 }
 
 WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const wire::Offer& offer) {
-  if (offer.file_size > limits_.max_bundle)
+  if (offer.file_size > max_bundle())
     return refuse(WireError::kBundleTooLarge, "the bundle is " + std::to_string(offer.file_size) +
-                                                  " bytes; this intake takes at most " +
-                                                  std::to_string(limits_.max_bundle));
-  const std::string key = dir_ + "/partial/" + fingerprint_hex(who.key_fingerprint) + "/" + offer.bundle_id +
-                          "-" + offer.bundle_digest;
+                                                  " bytes; this intake takes at most " + std::to_string(max_bundle()) +
+                                                  " from one device (--max-bundle, --max-reserved-per-device, "
+                                                  "--max-reserved, --device-quota)");
+  const std::string device = fingerprint_hex(who.key_fingerprint);
+  const std::string key = dir_ + "/partial/" + device + "/" + offer.bundle_id + "-" + offer.bundle_digest;
   std::shared_ptr<PartialUpload> upload;
+  bool charged_here = false;
   {
     std::lock_guard lock(mu_);
     auto it = uploads_.find(key);
@@ -423,6 +646,11 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
       }
       return Claim(this, it->second);
     }
+    // Until its metadata verifies, an upload counts what that metadata can be, not the bundle.
+    if (!charges_.count(key)) {
+      if (auto ok = charge(key, device, metadata_allowance(offer)); !ok) return tl::unexpected(ok.error());
+      charged_here = true;
+    }
     upload = std::make_shared<PartialUpload>();
     upload->claimed_ = true;
     uploads_[key] = upload;
@@ -431,6 +659,7 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
   if (auto st = open_partial(who, offer, key, *upload); !st) {
     std::lock_guard lock(mu_);
     uploads_.erase(key);
+    if (charged_here) uncharge(key);
     return refuse(st.error().code() == Errc::kExists ? WireError::kTooManyPartials : WireError::kStoreFailed,
                   st.error().to_string());
   }
@@ -441,9 +670,11 @@ WireResult<EvidenceStore::Claim> EvidenceStore::begin(const Uploader& who, const
 Status EvidenceStore::open_partial(const Uploader& who, const wire::Offer& offer, const std::string& key,
                                    PartialUpload& upload) {
   PartialUpload* p = &upload;
+  p->store_ = this;
   p->key_ = key;
   p->offer_ = offer;
   p->device_fingerprint_ = who.key_fingerprint;
+  p->device_id_ = who.device_id;
   const std::string device_dir = key.substr(0, key.rfind('/'));
   MLFX_TRY(make_dir(device_dir));
   const std::string part = key + ".part";
@@ -477,9 +708,11 @@ Status EvidenceStore::open_partial(const Uploader& who, const wire::Offer& offer
   fd = ::open(part.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return fail(Errc::kIo, "cannot open " + part + ": " + errno_text(errno));
   p->file_ = File(fd, part);
-  if (auto st = reserve(p->file_, offer.file_size); !st) {
+  // Sparse until the metadata verifies (EvidenceStore::reserve): an offer costs no space.
+  if (::ftruncate(fd, static_cast<off_t>(offer.file_size)) != 0) {
+    const int err = errno;
     ::unlink(part.c_str());
-    return st;
+    return fail(Errc::kIo, "cannot size " + part + ": " + errno_text(err));
   }
   return {};
 }
@@ -487,10 +720,10 @@ Status EvidenceStore::open_partial(const Uploader& who, const wire::Offer& offer
 void EvidenceStore::discard(Claim& claim) {
   if (!claim.upload_) return;
   const std::string key = claim.upload_->key_;
-  ::unlink((key + ".part").c_str());
-  ::unlink((key + ".meta.json").c_str());
+  remove_partial_files(key);
   std::lock_guard lock(mu_);
   uploads_.erase(key);
+  uncharge(key);
   claim.upload_->claimed_ = false;
   claim.upload_.reset();
   claim.store_ = nullptr;
@@ -518,10 +751,11 @@ WireResult<wire::SignedReceipt> EvidenceStore::commit(Claim& claim, const Upload
   // Read-only from now on (the same inode as the partial, which an earlier attempt may have
   // left writable for its retry).
   (void)::fchmod(p.file_.fd(), 0440);
-  ::unlink((p.key_ + ".part").c_str());
-  ::unlink((p.key_ + ".meta.json").c_str());
+  remove_partial_files(p.key_);
   std::lock_guard lock(mu_);
   uploads_.erase(p.key_);
+  uncharge(p.key_);
+  stored_by_device_[fingerprint_hex(who.key_fingerprint)] += p.offer_.file_size;
   return receipt;
 }
 

@@ -7,9 +7,13 @@
 //   DIR/objects/<digest>.custody.jsonl   its custody log + 'received' (the bundle is not touched)
 //   DIR/objects/<digest>.receipt.json    the signed receipt; written last, so it marks "stored"
 //   DIR/partial/<device>/<bundle>-<digest>.part / .meta.json   uploads in progress
+//   DIR/journal.jsonl                     the store's own signed notes (expired uploads)
 // <digest> is the bundle digest (bundle-format.md §18), which names the whole file.
+// An upload holds no reserved space until its metadata verifies (signature, device binding,
+// digest); one whose metadata never verified is not kept once its connection lets go of it.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -41,7 +45,23 @@ struct Uploader {
 struct StoreLimits {
   uint64_t max_bundle = uint64_t(1) << 40;
   size_t max_partials_per_device = 8;
+  // Disk held by unfinished uploads (wire-protocol.md §5.4): each counts its metadata
+  // allowance until the metadata verifies, then its whole size, reserved with posix_fallocate.
+  uint64_t max_reserved = uint64_t(1) << 40;               // all devices together
+  uint64_t max_reserved_per_device = uint64_t(256) << 30;  // one device
+  uint64_t device_quota = 0;  // a device's stored bundles and unfinished uploads; 0: no quota
+  std::chrono::seconds partial_ttl{7 * 24 * 3600};  // an unfinished upload untouched this long is removed
 };
+
+// The most metadata (every unit that is not a chunk record, together) a bundle of this offer
+// can have: a 48-byte chunk table entry per chunk (at most file_size / chunk_size, plus one
+// per stream), table headers, and 4 MiB for the header, manifest, signature, custody log and
+// end. Until the metadata verifies, an upload holds no more on disk than this, and no RECORD
+// may be larger than metadata_unit_limit.
+uint64_t metadata_allowance(const wire::Offer& offer);
+uint64_t metadata_unit_limit(const wire::Offer& offer);
+// The largest RECORD body (offset and unit) for the chunks of this offer.
+uint64_t chunk_record_limit(const wire::Offer& offer);
 
 class EvidenceStore;
 
@@ -62,6 +82,8 @@ class PartialUpload {
   // the next one; a bad one is reported by a later call. The last one is waited for.
   WireResult<void> accept(uint64_t offset, ByteView unit);
   bool complete();
+  // The metadata arrived and verified: the space is reserved and only chunks remain.
+  bool verified() const { return metadata_.has_value(); }
   const wire::Offer& offer() const { return offer_; }
   uint64_t accepted_bytes() const { return accepted_bytes_; }  // by this process, for logs
 
@@ -87,11 +109,13 @@ class PartialUpload {
   // Between connections: waits for the record in flight, then frees the worker and its buffer.
   void release_resources();
 
+  EvidenceStore* store_ = nullptr;
   std::string key_;  // partial path without extension
   wire::Offer offer_;
-  std::string device_fingerprint_;
+  std::string device_fingerprint_, device_id_;
   File file_;
   std::vector<uint64_t> pending_metadata_;  // offsets received before the metadata was checked
+  uint64_t pending_metadata_bytes_ = 0;
   std::optional<bundle::BundleReader> metadata_;
   std::vector<UnitState> units_;  // every unit in file order, once the metadata is checked
   std::map<uint64_t, size_t> unit_at_;
@@ -148,17 +172,40 @@ class EvidenceStore {
   };
 
   // Starts or resumes `who`'s upload of `offer`: busy when another connection holds it,
-  // too_many_partials, store_failed when the space cannot be reserved.
+  // too_many_partials, over_quota (the device's reservation cap or quota), store_failed (the
+  // intake's reservation cap).
   WireResult<Claim> begin(const Uploader& who, const wire::Offer& offer);
   // Stores a complete upload (wire-protocol.md §7) and returns the signed receipt.
   WireResult<wire::SignedReceipt> commit(Claim& claim, const Uploader& who, const std::string& started_utc);
   // Deletes an upload that failed verification.
   void discard(Claim& claim);
+  // Removes the unfinished uploads no connection holds that were untouched for
+  // limits().partial_ttl, each with a signed 'partial_expired' note in DIR/journal.jsonl (an
+  // unfinished upload is not evidence yet: it has no custody log of its own). Returns the
+  // notes, for the server's log.
+  std::vector<json::Json> expire_partials();
+  // The largest bundle this intake can take from one device now and then (for WELCOME).
+  uint64_t max_bundle() const;
 
  private:
+  friend class PartialUpload;
+  struct Charge {
+    std::string device;  // key fingerprint hex
+    uint64_t bytes = 0;
+  };
   EvidenceStore(std::string dir, crypto::SigningKey key, custody::Actor actor, StoreLimits limits, DirLock lock)
       : dir_(std::move(dir)), key_(std::move(key)), actor_(std::move(actor)), limits_(limits), lock_(std::move(lock)) {}
   void tidy();
+  void load_charges();
+  // Sets the bytes `key` holds against the caps (with mu_ held); refuses a raise over one.
+  WireResult<void> charge(const std::string& key, const std::string& device, uint64_t bytes);
+  void uncharge(const std::string& key);  // with mu_ held
+  // At verification: charges the whole bundle and reserves its space.
+  WireResult<void> reserve(PartialUpload& p);
+  // A connection let go of `p`: kept when verified, else removed.
+  void release(PartialUpload& p);
+  void remove_partial_files(const std::string& key);
+  Status journal(const std::string& type, json::Json details);
   std::string object_path(const std::string& sha, const char* suffix) const;
   Status open_partial(const Uploader& who, const wire::Offer& offer, const std::string& key,
                       PartialUpload& upload);
@@ -172,6 +219,11 @@ class EvidenceStore {
   DirLock lock_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // by key, across connections
+  std::map<std::string, Charge> charges_;                          // by key: unfinished uploads
+  std::map<std::string, uint64_t> reserved_by_device_, stored_by_device_;
+  uint64_t reserved_total_ = 0;
+  std::mutex journal_mu_;
+  std::string journal_prev_;  // hash of the journal's last line
 };
 
 // "sha256:<hex>" -> "<hex>", for file names.

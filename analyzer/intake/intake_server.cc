@@ -1,5 +1,6 @@
 #include "intake/intake_server.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <mutex>
@@ -8,10 +9,13 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "intake/admission.h"
 #include "intake/intake_session.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/transport/deadline.h"
@@ -46,9 +50,38 @@ CrlStamp stamp(const std::string& path) {
 
 // Time to deliver a last ERROR before the socket closes.
 constexpr std::chrono::milliseconds kGrace{2000};
+// After a failed accept (out of descriptors): a pause, not a busy loop.
+constexpr std::chrono::milliseconds kAcceptRetry{100};
+
+// One connection before it authenticated, as its strand sees it: an eviction posted from the
+// accept loop acts only while the handshake is still under way.
+struct Pending {
+  bool done = false, evicted = false;
+  std::weak_ptr<transport::Deadline> deadline;
+};
+
+std::chrono::milliseconds until(Clock::time_point t) {
+  return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()));
+}
+
+// Many connections each hold a descriptor: take what the hard limit allows.
+void raise_descriptor_limit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &r);
+  }
+}
 
 struct IntakeServer::Impl {
-  Impl(ServerOptions o, EvidenceStore& s, EventLog l) : opt(std::move(o)), store(s), log(std::move(l)), acceptor(io) {}
+  Impl(ServerOptions o, EvidenceStore& s, EventLog l)
+      : opt(std::move(o)),
+        store(s),
+        log(std::move(l)),
+        acceptor(io),
+        handshakes(opt.max_handshakes, opt.max_handshakes_per_address),
+        slots(opt.max_connections, opt.max_sessions_per_device),
+        budget(opt.upload_memory, opt.upload_memory / 4) {}
 
   ServerOptions opt;
   EvidenceStore& store;
@@ -58,7 +91,9 @@ struct IntakeServer::Impl {
   std::mutex ctx_mu;
   TlsContext ctx;
   CrlStamp crl_stamp;
-  std::atomic<size_t> connections{0};
+  PendingHandshakes handshakes;
+  SessionSlots slots;
+  MemoryBudget budget;
 
   // The TLS context for a new connection: rebuilt when the CRL file changed, so a revocation
   // holds from the next handshake on, without a restart. A CRL that cannot be read keeps the
@@ -86,57 +121,91 @@ struct IntakeServer::Impl {
       if (ec) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
         log({{"event", "accept_failed"}, {"error", ec.message()}});
+        asio::steady_timer pause(io, kAcceptRetry);
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         continue;
       }
-      if (connections.load() >= opt.max_connections) {
-        log({{"event", "refused"}, {"reason", "connection limit"}, {"limit", opt.max_connections}});
-        socket.close(ec);
-        continue;
-      }
-      ++connections;
       auto ex = socket.get_executor();
       asio::co_spawn(ex, serve(std::move(socket)), asio::detached);
     }
   }
 
+  // The handshake of one connection, under the handshake deadline and holding a slot of the
+  // pending table (which a newer connection may take: then this one is closed).
   asio::awaitable<void> serve(tcp::socket socket) {
+    const auto accepted = Clock::now();
     boost::system::error_code ec;
     auto endpoint = socket.remote_endpoint(ec);
-    const std::string peer = ec ? "unknown" : endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+    const std::string address = ec ? "unknown" : endpoint.address().to_string();
+    const std::string peer = ec ? "unknown" : address + ":" + std::to_string(endpoint.port());
     TlsContext tls = current_context();
     TlsStream stream(std::move(socket), *tls);
     auto deadline = transport::Deadline::start(stream, opt.handshake_timeout);
+    auto pending = std::make_shared<Pending>();
+    pending->deadline = deadline;
+    const uint64_t ticket = handshakes.admit(address, [ex = stream.get_executor(), pending] {
+      asio::post(ex, [pending] {
+        if (pending->done) return;
+        pending->evicted = true;
+        if (auto d = pending->deadline.lock()) d->expire_in(std::chrono::milliseconds(0));
+      });
+    });
     co_await stream.async_handshake(asio::ssl::stream_base::server, asio::redirect_error(asio::use_awaitable, ec));
+    pending->done = true;
+    handshakes.leave(address, ticket);
     if (ec) {
-      log({{"event", "handshake_failed"}, {"peer", peer},
-           {"reason", deadline->expired() ? "handshake timeout" : transport::describe(ec, &stream)}});
+      const std::string reason = pending->evicted    ? "evicted: newer connections needed the handshake slot"
+                                 : deadline->expired() ? "handshake timeout"
+                                                       : transport::describe(ec, &stream);
+      log({{"event", "handshake_failed"}, {"peer", peer}, {"reason", reason}});
     } else {
-      co_await session(stream, *deadline, peer);
+      co_await session(stream, *deadline, peer, accepted + opt.handshake_timeout);
     }
     deadline->stop();
     stream.lowest_layer().close(ec);
-    --connections;
   }
 
-  asio::awaitable<void> session(TlsStream& stream, transport::Deadline& deadline, const std::string& peer) {
+  // An authenticated connection: a session slot (in all and for its device), then frames.
+  asio::awaitable<void> session(TlsStream& stream, transport::Deadline& deadline, const std::string& peer,
+                                Clock::time_point hello_by) {
     auto identity = transport::peer_identity(stream);
     if (!identity) {
       log({{"event", "refused"}, {"peer", peer}, {"reason", identity.error().to_string()}});
       co_return;
     }
     Uploader who{identity->id, identity->key_fingerprint, identity->serial, peer};
+    transport::FrameChannel channel(stream);
+    if (const std::string full = slots.take(who.key_fingerprint); !full.empty()) {
+      log({{"event", "refused"}, {"peer", peer}, {"device_id", who.device_id}, {"reason", full},
+           {"limit", full == "connection limit" ? opt.max_connections : opt.max_sessions_per_device}});
+      const std::string why = full == "connection limit"
+                                  ? "this intake serves " + std::to_string(opt.max_connections) +
+                                        " sessions at once (--max-connections); retry later"
+                                  : "this device already has " + std::to_string(opt.max_sessions_per_device) +
+                                        " sessions open (--max-sessions-per-device); retry later";
+      deadline.expire_in(kGrace);
+      co_await channel.send_error(wire::WireError::kBusy, why);
+      co_await linger(stream, deadline);
+      co_return;
+    }
+    struct GiveBack {
+      SessionSlots& slots;
+      const std::string& device;
+      ~GiveBack() { slots.give_back(device); }
+    } give_back{slots, who.key_fingerprint};
     log({{"event", "connected"}, {"peer", peer}, {"device_id", who.device_id},
          {"device_key_fingerprint", who.key_fingerprint}});
-    IntakeSession session(store, who, opt.max_record);
-    transport::FrameChannel channel(stream);
+    IntakeSession session(store, who, opt.max_record, &budget);
     std::string end = "closed by the device";
     for (;;) {
-      deadline.expire_in(opt.idle_timeout);
+      // HELLO is due by the handshake deadline; each later frame within the idle limit.
+      deadline.expire_in(session.established() ? opt.idle_timeout : std::min(opt.idle_timeout, until(hello_by)));
       auto frame = co_await channel.read(session.max_record());
       if (!frame) {
         if (deadline.expired()) {
           deadline.expire_in(kGrace);
-          const std::string why = "no frame within the idle limit";  // a named local: see frame_channel.cc
+          const std::string why = session.established() ? "no frame within the idle limit"
+                                                        : "no HELLO within the handshake limit";  // a named local: see frame_channel.cc
           co_await channel.send_error(wire::WireError::kIdleTimeout, why);
           end = "idle timeout";
         } else {
@@ -172,6 +241,23 @@ struct IntakeServer::Impl {
          {"bytes_in", channel.bytes_read()}, {"bytes_out", channel.bytes_written()}});
   }
 
+  // Unfinished uploads untouched for the store's partial_ttl go, a few times per that time.
+  asio::awaitable<void> expire_loop() {
+    const auto ttl = std::chrono::duration_cast<std::chrono::milliseconds>(store.limits().partial_ttl);
+    const auto period = std::clamp(ttl / 4, std::chrono::milliseconds(100), std::chrono::milliseconds(60000));
+    asio::steady_timer timer(io);
+    for (;;) {
+      boost::system::error_code ec;
+      timer.expires_after(period);
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec || !acceptor.is_open()) co_return;
+      for (json::Json& note : store.expire_partials()) {
+        note["event"] = "partial_expired";
+        log(note);
+      }
+    }
+  }
+
   // After an ERROR: stop sending, and read (and drop) what the device still sends for a
   // moment, so that its TCP stack delivers our ERROR instead of a reset.
   asio::awaitable<void> linger(TlsStream& stream, transport::Deadline& deadline) {
@@ -188,6 +274,7 @@ IntakeServer::IntakeServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 IntakeServer::~IntakeServer() = default;
 
 Result<std::unique_ptr<IntakeServer>> IntakeServer::create(ServerOptions options, EvidenceStore& store, EventLog log) {
+  raise_descriptor_limit();
   auto impl = std::make_unique<Impl>(std::move(options), store, std::move(log));
   MLFX_ASSIGN(impl->ctx, transport::make_server_context(impl->opt.tls));
   if (!impl->opt.tls.crl.empty()) impl->crl_stamp = stamp(impl->opt.tls.crl);
@@ -211,6 +298,7 @@ uint16_t IntakeServer::port() const {
 
 void IntakeServer::run() {
   asio::co_spawn(impl_->io, impl_->accept_loop(), asio::detached);
+  asio::co_spawn(impl_->io, impl_->expire_loop(), asio::detached);
   unsigned n = impl_->opt.threads ? impl_->opt.threads : std::max(2u, std::thread::hardware_concurrency());
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < n; ++i) pool.emplace_back([this] { impl_->io.run(); });

@@ -1,6 +1,8 @@
 // `mlfx serve`: the intake's network side. Boost.Asio coroutines on a small thread pool; each
-// connection is a TLS 1.3 mutual handshake, then frames fed to an IntakeSession. Bounded:
-// one frame buffer per connection, a connection limit, handshake and idle timeouts.
+// connection is a TLS 1.3 mutual handshake, then frames fed to an IntakeSession. Bounded
+// (wire-protocol.md §9): connections not authenticated yet, per source address and in all,
+// with a short deadline for the handshake and HELLO; authenticated sessions, in all and per
+// device; the memory of record buffers; one frame buffer per connection; idle timeouts.
 #pragma once
 
 #include <atomic>
@@ -18,8 +20,14 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (see IntakeServer::port)
   transport::TlsFiles tls;
-  std::chrono::milliseconds handshake_timeout{10000}, idle_timeout{60000};
-  size_t max_connections = 256;
+  // handshake_timeout: from accept to HELLO (TLS handshake included), whatever arrives on the
+  // way; idle_timeout: for each frame after that.
+  std::chrono::milliseconds handshake_timeout{5000}, idle_timeout{60000};
+  size_t max_connections = 256;         // authenticated sessions at once
+  size_t max_sessions_per_device = 4;   // of them, one device key's
+  size_t max_handshakes = 256;          // connections not authenticated yet
+  size_t max_handshakes_per_address = 32;
+  uint64_t upload_memory = uint64_t(2) << 30;  // record buffers of all uploads; a quarter per device
   uint32_t max_record = (64u << 20) + 56;
   unsigned threads = 0;  // 0: one per core, at least 2
 };

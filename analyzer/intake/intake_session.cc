@@ -1,5 +1,6 @@
 #include "intake/intake_session.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "mlfx/base/clock.h"
@@ -10,8 +11,40 @@ namespace mlfx::intake {
 using wire::FrameType;
 using wire::WireError;
 
-IntakeSession::IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record)
-    : store_(store), who_(std::move(who)), max_record_(max_record) {}
+// Record buffers of an upload past its metadata: the frame being read, one record being
+// checked, one being written, two spares (PartialUpload).
+constexpr uint64_t kChunkBuffers = 5;
+
+IntakeSession::IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget)
+    : store_(store), who_(std::move(who)), max_record_(max_record), budget_(budget) {}
+
+IntakeSession::~IntakeSession() {
+  claim_.reset();  // the upload's buffers go first
+  if (budget_) budget_->change(who_.key_fingerprint, held_memory_, 0);
+}
+
+std::optional<wire::ErrorMessage> IntakeSession::fit_limits() {
+  uint64_t limit = 0, memory = 0;
+  if (state_ == State::kRecords && claim_ && *claim_) {
+    const wire::Offer& o = (*claim_)->offer();
+    if ((*claim_)->verified()) {
+      limit = chunk_record_limit(o);
+      memory = kChunkBuffers * limit;
+    } else {
+      limit = metadata_unit_limit(o) + wire::kRecordOffsetSize;
+      memory = limit;  // metadata units go from the frame to the file
+    }
+  }
+  if (budget_ && !budget_->change(who_.key_fingerprint, held_memory_, memory))
+    return wire::ErrorMessage{WireError::kBusy,
+                              "this upload needs " + std::to_string(memory) + " bytes of buffers, and the intake's "
+                              "memory for uploads in progress (" + std::to_string(budget_->limit()) + " bytes, " +
+                              std::to_string(budget_->device_limit()) + " per device; --upload-memory) is taken; "
+                              "retry later"};
+  held_memory_ = budget_ ? memory : 0;
+  record_limit_ = static_cast<uint32_t>(std::min<uint64_t>(limit, max_record_));
+  return std::nullopt;
+}
 
 std::vector<UploadLog> IntakeSession::uploads() const {
   std::vector<UploadLog> all = done_;
@@ -39,6 +72,20 @@ SessionReply IntakeSession::refuse(const wire::ErrorMessage& e) {
 }
 
 SessionReply IntakeSession::handle(FrameType type, ByteView body) {
+  SessionReply reply = dispatch(type, body);
+  if (reply.close) {
+    record_limit_ = 0;
+    return reply;
+  }
+  if (auto e = fit_limits()) {
+    SessionReply refused = refuse(*e);
+    reply.frames.insert(reply.frames.end(), refused.frames.begin(), refused.frames.end());
+    reply.close = true;
+  }
+  return reply;
+}
+
+SessionReply IntakeSession::dispatch(FrameType type, ByteView body) {
   if (state_ == State::kClosed) return {{}, true};
   switch (type) {
     case FrameType::kPing:
@@ -75,7 +122,7 @@ SessionReply IntakeSession::on_hello(ByteView body) {
   w.key_fingerprint = who_.key_fingerprint;
   w.intake_key_fingerprint = store_.intake_key().fingerprint();
   w.max_record = max_record_;
-  w.max_bundle = store_.limits().max_bundle;
+  w.max_bundle = store_.max_bundle();
   state_ = State::kOffer;
   return {{wire::encode_json_frame(FrameType::kWelcome, wire::to_json(w))}, false};
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "intake/admission.h"
 #include "intake/evidence_store.h"
 
 namespace mlfx::intake {
@@ -25,14 +26,22 @@ struct UploadLog {
 
 class IntakeSession {
  public:
-  IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record);
+  // `budget`, when given, is where the session takes the memory its record buffers may need.
+  IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget = nullptr);
+  IntakeSession(const IntakeSession&) = delete;
+  IntakeSession& operator=(const IntakeSession&) = delete;
+  ~IntakeSession();
 
   SessionReply handle(wire::FrameType type, ByteView body);
-  // The largest frame body the reader may accept next.
-  uint32_t max_record() const { return max_record_; }
+  // The largest RECORD body the reader may accept next (wire-protocol.md §3): none before an
+  // accepted OFFER; until the metadata verifies, the largest metadata unit the offer allows;
+  // then one chunk record of the offer's chunk size.
+  uint32_t max_record() const { return record_limit_; }
   // Uploads this connection worked on; the one in progress last.
   std::vector<UploadLog> uploads() const;
   const Uploader& uploader() const { return who_; }
+  // HELLO was taken: the session is established.
+  bool established() const { return state_ != State::kHello; }
 
  private:
   enum class State { kHello, kOffer, kRecords, kClosed };
@@ -40,12 +49,18 @@ class IntakeSession {
   SessionReply on_offer(ByteView body);
   SessionReply on_record(ByteView body);
   SessionReply store_upload();
+  SessionReply dispatch(wire::FrameType type, ByteView body);
   SessionReply refuse(const wire::ErrorMessage& e);
   void finish_upload(const std::string& result);
+  // Sets the RECORD limit for the state reached, and holds the memory it needs.
+  std::optional<wire::ErrorMessage> fit_limits();
 
   EvidenceStore& store_;
   Uploader who_;
   uint32_t max_record_;
+  uint32_t record_limit_ = 0;
+  MemoryBudget* budget_;
+  uint64_t held_memory_ = 0;
   State state_ = State::kHello;
   std::optional<EvidenceStore::Claim> claim_;
   std::string started_utc_;

@@ -124,8 +124,12 @@ class IntakeLab {
     must(mlfx("keys gen --kind device --out " + dir_ / id));
     must(mlfx("ca issue --ca " + ca_dir() + " --device " + d.pub + " --id " + id + " " + issue_args +
               " --out " + d.cert));
+    fs::create_directories(trusted());
+    fs::copy_file(d.pub, trusted() + "/" + id + ".pub", fs::copy_options::overwrite_existing);
     return d;
   }
+  // A trust store of every device added: <id>.pub, for `bundle verify --trusted-devices`.
+  std::string trusted() const { return dir_ / "trusted"; }
 
   // A bundle sealed by `d` of `bytes` random bytes cut into `chunk`-byte chunks.
   std::string seal(const Device& d, size_t bytes, uint32_t chunk, uint64_t seed) {
@@ -138,12 +142,13 @@ class IntakeLab {
     return out;
   }
 
-  void start_server(const std::string& extra = "") {
+  // `prefix` runs the server under another command, e.g. "prlimit --as=N --".
+  void start_server(const std::string& extra = "", const std::string& prefix = "") {
     stop_server(SIGKILL);
     const std::string port_file = dir_ / "port";
     fs::remove(port_file);
     server_ = std::make_unique<Background>(
-        mlfx_bin() + " serve --listen 127.0.0.1:" + std::to_string(port_) + " --store " + store() +
+        prefix + " " + mlfx_bin() + " serve --listen 127.0.0.1:" + std::to_string(port_) + " --store " + store() +
         " --ca-dir " + ca_dir() + " --cert " + dir_ / "intake.pem" + " --key " + dir_ / "intake.key" +
         " --port-file " + port_file + " " + extra + " 2>>" + log_path());
     for (int i = 0; i < 500 && !fs::exists(port_file); ++i) {
@@ -159,6 +164,7 @@ class IntakeLab {
     server_.reset();
   }
   bool server_running() { return server_ && server_->running(); }
+  pid_t server_pid() const { return server_ ? server_->pid() : -1; }
 
   std::string spool(const Device& d) const { return dir_ / ("spool-" + d.id); }
   void queue(const Device& d, const std::string& bundle) {

@@ -145,8 +145,10 @@ fail_setup() { echo "FAIL: setup: $1" >&2; cat "$W/setup.log" >&2; exit 1; }
 } > "$W/setup.log" 2>&1 || fail_setup "keys and certificates"
 head -c $((64 << 20)) /dev/urandom > "$W/data.bin" || fail_setup "random data"
 "$MLFX" bundle seal "$W/data.bin" --out "$W/b.mlfx" --device-key "$W/dev.key" --recipient "$W/lab.pub" \
+  --device-id car-netns \
   -q --chunk-size 1048576 >> "$W/setup.log" 2>&1 || fail_setup "bundle seal"
 rm -f "$W/data.bin"
+mkdir -p "$W/trusted" && cp "$W/dev.pub" "$W/trusted/car-netns.pub"  # for bundle verify: attributed
 file_size=$(stat -c %s "$W/b.mlfx")
 # The bundle digest names it in the store (bundle-format.md §18).
 file_sha=$("$MLFX" bundle info --json "$W/b.mlfx" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bundle_digest"])')
@@ -292,7 +294,7 @@ run_variant() {
     cmp -s "$obj" "$W/b.mlfx" || problem "the stored object differs from the bundle: $(cmp "$obj" "$W/b.mlfx" 2>&1)"
     [ -s "$V/store/objects/$file_sha.receipt.json" ] || problem "no $file_sha.receipt.json in the store"
     [ -s "$V/store/objects/$file_sha.custody.jsonl" ] || problem "no $file_sha.custody.jsonl in the store"
-    "$MLFX" bundle verify -q "$obj" > "$V/verify.log" 2>&1 ||
+    "$MLFX" bundle verify -q --trusted-devices "$W/trusted" "$obj" > "$V/verify.log" 2>&1 ||
       problem "mlfx bundle verify fails on the stored object: $(tail -5 "$V/verify.log")"
   fi
 

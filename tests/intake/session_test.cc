@@ -32,6 +32,7 @@ struct TestBundle {
   std::string path;
   Bytes file;
   wire::Offer offer;
+  std::string device_id;  // the manifest's
   std::vector<Unit> metadata;  // file order, END last
   std::vector<Unit> chunks;    // file order
 
@@ -61,6 +62,7 @@ TestBundle make_bundle(const testing::TempDir& dir, const testing::TestKeys& key
   EXPECT_TRUE(digest);
   b.offer.bundle_digest = digest ? *digest : "";
   b.offer.chunk_size = bundle::kMinChunkSize;
+  b.device_id = m ? m->device.id : "";
   return b;
 }
 
@@ -102,6 +104,7 @@ class SessionTest : public ::testing::Test {
     open_store();
     who_ = {"car-1", keys_.device.signing->public_key().fingerprint(), "0a0b", "127.0.0.1:4000"};
     bundle_ = make_bundle(dir_, keys_, "b.mlfx", 1);
+    who_.device_id = bundle_.device_id;  // the certificate's id is the manifest's (wire-protocol.md §5.2)
   }
 
   void open_store() {
@@ -467,6 +470,36 @@ TEST_F(SessionTest, ADuplicateOfferOfAStoredBundleGetsTheSameReceipt) {
     EXPECT_EQ(b->uploads().back().result, "duplicate");
     EXPECT_TRUE(partials(who_).empty()) << "a duplicate starts no partial upload";
   }
+}
+
+// The reader takes no RECORD before an accepted OFFER, then none larger than the offer's
+// metadata can have, then none larger than one of its chunk records; none once it is stored.
+TEST_F(SessionTest, TheRecordLimitFollowsTheState) {
+  IntakeSession fresh(*store_, who_, kMaxRecord);
+  EXPECT_EQ(fresh.max_record(), 0u) << "before HELLO";
+  auto s = session(who_);
+  EXPECT_EQ(s->max_record(), 0u) << "after HELLO";
+  status_of(offer(*s, bundle_.offer));
+  EXPECT_EQ(s->max_record(), metadata_unit_limit(bundle_.offer) + wire::kRecordOffsetSize);
+  EXPECT_LE(s->max_record(), bundle_.file.size() + wire::kRecordOffsetSize);
+  send_all(*s, bundle_, bundle_.metadata);
+  EXPECT_EQ(s->max_record(), bundle::kMinChunkSize + bundle::kRecordHeaderSize + crypto::kTagSize + wire::kRecordOffsetSize);
+  expect_receipt(send_all(*s, bundle_, bundle_.chunks), bundle_);
+  EXPECT_EQ(s->max_record(), 0u) << "stored: only an OFFER may follow";
+}
+
+// The manifest's device id must be the certificate's, like its key: nothing of a bundle filed
+// under another name is kept.
+TEST_F(SessionTest, AManifestNamingAnotherDeviceIdIsWrongDevice) {
+  Uploader renamed = who_;
+  renamed.device_id = "jetson-07";
+  auto s = session(renamed);
+  status_of(offer(*s, bundle_.offer));
+  Reply r = send_all(*s, bundle_, bundle_.metadata);
+  EXPECT_EQ(r.error(), "wrong_device") << describe(r);
+  EXPECT_NE(describe(r).find("jetson-07"), std::string::npos) << describe(r);
+  EXPECT_TRUE(r.close);
+  EXPECT_TRUE(partials(who_).empty());
 }
 
 TEST_F(SessionTest, OutOfOrderAndMalformedMessages) {

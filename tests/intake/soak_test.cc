@@ -488,7 +488,7 @@ TEST(SoakTest, HundredsOfUploadsUnderRandomFaultsLoseAndCorruptNothing) {
     EXPECT_EQ(events[2]["type"], "received");
     EXPECT_EQ(events[2]["details"]["device_id"], devices[b.device].id);
     if (++checked % 8 == 1) {  // a sample: the full verification of the stored object
-      auto verify = IntakeLab::mlfx("bundle verify -q " + stem + ".mlfx");
+      auto verify = IntakeLab::mlfx("bundle verify -q --trusted-devices " + lab.trusted() + " " + stem + ".mlfx");
       EXPECT_EQ(verify.exit_code, 0) << verify.output;
     }
   }

@@ -5,7 +5,7 @@
 
 #include <random>
 
-#include "intake/intake_lab.h"
+#include "intake/raw_client.h"
 
 namespace mlfx::testing {
 namespace {
@@ -28,7 +28,7 @@ class UploadTest : public ::testing::Test {
     ASSERT_TRUE(fs::exists(object)) << read_file(lab_.log_path());
     EXPECT_EQ(read_file(object), read_file(bundle));
     EXPECT_EQ(fs::status(object).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::group_read);
-    auto verify = IntakeLab::mlfx("bundle verify -q " + object);
+    auto verify = IntakeLab::mlfx("bundle verify -q --trusted-devices " + lab_.trusted() + " " + object);  // attributed
     EXPECT_EQ(verify.exit_code, 0) << verify.output;
     const std::string stem = object.substr(0, object.size() - 5);
     std::istringstream custody(read_file(stem + ".custody.jsonl"));
@@ -182,17 +182,14 @@ TEST_F(UploadTest, ADeviceCannotUploadAnotherDevicesBundle) {
   expect_stored(bundle, car_);
 }
 
-// Connections over --max-connections are closed at once (and logged); the limit frees up as
-// connections end.
-TEST_F(UploadTest, ConnectionsOverTheLimitAreRefusedAtAccept) {
-  lab_.start_server("--max-connections 1 --handshake-timeout 30");
-  int held = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(lab_.port()));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(held, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);  // never says hello
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+// Authenticated sessions over --max-connections get ERROR busy (and the log says so); the
+// limit frees up as sessions end. A connection that never finishes its handshake holds no
+// session (tests/adversarial/intake: it cannot lock devices out).
+TEST_F(UploadTest, SessionsOverTheLimitAreRefusedBusy) {
+  lab_.start_server("--max-connections 1");
+  auto held = std::make_unique<RawClient>(lab_.port(), RawClient::context(lab_.ca_dir() + "/ca.pem", car_));
+  ASSERT_EQ(held->connect(), "");
+  held->hello();  // one session, idle
   const std::string bundle = lab_.seal(car_, 100000, 4096, 11);
   lab_.queue(car_, bundle);
   auto r = lab_.ship(car_, "--once --timeout 5");
@@ -201,19 +198,20 @@ TEST_F(UploadTest, ConnectionsOverTheLimitAreRefusedAtAccept) {
   json st = lab_.status(car_);
   ASSERT_EQ(st["queue"].size(), 1u);
   EXPECT_EQ(st["queue"][0]["attempts"], 1);
-  EXPECT_NE(st["queue"][0]["last_error"].get<std::string>().find("intake"), std::string::npos) << st;
+  EXPECT_NE(st["queue"][0]["last_error"].get<std::string>().find("busy"), std::string::npos) << st;
   bool refused = false;
   for (const auto& e : lab_.events("refused")) refused |= e.value("reason", "") == "connection limit";
   EXPECT_TRUE(refused) << read_file(lab_.log_path());
-  close(held);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  held.reset();
+  for (int i = 0; i < 100 && lab_.events("disconnected").empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   only_outcome(lab_.ship(car_), 0);
   expect_stored(bundle, car_);
 }
 
-// A store on a small tmpfs: a bundle that does not fit is refused before any data moves, a
-// bundle whose custody log and receipt do not fit is not stored at all, and both go through
-// once there is room.
+// A store on a small tmpfs: a bundle that does not fit is refused before any chunk moves (its
+// space is reserved once its metadata verifies), a bundle whose custody log and receipt do not
+// fit is not stored at all, and both go through once there is room.
 TEST_F(UploadTest, FullDiskGivesNoReceiptAndStoresNothingThatLooksValid) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs as the store";
   lab_.stop_server();
@@ -238,7 +236,7 @@ TEST_F(UploadTest, FullDiskGivesNoReceiptAndStoresNothingThatLooksValid) {
   EXPECT_EQ(st["queue"][0]["attempts"], 1);
   EXPECT_EQ(st["receipts"], 0);
 
-  // A bigger bundle does not even start: its space is reserved up front.
+  // A bigger bundle sends its metadata and no chunk: its space is reserved before any.
   const std::string big = lab_.seal(car_, 4 << 20, 65536, 9);
   lab_.queue(car_, big);
   auto r = lab_.ship(car_);

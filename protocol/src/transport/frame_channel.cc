@@ -1,5 +1,7 @@
 #include "mlfx/transport/frame_channel.h"
 
+#include <algorithm>
+
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -33,6 +35,8 @@ asio::awaitable<Result<Frame>> FrameChannel::read(uint32_t max_record) {
     co_await send_error(e.code, e.message);
     co_return fail(Errc::kBadFormat, "the peer sent a bad frame: " + e.message);
   }
+  // A buffer grown for a larger limit (an earlier upload's records) is not kept past it.
+  if (body_.capacity() > std::max(max_record, wire::kMaxControlBody)) Bytes().swap(body_);
   body_.resize(h->body_length);
   co_await asio::async_read(stream_, asio::buffer(body_), asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return fail(connection_error(ec, std::string("reading a ") + wire::frame_type_name(h->type) + " frame"));

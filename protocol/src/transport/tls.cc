@@ -92,6 +92,7 @@ Result<TlsContext> make_client_context(const TlsFiles& files) {
   MLFX_ASSIGN(TlsContext ctx, new_context(asio::ssl::context::tls_client));
   SSL_CTX* c = ctx->native_handle();
   MLFX_TRY(use_identity(c, files));
+  if (!files.crl.empty()) MLFX_TRY(load_crl(c, files.crl));
   SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_purpose(c, X509_PURPOSE_SSL_SERVER);
   const std::string alpn = alpn_wire();
@@ -148,6 +149,14 @@ std::string describe(const boost::system::error_code& ec, TlsStream* stream) {
     if (v != X509_V_OK) text += " (certificate: " + std::string(X509_verify_cert_error_string(v)) + ")";
   }
   return text;
+}
+
+bool peer_revoked(TlsStream& stream) {
+  return SSL_get_verify_result(stream.native_handle()) == X509_V_ERR_CERT_REVOKED;
+}
+
+bool crl_expired(TlsStream& stream) {
+  return SSL_get_verify_result(stream.native_handle()) == X509_V_ERR_CRL_HAS_EXPIRED;
 }
 
 }  // namespace mlfx::transport

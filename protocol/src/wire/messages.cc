@@ -34,6 +34,7 @@ constexpr ErrorInfo kErrors[] = {
     {WireError::kBadBundle, "bad_bundle", false},
     {WireError::kBadRecord, "bad_record", true},  // a unit damaged on the way: send it again
     {WireError::kTooManyPartials, "too_many_partials", true},
+    {WireError::kOverQuota, "over_quota", true},  // until uploads finish or expire, or the quota is raised
     {WireError::kStoreFailed, "store_failed", true},
     {WireError::kIdleTimeout, "idle_timeout", true},
     {WireError::kBusy, "busy", true},  // another connection holds this upload (e.g. a dead link not yet timed out)
@@ -107,6 +108,8 @@ tl::expected<FrameHeader, ErrorMessage> decode_frame_header(ByteView header, uin
   if (!known) return bad(WireError::kBadFrame, "unknown frame type " + std::to_string(type));
   if (flags != 0) return bad(WireError::kBadFrame, "frame flags must be 0 in protocol version 1");
   const FrameType t = static_cast<FrameType>(type);
+  if (t == FrameType::kRecord && max_record == 0)
+    return bad(WireError::kBadFrame, "RECORD before an accepted OFFER: only control frames are taken here");
   const uint32_t limit = t == FrameType::kRecord ? max_record : kMaxControlBody;
   if (length > limit)
     return bad(WireError::kFrameTooLarge, std::string(frame_type_name(t)) + " frame of " + std::to_string(length) +

@@ -25,13 +25,15 @@ struct TlsFiles {
   std::string ca;    // the lab CA certificate: the only trust anchor
   std::string cert;  // this side's certificate, issued by the lab CA
   std::string key;   // its private key: an mlfx device key file (0600)
-  std::string crl;   // server only: the CA's revocation list; every client is checked against it
+  std::string crl;   // the CA's revocation list: the server checks every client against it, the
+                     // client the server (empty: not checked)
 };
 
 // Server: TLS 1.3 only, ALPN mlfx/1 required, a client certificate required and checked
 // against the CA and the CRL.
 Result<TlsContext> make_server_context(const TlsFiles& files);
-// Client: TLS 1.3 only, ALPN mlfx/1, trusts the lab CA alone (never the system store).
+// Client: TLS 1.3 only, ALPN mlfx/1, trusts the lab CA alone (never the system store), and
+// refuses a server certificate the CRL revokes when one is given.
 Result<TlsContext> make_client_context(const TlsFiles& files);
 // Per connection, before the handshake: the name or IP the server certificate must carry.
 Status expect_server_name(TlsStream& stream, const std::string& host);
@@ -47,5 +49,9 @@ Result<PeerIdentity> peer_identity(TlsStream& stream);
 
 // The text of an asio/OpenSSL error, with the verification failure when there is one.
 std::string describe(const boost::system::error_code& ec, TlsStream* stream = nullptr);
+// Whether the handshake failed because the CRL revokes the peer's certificate, or because the
+// CRL itself is past its nextUpdate.
+bool peer_revoked(TlsStream& stream);
+bool crl_expired(TlsStream& stream);
 
 }  // namespace mlfx::transport

@@ -49,6 +49,7 @@ enum class WireError {
   kBadBundle,
   kBadRecord,
   kTooManyPartials,
+  kOverQuota,
   kStoreFailed,
   kIdleTimeout,
   kBusy,
@@ -105,8 +106,9 @@ struct FrameHeader {
 };
 
 std::array<uint8_t, kFrameHeaderSize> encode_frame_header(FrameType type, uint32_t body_length);
-// The ERROR to send for a bad header: bad_frame (unknown type, nonzero flags) or
-// frame_too_large (a body over kMaxControlBody for JSON frames, max_record for RECORD).
+// The ERROR to send for a bad header: bad_frame (unknown type, nonzero flags, a RECORD where
+// max_record is 0, i.e. where the reader takes none) or frame_too_large (a body over
+// kMaxControlBody for JSON frames, max_record for RECORD).
 tl::expected<FrameHeader, ErrorMessage> decode_frame_header(ByteView header, uint32_t max_record);
 
 struct Record {
