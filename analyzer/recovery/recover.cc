@@ -107,22 +107,46 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
   return ev;
 }
 
-// Storage bytes for the exporters: zero-copy from the image when contiguous, else a copy.
+// Storage bytes for the exporters: zero-copy from the image when contiguous, else one copy
+// per range, made only when the image holds every byte and paid from the export budget.
 class StorageBytes {
  public:
-  explicit StorageBytes(const layers::Layer& mem) : mem_(mem) {}
+  StorageBytes(const layers::Layer& mem, uint64_t& budget) : mem_(mem), budget_(budget) {}
   Result<ByteView> get(uint64_t addr, uint64_t size) {
     if (size == 0) return ByteView{};
     if (const uint8_t* p = mem_.view(addr, size)) return ByteView(p, size);
-    Bytes& copy = copies_.emplace_back(size);
+    const auto key = std::make_pair(addr, size);
+    if (auto it = copies_.find(key); it != copies_.end()) return ByteView(it->second);
+    const std::string what = "storage of " + std::to_string(size) + " bytes at " + hex_address(addr);
+    if (!mem_.is_mapped(addr, size)) return fail(Errc::kInvalidAddress, what + " is not all in the image");
+    if (size > budget_) return fail(Errc::kUnsupported, what + ": its copy would exceed the export budget");
+    budget_ -= size;
+    Bytes& copy = copies_[key];
+    copy.resize(size);
     MLFX_TRY(mem_.read(addr, copy.data(), size));
     return ByteView(copy);
   }
 
  private:
   const layers::Layer& mem_;
-  std::deque<Bytes> copies_;
+  uint64_t& budget_;
+  std::map<std::pair<uint64_t, uint64_t>, Bytes> copies_;
 };
+
+// Bytes the exports may write in all: twice the image, plus 256 MiB. Hostile tensors can claim
+// far more than the image holds (zero strides, many views of one storage, overlapping
+// storages, millions of keys); each tensor pays its contiguous bytes (safetensors) plus, the
+// first time a model names it, its storage (state_dict.pt), and its key in both headers.
+uint64_t export_budget(const layers::CoreInfo& info) {
+  uint64_t image = 0;
+  for (const auto& l : info.loads) image += l.filesz;
+  return 2 * image + (uint64_t{256} << 20);
+}
+constexpr size_t kMaxModels = 256;  // root modules exported, largest first
+constexpr uint64_t kMetaBytes = 2048;  // what one tensor's record and architecture.json entry cost in memory
+constexpr size_t kMaxMissingListed = 1000;
+constexpr uint64_t kEntryBytes = 1024;  // what one tensor adds to the files beside its bytes and key
+constexpr uint64_t kMinExportBytes = 64 * 1024;  // below it a model is counted, not walked
 
 // Tensors alive outside every model: a serving process's last input and output are among
 // them. Small ones are saved so that `mlfx rehost --verify` can replay what a model computed.
@@ -131,12 +155,14 @@ constexpr size_t kLooseMaxCount = 20000;
 
 Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, const frontends::cpython::ObjectReader& objects,
                                         frontends::torch::TensorReader& tensors, StorageBytes& storage,
-                                        const std::set<uint64_t>& model_tensors, const std::string& out_dir) {
+                                        const std::set<uint64_t>& model_tensors, const std::string& out_dir,
+                                        Diagnostics& diag) {
   std::map<uint64_t, bool> tensor_types;
   std::vector<exporters::TensorRecord> records;
   json::Json listed = json::Json::array();
-  uint64_t total = 0;
+  uint64_t total = 0, unlisted = 0;
   for (uint64_t obj : tracked) {
+    if (!diag.in_time("looking for loose tensors")) break;
     if (model_tensors.count(obj)) continue;
     auto type = objects.type_of(obj);
     if (!type) continue;
@@ -148,8 +174,12 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
     if (!known->second) continue;
     auto t = tensors.read(obj);
     if (!t) continue;
+    if (listed.size() >= kLooseMaxCount) {  // the listing is bounded too
+      ++unlisted;
+      continue;
+    }
     const exporters::DtypeInfo* dtype = exporters::find_dtype(t->scalar_type);
-    json::Json e = {{"name", hex_address(obj)}, {"python_class", t->python_class},
+    json::Json e = {{"name", hex_address(obj)}, {"python_class", std::string(t->python_class)},
                     {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t->sizes}};
     std::string skipped;
     exporters::TensorRecord r;
@@ -161,8 +191,8 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
     auto size = exporters::contiguous_size(r);
     if (t->device_type != 0) skipped = "not in host memory";
     else if (!dtype || dtype->safetensors_name.empty()) skipped = "dtype not expressible in safetensors";
-    else if (listed.size() >= kLooseMaxCount) skipped = "too many tensors";
     else if (!size || *size > kLooseTensorMaxBytes || total + *size > kLooseTotalMaxBytes) skipped = "too large";
+    else if (t->storage_bytes > kLooseTotalMaxBytes) skipped = "storage too large";
     if (skipped.empty()) {
       auto data = storage.get(t->data, t->storage_bytes);
       r.storage = {t->storage, data ? *data : ByteView{}, t->storage_bytes, "cpu"};
@@ -182,8 +212,204 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
   if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
   if (!records.empty()) MLFX_TRY(exporters::write_safetensors(dir + "/loose.safetensors", records, {{"format", "pt"}}));
   MLFX_TRY(write_new_file(dir + "/loose.json", listed.dump(1) + "\n", 0640));
-  return json::Json{{"found", listed.size()}, {"saved", records.size()}, {"saved_bytes", total},
+  if (unlisted) diag.warn("loose tensors: " + std::to_string(unlisted) + " more not listed");
+  return json::Json{{"found", listed.size() + unlisted}, {"saved", records.size()}, {"saved_bytes", total},
                     {"file", records.empty() ? json::Json(nullptr) : json::Json("tensors/loose.safetensors")}};
+}
+
+// ---- one model --------------------------------------------------------------------------
+
+// What every model's export shares.
+struct ModelExport {
+  const frontends::torch::ModuleWalker& walker;
+  frontends::torch::TensorReader& tensors;
+  const layers::Layer& mem;
+  Diagnostics& diag;
+  uint64_t& export_left;
+  std::set<uint64_t>& model_tensors;  // every tensor a model names (not loose)
+  const std::string& source;
+};
+
+// One state_dict entry as a record whose bytes are in the image, or why not.
+Result<exporters::TensorRecord> record_for(ModelExport& x, const frontends::torch::StateEntry& entry,
+                                           const frontends::torch::TensorInfo& t, StorageBytes& storage,
+                                           bool new_storage) {
+  if (t.device_type != 0)
+    return fail(Errc::kUnsupported, "tensor on device type " + std::to_string(t.device_type) +
+                                        "; its memory is not in a host memory image");
+  exporters::TensorRecord r;
+  r.key = entry.key;
+  r.scalar_type = t.scalar_type;
+  r.shape = t.sizes;
+  r.strides = t.strides;
+  r.storage_offset = t.storage_offset;
+  if (t.storage_bytes && !x.mem.is_mapped(t.data, t.storage_bytes))
+    return fail(Errc::kInvalidAddress, "its storage of " + std::to_string(t.storage_bytes) + " bytes at " +
+                                           hex_address(t.data) + " is not all in the image");
+  MLFX_ASSIGN(uint64_t size, exporters::contiguous_size(r));
+  // Its bytes in the safetensors file, its storage in the .pt the first time, its key in both
+  // headers and its entry in architecture.json.
+  const uint64_t cost = size + (new_storage ? t.storage_bytes : 0) + 2 * entry.key.size() + kEntryBytes;
+  if (size > x.export_left || cost > x.export_left)
+    return fail(Errc::kUnsupported, "its " + std::to_string(size) + " bytes would exceed the export budget (" +
+                                        std::to_string(x.export_left) + " bytes left of twice the image + 256 MiB)");
+  x.export_left -= cost;
+  MLFX_ASSIGN(ByteView data, storage.get(t.data, t.storage_bytes));
+  r.storage = {t.storage, data, t.storage_bytes, "cpu"};
+  MLFX_TRY(exporters::validate(r));
+  return r;
+}
+
+// The tensor's layout, so that a rehost can rebuild strides and shared storages exactly.
+json::Json tensor_meta_of(const frontends::torch::TensorInfo& t, const frontends::torch::StateEntry& entry) {
+  const exporters::DtypeInfo* dtype = exporters::find_dtype(t.scalar_type);
+  return {{"python_class", std::string(t.python_class)}, {"address", hex_address(t.object)},
+          {"storage", hex_address(t.storage)}, {"data", hex_address(t.data)}, {"buffer", entry.is_buffer},
+          {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t.sizes}, {"stride", t.strides},
+          {"storage_offset", t.storage_offset}, {"storage_bytes", t.storage_bytes}, {"persistent", entry.persistent}};
+}
+
+// The records of one model's state_dict, as far as the budgets allow.
+struct ModelRecords {
+  std::vector<exporters::TensorRecord> records, non_persistent;
+  json::Json tensor_meta = json::Json::object(), missing = json::Json::array();
+  size_t missing_count = 0;
+  uint64_t bytes = 0, parameters = 0, meta_bytes = 0;
+
+  void miss(const std::string& key) {
+    if (missing_count++ < kMaxMissingListed) missing.push_back(key);
+  }
+};
+
+ModelRecords read_records(ModelExport& x, const std::string& name, const frontends::torch::StateDict& sd,
+                          StorageBytes& storage) {
+  ModelRecords out;
+  std::set<std::string> keys;
+  std::set<uint64_t> storages;
+  std::string stop;  // why the rest is listed missing, not read (said once)
+  for (const auto& entry : sd.entries) {
+    x.model_tensors.insert(entry.tensor);
+    const uint64_t meta = kMetaBytes + 2 * entry.key.size();
+    if (stop.empty()) {
+      if (x.export_left < kEntryBytes + 2 * entry.key.size())
+        stop = "the export budget (twice the image + 256 MiB) is spent";
+      else if (!x.diag.spend(meta, "exporting models")) stop = x.diag.exhausted();
+      if (!stop.empty()) x.diag.warn(name + ": " + entry.key + " and the tensors after it not exported: " + stop);
+    }
+    if (!stop.empty()) {
+      out.miss(entry.key);
+      continue;
+    }
+    out.meta_bytes += meta;
+    auto t = x.tensors.read(entry.tensor);
+    Result<exporters::TensorRecord> r = !t ? fail(t.error())
+                                        : !keys.insert(entry.key).second
+                                            ? fail(Errc::kBadFormat, "the key appears twice (names with dots?)")
+                                            : record_for(x, entry, *t, storage, !storages.count(t->storage));
+    if (!r) {
+      x.diag.warn(name + ": " + entry.key + ": " + r.error().to_string());
+      out.miss(entry.key);
+      continue;
+    }
+    storages.insert(t->storage);
+    if (entry.persistent) out.bytes += t->storage_bytes;
+    if (!entry.is_buffer) out.parameters += static_cast<uint64_t>(t->numel);
+    out.tensor_meta[entry.key] = tensor_meta_of(*t, entry);
+    (entry.persistent ? out.records : out.non_persistent).push_back(std::move(*r));
+  }
+  return out;
+}
+
+// architecture.json as far as the export budget allows.
+std::string architecture_text(ModelExport& x, uint64_t root, json::Json tensor_meta, std::vector<std::string>& problems) {
+  json::Json arch = x.walker.architecture(root, x.export_left);
+  arch["tensors"] = std::move(tensor_meta);
+  std::string text = arch.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n";
+  if (text.size() > x.export_left) {
+    problems.push_back("architecture.json cut to its root: the export budget is spent");
+    text = json::Json{{"path", ""}, {"address", hex_address(root)}, {"class", arch["class"]},
+                      {"error", problems.back()}}.dump(1) + "\n";
+  }
+  x.export_left -= std::min<uint64_t>(text.size(), x.export_left);
+  return text;
+}
+
+// Writes models/<n>-<Class>/: state_dict.safetensors and .pt, non_persistent.safetensors,
+// architecture.json. Damage gives an incomplete model with diagnostics; only an I/O error
+// of the lab machine fails the recovery.
+Result<json::Json> export_model(ModelExport& x, size_t n, uint64_t root, const std::string& models_dir) {
+  const auto* m = x.walker.module(root);
+  const std::string name = dir_name(n, std::string(m->class_name)), dir = models_dir + "/" + name;
+  json::Json model = {{"index", n}, {"class", std::string(m->class_name)}, {"address", hex_address(root)}};
+  StorageBytes storage(x.mem, x.export_left);
+  frontends::torch::StateDict sd;
+  size_t unread = 0;  // a model met once the export budget is spent is counted, not walked
+  if (x.export_left < kMinExportBytes) {
+    sd.problems.push_back("not exported: the export budget (twice the image + 256 MiB) is spent");
+    unread = x.walker.tensor_count(root);
+  } else {
+    sd = x.walker.state_dict(root, /*with_non_persistent=*/true);
+  }
+  for (const auto& p : sd.problems) x.diag.warn(name + ": " + p);
+  ModelRecords rec = read_records(x, name, sd, storage);
+  rec.missing_count += unread;
+  if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
+  exporters::SafetensorsMetadata meta = {{"format", "pt"}, {"mlfx.class", std::string(m->class_name)},
+                                         {"mlfx.source", x.source}};
+  json::Json files = json::Json::array();
+  // A file the image's contents make unwritable is a diagnostic; the lab's own I/O errors fail.
+  auto written = [&](Status st, const char* file) -> Status {
+    if (st) return files.push_back(file), Status{};
+    if (st.error().code() == Errc::kIo) return fail(std::move(st).error());
+    x.diag.warn(dir + "/" + file + " not written: " + st.error().to_string());
+    return {};
+  };
+  // The two formats are written side by side: each is a pass over the same storage bytes.
+  auto safetensors = std::async(std::launch::async, [&] {
+    return exporters::write_safetensors(dir + "/state_dict.safetensors", rec.records, meta);
+  });
+  Status pt = exporters::write_torch_state_dict(dir + "/state_dict.pt", rec.records);
+  MLFX_TRY(written(safetensors.get(), "state_dict.safetensors"));
+  MLFX_TRY(written(std::move(pt), "state_dict.pt"));
+  // Not part of state_dict(), but the model's forward may read them: a rehost needs them.
+  if (!rec.non_persistent.empty())
+    MLFX_TRY(written(exporters::write_safetensors(dir + "/non_persistent.safetensors", rec.non_persistent, meta),
+                     "non_persistent.safetensors"));
+  const std::string arch = architecture_text(x, root, std::move(rec.tensor_meta), sd.problems);
+  MLFX_TRY(write_new_file(dir + "/architecture.json", arch, 0640));
+  x.diag.refund(rec.meta_bytes);  // the tensor metadata is on disk now
+  files.push_back("architecture.json");
+  model["directory"] = "models/" + name;
+  model["tensors"] = rec.records.size();
+  model["parameters"] = rec.parameters;
+  model["storage_bytes"] = rec.bytes;
+  model["complete"] = rec.missing_count == 0 && sd.problems.empty() && files.size() >= 3;
+  model["missing"] = std::move(rec.missing);  // the first kMaxMissingListed
+  model["missing_count"] = rec.missing_count;
+  model["problems"] = sd.problems;
+  model["files"] = files;
+  return model;
+}
+
+// Module ownership cycles as findings: live torch cannot even state_dict() such a module
+// (RecursionError), so a cycle in a process that serves a model is suspicious in itself.
+json::Json cycle_findings(const frontends::torch::ModuleWalker& walker, const std::vector<uint64_t>& roots) {
+  json::Json out = json::Json::array();
+  for (const auto& c : walker.cycles()) {
+    auto model = std::find(roots.begin(), roots.end(), c.root);
+    json::Json modules = json::Json::array();
+    for (uint64_t a : c.modules) modules.push_back(hex_address(a));
+    std::string summary = "module ownership cycle of " + std::to_string(c.size) + " module(s) (" +
+                          (c.edges.empty() ? std::string("?") : c.edges.front()) + (c.edge_count > 1 ? ", ..." : "") +
+                          "): live torch cannot state_dict() it; ";
+    summary += c.root ? "nothing outside owns it: model root chosen at " + hex_address(c.root) + ", cycle cut"
+                      : "inside a model; the cycle is cut in its state_dict";
+    out.push_back({{"kind", "module_cycle"}, {"severity", "suspicious"}, {"summary", summary},
+                   {"modules", modules}, {"module_count", c.size}, {"edges", c.edges}, {"edge_count", c.edge_count},
+                   {"root", c.root ? json::Json(hex_address(c.root)) : json::Json(nullptr)},
+                   {"model", model != roots.end() && c.root ? json::Json(model - roots.begin()) : json::Json(nullptr)}});
+  }
+  return out;
 }
 
 // Why the sysroot could not fill the core's gaps, for an error message: the refused files
@@ -227,7 +453,7 @@ json::Json sysroot_report(const layers::SysrootLayer& sysroot, Diagnostics& diag
 Result<json::Json> recover(const RecoverOptions& o) {
   auto t0 = Clock::now();
   json::Json timings = json::Json::object();
-  Diagnostics diag;
+  Diagnostics diag(o.limits);
   MLFX_ASSIGN(Evidence ev, open_evidence(o));
   auto opened = layers::ElfCoreLayer::open(ev.file);
   if (!opened) return fail(std::move(opened).error().context(o.input));
@@ -266,7 +492,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
   MLFX_ASSIGN(auto runtime, std::move(located));
   timings["locate_ms"] = ms_since(t1);
   auto t_gc = Clock::now();
-  frontends::cpython::ObjectReader objects(mem, runtime.layout());
+  frontends::cpython::ObjectReader objects(mem, runtime.layout(), diag);
   std::vector<uint64_t> tracked = runtime.tracked_objects(diag);
   timings["gc_walk_ms"] = ms_since(t_gc);
 
@@ -275,6 +501,11 @@ Result<json::Json> recover(const RecoverOptions& o) {
   frontends::torch::ModuleWalker walker(objects, diag);
   walker.scan(tracked);
   std::vector<uint64_t> roots = walker.roots();
+  if (roots.size() > kMaxModels) {
+    diag.warn(std::to_string(roots.size() - kMaxModels) + " more root modules (the smallest) not exported: at most " +
+              std::to_string(kMaxModels) + " models are written");
+    roots.resize(kMaxModels);
+  }
   timings["module_scan_ms"] = ms_since(t2);
 
   MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "models", "tensors"}));
@@ -284,93 +515,18 @@ Result<json::Json> recover(const RecoverOptions& o) {
 
   auto t3 = Clock::now();
   frontends::torch::TensorReader tensors(objects);
-  StorageBytes storage(mem);
+  uint64_t export_left = export_budget(info);
+  std::set<uint64_t> model_tensors;
+  ModelExport x{walker, tensors, mem, diag, export_left, model_tensors, o.input};
   json::Json models = json::Json::array();
   for (size_t n = 0; n < roots.size(); ++n) {
-    const auto* m = walker.module(roots[n]);
-    json::Json model = {{"index", n}, {"class", m->class_name}, {"address", hex_address(roots[n])}};
-    std::vector<exporters::TensorRecord> records, non_persistent;
-    json::Json missing = json::Json::array(), tensor_meta = json::Json::object();
-    uint64_t bytes = 0, parameters = 0;
-    for (const auto& entry : walker.state_dict(roots[n], /*with_non_persistent=*/true)) {
-      auto t = tensors.read(entry.tensor);
-      if (t && t->device_type != 0) {
-        diag.warn(entry.key + ": tensor on device type " + std::to_string(t->device_type) +
-                  "; its memory is not in a host memory image");
-        missing.push_back(entry.key);
-        continue;
-      }
-      Result<ByteView> data = t ? storage.get(t->data, t->storage_bytes) : fail(t.error());
-      if (!t || !data) {
-        diag.warn(entry.key + ": " + (t ? data.error() : t.error()).to_string());
-        missing.push_back(entry.key);
-        continue;
-      }
-      exporters::TensorRecord r;
-      r.key = entry.key;
-      r.scalar_type = t->scalar_type;
-      r.shape = t->sizes;
-      r.strides = t->strides;
-      r.storage_offset = t->storage_offset;
-      r.storage = {t->storage, *data, t->storage_bytes, "cpu"};
-      if (auto st = exporters::validate(r); !st) {
-        diag.warn(entry.key + ": " + st.error().to_string());
-        missing.push_back(entry.key);
-        continue;
-      }
-      if (entry.persistent) bytes += t->storage_bytes;
-      if (!entry.is_buffer) parameters += static_cast<uint64_t>(t->numel);
-      // The layout, so that a rehost can rebuild strides and shared storages exactly.
-      const exporters::DtypeInfo* dtype = exporters::find_dtype(t->scalar_type);
-      tensor_meta[entry.key] = {{"python_class", t->python_class}, {"address", hex_address(t->object)},
-                                {"storage", hex_address(t->storage)}, {"data", hex_address(t->data)},
-                                {"buffer", entry.is_buffer},
-                                {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"},
-                                {"shape", t->sizes}, {"stride", t->strides},
-                                {"storage_offset", t->storage_offset}, {"storage_bytes", t->storage_bytes},
-                                {"persistent", entry.persistent}};
-      (entry.persistent ? records : non_persistent).push_back(std::move(r));
-    }
-    const std::string dir = models_dir + "/" + dir_name(n, m->class_name);
-    if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
-    exporters::SafetensorsMetadata meta = {{"format", "pt"}, {"mlfx.class", m->class_name},
-                                           {"mlfx.source", o.input}};
-    json::Json files = json::Json::array();
-    // The two formats are written side by side: each is a pass over the same storage bytes.
-    auto safetensors = std::async(std::launch::async, [&] {
-      return exporters::write_safetensors(dir + "/state_dict.safetensors", records, meta);
-    });
-    Status pt = exporters::write_torch_state_dict(dir + "/state_dict.pt", records);
-    if (Status st = safetensors.get(); st)
-      files.push_back("state_dict.safetensors");
-    else
-      diag.warn(dir + "/state_dict.safetensors not written: " + st.error().to_string());
-    MLFX_TRY(std::move(pt));
-    files.push_back("state_dict.pt");
-    // Not part of state_dict(), but the model's forward may read them: a rehost needs them.
-    if (!non_persistent.empty()) {
-      MLFX_TRY(exporters::write_safetensors(dir + "/non_persistent.safetensors", non_persistent, meta));
-      files.push_back("non_persistent.safetensors");
-    }
-    json::Json arch = walker.architecture(roots[n]);
-    arch["tensors"] = tensor_meta;
-    MLFX_TRY(write_new_file(dir + "/architecture.json", arch.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
-    files.push_back("architecture.json");
-    model["directory"] = "models/" + dir_name(n, m->class_name);
-    model["tensors"] = records.size();
-    model["parameters"] = parameters;
-    model["storage_bytes"] = bytes;
-    model["complete"] = missing.empty();
-    model["missing"] = missing;
-    model["files"] = files;
+    MLFX_ASSIGN(json::Json model, export_model(x, n, roots[n], models_dir));
     models.push_back(std::move(model));
   }
-  std::set<uint64_t> model_tensors;
-  for (uint64_t root : roots)
-    for (const auto& entry : walker.state_dict(root, true)) model_tensors.insert(entry.tensor);
   json::Json loose = json::Json::object();
   if (torch_version) {
-    MLFX_ASSIGN(loose, export_loose_tensors(tracked, objects, tensors, storage, model_tensors, o.out_dir));
+    StorageBytes storage(mem, export_left);
+    MLFX_ASSIGN(loose, export_loose_tensors(tracked, objects, tensors, storage, model_tensors, o.out_dir, diag));
   }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);
@@ -394,6 +550,10 @@ Result<json::Json> recover(const RecoverOptions& o) {
                  {"modules", walker.modules().size()}}},
       {"models", models},
       {"loose_tensors", loose},
+      {"findings", cycle_findings(walker, roots)},
+      {"limits", {{"memory_bytes", diag.limits().memory_bytes}, {"seconds", diag.limits().seconds},
+                  {"memory_spent_bytes", diag.spent()}, {"export_bytes_left", export_left},
+                  {"exhausted", diag.exhausted().empty() ? json::Json(nullptr) : json::Json(diag.exhausted())}}},
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
   MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));

@@ -8,6 +8,7 @@
 
 #include "mlfx/base/json.h"
 #include "mlfx/base/result.h"
+#include "recovery/diagnostics.h"
 
 namespace mlfx::recovery {
 
@@ -21,12 +22,16 @@ struct RecoverOptions {
   // captured host); empty: only the core.
   std::string sysroot;
   bool show_progress = true;
+  // Memory and time the analysis of hostile memory may spend (report.json "limits").
+  Limits limits;
 };
 
 // Writes DIR/report.json and DIR/models/<n>-<Class>/{state_dict.safetensors, state_dict.pt,
 // architecture.json}; returns the report. Damage inside the image (unreadable objects,
 // broken lists) gives partial results with diagnostics in the report; an input that is not
-// a Python process image is an error.
+// a Python process image is an error. A spent budget (options.limits) ends the analysis with
+// what it has: report["limits"]["exhausted"] says so. Module ownership cycles are reported in
+// report["findings"].
 Result<json::Json> recover(const RecoverOptions& options);
 
 }  // namespace mlfx::recovery

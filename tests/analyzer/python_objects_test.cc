@@ -32,7 +32,7 @@ namespace {
 using fuzz::Blob;
 using fuzz::PyHeap;
 
-constexpr uint64_t kItems = (1u << 24) - 1;  // just under the readers' plausibility limit
+constexpr uint64_t kItems = kMaxItems - 1;  // just under the readers' plausibility limit
 constexpr size_t kSmall = 1 << 20;           // no allocation for a hostile size may reach this
 
 class HostileSizes : public ::testing::Test {
@@ -45,12 +45,13 @@ class HostileSizes : public ::testing::Test {
     auto seg = layers::SegmentedLayer::create("image", base, {{blob.base, blob.bytes.size(), 0}});
     ASSERT_TRUE(seg);
     mem = std::move(*seg);
-    reader = std::make_unique<ObjectReader>(*mem, *layout_for(0x030B0200));
+    reader = std::make_unique<ObjectReader>(*mem, *layout_for(0x030B0200), diag);
     g_largest = 0;
   }
 
   Blob blob{0x10000};
   PyHeap py;
+  Diagnostics diag;
   std::unique_ptr<layers::Layer> mem;
   std::unique_ptr<ObjectReader> reader;
 };
@@ -75,11 +76,11 @@ TEST_F(HostileSizes, TupleListSetDictAndStrCostNoMemory) {
   const uint64_t list = py.list({py.none});
   blob.put64(list + 16, kItems);
   const uint64_t set = py.set({py.none});
-  blob.put64(set + 32, (1u << 23) - 1);  // mask: 8M slots of 16 bytes
+  blob.put64(set + 32, kMaxItems - 1);  // mask: 1M slots of 16 bytes
   const uint64_t dict = py.dict({{py.str("k"), py.none}});
   uint64_t keys;
   std::memcpy(&keys, blob.at(dict + 32), 8);
-  blob.put8(keys + 8, 24);         // log2_size
+  blob.put8(keys + 8, 20);         // log2_size
   blob.put64(keys + 24, kItems);  // nentries
   const uint64_t str = py.str("short");
   blob.put64(str + 16, kItems);  // length
@@ -94,6 +95,26 @@ TEST_F(HostileSizes, TupleListSetDictAndStrCostNoMemory) {
   EXPECT_FALSE(reader->str(str));
   EXPECT_FALSE(reader->plain_value(tuple).value_or(std::nullopt));
   EXPECT_LT(g_largest.load(), kSmall) << "a hostile size was allocated for";
+}
+
+// Issue 11: dict keys that all alias one long str cost its bytes once (decoded once, names are
+// views of the cache); a name over the cap is refused with a diagnostic, before any copy.
+TEST_F(HostileSizes, AliasedKeysDecodedOnceAndLongNamesRefused) {
+  const uint64_t name = py.str(std::string(3000, 'k')), huge = py.str(std::string(kMaxNameBytes + 1, 'h'));
+  std::vector<std::pair<uint64_t, uint64_t>> items(500, {name, py.none});
+  items.push_back({huge, py.none});
+  const uint64_t dict = py.dict(items);
+  map();
+  auto named = reader->str_dict(dict);
+  ASSERT_TRUE(named) << named.error().to_string();
+  ASSERT_EQ(named->size(), 500u);
+  for (const auto& [n, v] : *named) EXPECT_EQ(n.data(), named->front().first.data()) << "a name was copied";
+  EXPECT_LT(g_largest.load(), kSmall);
+  EXPECT_LT(diag.spent(), 64u * 1024) << "the aliased key was charged more than once";
+  ASSERT_EQ(diag.warnings().size(), 1u);
+  EXPECT_NE(diag.warnings()[0].find("over the cap of 4096"), std::string::npos) << diag.warnings()[0];
+  EXPECT_FALSE(reader->str_view(huge));
+  EXPECT_TRUE(reader->str_view(huge, kMaxStrBytes));
 }
 
 }  // namespace

@@ -166,7 +166,7 @@ void run(const std::string& path) {
   auto rt = frontends::cpython::PythonRuntime::locate(mem, core->info().files, diag);
   if (!rt) return;
   (void)rt->version();
-  frontends::cpython::ObjectReader reader(mem, rt->layout());
+  frontends::cpython::ObjectReader reader(mem, rt->layout(), diag);
   (void)rt->modules(reader);
   (void)rt->module_string(reader, "torch.version", "__version__");
   const std::vector<uint64_t> objects = rt->tracked_objects(diag);

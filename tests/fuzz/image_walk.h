@@ -26,7 +26,7 @@ inline void walk_modules(const frontends::cpython::ObjectReader& reader, const s
   size_t n = 0;
   for (uint64_t root : roots) {
     if (++n > 8) break;
-    auto entries = walker.state_dict(root);
+    auto entries = walker.state_dict(root).entries;
     // As recover.cc writes architecture.json: strings from the image need not be UTF-8.
     (void)walker.architecture(root).dump(1, ' ', false, json::Json::error_handler_t::replace);
     size_t read = 0;

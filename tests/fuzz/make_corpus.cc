@@ -11,9 +11,12 @@
 // elf_core:      small synthetic ELF cores (< 64 KiB) of a "Python process": PT_LOADs, a
 //                PT_NOTE with NT_PRSTATUS/NT_PRPSINFO/NT_AUXV/NT_FILE, a mapped libpython with
 //                a dynamic symbol table (SysV or GNU hash), _PyRuntime, an interpreter whose
-//                GC lists hold a torch-like model (synthetic_image.h);
+//                GC lists hold a torch-like model (synthetic_image.h); and every hostile
+//                shape of hostile_shapes.h at seed size (aliased keys, long names, shared
+//                huge dicts, zero-stride and overlapping tensors, cycles, deep chains...);
 // python_objects: a 64-byte header of object addresses and flags, then a blob of CPython 3.11
-//                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model);
+//                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model),
+//                and the hostile shapes' objects;
 // wire:          one intake protocol frame (header and body) of each message type;
 // safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
 //                empty tensors, metadata), each read back before it is kept.
@@ -45,6 +48,7 @@
 #include "frontends/torch/tensor_reader.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
+#include "hostile_shapes.h"
 #include "synthetic_image.h"
 
 namespace {
@@ -202,187 +206,20 @@ std::vector<CoreSpec> core_specs() {
           {"python-no-model.core", false, false, false}};
 }
 
-uint32_t gnu_hash(const char* s) {
-  uint32_t h = 5381;
-  for (; *s; ++s) h = h * 33 + static_cast<unsigned char>(*s);
-  return h;
-}
-uint32_t sysv_hash(const char* s) {
-  uint32_t h = 0;
-  for (; *s; ++s) {
-    h = (h << 4) + static_cast<unsigned char>(*s);
-    uint32_t g = h & 0xf0000000;
-    if (g) h ^= g >> 24;
-    h &= ~g;
-  }
-  return h;
-}
-
-constexpr uint64_t kLibBase = 0x7f0000400000, kStack = 0x7ffd00000000;
-constexpr const char* kLibPath = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0";
-
-// The memory of libpython's mapping: its ELF header and dynamic symbols, then the heap.
-Blob python_memory(const CoreSpec& spec) {
-  Blob b(kLibBase);
-  const uint64_t eh = b.alloc(sizeof(Elf64_Ehdr)), ph = b.alloc(2 * sizeof(Elf64_Phdr));
-  const uint64_t dyn = b.alloc(6 * sizeof(Elf64_Dyn));
-  const char* names[] = {"_PyRuntime", "Py_Version", "PyType_Type"};
-  const uint64_t symtab = b.alloc(4 * sizeof(Elf64_Sym));
-  std::string strtab(1, '\0');
-  std::vector<uint32_t> name_off;
-  for (const char* n : names) name_off.push_back(strtab.size()), strtab += n, strtab += '\0';
-  const uint64_t strs = b.alloc(strtab.size(), 1);
-  std::memcpy(b.at(strs), strtab.data(), strtab.size());
-  uint64_t hash = 0;
-  if (spec.gnu_hash) {  // 1 bucket, symoffset 1, 1 bloom word (all ones), chain of 3
-    hash = b.alloc(16 + 8 + 4 + 12);
-    b.put32(hash, 1), b.put32(hash + 4, 1), b.put32(hash + 8, 1), b.put32(hash + 12, 6);
-    b.put64(hash + 16, ~uint64_t(0));
-    b.put32(hash + 24, 1);
-    for (int i = 0; i < 3; ++i) b.put32(hash + 28 + 4 * i, (gnu_hash(names[i]) & ~1u) | (i == 2 ? 1u : 0u));
-  } else {  // nbucket 1, nchain 4: bucket -> 1 -> 2 -> 3 -> 0
-    hash = b.alloc(8 + 4 + 16);
-    b.put32(hash, 1), b.put32(hash + 4, 4), b.put32(hash + 8, 1);
-    b.put32(hash + 12, 0), b.put32(hash + 16, 2), b.put32(hash + 20, 3), b.put32(hash + 24, 0);
-    (void)sysv_hash;
-  }
-
-  PyHeap py(b);
-  const uint64_t version = b.alloc(8);
-  b.put32(version, 0x030B02F0);
-  // _PyRuntime: interpreters.head @40; the interpreter's GC state @648 (generation0 @+96 points
-  // at generations[0] @+24); sys.modules @888.
-  const uint64_t runtime = b.alloc(64);
-  const uint64_t interp = b.alloc(1024);
-  b.put64(runtime + 40, interp);
-  const uint64_t gc = interp + 648;
-  b.put64(gc + 96, gc + 24);
+std::string elf_core(const CoreSpec& spec) {
+  fuzz::PythonProcess proc(spec.gnu_hash);
+  PyHeap& py = proc.py();
   std::vector<uint64_t> tracked;
   if (spec.with_model) {
-    fuzz::TorchModel m = fuzz::make_torch_model(py);
-    tracked = m.all_objects;
-    uint64_t torch_version = py.dict({{py.str("__version__"), py.str("1.13.1")}});
-    uint64_t version_mod = py.object(py.type("module", 0), 48);
-    b.put64(version_mod + 16, torch_version);
-    b.put64(interp + 888, py.dict({{py.str("torch.version"), version_mod}, {py.str("sys"), py.none}}));
+    tracked = fuzz::make_torch_model(py).all_objects;
+    proc.import_torch();
   } else {
     uint64_t foo = py.heap_type("__main__", "Foo", PyHeap::kManagedDict, {});
     tracked = {py.managed_instance(foo, 16), py.managed_instance(foo, 16)};
-    b.put64(tracked[0] - 24, py.dict({{py.str("x"), py.tuple({py.str("a"), py.integer(1)})}}));
+    proc.blob().put64(tracked[0] - 24, py.dict({{py.str("x"), py.tuple({py.str("a"), py.integer(1)})}}));
   }
-  // Generation 0 lists the tracked objects (the GC head is 16 bytes before each object); the
-  // other generations and the permanent one are empty (head points to itself).
-  std::vector<uint64_t> nodes;
-  for (uint64_t o : tracked) nodes.push_back(o - 16);
-  uint64_t head = gc + 24, prev = head;
-  for (uint64_t n : nodes) b.put64(prev, n), b.put64(n + 8, prev), prev = n;
-  b.put64(prev, head);
-  for (uint64_t h : {gc + 48, gc + 72, gc + 104}) b.put64(h, h), b.put64(h + 8, h);
-
-  const uint64_t sym_values[] = {runtime, version, py.type_type};
-  for (int i = 0; i < 3; ++i) {
-    Elf64_Sym s{};
-    s.st_name = name_off[i];
-    s.st_info = ELF64_ST_INFO(STB_GLOBAL, STT_OBJECT);
-    s.st_shndx = 20;
-    s.st_value = sym_values[i] - kLibBase;
-    s.st_size = 8;
-    std::memcpy(b.at(symtab + sizeof(Elf64_Sym) * (i + 1)), &s, sizeof s);
-  }
-  const std::pair<int64_t, uint64_t> dyns[] = {{DT_SYMTAB, symtab - kLibBase},
-                                               {DT_STRTAB, strs - kLibBase},
-                                               {DT_STRSZ, strtab.size()},
-                                               {spec.gnu_hash ? DT_GNU_HASH : DT_HASH, hash - kLibBase},
-                                               {DT_SONAME, 1},
-                                               {DT_NULL, 0}};
-  for (size_t i = 0; i < 6; ++i) {
-    Elf64_Dyn d{};
-    d.d_tag = dyns[i].first;
-    d.d_un.d_val = dyns[i].second;
-    std::memcpy(b.at(dyn + sizeof d * i), &d, sizeof d);
-  }
-  Elf64_Ehdr e{};
-  std::memcpy(e.e_ident, ELFMAG, SELFMAG);
-  e.e_ident[EI_CLASS] = ELFCLASS64, e.e_ident[EI_DATA] = ELFDATA2LSB, e.e_ident[EI_VERSION] = EV_CURRENT;
-  e.e_type = ET_DYN, e.e_machine = EM_X86_64, e.e_version = EV_CURRENT;
-  e.e_phoff = ph - kLibBase, e.e_phentsize = sizeof(Elf64_Phdr), e.e_phnum = 2, e.e_ehsize = sizeof e;
-  std::memcpy(b.at(eh), &e, sizeof e);
-  Elf64_Phdr p[2]{};
-  p[0].p_type = PT_LOAD, p[0].p_flags = PF_R | PF_W, p[0].p_vaddr = 0, p[0].p_align = 0x1000;
-  p[0].p_filesz = p[0].p_memsz = 0x10000;
-  p[1].p_type = PT_DYNAMIC, p[1].p_flags = PF_R, p[1].p_vaddr = dyn - kLibBase;
-  p[1].p_filesz = p[1].p_memsz = 6 * sizeof(Elf64_Dyn);
-  std::memcpy(b.at(ph), p, sizeof p);
-  b.bytes.resize((b.bytes.size() + 15) / 16 * 16);
-  return b;
-}
-
-void put_note(std::string& out, uint32_t type, std::string_view desc) {
-  auto u32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
-  u32(5), u32(uint32_t(desc.size())), u32(type);
-  out.append("CORE\0\0\0\0", 8);
-  out.append(desc);
-  out.append((4 - desc.size() % 4) % 4, '\0');
-}
-
-std::string elf_core(const CoreSpec& spec) {
-  const Blob lib = python_memory(spec);
-  std::string stack(256, '\0');
-  for (size_t i = 0; i < stack.size(); ++i) stack[i] = char(i * 7);
-
-  std::string notes;
-  if (spec.thread_notes) {
-    std::string prstatus(336, '\0');
-    int32_t tid = 4242;
-    std::memcpy(&prstatus[32], &tid, 4);
-    put_note(notes, NT_PRSTATUS, prstatus);
-    std::string prpsinfo(136, '\0');
-    std::memcpy(&prpsinfo[24], &tid, 4);
-    std::memcpy(&prpsinfo[40], "python3", 7);
-    std::memcpy(&prpsinfo[56], "python3 train.py --epochs 3", 27);
-    put_note(notes, NT_PRPSINFO, prpsinfo);
-    std::string auxv;
-    for (uint64_t v : {uint64_t(AT_PAGESZ), uint64_t(4096), uint64_t(AT_BASE), kLibBase, uint64_t(AT_NULL), uint64_t(0)})
-      auxv.append(reinterpret_cast<const char*>(&v), 8);
-    put_note(notes, NT_AUXV, auxv);
-  }
-  {  // NT_FILE: libpython at offset 0, its second page again at page 1, and the python binary
-    const std::pair<uint64_t, uint64_t> ranges[] = {{kLibBase, kLibBase + 0x10000}, {kLibBase + 0x10000, kLibBase + 0x11000},
-                                                    {kStack, kStack + 0x100}};
-    const uint64_t pgoff[] = {0, 0x10, 0};
-    const char* paths[] = {kLibPath, kLibPath, "/usr/bin/python3.11"};
-    std::string d;
-    auto u64 = [&](uint64_t v) { d.append(reinterpret_cast<const char*>(&v), 8); };
-    u64(3), u64(4096);
-    for (int i = 0; i < 3; ++i) u64(ranges[i].first), u64(ranges[i].second), u64(pgoff[i]);
-    for (const char* p : paths) d.append(p), d.push_back('\0');
-    put_note(notes, 0x46494c45, d);
-  }
-
-  // Layout: header, 4 program headers (note, lib, stack, an absent segment), notes, data.
-  const size_t nph = 4, ph_off = sizeof(Elf64_Ehdr), notes_off = ph_off + nph * sizeof(Elf64_Phdr);
-  const size_t lib_off = (notes_off + notes.size() + 15) / 16 * 16, stack_off = lib_off + lib.bytes.size();
-  const uint64_t lib_memsz = (lib.bytes.size() + 0xfff) & ~uint64_t(0xfff);
-  std::string out(stack_off + stack.size(), '\0');
-  Elf64_Ehdr e{};
-  std::memcpy(e.e_ident, ELFMAG, SELFMAG);
-  e.e_ident[EI_CLASS] = ELFCLASS64, e.e_ident[EI_DATA] = ELFDATA2LSB, e.e_ident[EI_VERSION] = EV_CURRENT;
-  e.e_type = ET_CORE, e.e_machine = EM_X86_64, e.e_version = EV_CURRENT;
-  e.e_phoff = ph_off, e.e_phentsize = sizeof(Elf64_Phdr), e.e_phnum = nph, e.e_ehsize = sizeof e;
-  std::memcpy(&out[0], &e, sizeof e);
-  Elf64_Phdr p[nph]{};
-  p[0].p_type = PT_NOTE, p[0].p_offset = notes_off, p[0].p_filesz = notes.size();
-  p[1].p_type = PT_LOAD, p[1].p_flags = PF_R | PF_W, p[1].p_offset = lib_off, p[1].p_vaddr = kLibBase;
-  p[1].p_filesz = lib.bytes.size(), p[1].p_memsz = lib_memsz, p[1].p_align = 0x1000;
-  p[2].p_type = PT_LOAD, p[2].p_flags = PF_R | PF_W, p[2].p_offset = stack_off, p[2].p_vaddr = kStack;
-  p[2].p_filesz = stack.size(), p[2].p_memsz = stack.size(), p[2].p_align = 0x1000;
-  p[3].p_type = PT_LOAD, p[3].p_flags = PF_R, p[3].p_offset = out.size(), p[3].p_vaddr = kLibBase + lib_memsz;
-  p[3].p_filesz = 0, p[3].p_memsz = 0x1000, p[3].p_align = 0x1000;
-  std::memcpy(&out[ph_off], p, sizeof p);
-  std::memcpy(&out[notes_off], notes.data(), notes.size());
-  std::memcpy(&out[lib_off], lib.bytes.data(), lib.bytes.size());
-  std::memcpy(&out[stack_off], stack.data(), stack.size());
-  return out;
+  proc.track(tracked);
+  return proc.core(spec.thread_notes);
 }
 
 // Reads a seed core back the way elf_core_fuzz does; it must get as deep as intended.
@@ -396,17 +233,36 @@ void check_core(const std::string& path, const CoreSpec& spec) {
   auto rt = must(frontends::cpython::PythonRuntime::locate(*core, info.files, diag), "locate " + path);
   auto objects = rt.tracked_objects(diag);
   if (!diag.warnings().empty()) die(path + ": " + diag.warnings().front());
-  frontends::cpython::ObjectReader reader(*core, rt.layout());
+  frontends::cpython::ObjectReader reader(*core, rt.layout(), diag);
   frontends::torch::ModuleWalker walker(reader, diag);
   walker.scan(objects);
   if (!spec.with_model) return;
   auto roots = walker.roots();
   if (walker.modules().size() != 2 || roots.size() != 1) die(path + ": the model's modules were not found");
-  auto entries = walker.state_dict(roots[0]);
+  auto entries = walker.state_dict(roots[0]).entries;
   if (entries.size() != 4) die(path + ": state_dict has " + std::to_string(entries.size()) + " entries, not 4");
   frontends::torch::TensorReader tensors(reader);
   for (const auto& e : entries) must(tensors.read(e.tensor), "reading tensor " + e.key);
   if (rt.module_string(reader, "torch.version", "__version__") != "1.13.1") die(path + ": no torch version");
+}
+
+// The hostile shapes (hostile_shapes.h) at seed size: each still parses to a Python process.
+constexpr uint64_t kHostileSeedBytes = 16 * 1024;
+
+void check_hostile_core(const std::string& path) {
+  std::shared_ptr<const layers::Layer> f = must(layers::FileLayer::open(path), "opening " + path);
+  auto core = must(layers::ElfCoreLayer::open(f), "ElfCoreLayer::open " + path);
+  Diagnostics diag;
+  auto rt = must(frontends::cpython::PythonRuntime::locate(*core, core->info().files, diag), "locate " + path);
+  if (rt.tracked_objects(diag).empty()) die(path + ": no tracked objects");
+}
+
+// python_objects seeds of the hostile shapes.
+std::map<std::string, std::string> hostile_object_seeds() {
+  std::map<std::string, std::string> out;
+  for (const fuzz::HostileShape& shape : fuzz::hostile_shapes())
+    out["hostile-" + shape.name + ".bin"] = fuzz::hostile_objects_input(shape, kHostileSeedBytes);
+  return out;
 }
 
 // python_objects: header (7 addresses + flags), then the blob at 0x10000.
@@ -427,7 +283,8 @@ std::map<std::string, std::string> python_object_seeds() {
   {
     auto base = std::make_shared<fuzz::MemoryLayer>(b.bytes);
     auto mem = must(layers::SegmentedLayer::create("seed", base, {{b.base, b.bytes.size(), 0}}), "segments");
-    frontends::cpython::ObjectReader r(*mem, *frontends::cpython::layout_for(0x030B0200));
+    Diagnostics diag;
+    frontends::cpython::ObjectReader r(*mem, *frontends::cpython::layout_for(0x030B0200), diag);
     if (must(r.str(s), "str") != "hello" || must(r.integer(i), "int") != -123456789 ||
         must(r.tuple_items(t), "tuple").size() != 3 || must(r.str_dict(d), "dict").size() != 2 ||
         must(r.dict_items(gd), "general dict").size() != 2 || must(r.str_dict(sd), "split dict").front().first != "y" ||
@@ -435,10 +292,9 @@ std::map<std::string, std::string> python_object_seeds() {
         must(r.real(f), "float") != -1.5 ||
         !must(r.plain_value(t), "plain").has_value())
       die("python_objects seed: objects do not read back as built");
-    Diagnostics diag;
     frontends::torch::ModuleWalker w(r, diag);
     w.scan({m.root, m.child});
-    if (w.roots().size() != 1 || w.state_dict(m.root).size() != 4) die("python_objects seed: no model");
+    if (w.roots().size() != 1 || w.state_dict(m.root).entries.size() != 4) die("python_objects seed: no model");
   }
 
   auto seed = [&](std::vector<uint64_t> addrs, uint64_t flags) {
@@ -595,9 +451,17 @@ int main(int argc, char** argv) {
       put("elf_core", spec.file, core);
       check_core((dir / spec.file).string(), spec);
     }
+    for (const fuzz::HostileShape& shape : fuzz::hostile_shapes()) {
+      const std::string core = fuzz::hostile_core(shape, kHostileSeedBytes), name = "hostile-" + shape.name + ".core";
+      if (core.size() >= 256 * 1024) die("elf_core seed " + name + " is too large");
+      put("elf_core", name, core);
+      check_hostile_core((dir / name).string());
+    }
   }
-  if (dirs.count("python_objects"))
+  if (dirs.count("python_objects")) {
     for (const auto& [name, input] : python_object_seeds()) put("python_objects", name, input);
+    for (const auto& [name, input] : hostile_object_seeds()) put("python_objects", name, input);
+  }
 
   for (const auto& [name, file] : safetensors_seeds()) put("safetensors", name, file);
 

@@ -81,7 +81,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   const auto* layout = frontends::cpython::layout_for(0x030B0200);
   if (!layout) fuzz::invariant_failed("CPython 3.11 has a layout table", "");
-  ObjectReader reader(m, *layout);
+  Diagnostics diag;
+  ObjectReader reader(m, *layout, diag);
   for (int i = 0; i < 7; ++i)
     if (w[i]) read_everything(reader, w[i], n);
 
@@ -99,7 +100,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(&v, words + off, 8);
     if (v >= kBase + 16 && v < kBase + n) add(v);
   }
-  Diagnostics diag;
   fuzz::walk_modules(reader, candidates, diag);
   return 0;
 }

@@ -1,8 +1,9 @@
-// Builders for small synthetic process images, used by make_corpus to write the seeds of the
-// elf_core and python_objects targets: a flat memory blob at a base address holding CPython
-// 3.11 objects (types, str, int, float, tuple, list, set, dicts, a torch-like module tree with
-// tensors), and an ELF core around such a blob (PT_LOADs, a PT_NOTE with NT_PRSTATUS,
-// NT_PRPSINFO, NT_AUXV and NT_FILE, a loaded "libpython" with a dynamic symbol table).
+// Builders for synthetic process images, used by make_corpus to write the seeds of the
+// elf_core and python_objects targets and by the hostile-memory tests: a flat memory blob at
+// a base address holding CPython 3.11 objects (types, str, int, float, tuple, list, set,
+// dicts, a torch-like module tree with tensors), and an ELF core around such a blob
+// (PythonProcess: PT_LOADs, a PT_NOTE with NT_PRSTATUS, NT_PRPSINFO, NT_AUXV and NT_FILE, a
+// loaded "libpython" with a dynamic symbol table).
 //
 // Offsets follow analyzer/frontends/cpython/layout.cc (3.11) and torch/torch_layout.h.
 #pragma once
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -187,7 +189,8 @@ class PyHeap {
     uint8_t log2 = 3;
     while ((1u << log2) * 2 < items.size() * 3) ++log2;
     const uint64_t esize = kind == 0 ? 24 : 16;
-    uint64_t k = b_.alloc(32 + (1u << log2) + esize * (1u << log2));
+    // Entries past nentries are never read: only those are allocated (big dicts stay small).
+    uint64_t k = b_.alloc(32 + (1u << log2) + esize * std::max<size_t>(items.size(), 1));
     b_.put64(k, 1);
     b_.put8(k + 8, log2);
     b_.put8(k + 9, log2);  // 1-byte indices
@@ -391,5 +394,205 @@ inline TorchModel make_torch_model(PyHeap& py) {
   m.all_objects = {m.root, m.child};  // the GC-tracked ones, with room for a PyGC_Head
   return m;
 }
+
+
+// ---- a whole process --------------------------------------------------------------------
+
+inline uint32_t gnu_hash(const char* s) {
+  uint32_t h = 5381;
+  for (; *s; ++s) h = h * 33 + static_cast<unsigned char>(*s);
+  return h;
+}
+
+inline void put_note(std::string& out, uint32_t type, std::string_view desc) {
+  auto u32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
+  u32(5), u32(uint32_t(desc.size())), u32(type);
+  out.append("CORE\0\0\0\0", 8);
+  out.append(desc);
+  out.append((4 - desc.size() % 4) % 4, '\0');
+}
+
+// A Python process as an ELF core: libpython mapped at kLibBase (its ELF header and a
+// dynamic symbol table with _PyRuntime, Py_Version and PyType_Type, hashed SysV or GNU), the
+// CPython 3.11 heap after it in the same mapping, an interpreter whose generation-0 GC list
+// holds the objects given to core(), and a small stack mapping. Notes: NT_PRSTATUS,
+// NT_PRPSINFO, NT_AUXV (optional) and NT_FILE.
+class PythonProcess {
+ public:
+  static constexpr uint64_t kLibBase = 0x7f0000400000, kStack = 0x7ffd00000000;
+  static constexpr const char* kLibPath = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0";
+
+  explicit PythonProcess(bool gnu_hash = false) : gnu_(gnu_hash), h_(reserve(b_, gnu_hash)), py_(b_) {
+    version_ = b_.alloc(8);
+    b_.put32(version_, 0x030B02F0);
+    // _PyRuntime: interpreters.head @40; the interpreter's GC state @648 (generation0 @+96
+    // points at generations[0] @+24); sys.modules @888.
+    runtime_ = b_.alloc(64);
+    interp_ = b_.alloc(1024);
+    b_.put64(runtime_ + 40, interp_);
+    gc_ = interp_ + 648;
+    b_.put64(gc_ + 96, gc_ + 24);
+  }
+
+  Blob& blob() { return b_; }
+  PyHeap& py() { return py_; }
+  uint64_t gc_state() const { return gc_; }
+
+  // sys.modules holding torch.version with __version__ (recover reads it).
+  void import_torch(const std::string& version = "1.13.1") {
+    uint64_t attrs = py_.dict({{py_.str("__version__"), py_.str(version)}});
+    uint64_t version_mod = py_.object(py_.type("module", 0), 48);
+    b_.put64(version_mod + 16, attrs);
+    b_.put64(interp_ + 888, py_.dict({{py_.str("torch.version"), version_mod}, {py_.str("sys"), py_.none}}));
+  }
+
+  // Generation 0 lists `tracked` (each with a 16-byte PyGC_Head before it: managed instances
+  // have one); the other generations and the permanent one are empty.
+  void track(const std::vector<uint64_t>& tracked) {
+    uint64_t head = gc_ + 24, prev = head;
+    for (uint64_t o : tracked) b_.put64(prev, o - 16), b_.put64(o - 16 + 8, prev), prev = o - 16;
+    b_.put64(prev, head);
+    for (uint64_t h : {gc_ + 48, gc_ + 72, gc_ + 104}) b_.put64(h, h), b_.put64(h + 8, h);
+  }
+
+  // The ELF core; call once, after track().
+  std::string core(bool thread_notes = true) {
+    finish_elf();
+    return core_file(thread_notes);
+  }
+
+ private:
+  struct Header {
+    uint64_t eh, ph, dyn, symtab, strs, hash;
+    std::string strtab;
+    std::vector<uint32_t> name_off;
+  };
+  static constexpr const char* kNames[3] = {"_PyRuntime", "Py_Version", "PyType_Type"};
+
+  static Header reserve(Blob& b, bool gnu) {
+    Header h;
+    h.eh = b.alloc(sizeof(Elf64_Ehdr));
+    h.ph = b.alloc(2 * sizeof(Elf64_Phdr));
+    h.dyn = b.alloc(6 * sizeof(Elf64_Dyn));
+    h.symtab = b.alloc(4 * sizeof(Elf64_Sym));
+    h.strtab.assign(1, '\0');
+    for (const char* n : kNames) h.name_off.push_back(uint32_t(h.strtab.size())), h.strtab += n, h.strtab += '\0';
+    h.strs = b.alloc(h.strtab.size(), 1);
+    std::memcpy(b.at(h.strs), h.strtab.data(), h.strtab.size());
+    if (gnu) {  // 1 bucket, symoffset 1, 1 bloom word (all ones), chain of 3
+      h.hash = b.alloc(16 + 8 + 4 + 12);
+      b.put32(h.hash, 1), b.put32(h.hash + 4, 1), b.put32(h.hash + 8, 1), b.put32(h.hash + 12, 6);
+      b.put64(h.hash + 16, ~uint64_t(0));
+      b.put32(h.hash + 24, 1);
+      for (int i = 0; i < 3; ++i) b.put32(h.hash + 28 + 4 * i, (gnu_hash(kNames[i]) & ~1u) | (i == 2 ? 1u : 0u));
+    } else {  // nbucket 1, nchain 4: bucket -> 1 -> 2 -> 3 -> 0
+      h.hash = b.alloc(8 + 4 + 16);
+      b.put32(h.hash, 1), b.put32(h.hash + 4, 4), b.put32(h.hash + 8, 1);
+      b.put32(h.hash + 12, 0), b.put32(h.hash + 16, 2), b.put32(h.hash + 20, 3), b.put32(h.hash + 24, 0);
+    }
+    return h;
+  }
+
+  void finish_elf() {
+    const uint64_t sym_values[] = {runtime_, version_, py_.type_type};
+    for (int i = 0; i < 3; ++i) {
+      Elf64_Sym s{};
+      s.st_name = h_.name_off[i];
+      s.st_info = ELF64_ST_INFO(STB_GLOBAL, STT_OBJECT);
+      s.st_shndx = 20;
+      s.st_value = sym_values[i] - kLibBase;
+      s.st_size = 8;
+      std::memcpy(b_.at(h_.symtab + sizeof(Elf64_Sym) * (i + 1)), &s, sizeof s);
+    }
+    const std::pair<int64_t, uint64_t> dyns[] = {{DT_SYMTAB, h_.symtab - kLibBase},
+                                                 {DT_STRTAB, h_.strs - kLibBase},
+                                                 {DT_STRSZ, h_.strtab.size()},
+                                                 {gnu_ ? DT_GNU_HASH : DT_HASH, h_.hash - kLibBase},
+                                                 {DT_SONAME, 1},
+                                                 {DT_NULL, 0}};
+    for (size_t i = 0; i < 6; ++i) {
+      Elf64_Dyn d{};
+      d.d_tag = dyns[i].first;
+      d.d_un.d_val = dyns[i].second;
+      std::memcpy(b_.at(h_.dyn + sizeof d * i), &d, sizeof d);
+    }
+    Elf64_Ehdr e{};
+    std::memcpy(e.e_ident, ELFMAG, SELFMAG);
+    e.e_ident[EI_CLASS] = ELFCLASS64, e.e_ident[EI_DATA] = ELFDATA2LSB, e.e_ident[EI_VERSION] = EV_CURRENT;
+    e.e_type = ET_DYN, e.e_machine = EM_X86_64, e.e_version = EV_CURRENT;
+    e.e_phoff = h_.ph - kLibBase, e.e_phentsize = sizeof(Elf64_Phdr), e.e_phnum = 2, e.e_ehsize = sizeof e;
+    std::memcpy(b_.at(h_.eh), &e, sizeof e);
+    Elf64_Phdr p[2]{};
+    p[0].p_type = PT_LOAD, p[0].p_flags = PF_R | PF_W, p[0].p_vaddr = 0, p[0].p_align = 0x1000;
+    p[0].p_filesz = p[0].p_memsz = 0x10000;
+    p[1].p_type = PT_DYNAMIC, p[1].p_flags = PF_R, p[1].p_vaddr = h_.dyn - kLibBase;
+    p[1].p_filesz = p[1].p_memsz = 6 * sizeof(Elf64_Dyn);
+    std::memcpy(b_.at(h_.ph), p, sizeof p);
+    b_.bytes.resize((b_.bytes.size() + 15) / 16 * 16);
+  }
+
+  std::string core_file(bool thread_notes) const {
+    std::string stack(256, '\0');
+    for (size_t i = 0; i < stack.size(); ++i) stack[i] = char(i * 7);
+    std::string notes;
+    if (thread_notes) {
+      std::string prstatus(336, '\0');
+      int32_t tid = 4242;
+      std::memcpy(&prstatus[32], &tid, 4);
+      put_note(notes, NT_PRSTATUS, prstatus);
+      std::string prpsinfo(136, '\0');
+      std::memcpy(&prpsinfo[24], &tid, 4);
+      std::memcpy(&prpsinfo[40], "python3", 7);
+      std::memcpy(&prpsinfo[56], "python3 train.py --epochs 3", 27);
+      put_note(notes, NT_PRPSINFO, prpsinfo);
+      std::string auxv;
+      for (uint64_t v : {uint64_t(AT_PAGESZ), uint64_t(4096), uint64_t(AT_BASE), kLibBase, uint64_t(AT_NULL), uint64_t(0)})
+        auxv.append(reinterpret_cast<const char*>(&v), 8);
+      put_note(notes, NT_AUXV, auxv);
+    }
+    {  // NT_FILE: libpython at offset 0, its second page again at page 1, and the python binary
+      const std::pair<uint64_t, uint64_t> ranges[] = {
+          {kLibBase, kLibBase + 0x10000}, {kLibBase + 0x10000, kLibBase + 0x11000}, {kStack, kStack + 0x100}};
+      const uint64_t pgoff[] = {0, 0x10, 0};
+      const char* paths[] = {kLibPath, kLibPath, "/usr/bin/python3.11"};
+      std::string d;
+      auto u64 = [&](uint64_t v) { d.append(reinterpret_cast<const char*>(&v), 8); };
+      u64(3), u64(4096);
+      for (int i = 0; i < 3; ++i) u64(ranges[i].first), u64(ranges[i].second), u64(pgoff[i]);
+      for (const char* p : paths) d.append(p), d.push_back('\0');
+      put_note(notes, 0x46494c45, d);
+    }
+    // Layout: header, 4 program headers (note, lib, stack, an absent segment), notes, data.
+    const size_t nph = 4, ph_off = sizeof(Elf64_Ehdr), notes_off = ph_off + nph * sizeof(Elf64_Phdr);
+    const size_t lib_off = (notes_off + notes.size() + 15) / 16 * 16, stack_off = lib_off + b_.bytes.size();
+    const uint64_t lib_memsz = (b_.bytes.size() + 0xfff) & ~uint64_t(0xfff);
+    std::string out(stack_off + stack.size(), '\0');
+    Elf64_Ehdr e{};
+    std::memcpy(e.e_ident, ELFMAG, SELFMAG);
+    e.e_ident[EI_CLASS] = ELFCLASS64, e.e_ident[EI_DATA] = ELFDATA2LSB, e.e_ident[EI_VERSION] = EV_CURRENT;
+    e.e_type = ET_CORE, e.e_machine = EM_X86_64, e.e_version = EV_CURRENT;
+    e.e_phoff = ph_off, e.e_phentsize = sizeof(Elf64_Phdr), e.e_phnum = nph, e.e_ehsize = sizeof e;
+    std::memcpy(&out[0], &e, sizeof e);
+    Elf64_Phdr p[nph]{};
+    p[0].p_type = PT_NOTE, p[0].p_offset = notes_off, p[0].p_filesz = notes.size();
+    p[1].p_type = PT_LOAD, p[1].p_flags = PF_R | PF_W, p[1].p_offset = lib_off, p[1].p_vaddr = kLibBase;
+    p[1].p_filesz = b_.bytes.size(), p[1].p_memsz = lib_memsz, p[1].p_align = 0x1000;
+    p[2].p_type = PT_LOAD, p[2].p_flags = PF_R | PF_W, p[2].p_offset = stack_off, p[2].p_vaddr = kStack;
+    p[2].p_filesz = stack.size(), p[2].p_memsz = stack.size(), p[2].p_align = 0x1000;
+    p[3].p_type = PT_LOAD, p[3].p_flags = PF_R, p[3].p_offset = out.size(), p[3].p_vaddr = kLibBase + lib_memsz;
+    p[3].p_filesz = 0, p[3].p_memsz = 0x1000, p[3].p_align = 0x1000;
+    std::memcpy(&out[ph_off], p, sizeof p);
+    std::memcpy(&out[notes_off], notes.data(), notes.size());
+    std::memcpy(&out[lib_off], b_.bytes.data(), b_.bytes.size());
+    std::memcpy(&out[stack_off], stack.data(), stack.size());
+    return out;
+  }
+
+  Blob b_{kLibBase};
+  bool gnu_;
+  Header h_;
+  PyHeap py_;
+  uint64_t version_ = 0, runtime_ = 0, interp_ = 0, gc_ = 0;
+};
 
 }  // namespace mlfx::fuzz

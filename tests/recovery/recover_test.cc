@@ -14,74 +14,13 @@
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "mlfx/base/json.h"
+#include "recovery/victim_process.h"
 #include "test_util.h"
 
 namespace mlfx {
 namespace {
 
-using testing::run;
-
-const std::string kPython = "/usr/bin/python3";  // Debian's, with python3-torch
-const std::string kVictims = std::string(MLFX_SOURCE_DIR) + "/tests/victims";
-
-std::string agent_bin() {
-  const char* dir = std::getenv("MLFX_BIN");
-  return std::string(dir ? dir : ".") + "/../agent/mlfx-agent";
-}
-
-bool torch_available() {
-  static const bool ok = run(kPython + " -c 'import torch'").exit_code == 0;
-  return ok;
-}
-
-bool wait_for(const std::string& path, int seconds) {
-  for (int i = 0; i < seconds * 10; ++i) {
-    if (testing::fs::exists(path)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
-
-// A victim process of one scenario of tests/victims/torch_victim.py (or any command line).
-class Victim {
- public:
-  Victim(const std::string& command, const std::string& gt_dir) : gt_(gt_dir) {
-    testing::fs::create_directories(gt_);
-    pid_ = fork();
-    if (pid_ == 0) {
-      int null = open("/dev/null", O_RDWR);
-      dup2(null, 0);
-      dup2(null, 1);
-      execl("/bin/sh", "sh", "-c", ("exec " + command + " 2>" + gt_ + "/stderr").c_str(), nullptr);
-      _exit(127);
-    }
-  }
-  ~Victim() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Waits for the victim to end (after a fatal signal); the destructor then signals no one.
-  int wait_exit() {
-    int status = 0;
-    if (pid_ > 0 && waitpid(pid_, &status, 0) == pid_) pid_ = -1;
-    return status;
-  }
-  bool alive() const { return kill(pid_, 0) == 0; }
-  // Not stopped or traced-stopped: state field of /proc/PID/stat.
-  char state() const {
-    std::string stat = testing::read_file("/proc/" + std::to_string(pid_) + "/stat");
-    auto close = stat.rfind(')');
-    return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
-  }
-  std::string stderr_text() const { return testing::read_file(gt_ + "/stderr"); }
-
- private:
-  std::string gt_;
-  pid_t pid_ = -1;
-};
+using namespace testing;  // run, Victim, kPython, kVictims...
 
 class Recovery : public ::testing::Test {
  protected:

@@ -12,7 +12,7 @@ While running it keeps a counter in GROUND_TRUTH_DIR/heartbeat. When GROUND_TRUT
 appears it recomputes the outputs into outputs_after.pt and writes checked; when stop
 appears it exits.
 """
-import os, sys
+import json, os, sys
 
 import torch
 import torch.nn as nn
@@ -201,9 +201,30 @@ def build(scenario):
         models = [("torchvision", m, image(2, 32))]
     elif scenario == "big":
         models = [("big", Big().eval(), torch.randn(2, 2048))]
+    elif scenario == "cycle":  # anti-forensics (issue 11): an ownership cycle, made after the ground truth
+        m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+        extra["after_save"] = lambda gt: make_cycle(m, gt)
+        models = [("cycle", m, torch.randn(3, 16))]
     else:
         raise SystemExit("unknown scenario " + scenario)
     return models, extra
+
+
+def make_cycle(m, gt):
+    """m[0]._modules['owner'] = m: forward still works, but torch's own state_dict() (and
+    eval(), train(), to()) recurse without end; named_parameters() does not (it memoises).
+    Records what torch does, for the test."""
+    expected = list(torch.load(os.path.join(gt, "cycle.pt")).keys())
+    m[0]._modules["owner"] = m
+    try:
+        m.state_dict()
+        raises = False
+    except RecursionError:
+        raises = True
+    with open(os.path.join(gt, "cycle_check.json"), "w") as f:
+        json.dump({"state_dict_raises_recursion_error": raises,
+                   "named_parameters": [n for n, _ in m.named_parameters()],
+                   "state_dict_keys_before": expected}, f)
 
 
 def outputs(models):
@@ -221,6 +242,8 @@ def main():
     os.makedirs(gt, exist_ok=True)
     models, extra = build(scenario)
     save_models(gt, [(name, m) for name, m, _ in models], outputs(models))
+    if "after_save" in extra:
+        extra["after_save"](gt)
     serve(gt, lambda: outputs(models))
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ namespace mlfx::frontends::cpython {
 
 namespace {
 
-constexpr uint64_t kMaxItems = 1u << 24;   // tuple/list/dict/set sizes we accept
-constexpr uint64_t kMaxStr = 1u << 24;
 constexpr size_t kMaxMro = 256;
 constexpr int kMaxTypeDepth = 16;
 constexpr int kMaxPlainDepth = 8;
-constexpr uint64_t kMaxPlainItems = 4096;
+// What one plain value may cost: 16 bytes per item plus its string bytes (4096 bare items).
+constexpr uint64_t kMaxPlainBytes = 64 * 1024;
+constexpr uint64_t kPlainItemBytes = 16;
+// Bytes kept per cached string or type beyond their text: map node, string header.
+constexpr uint64_t kCacheEntryBytes = 96;
 // tp_flags
 constexpr uint64_t kHeapType = 1ull << 9, kManagedDict = 1ull << 4, kLongSubclass = 1ull << 24,
                    kListSubclass = 1ull << 25, kTupleSubclass = 1ull << 26, kBytesSubclass = 1ull << 27,
@@ -89,14 +91,17 @@ Result<const TypeInfo*> ObjectReader::read_type(uint64_t type) const {
   MLFX_ASSIGN(uint64_t mro, mem_.read_u64(type + L_.tp_mro));
   if (t.heap) {
     MLFX_ASSIGN(uint64_t qual, mem_.read_u64(type + L_.ht_qualname));
-    auto q = str(qual);
-    t.qualname = q ? *q : t.name;
+    auto q = str_view(qual);
+    t.qualname = q ? std::string(*q) : t.name;
+    if (!q && q.error().code() == Errc::kUnsupported)
+      diag_.warn("type " + t.name.substr(0, 200) + " at " + hex_address(type) + ": qualname refused (" +
+                 q.error().to_string() + "); tp_name used");
     if (dict) {
       auto items = str_dict(dict);
       if (items)
         for (const auto& [k, v] : *items)
           if (k == "__module__") {
-            auto m = str(v);
+            auto m = str_view(v);
             if (m) t.module = *m;
           }
     }
@@ -116,6 +121,10 @@ Result<const TypeInfo*> ObjectReader::read_type(uint64_t type) const {
     }
   }
   if (t.mro.empty()) t.mro.push_back(type);
+  t.full = t.module.empty() ? t.qualname : t.module + "." + t.qualname;
+  if (!diag_.spend(kCacheEntryBytes + sizeof t + t.name.size() + 2 * t.full.size() + 8 * t.mro.size(), "reading types"))
+    return fail(Errc::kUnsupported, std::string(kBudgetSpent) + "type at " + hex_address(type) + " not read: " +
+                                         diag_.exhausted());
   return &types_.emplace(type, std::move(t)).first->second;
 }
 
@@ -145,14 +154,40 @@ bool ObjectReader::is_none(uint64_t obj) const {
   return t && !(*t)->heap && (*t)->name == "NoneType";
 }
 
-Result<std::string> ObjectReader::str(uint64_t obj) const {
+Result<std::string_view> ObjectReader::str_view(uint64_t obj, uint64_t max_bytes) const {
+  auto it = strings_.find(obj);
+  if (it == strings_.end()) {
+    // Decoded only up to this caller's cap: a longer str costs nothing (a later caller with a
+    // larger cap decodes it then).
+    MLFX_ASSIGN(std::string s, decode(obj, std::min(max_bytes, kMaxStrBytes)));
+    if (!diag_.spend(kCacheEntryBytes + s.size(), "decoding strings", diag_.reserve()))
+      return fail(Errc::kUnsupported, std::string(kBudgetSpent) + "str at " + hex_address(obj) + " not read: " +
+                                           diag_.exhausted());
+    it = strings_.emplace(obj, std::move(s)).first;
+  }
+  if (it->second.size() > max_bytes)
+    return fail(Errc::kUnsupported, "str at " + hex_address(obj) + " is " + std::to_string(it->second.size()) +
+                                         " bytes long, over the cap of " + std::to_string(max_bytes));
+  return std::string_view(it->second);
+}
+
+Result<std::string> ObjectReader::str(uint64_t obj, uint64_t max_bytes) const {
+  MLFX_ASSIGN(std::string_view s, str_view(obj, max_bytes));
+  return std::string(s);
+}
+
+// The UTF-8 text of a str, refused (before any buffer is sized) when over max_bytes.
+Result<std::string> ObjectReader::decode(uint64_t obj, uint64_t max_bytes) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (!(t->flags & kUnicodeSubclass)) return fail(not_a("str", obj));
   MLFX_ASSIGN(uint64_t length, mem_.read_u64(obj + L_.str_length));
   MLFX_ASSIGN(uint32_t state, mem_.read_value<uint32_t>(obj + L_.str_state));
   const uint32_t kind = (state >> 2) & 7;
   const bool compact = state & (1u << 5), ascii = state & (1u << 6);
-  if (length > kMaxStr) return fail(Errc::kBadFormat, "str at " + hex_address(obj) + " is implausibly long");
+  // Every character takes at least one UTF-8 byte.
+  if (length > max_bytes)
+    return fail(Errc::kUnsupported, "str at " + hex_address(obj) + " is " + std::to_string(length) +
+                                         " characters long, over the cap of " + std::to_string(max_bytes) + " bytes");
   if (!compact) return fail(Errc::kUnsupported, "legacy (non-compact) str at " + hex_address(obj));
   if (ascii) {
     MLFX_TRY(check_mapped(mem_, obj + L_.str_ascii_data, length, "str", obj));
@@ -171,6 +206,9 @@ Result<std::string> ObjectReader::str(uint64_t obj) const {
     uint32_t cp = kind == 1 ? p[0] : kind == 2 ? load_le<uint16_t>(p) : load_le<uint32_t>(p);
     append_utf8(out, cp);
   }
+  if (out.size() > max_bytes)
+    return fail(Errc::kUnsupported, "str at " + hex_address(obj) + " is " + std::to_string(out.size()) +
+                                         " bytes long, over the cap of " + std::to_string(max_bytes));
   return out;
 }
 
@@ -265,8 +303,14 @@ Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool sp
   const uint64_t entry_size = kind == 0 ? 24 : 16, key_at = kind == 0 ? 8 : 0;
   const uint64_t entries = keys + 32 + (1ull << log2_index_bytes);
   MLFX_TRY(check_mapped(mem_, entries, nentries * entry_size, "dict keys", keys));
-  std::vector<uint8_t> raw(nentries * entry_size);
-  MLFX_TRY(mem_.read(entries, raw.data(), raw.size()));
+  // The entries in place when they are contiguous in the image, else a copy.
+  std::vector<uint8_t> copy;
+  const uint8_t* raw = mem_.view(entries, nentries * entry_size);
+  if (!raw && nentries) {
+    copy.resize(nentries * entry_size);
+    MLFX_TRY(mem_.read(entries, copy.data(), copy.size()));
+    raw = copy.data();
+  }
   Items items;
   if (!split) {
     for (uint64_t i = 0; i < nentries; ++i) {
@@ -323,17 +367,27 @@ Result<Items> ObjectReader::dict_items(uint64_t obj) const {
   return ordered.size() == items.size() ? ordered : items;
 }
 
-Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::str_dict(uint64_t obj) const {
-  MLFX_ASSIGN(Items items, dict_items(obj));
-  std::vector<std::pair<std::string, uint64_t>> out;
+Result<NamedItems> ObjectReader::named(const Items& items, uint64_t dict) const {
+  NamedItems out;
+  out.reserve(items.size());
   for (const auto& [k, v] : items) {
-    auto name = str(k);
-    if (name) out.emplace_back(std::move(*name), v);
+    auto name = str_view(k);
+    if (name) {
+      out.emplace_back(*name, v);
+    } else if (name.error().code() == Errc::kUnsupported) {  // over a cap, or the budget spent
+      if (budget_spent(name.error().message())) return fail(std::move(name).error());
+      diag_.warn("dict at " + hex_address(dict) + ": key refused: " + name.error().to_string());
+    }
   }
   return out;
 }
 
-Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::instance_dict(uint64_t obj) const {
+Result<NamedItems> ObjectReader::str_dict(uint64_t obj) const {
+  MLFX_ASSIGN(Items items, dict_items(obj));
+  return named(items, obj);
+}
+
+Result<NamedItems> ObjectReader::instance_dict(uint64_t obj) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   const uint64_t type = t->addr;
   if (t->flags & kManagedDict) {
@@ -341,35 +395,31 @@ Result<std::vector<std::pair<std::string, uint64_t>>> ObjectReader::instance_dic
     MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj - 24));
     if (dict) return str_dict(dict);
     MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj - 32));
-    if (!values) return std::vector<std::pair<std::string, uint64_t>>{};
+    if (!values) return NamedItems{};
     MLFX_ASSIGN(uint64_t keys, mem_.read_u64(type + L_.ht_cached_keys));
     if (!keys) return fail(Errc::kBadFormat, "type of " + hex_address(obj) + " has no cached keys for its values");
     MLFX_ASSIGN(Items items, dict_entries(keys, values, true));
-    std::vector<std::pair<std::string, uint64_t>> out;
-    for (const auto& [k, v] : items) {
-      auto name = str(k);
-      if (name) out.emplace_back(std::move(*name), v);
-    }
-    return out;
+    return named(items, obj);
   }
   if (t->dictoffset > 0) {
     MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj + uint64_t(t->dictoffset)));
     if (dict) return str_dict(dict);
   }
-  return std::vector<std::pair<std::string, uint64_t>>{};
+  return NamedItems{};
 }
 
 Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int depth) const {
-  uint64_t budget = kMaxPlainItems;
+  uint64_t budget = kMaxPlainBytes;
   return plain_value(obj, depth, budget);
 }
 
-// `budget` counts the values read in the whole tree: tuples that share items would otherwise
-// expand exponentially (kMaxPlainItems^kMaxPlainDepth).
+// `budget` counts the bytes of the whole tree (kPlainItemBytes per value, plus string bytes):
+// tuples that share items would otherwise expand exponentially, and strings that a tuple
+// repeats would be copied each time.
 Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int depth, uint64_t& budget) const {
   using Opt = std::optional<json::Json>;
-  if (budget == 0) return Opt{};
-  --budget;
+  if (budget < kPlainItemBytes) return Opt{};
+  budget -= kPlainItemBytes;
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (t->heap) return Opt{};
   const std::string& n = t->name;
@@ -388,12 +438,16 @@ Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int de
     return Opt(json::Json(d));
   }
   if (n == "str") {
-    MLFX_ASSIGN(std::string s, str(obj));
-    return Opt(json::Json(std::move(s)));
+    auto s = str_view(obj, std::min(budget, kMaxStrBytes));
+    if (!s) return Opt{};  // too long to be a hyperparameter: listed by name only
+    budget -= s->size();
+    return Opt(json::Json(std::string(*s)));
   }
   if ((n == "tuple" || n == "list") && depth < kMaxPlainDepth) {
+    MLFX_ASSIGN(uint64_t size, mem_.read_u64(obj + L_.var_size));
+    if (size > budget / kPlainItemBytes) return Opt{};  // before reading the items
     MLFX_ASSIGN(auto items, n == "tuple" ? tuple_items(obj) : list_items(obj));
-    if (items.size() > budget) return Opt{};
+    if (items.size() > budget / kPlainItemBytes) return Opt{};
     json::Json arr = json::Json::array();
     for (uint64_t item : items) {
       MLFX_ASSIGN(auto v, plain_value(item, depth + 1, budget));

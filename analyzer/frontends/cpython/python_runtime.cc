@@ -13,6 +13,10 @@ namespace mlfx::frontends::cpython {
 namespace {
 
 constexpr size_t kMaxTrackedObjects = 50'000'000;
+// Memory kept per tracked object: its address in the list, and its slot in the seen set
+// (open addressing, at most half full, doubled on growth).
+constexpr uint64_t kBytesPerTracked = 40;
+constexpr size_t kChargeEvery = 4096;
 constexpr uint64_t kInterpScanBytes = 256 * 1024;
 
 // Load base of each mapped file: the start of its mapping at file offset 0.
@@ -136,7 +140,7 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
   return {};
 }
 
-Result<std::vector<std::pair<std::string, uint64_t>>> PythonRuntime::modules(const ObjectReader& objects) const {
+Result<std::vector<std::pair<std::string_view, uint64_t>>> PythonRuntime::modules(const ObjectReader& objects) const {
   MLFX_ASSIGN(uint64_t dict, mem_->read_u64(interp_ + layout_->interp_modules));
   if (!dict) return fail(Errc::kBadFormat, "sys.modules is not set");
   return objects.str_dict(dict);
@@ -176,6 +180,11 @@ std::vector<uint64_t> PythonRuntime::tracked_objects(Diagnostics& diag) const {
       uint64_t node = *next & ~uint64_t(3);  // low bits are flags during a collection
       if (objects.size() >= kMaxTrackedObjects) {
         diag.warn(list + ": stopped after " + std::to_string(kMaxTrackedObjects) + " objects");
+        return objects;
+      }
+      if (objects.size() % kChargeEvery == 0 &&
+          !diag.spend(kChargeEvery * kBytesPerTracked, "walking the GC lists", diag.limits().memory_bytes / 2)) {
+        diag.warn(list + ": stopped after " + std::to_string(objects.size()) + " objects (budget spent)");
         return objects;
       }
       if (node == 0) {

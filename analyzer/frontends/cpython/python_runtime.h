@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "frontends/cpython/layout.h"
@@ -29,14 +30,15 @@ class PythonRuntime {
   uint64_t gc_state() const { return gc_; }
   uint64_t type_type() const { return type_type_; }  // &PyType_Type
 
-  // sys.modules as (name, module object) pairs.
-  Result<std::vector<std::pair<std::string, uint64_t>>> modules(const class ObjectReader& objects) const;
+  // sys.modules as (name, module object) pairs; the names view the reader's string cache.
+  Result<std::vector<std::pair<std::string_view, uint64_t>>> modules(const class ObjectReader& objects) const;
   // A str attribute of an imported module (e.g. torch.version.__version__), if readable.
   std::optional<std::string> module_string(const class ObjectReader& objects, std::string_view module,
                                            std::string_view attribute) const;
 
   // Every object in the GC generations and the permanent generation, in list order.
   // Broken links and cycles end a list with a diagnostic; the result is partial, not an error.
+  // What the walk keeps is charged to diag's budget: a spent budget ends it too.
   std::vector<uint64_t> tracked_objects(Diagnostics& diag) const;
 
  private:

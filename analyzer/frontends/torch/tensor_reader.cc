@@ -52,7 +52,7 @@ Result<TensorInfo> TensorReader::read(uint64_t obj) {
   TensorInfo t;
   t.object = obj;
   MLFX_ASSIGN(const cpython::TypeInfo* type, objects_.type_info_of(obj));
-  t.python_class = type->full_name();
+  t.python_class = type->full_name();  // a view of the reader's type cache
   MLFX_ASSIGN(t.impl, impl_of(obj));
   const std::string where = "tensor at " + hex_address(obj);
   MLFX_ASSIGN(uint64_t back, mem.read_u64(t.impl + L.impl_pyobj));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "frontends/cpython/python_objects.h"
@@ -20,7 +21,7 @@ struct TensorInfo {
   int device_type = 0, device_index = -1;  // c10::DeviceType (0 CPU, 1 CUDA), index
   std::vector<int64_t> sizes, strides;
   int64_t storage_offset = 0, numel = 0;
-  std::string python_class;  // torch.nn.parameter.Parameter, torch.Tensor...
+  std::string_view python_class;  // torch.nn.parameter.Parameter, torch.Tensor... (type cache)
 };
 
 class TensorReader {
