@@ -3,11 +3,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "exporters/safetensors_reader.h"
 #include "mlfx/base/file.h"
+#include "mlfx/crypto/hash.h"
 #include "mlfx/base/subprocess.h"
 #include "mlfx/base/version.h"
 #include "rehost/python_script.h"
@@ -65,27 +70,126 @@ Result<json::Json> torchscript_path(const RecoveredModel& model, const std::stri
   return r;
 }
 
-// Path (b): the embedded script, run by the lab's Python.
-json::Json python_path(const RehostOptions& o, bool& written) {
-  std::vector<std::string> argv = {o.python, "-", o.model_dir, "--out", o.out_dir};
-  for (const auto& p : o.code_paths) {
-    argv.push_back("--code-path");
-    argv.push_back(p);
+// How the lab's Python runs path (b): -I keeps the script's folder, the working directory, the
+// user site and PYTHON* variables off sys.path; -B writes no bytecode. It runs in an empty
+// temporary working directory with only these variables, so nothing of the analyst's folder
+// (evidence may be opened there) or shell puts code on its path.
+const std::vector<std::string> kPythonFlags = {"-I", "-B", "-"};
+constexpr const char* kPythonPath = "PATH=/usr/local/bin:/usr/bin:/bin";
+
+// A new empty directory, removed with whatever was left in it.
+struct TempDir {
+  std::string path;
+  static Result<TempDir> create() {
+    std::error_code ec;
+    std::string pattern = (std::filesystem::temp_directory_path(ec) / "mlfx-rehost-XXXXXX").string();
+    if (ec || !mkdtemp(pattern.data())) return fail(Errc::kIo, "cannot create a temporary directory: " + std::string(std::strerror(errno)));
+    return TempDir{pattern};
   }
-  auto run = run_process(argv, kRehostPython);
-  if (!run) return {{"applies", false}, {"error", "cannot run " + o.python + ": " + run.error().to_string()}};
+  TempDir(std::string p) : path(std::move(p)) {}
+  TempDir(TempDir&& o) noexcept : path(std::move(o.path)) { o.path.clear(); }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path.empty()) std::filesystem::remove_all(path, ec);
+  }
+};
+
+// The interpreter's absolute path: as given with a slash, else looked up in PATH.
+Result<std::string> find_program(const std::string& name) {
+  std::error_code ec;
+  if (name.find('/') != std::string::npos) return std::filesystem::absolute(name, ec).string();
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/bin:/bin";
+  for (size_t b = 0, e; b <= dirs.size(); b = e + 1) {
+    e = dirs.find(':', b);
+    if (e == std::string::npos) e = dirs.size();
+    const std::string candidate = (e > b ? dirs.substr(b, e - b) : ".") + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return std::filesystem::absolute(candidate, ec).string();
+  }
+  return fail(Errc::kNotFound, name + " is not in PATH");
+}
+
+std::string absolute(const std::string& p) {
+  std::error_code ec;
+  return std::filesystem::absolute(p, ec).string();
+}
+
+// What runs in path (b) besides the analyst's files, as the binary knows it.
+json::Json python_facts(const std::string& python, const std::vector<std::string>& env) {
+  std::error_code ec;
+  const std::string real = std::filesystem::canonical(python, ec).string();
+  auto bytes = read_small_file(ec ? python : real, size_t{1} << 30);
+  json::Json names = json::Json::array();
+  for (const auto& e : env) names.push_back(e.substr(0, e.find('=')));
+  json::Json args(std::vector<std::string>(kPythonFlags.begin(), kPythonFlags.end()));
+  return {{"python_ran", true},
+          {"interpreter", {{"path", python}, {"sha256", bytes ? json::Json(crypto::sha256_hex(as_bytes(*bytes))) : json::Json(nullptr)},
+                           {"arguments", args}, {"environment", names}}},
+          {"script", {{"name", "mlfx_rehost.py, embedded in mlfx"},
+                      {"sha256", crypto::sha256_hex(as_bytes(std::string_view(kRehostPython, sizeof kRehostPython - 1)))}}}};
+}
+
+// The script's own account (the files it loaded, how it ran) joins the binary's.
+void merge_executed(json::Json& executed, json::Json& script_report) {
+  if (!script_report.contains("executed_code") || !script_report["executed_code"].is_object()) {
+    executed["code_files"] = nullptr;
+    executed["note"] = "the script reported nothing: which files of code it ran is not known";
+    return;
+  }
+  json::Json x = std::move(script_report["executed_code"]);
+  script_report.erase("executed_code");
+  for (const char* k : {"executable", "version", "flags", "sys_path", "working_directory"})
+    executed["interpreter"][k] = x["interpreter"].value(k, json::Json());
+  for (const char* k : {"code_files", "library_modules", "allowed_modules", "allowed_modules_added"})
+    executed[k] = x.value(k, json::Json());
+}
+
+// Path (b): the embedded script, run by the lab's Python, isolated.
+json::Json python_path(const RehostOptions& o, bool& written, json::Json& executed) {
+  auto python = find_program(o.python);
+  if (!python) return {{"applies", false}, {"error", "cannot run " + o.python + ": " + python.error().to_string()}};
+  auto cwd = TempDir::create();
+  if (!cwd) return {{"applies", false}, {"error", cwd.error().to_string()}};
+  const std::vector<std::string> env = {kPythonPath, "LANG=C.UTF-8", "LC_ALL=C.UTF-8", "HOME=" + cwd->path,
+                                        "TMPDIR=" + cwd->path};
+  std::vector<std::string> argv = {*python};
+  argv.insert(argv.end(), kPythonFlags.begin(), kPythonFlags.end());
+  for (const auto& a : {absolute(o.model_dir), std::string("--out"), absolute(o.out_dir)}) argv.push_back(a);
+  for (const auto& p : o.code_paths) argv.insert(argv.end(), {"--code-path", absolute(p)});
+  for (const auto& m : o.allow_modules) argv.insert(argv.end(), {"--allow-module", m});
+  executed = python_facts(*python, env);
+  auto run = run_process(argv, kRehostPython, {cwd->path, env});
+  if (!run) return {{"applies", false}, {"error", "cannot run " + *python + ": " + run.error().to_string()}};
   json::Json r;
   const std::string& out = run->out;
   const size_t last = out.find_last_of('{') == std::string::npos ? std::string::npos : out.rfind("\n{");
   r = json::Json::parse(last == std::string::npos ? out : out.substr(last + 1), nullptr, false);
+  merge_executed(executed, r);
   if (!r.is_object()) {
     std::string tail = run->err.size() > 2000 ? run->err.substr(run->err.size() - 2000) : run->err;
-    return {{"applies", false}, {"error", o.python + " exited " + std::to_string(run->exit_code) + ": " + tail}};
+    return {{"applies", false}, {"error", *python + " exited " + std::to_string(run->exit_code) + ": " + tail}};
   }
   r["exit_code"] = run->exit_code;
   r["applies"] = run->exit_code == 0;
   written = run->exit_code == 0;
   return r;
+}
+
+// --allow-module names a module: dotted Python identifiers, nothing a path or a shell could use.
+Status check_module_names(const std::vector<std::string>& names) {
+  for (const auto& n : names) {
+    bool ok = !n.empty() && n.size() <= 256;
+    for (size_t b = 0, e; ok && b <= n.size(); b = e + 1) {
+      e = n.find('.', b);
+      if (e == std::string::npos) e = n.size();
+      ok = e > b && !std::isdigit(static_cast<unsigned char>(n[b])) &&
+           std::all_of(n.begin() + b, n.begin() + e, [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+    }
+    if (!ok)
+      return fail(Errc::kInvalidArgument, "--allow-module '" + n + "' is not a module name (dotted Python identifiers, "
+                                          "e.g. torchvision.transforms)");
+  }
+  return {};
 }
 
 }  // namespace
@@ -173,6 +277,7 @@ Result<json::Json> rehost(const RehostOptions& o) {
   if (o.verify && o.reference.empty() && access(loose.c_str(), R_OK) != 0)
     return fail(Errc::kInvalidArgument, "--verify needs --reference FILE.safetensors with input/output tensors (this "
                                         "recovery saved no tensors from the process to replay)");
+  MLFX_TRY(check_module_names(o.allow_modules));
   MLFX_ASSIGN(RecoveredModel model, load_recovered_model(o.model_dir));
   MLFX_TRY(make_output_dir(o.out_dir, {"rehost.json", kTorchScriptFile, "model.full.pt"}));
   json::Json report = {{"tool", {{"name", "mlfx"}, {"version", kToolVersion}}},
@@ -187,14 +292,16 @@ Result<json::Json> rehost(const RehostOptions& o) {
     report["path"] = "torchscript-from-architecture";
     report["torchscript"] = kTorchScriptFile;
     report["full_model"] = nullptr;
+    report["executed_code"] = {{"python_ran", false}, {"note", "TorchScript built in C++ from the architecture"}};
   } else if (o.allow_python) {
-    json::Json b = python_path(o, written);
+    json::Json b = python_path(o, written, report["executed_code"]);
     report["python_classes"] = b;
     report["path"] = written ? json::Json("python-classes") : json::Json(nullptr);
     report["torchscript"] = written && b.value("torchscript", json::Json()).is_string() ? b["torchscript"] : json::Json(nullptr);
     report["full_model"] = written ? b.value("full_model", json::Json()) : json::Json(nullptr);
   } else {
     report["path"] = nullptr;
+    report["executed_code"] = {{"python_ran", false}, {"note", "--no-python"}};
   }
   if (o.verify) {
     if (report["torchscript"].is_string()) {

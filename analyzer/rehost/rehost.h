@@ -1,8 +1,11 @@
 // `mlfx rehost`: turns a recovered model directory into a live, runnable model.
 //   (a) TorchScript built from the architecture in C++ (torchscript_builder.h), no Python;
-//   (b) otherwise, the lab's Python rebuilds the instance tree from classes it can import (a
-//       library, or the analyst's source via --code-path): a torch.load-able full-model file
-//       and a TorchScript export (python/mlfx_rehost.py, embedded in the binary).
+//   (b) otherwise, the lab's Python rebuilds the instance tree from classes of allowlisted
+//       library modules or of the analyst's source (--code-path), never of a module the
+//       evidence names: a torch.load-able full-model file and a TorchScript export
+//       (python/mlfx_rehost.py, embedded in the binary). Python runs isolated (-I -B), in an
+//       empty temporary working directory with a clean environment; rehost.json's
+//       "executed_code" lists every file of code it ran with its SHA-256.
 // Then, with verify, the rehosted TorchScript runs on reference inputs and its outputs are
 // compared bit for bit with the reference outputs.
 // No libtorch types here: the CLI includes this header.
@@ -19,6 +22,8 @@ namespace mlfx::rehost {
 struct RehostOptions {
   std::string model_dir, out_dir;
   std::vector<std::string> code_paths;  // path (b): the analyst's source, files or directories
+  std::vector<std::string> allow_modules;  // path (b): library modules allowed beyond the
+                                           // script's ALLOWED_MODULES
   bool verify = false;
   std::string reference;                // safetensors of input[.N] / output[.N] pairs; empty:
                                         // the tensors recovered from the process are replayed

@@ -5,7 +5,7 @@ tests/victims/torch_victim.py (not registered in ctest).
     /usr/bin/python3 tests/rehost/python_rehost_selftest.py --synthetic [SCRATCH]
 
 GT_DIR is the victim's ground-truth directory, REC_DIR the `mlfx recover --out` directory.
-For every recovered model the script runs the rehost (as the CLI does: `python3 - ARGS`, the
+For every recovered model the script runs the rehost (as the CLI does: `python3 -I -B - ARGS`, the
 script on stdin), loads model.full.pt, and checks: exit 0, state_dict bit-identical to the
 victim's <name>.pt, outputs on the victim's inputs (rebuilt by build(SCENARIO) under the same
 seed) bit-identical to outputs_before.pt, and the TorchScript file's outputs too.
@@ -23,6 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(ROOT, "analyzer", "rehost", "python", "mlfx_rehost.py")
 VICTIM = os.path.join(ROOT, "tests", "victims", "torch_victim.py")
+# The victim's whole source: its own file and the module it imports. Files given with
+# --code-path are loaded by path; nothing else beside them is imported.
+VICTIM_SOURCE = ["--code-path", VICTIM, "--code-path", os.path.join(ROOT, "tests", "victims", "victim_serve.py")]
 
 
 def bits(t):
@@ -162,7 +165,7 @@ def synthetic(scratch):
     failures = []
     def rehost(out, *extra):
         with open(SCRIPT, "rb") as f:
-            p = subprocess.run([sys.executable, "-", model_dir, "--out", out] + list(extra),
+            p = subprocess.run([sys.executable, "-I", "-B", "-", model_dir, "--out", out] + list(extra),
                                stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return p.returncode, json.loads(p.stdout), p.stderr.decode()
 
@@ -239,7 +242,7 @@ def main():
         cli = os.environ.get("MLFX_CLI")  # set: through `mlfx rehost`, which embeds the script
         try:
             if cli:
-                p = subprocess.run([cli, "rehost", model_dir, "--out", out, "--code-path", VICTIM],
+                p = subprocess.run([cli, "rehost", model_dir, "--out", out] + VICTIM_SOURCE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 rehost = json.load(open(os.path.join(out, "rehost.json")))
                 if rehost.get("path") != "python-classes":
@@ -247,7 +250,7 @@ def main():
                 result = rehost["python_classes"]
             else:
                 with open(SCRIPT, "rb") as f:
-                    p = subprocess.run([sys.executable, "-", model_dir, "--out", out, "--code-path", VICTIM],
+                    p = subprocess.run([sys.executable, "-I", "-B", "-", model_dir, "--out", out] + VICTIM_SOURCE,
                                        stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 result = json.loads(p.stdout)
         except (ValueError, OSError):

@@ -1,6 +1,7 @@
-"""mlfx rehost, path (b): the model's classes are importable in the lab.
+"""mlfx rehost, path (b): the model's classes come from the lab's libraries or the analyst's source.
 
-    python3 mlfx_rehost.py MODEL_DIR --out DIR [--code-path PATH]... [--example-input FILE.safetensors]
+    python3 -I -B - MODEL_DIR --out DIR [--code-path PATH]... [--allow-module NAME]...
+                    [--example-input FILE.safetensors]      (this script on stdin)
 
 MODEL_DIR is one model directory that `mlfx recover` wrote: state_dict.pt, architecture.json and
 maybe non_persistent.safetensors. The module tree of architecture.json is rebuilt from the
@@ -9,15 +10,25 @@ tensors of state_dict.pt (so shared storages, tied weights and strides survive),
 the rebuilt model is checked (state_dict() equals state_dict.pt bit for bit) and written as
 DIR/model.full.pt (torch.save of the module) and, where torch.jit can, DIR/model.torchscript.pt.
 
+Class names are read from the evidence: no module is imported because a name says so. A class
+comes from an allowlisted library module (ALLOWED_MODULES, plus --allow-module) or from the
+analyst's --code-path files, loaded by path (see ClassResolver); any other class is missing.
+state_dict.pt is loaded with weights_only (tensors, nothing run). The JSON's "executed_code"
+lists every file of code run (SHA-256) and how this Python runs.
+
 Exactly one JSON object goes to stdout. Exit status: 0 a full model was written; 3 classes
 are missing (nothing written); 1 any other error (the JSON has "error").
 
-The mlfx CLI runs this as `python3 - ARGS` with the script on stdin: nothing here depends
-on the script's own location.
+The mlfx CLI runs this isolated (-I: no script folder, working directory, user site or PYTHON*
+variables on the path), in an empty temporary working directory with a clean environment;
+nothing here depends on the script's own location.
 """
 import argparse
 import collections
+import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -50,7 +61,17 @@ def report_base():
         "full_model": None, "torchscript": None, "torchscript_method": None,
         "torchscript_error": None, "state_dict_equal": False, "state_dict_differences": [],
         "load_note": None, "warnings": [],
+        "executed_code": {"code_files": [], "library_modules": [], "allowed_modules": [],
+                          "allowed_modules_added": [], "interpreter": interpreter()},
     }
+
+
+def interpreter():
+    """The Python that runs this script, as it runs: its flags, sys.path and working directory."""
+    flags = {k: getattr(sys.flags, k) for k in ("isolated", "ignore_environment", "no_user_site", "no_site",
+                                                   "safe_path", "dont_write_bytecode") if hasattr(sys.flags, k)}
+    return {"executable": sys.executable, "version": sys.version.split()[0], "flags": flags,
+            "sys_path": list(sys.path), "working_directory": os.getcwd()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,122 +110,292 @@ def read_safetensors(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# class resolution
+# class resolution: code runs only from the lab's allowlisted libraries and the analyst's
+# --code-path source, never from a module because the memory names it
+
+# Library modules whose classes a recovered model may use without the analyst's source. An
+# entry is imported only when a class of the model lies under it, and allows the classes
+# defined in it and in the modules under it that its import loaded; no other module is ever
+# imported for a name read from memory. `mlfx rehost --allow-module NAME` adds entries (recorded
+# in rehost.json); README.md lists these.
+ALLOWED_MODULES = (
+    "torch.nn",            # torch.nn.modules.*, and the quantized, qat, intrinsic and parallel ones
+    "torch.ao.nn",         # quantized and QAT modules
+    "torchvision.models",  # torchvision's model zoo
+    "torchvision.ops",     # blocks of those models (Conv2dNormActivation, FrozenBatchNorm2d, ...)
+)
+
+MAX_CLASS_NAME = 1024
+
+
+def name_parts(name):
+    """The parts of a dotted class name, or None: each part an identifier (or <locals>), no
+    empty part, no dunder but a leading __main__."""
+    if not isinstance(name, str) or len(name) > MAX_CLASS_NAME:
+        return None
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p == "<locals>" and i > 0:
+            continue
+        if not p.isidentifier() or (p.startswith("__") and not (i == 0 and p == "__main__")):
+            return None
+    return parts
+
+
+def module_name_ok(name):
+    parts = name_parts(name)
+    return parts is not None and "<locals>" not in parts and parts[0] != "__main__"
+
+
+def walk_classes(module, parts):
+    """The class at module.parts[0].parts[1]...: every step is a class (no module, no <locals>)."""
+    obj = module
+    for part in parts:
+        if part == "<locals>":
+            return None
+        obj = getattr(obj, part, None)
+        if not isinstance(obj, type):
+            return None
+    return obj
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CodeLoader(importlib.abc.Loader):
+    """Runs one file of the analyst's source from the very bytes it hashed; never bytecode from
+    a __pycache__ beside it. path None: a folder without __init__.py (a namespace package)."""
+
+    def __init__(self, resolver, path):
+        self.resolver, self.path, self.source = resolver, path, b""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        if self.path is None:
+            return
+        with open(self.path, "rb") as f:
+            self.source = f.read()
+        self.resolver.record_code(module.__name__, self.path, self.source)
+        exec(compile(self.source, self.path, "exec", dont_inherit=True), module.__dict__)
+
+    def get_source(self, name):
+        return self.source.decode("utf-8", "replace")
+
+
+class CodePathFinder(importlib.abc.MetaPathFinder):
+    """Lets the analyst's source import its own modules. Last on sys.meta_path: a file of the
+    source never shadows an installed module."""
+
+    def __init__(self, resolver):
+        self.resolver = resolver
+
+    def find_spec(self, fullname, path=None, target=None):
+        return self.resolver.spec_for(fullname)
+
 
 class ClassResolver:
-    def __init__(self, code_paths, warnings):
-        self.warnings = warnings
-        self.files = []        # .py files given with --code-path
-        self.dirs = []         # directories given with --code-path
+    """Classes come from (1) the allowlisted library modules, (2) the analyst's source by the
+    recorded module name: a .py file given with --code-path, or a module inside a directory
+    given with --code-path, (3) the same qualname in the source's files (a victim run as a
+    script records __main__). Files of the source are loaded by path; their folders never go on
+    sys.path, so other files beside a given file (evidence opened there) are never imported."""
+
+    def __init__(self, code_paths, allowed, report):
+        self.report, self.warnings = report, report["warnings"]
+        self.allowed = list(allowed)
+        self.files = {}              # module name -> a .py file given with --code-path
+        self.dirs = []               # directories given with --code-path
         for p in code_paths:
             p = os.path.abspath(p)
+            stem = os.path.splitext(os.path.basename(p))[0]
             if os.path.isdir(p):
                 self.dirs.append(p)
-                if p not in sys.path:
-                    sys.path.insert(0, p)
-            elif os.path.isfile(p):
-                self.files.append(p)
-                d = os.path.dirname(p)
-                if d not in sys.path:
-                    sys.path.insert(0, d)
+            elif not os.path.isfile(p):
+                self.warnings.append("--code-path %s does not exist" % p)
+            elif not p.endswith(".py") or not module_name_ok(stem):
+                self.warnings.append("--code-path %s is not a Python module file (NAME.py)" % p)
             else:
-                warnings.append("--code-path %s does not exist" % p)
-        self.loaded = {}       # file -> module or None (failed)
-        self.found = {}        # class name -> (class, where)
+                self.files.setdefault(stem, p)
+        self.modules = {}            # module name of the source -> module, None when it failed
+        self.imported = {}           # allowlist entry -> imported
+        self.found = {}              # class name -> (class, where)
+        sys.meta_path.append(CodePathFinder(self))
 
-    def load_file(self, path):
-        if path in self.loaded:
-            return self.loaded[path]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        module = None
-        existing = sys.modules.get(stem)
-        if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == path:
-            module = existing
+    # -- the analyst's source
+
+    def source_of(self, modname):
+        """(file or None for a namespace folder, is_package) of a module of the source, or None."""
+        if not module_name_ok(modname):
+            return None
+        if modname in self.files:
+            return self.files[modname], False
+        for d in self.dirs:
+            base = os.path.join(d, *modname.split("."))
+            if os.path.isfile(base + ".py"):
+                return base + ".py", False
+            if os.path.isfile(os.path.join(base, "__init__.py")):
+                return os.path.join(base, "__init__.py"), True
+            if os.path.isdir(base):
+                return None, True
+        return None
+
+    def spec_for(self, modname):
+        where = self.source_of(modname)
+        if where is None:
+            return None
+        path, package = where
+        spec = importlib.machinery.ModuleSpec(modname, CodeLoader(self, path), origin=path, is_package=package)
+        spec.has_location = path is not None
+        return spec
+
+    def record_code(self, modname, path, data):
+        self.report["executed_code"]["code_files"].append(
+            {"path": path, "module": modname, "sha256": hashlib.sha256(data).hexdigest()})
+
+    def code_module(self, modname):
+        """The module `modname` of the analyst's source, loaded by path; None when the source
+        has no such module, or it failed to load (a warning says why)."""
+        if modname in self.modules:
+            return self.modules[modname]
+        module, spec = None, self.spec_for(modname)
+        existing = sys.modules.get(modname)
+        if spec is None:
+            pass
         elif existing is not None:
-            self.warnings.append("%s not loaded: a module named %s is already imported (%s)"
-                                 % (path, stem, getattr(existing, "__file__", "built-in")))
+            if isinstance(getattr(existing, "__loader__", None), CodeLoader):
+                module = existing
+            else:
+                self.warnings.append("%s of the --code-path source not loaded: a module named %s is already imported (%s)"
+                                     % (spec.origin, modname, getattr(existing, "__file__", None) or "built-in"))
         else:
-            try:
-                spec = importlib.util.spec_from_file_location(stem, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[stem] = module   # before running it, as import does (pickle needs it)
-                spec.loader.exec_module(module)
-            except BaseException as e:   # SystemExit from a script too
-                sys.modules.pop(stem, None)
-                module = None
-                self.warnings.append("%s could not be loaded: %s: %s" % (path, type(e).__name__, e))
-        self.loaded[path] = module
+            parent, _, child = modname.rpartition(".")
+            if not parent or self.code_module(parent) is not None:
+                module = self.load(spec, parent, child)
+        self.modules[modname] = module
+        return module
+
+    def load(self, spec, parent, child):
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module   # before running it, as import does (pickle needs it)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as e:        # SystemExit from a script too
+            sys.modules.pop(spec.name, None)
+            self.warnings.append("%s could not be loaded: %s: %s" % (spec.origin, type(e).__name__, e))
+            return None
+        if parent:
+            setattr(sys.modules[parent], child, module)
         return module
 
     def code_files(self):
-        for f in self.files:
-            yield f
+        """(module name, file) of each given file, then of each top-level .py file of each given
+        directory."""
+        for name, f in self.files.items():
+            yield name, f
         for d in self.dirs:
             try:
                 names = sorted(os.listdir(d))
             except OSError:
                 continue
             for n in names:
-                if n.endswith(".py") and os.path.isfile(os.path.join(d, n)):
-                    yield os.path.join(d, n)
+                stem = n[:-3]
+                if n.endswith(".py") and module_name_ok(stem) and os.path.isfile(os.path.join(d, n)):
+                    yield stem, os.path.join(d, n)
 
-    @staticmethod
-    def walk(obj, qualname):
-        for part in qualname.split("."):
-            if part == "<locals>":
-                return None
-            obj = getattr(obj, part, None)
-            if obj is None:
-                return None
-        return obj if isinstance(obj, type) else None
+    # -- the allowlisted libraries
 
-    @staticmethod
-    def where(cls):
-        module = sys.modules.get(cls.__module__)
-        f = getattr(module, "__file__", None)
-        return f if f else cls.__module__
+    def allowed_entry(self, modname):
+        for a in self.allowed:
+            if modname == a or modname.startswith(a + "."):
+                return a
+        return None
+
+    def import_allowed(self, entry):
+        if entry not in self.imported:
+            try:
+                importlib.import_module(entry)
+                self.imported[entry] = True
+            except Exception as e:
+                self.warnings.append("allowed module %s cannot be imported: %s: %s" % (entry, type(e).__name__, e))
+                self.imported[entry] = False
+        return self.imported[entry]
+
+    def from_library(self, parts):
+        for i in range(len(parts) - 1, 0, -1):
+            modname = ".".join(parts[:i])
+            entry = self.allowed_entry(modname)
+            if entry is None or not self.import_allowed(entry):
+                continue
+            module = sys.modules.get(modname)
+            if module is None:
+                self.warnings.append("%s is not loaded by importing the allowed module %s (not imported; "
+                                     "--allow-module %s allows it)" % (modname, entry, modname))
+                continue
+            cls = walk_classes(module, parts[i:])
+            if cls is not None and self.allowed_entry(cls.__module__) is not None:
+                return cls, getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
+        return None, None
+
+    def library_modules(self):
+        """Each allowlist entry imported, and each module defining a class used from one."""
+        names = [e for e, ok in self.imported.items() if ok]
+        for cls, _ in self.found.values():
+            if self.allowed_entry(cls.__module__) is not None and cls.__module__ not in names:
+                names.append(cls.__module__)
+        out = []
+        for n in names:
+            f = getattr(sys.modules.get(n), "__file__", None)
+            out.append({"name": n, "file": f, "sha256": sha256_of(f) if f and os.path.isfile(f) else None})
+        return out
+
+    # -- resolution
+
+    def from_source_module(self, parts):
+        for i in range(len(parts) - 1, 0, -1):
+            module = self.code_module(".".join(parts[:i]))
+            cls = walk_classes(module, parts[i:]) if module is not None else None
+            if cls is not None and issubclass_module(cls):
+                return cls, module.__file__
+        return None, None
+
+    def from_source_qualname(self, name, parts):
+        """The same qualname (or, for a name not under __main__, its longest suffix) defined in
+        a file of the source."""
+        start = len(parts) - parts[::-1].index("<locals>") if "<locals>" in parts else 1
+        candidates = [parts[start:]] if parts[0] == "__main__" and start == 1 else \
+            [parts[i:] for i in range(start, len(parts))]
+        for q in candidates:
+            for modname, f in self.code_files():
+                module = self.code_module(modname)
+                c = walk_classes(module, q) if module is not None else None
+                if c is not None and issubclass_module(c):
+                    if parts[0] != "__main__":
+                        self.warnings.append("%s is not in the source as recorded; %s.%s from %s used"
+                                             % (name, c.__module__, c.__qualname__, f))
+                    return c, f
+        return None, None
 
     def resolve(self, name):
         if name in self.found:
             return self.found[name][0]
+        parts = name_parts(name)
+        if parts is None:
+            self.warnings.append("%s is not a class name (dotted identifiers): not looked up" % json.dumps(name))
+            return None
         cls, where = None, None
-        parts = name.split(".")
         if parts[0] != "__main__":
-            # The longest importable module prefix, then the rest as the qualname.
-            for i in range(len(parts) - 1, 0, -1):
-                modname = ".".join(parts[:i])
-                try:
-                    module = importlib.import_module(modname)
-                except ImportError:
-                    continue
-                except BaseException as e:
-                    self.warnings.append("import %s failed: %s: %s" % (modname, type(e).__name__, e))
-                    continue
-                cls = self.walk(module, ".".join(parts[i:]))
-                if cls is not None:
-                    where = self.where(cls)
-                    break
-        qualname = ".".join(parts[1:]) if parts[0] == "__main__" else None
-        if cls is None and qualname is None:
-            # Not importable as recorded: look for the same qualname in the code files, trying
-            # the longest suffix of the recorded name first.
-            candidates = [".".join(parts[i:]) for i in range(1, len(parts))]
-        else:
-            candidates = [qualname] if cls is None else []
-        for q in candidates:
-            for f in self.code_files():
-                module = self.load_file(f)
-                if module is None:
-                    continue
-                c = self.walk(module, q)
-                if c is not None and issubclass_module(c):
-                    cls, where = c, f
-                    if parts[0] != "__main__":
-                        self.warnings.append("%s is not importable as recorded; %s.%s from %s used"
-                                             % (name, c.__module__, c.__qualname__, f))
-                    break
-            if cls is not None:
-                break
+            cls, where = self.from_library(parts)
+            if cls is None:
+                cls, where = self.from_source_module(parts)
+        if cls is None:
+            cls, where = self.from_source_qualname(name, parts)
         if cls is not None:
             self.found[name] = (cls, where)
         return cls
@@ -495,7 +686,13 @@ def run(args, report):
         arch = json.load(f)
 
     # 1. Every class of the tree, before anything else.
-    resolver = ClassResolver(args.code_path, report["warnings"])
+    executed = report["executed_code"]
+    executed["allowed_modules"] = list(ALLOWED_MODULES) + [m for m in args.allow_module if m not in ALLOWED_MODULES]
+    executed["allowed_modules_added"] = list(args.allow_module)
+    for m in args.allow_module:
+        if not module_name_ok(m):
+            raise RehostError("--allow-module %s is not a module name" % json.dumps(m))
+    resolver = ClassResolver(args.code_path, executed["allowed_modules"], report)
     seen = []
     for node in tree_nodes(arch):
         if node.get("none"):
@@ -514,17 +711,18 @@ def run(args, report):
             report["warnings"].append("%s resolved to %r, which is not an nn.Module" % (name, cls))
         else:
             report["classes"][name] = resolver.found[name][1]
+    executed["library_modules"] = resolver.library_modules()
     if report["missing_classes"]:
         return EXIT_MISSING_CLASSES
 
-    # 2. The tensors, then the tree.
-    state = torch.load(sd_path, map_location="cpu")
+    # 2. The tensors (tensors only: nothing of the file is run), then the tree.
+    state = torch.load(sd_path, map_location="cpu", weights_only=True)
     non_persistent = None
     np_st, np_pt = os.path.join(model_dir, "non_persistent.safetensors"), os.path.join(model_dir, "non_persistent.pt")
     if os.path.isfile(np_st):
         non_persistent = read_safetensors(np_st)
     elif os.path.isfile(np_pt):
-        non_persistent = torch.load(np_pt, map_location="cpu")
+        non_persistent = torch.load(np_pt, map_location="cpu", weights_only=True)
     rebuilder = Rebuilder(arch, state, non_persistent, resolver, report)
     model = rebuilder.build(arch)
 
@@ -579,6 +777,7 @@ def main(argv):
     parser.add_argument("model_dir")
     parser.add_argument("--out", required=True)
     parser.add_argument("--code-path", action="append", default=[])
+    parser.add_argument("--allow-module", action="append", default=[])
     parser.add_argument("--example-input")
     args = parser.parse_args(argv)
 

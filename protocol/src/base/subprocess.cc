@@ -28,7 +28,8 @@ struct Pipe {
 
 }  // namespace
 
-Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input) {
+Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input,
+                                  const ProcessOptions& options) {
   if (argv.empty()) return fail(Errc::kInvalidArgument, "run_process: no program");
   Pipe in, out, err;
   if (pipe2(in.fd, O_CLOEXEC) != 0 || pipe2(out.fd, O_CLOEXEC) != 0 || pipe2(err.fd, O_CLOEXEC) != 0)
@@ -38,11 +39,16 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, const st
   posix_spawn_file_actions_adddup2(&actions, in.fd[0], 0);
   posix_spawn_file_actions_adddup2(&actions, out.fd[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err.fd[1], 2);
-  std::vector<char*> args;
+  if (!options.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, options.cwd.c_str());
+  std::vector<char*> args, envp;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  if (options.env) {
+    for (const auto& e : *options.env) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+  }
   pid_t pid = -1;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), options.env ? envp.data() : environ);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) return fail(Errc::kIo, "cannot run " + argv[0] + ": " + strerror(rc));
   for (int* f : {&in.fd[0], &out.fd[1], &err.fd[1]}) {

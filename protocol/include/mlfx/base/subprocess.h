@@ -1,6 +1,7 @@
 // Runs a helper program (the lab's Python, a browser) and collects what it prints.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,15 @@ struct ProcessResult {
   std::string err;     // the last 64 KiB of standard error
 };
 
-// Runs argv[0] (looked up in PATH when it has no slash) with `input` on its standard input.
-// Fails only when it cannot be started; a non-zero exit is in the result.
-Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input = "");
+struct ProcessOptions {
+  std::string cwd;                              // working directory; empty: the caller's
+  std::optional<std::vector<std::string>> env;  // "NAME=value" entries, the whole environment;
+                                                // none: the caller's environment
+};
+
+// Runs argv[0] (looked up in the caller's PATH when it has no slash) with `input` on its
+// standard input. Fails only when it cannot be started; a non-zero exit is in the result.
+Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input = "",
+                                  const ProcessOptions& options = {});
 
 }  // namespace mlfx
