@@ -4,7 +4,9 @@
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
 #include "mlfx/base/json.h"
+#include "mlfx/base/printable.h"
 #include "mlfx/base/result.h"
+#include "mlfx/base/secure_memory.h"
 #include "test_util.h"
 
 namespace mlfx {
@@ -115,6 +117,45 @@ TEST(Json, StrictGettersNameTheField) {
   EXPECT_TRUE(json::get_hex(*j, "h", 2, "doc"));
   EXPECT_FALSE(json::parse("{", "doc"));
   EXPECT_EQ(json::canonical(*json::parse(R"({"b":1, "a":2})", "d")), R"({"a":2,"b":1})");
+}
+
+// Evidence names reach a terminal only as text that no terminal acts on (issue 11).
+TEST(Printable, EscapesWhatATerminalActsOnAndKeepsText) {
+  EXPECT_EQ(printable("plain name_1.weight"), "plain name_1.weight");
+  EXPECT_EQ(printable("\x1b]0;title\x07"), "\\x1b]0;title\\x07");
+  EXPECT_EQ(printable("a\nb\tc\rd"), "a\\nb\\tc\\rd");
+  EXPECT_EQ(printable(std::string("nul\0x", 5)), "nul\\x00x");
+  EXPECT_EQ(printable("\x7f"), "\\x7f");
+  EXPECT_EQ(printable("\xc2\x9b" "31m"), "\\u{9b}31m") << "C1 CSI";
+  EXPECT_EQ(printable("\xe2\x80\xae" "fdp.exe"), "\\u{202e}fdp.exe") << "right-to-left override";
+  EXPECT_EQ(printable("\xe2\x81\xa6x"), "\\u{2066}x") << "isolate";
+  EXPECT_EQ(printable("\xff\xc3"), "\\xff\\xc3") << "not UTF-8";
+  EXPECT_EQ(printable("\xc0\xaf"), "\\xc0\\xaf") << "overlong";
+  EXPECT_EQ(printable("\xed\xa0\x80"), "\\xed\\xa0\\x80") << "surrogate";
+  EXPECT_EQ(printable("a\\x1b"), "a\\\\x1b") << "a backslash cannot fake an escape";
+  EXPECT_EQ(printable("\xd0\x9c\xd0\xbe\xd0\xb4\xd0\xb5\xd0\xbb\xd1\x8c \xe6\xa8\xa1\xe5\x9e\x8b"),
+            "\xd0\x9c\xd0\xbe\xd0\xb4\xd0\xb5\xd0\xbb\xd1\x8c \xe6\xa8\xa1\xe5\x9e\x8b") << "other scripts stay";
+  const std::string j = printable_json(json::Json{{"k", "\x1b\xe2\x80\xae\xff"}});
+  for (unsigned char c : j) EXPECT_LT(c, 0x80);
+  EXPECT_EQ(j, "{\"k\":\"\\u001b\\u202e\\ufffd\"}");
+}
+
+// Plaintext buffers are kept out of core dumps (MADV_DONTDUMP shows as "dd" in smaps).
+TEST(SecureMemory, BuffersAreNotDumped) {
+  auto b = SecureBuffer::allocate(3 << 20, 2 << 20);
+  ASSERT_TRUE(b) << b.error().to_string();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b->data()) % (2 << 20), 0u);
+  b->data()[0] = 1;
+  const std::string smaps = testing::read_file("/proc/self/smaps");
+  char start[32];
+  std::snprintf(start, sizeof start, "%lx-", static_cast<unsigned long>(reinterpret_cast<uintptr_t>(b->data())));
+  const size_t at = smaps.find(start);
+  ASSERT_NE(at, std::string::npos);
+  const size_t flags = smaps.find("VmFlags:", at);
+  ASSERT_NE(flags, std::string::npos);
+  const std::string line = smaps.substr(flags, smaps.find('\n', flags) - flags);
+  EXPECT_NE(line.find(" dd"), std::string::npos) << line;
+  EXPECT_EQ(secure_memory_stats().buffer_bytes, uint64_t{3} << 20);
 }
 
 }  // namespace

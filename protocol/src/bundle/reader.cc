@@ -3,6 +3,7 @@
 #include <cstring>
 #include <optional>
 
+#include "mlfx/base/secure_memory.h"
 #include "mlfx/crypto/hash.h"
 
 namespace mlfx::bundle {
@@ -403,7 +404,8 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
     MLFX_ASSIGN(sha1, crypto::Hasher::create(crypto::HashAlg::kSha1));
   }
   Bytes record(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize);
-  Bytes plain(header_.chunk_size);
+  // The plaintext: out of core dumps, locked where RLIMIT_MEMLOCK allows.
+  MLFX_ASSIGN(SecureBuffer plain, SecureBuffer::allocate(header_.chunk_size));
   const auto& chunks = streams_[index].chunks;
   for (size_t i = 0; i < chunks.size(); ++i) {
     const ChunkEntry& c = chunks[i];

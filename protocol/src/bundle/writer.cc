@@ -16,6 +16,7 @@
 
 #include "mlfx/base/clock.h"
 #include "mlfx/base/host.h"
+#include "mlfx/base/secure_memory.h"
 #include "mlfx/base/version.h"
 #include "mlfx/crypto/hash.h"
 
@@ -28,37 +29,25 @@ constexpr int kMadvPopulateWrite = 23;  // <linux/mman.h>, absent from older lib
 constexpr int kBackgroundNice = 19;
 constexpr uint64_t kWritebackStep = 16u << 20;
 
-// One chunk's memory: anonymous pages aligned for transparent huge pages, so a capture that
+// One chunk's memory: plaintext of the evidence, kept out of core dumps and locked where
+// RLIMIT_MEMLOCK allows (SecureBuffer), aligned for transparent huge pages, so a capture that
 // fills hundreds of MiB while its target is frozen takes 512x fewer page faults.
 class ChunkMemory {
  public:
   static Result<ChunkMemory> allocate(size_t size) {
-    const size_t len = size + kHugePage;
-    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return fail(Errc::kIo, "cannot allocate a chunk buffer: " + errno_text(errno));
-    auto base = reinterpret_cast<uintptr_t>(p);
-    const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
-    if (aligned > base) munmap(p, aligned - base);
-    if (aligned + size < base + len) munmap(reinterpret_cast<void*>(aligned + size), base + len - aligned - size);
-    (void)madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);  // a hint only
-    return ChunkMemory(reinterpret_cast<uint8_t*>(aligned), size);
+    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(size, kHugePage));
+    return ChunkMemory(std::move(b));
   }
-  ChunkMemory(ChunkMemory&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(o.size_) {}
-  ChunkMemory& operator=(ChunkMemory&&) = delete;
-  ~ChunkMemory() {
-    if (data_) munmap(data_, size_);
-  }
-  uint8_t* data() const { return data_; }
+  uint8_t* data() const { return buf_.data(); }
   // Faults every page in now rather than on first use (MADV_POPULATE_WRITE is Linux 5.14+).
   void populate() {
-    if (madvise(data_, size_, kMadvPopulateWrite) == 0) return;
-    for (size_t at = 0; at < size_; at += 4096) data_[at] = 0;
+    if (buf_.locked() || madvise(buf_.data(), buf_.size(), kMadvPopulateWrite) == 0) return;
+    for (size_t at = 0; at < buf_.size(); at += 4096) buf_.data()[at] = 0;
   }
 
  private:
-  ChunkMemory(uint8_t* d, size_t n) : data_(d), size_(n) {}
-  uint8_t* data_;
-  size_t size_;
+  explicit ChunkMemory(SecureBuffer b) : buf_(std::move(b)) {}
+  SecureBuffer buf_;
 };
 
 // A chunk on its way: filled by the caller, its plaintext hashed, encrypted in place and its

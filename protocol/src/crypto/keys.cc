@@ -251,10 +251,15 @@ Result<SecretKeyFile> load_secret_key_file(const std::string& path) {
   if (st.st_mode & 077)
     return fail(Errc::kPermission,
                 "private key " + path + " is readable by group or others; run: chmod 600 " + path);
-  MLFX_ASSIGN(std::string pem, read_small_file(path, 64 * 1024));
-  auto key = parse_secret_key_pem(pem, path);
-  secure_zero(pem.data(), pem.size());
-  return key;
+  // The key's text goes to secure memory (SecretBytes), not to the ordinary heap.
+  constexpr size_t kMaxKeyFile = 64 * 1024;
+  MLFX_ASSIGN(File f, File::open_read(path));
+  SecretBytes pem(kMaxKeyFile + 1);
+  MLFX_ASSIGN(size_t n, f.read_full(pem.data(), pem.size()));
+  if (n > kMaxKeyFile)
+    return fail(Errc::kInvalidArgument, path + " is larger than the " + std::to_string(kMaxKeyFile) +
+                                            " bytes of a key file");
+  return parse_secret_key_pem(as_chars({pem.data(), n}), path);
 }
 
 Result<PublicKeyFile> load_public_key_file(const std::string& path) {

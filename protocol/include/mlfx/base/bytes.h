@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "mlfx/base/secure_memory.h"
+
 namespace mlfx {
 
 using Bytes = std::vector<uint8_t>;
@@ -45,7 +47,8 @@ bool equal_ct(ByteView a, ByteView b);
 // Overwrites memory in a way the compiler may not elide (OPENSSL_cleanse).
 void secure_zero(void* p, size_t n);
 
-// A byte buffer that is zeroised when destroyed; for key material.
+// A byte buffer that is zeroised when destroyed; for key material. It lives in OpenSSL's
+// secure heap once protect_process() has set it up (see secure_memory.h).
 class SecretBytes {
  public:
   SecretBytes() = default;
@@ -72,7 +75,7 @@ class SecretBytes {
   void wipe() {
     if (!data_.empty()) secure_zero(data_.data(), data_.size());
   }
-  Bytes data_;
+  std::vector<uint8_t, SecureAllocator<uint8_t>> data_;
 };
 
 }  // namespace mlfx
