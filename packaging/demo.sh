@@ -18,13 +18,14 @@ cd "$work"
 echo "== keys"
 "$mlfx" keys gen --kind device --out device
 "$mlfx" keys gen --kind lab --out lab
-mkdir trusted && cp device.pub trusted/
+# The lab's trust store binds each device id to its key: trusted/<device-id>.pub.
+mkdir trusted && cp device.pub trusted/demo-device.pub
 
 echo "== seal: a live process's memory map and executable, plus /proc/iomem"
 sleep 300 & victim=$!
 cat "/proc/$victim/maps" > "maps.$victim"
 "$mlfx" bundle seal "maps.$victim" "/proc/$victim/exe" - --name maps --name exe --name iomem \
-  --out evidence.mlfx --device-key device.key --recipient lab.pub \
+  --out evidence.mlfx --device-key device.key --device-id demo-device --recipient lab.pub \
   --case DEMO-1 --note "demo capture of pid $victim" --legacy-hashes < /proc/iomem
 kill "$victim"
 
@@ -46,7 +47,7 @@ agent="${BUILD_DIR:-$root/build}/agent/mlfx-agent"
 victim=$!
 trap 'touch "$work/victim-truth/stop"' EXIT
 for _ in $(seq 600); do [ -f victim-truth/ready ] && break; sleep 0.2; done
-"$agent" capture --pid "$victim" --spool spool --device-key device.key --recipient lab.pub \
+"$agent" capture --pid "$victim" --spool spool --device-key device.key --device-id demo-device --recipient lab.pub \
   --case DEMO-2 --note "live capture of pid $victim"
 "$agent" status --spool spool
 echo "== ship it to the lab intake: mutual TLS 1.3 under a lab CA, verified on arrival"
@@ -67,13 +68,15 @@ echo "intake stored $stored; its custody log now ends with:"
 tail -n 1 "${stored%.mlfx}.custody.jsonl"
 kill "$intake"
 echo "== recover the model from the intake's evidence store"
-"$mlfx" bundle verify "$stored" --trusted-devices trusted -q
-"$mlfx" recover "$stored" --key lab.key --out recovered --trusted-devices trusted
+# The lab CA is a trust store too: its certificates bind device ids to keys.
+"$mlfx" bundle verify "$stored" --trusted-devices ca -q
+"$mlfx" recover "$stored" --key lab.key --out recovered --trusted-devices ca
 echo "== compare with the ground truth the victim wrote outside the capture"
 /usr/bin/python3 "$root/tests/victims/check_recovery.py" victim-truth recovered
 ls recovered/models/*
 echo "== rehost it live (its classes come from the victim's source) and write the case report"
 model=$(ls -d recovered/models/0-*)
-"$mlfx" rehost "$model" --out rehosted --code-path "$root/tests/victims/torch_victim.py"
-"$mlfx" report --out report --bundle "$stored" --trusted-devices trusted --recovery recovered --rehost rehosted
+"$mlfx" rehost "$model" --out rehosted --code-path "$root/tests/victims/torch_victim.py" \
+  --code-path "$root/tests/victims/victim_serve.py"
+"$mlfx" report --out report --bundle "$stored" --trusted-devices ca --recovery recovered --rehost rehosted
 echo "== demo complete: $work (open $work/report/report.html)"

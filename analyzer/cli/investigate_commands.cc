@@ -9,13 +9,14 @@
 #include "investigate/weight_diff.h"
 #include "rehost/rehost.h"
 #include "report/report.h"
+#include "mlfx/base/printable.h"
 
 namespace mlfx::cli {
 
 namespace {
 
 int report_error(const char* command, const Error& e) {
-  std::fprintf(stderr, "mlfx %s: error: %s\n", command, e.to_string().c_str());
+  std::fprintf(stderr, "mlfx %s: error: %s\n", command, printable(e.to_string()).c_str());
   return 1;
 }
 
@@ -47,9 +48,10 @@ int run_rehost(const rehost::RehostOptions& o, bool json_out) {
     if (rep.contains("python_classes")) {
       const auto& p = rep["python_classes"];
       for (const auto& c : p.value("missing_classes", json::Json::array()))
-        std::fprintf(stderr, "  Python: class %s is not importable; pass its source with --code-path\n", c.dump().c_str());
+        std::fprintf(stderr, "  Python: class %s is in no allowed library module nor in the --code-path source; "
+                             "pass its source with --code-path (nothing the evidence names is imported)\n", printable_json(c).c_str());
       if (p.contains("error") && p["error"].is_string())
-        std::fprintf(stderr, "  Python: %s\n", p["error"].get<std::string>().c_str());
+        std::fprintf(stderr, "  Python: %s\n", printable(p["error"].get<std::string>()).c_str());
     }
     return rehost::kExitNotRehostable;
   }
@@ -148,8 +150,13 @@ void add_investigate_commands(CLI::App& app, Commands& out) {
       ->required()->check(CLI::ExistingDirectory);
   rh->add_option("--out", ro->out_dir, "output directory (new or empty)")->required();
   rh->add_option("--code-path", ro->code_paths, "the model's Python source (a .py file or a directory), for classes "
-                                                "that are not standard torch.nn; repeatable")
+                                                "that are not in an allowed library module; repeatable. Files are "
+                                                "loaded by path: other files beside a given file are never imported, "
+                                                "every .py file in a given directory may run")
       ->check(CLI::ExistingPath);
+  rh->add_option("--allow-module", ro->allow_modules, "a library module whose classes path (b) may import, beyond "
+                                                      "torch.nn, torch.ao.nn, torchvision.models and torchvision.ops; "
+                                                      "repeatable, recorded in rehost.json");
   rh->add_flag("--verify", ro->verify, "run the rehosted model on --reference inputs and compare outputs bit for bit");
   rh->add_option("--reference", ro->reference, "safetensors file of input/output (or input.N/output.N) tensors")
       ->check(CLI::ExistingFile);
@@ -227,14 +234,15 @@ void add_investigate_commands(CLI::App& app, Commands& out) {
   rpc->add_option("--examiner", rp->examiner, "who wrote the report");
   rpc->add_option("--title", rp->title, "page title");
   rpc->add_option("--bundle", rp->bundle, "the evidence bundle: manifest, custody chain, verification")->check(CLI::ExistingFile);
-  rpc->add_option("--trusted-devices", rp->trusted_devices_dir, "directory of trusted device .pub keys");
+  rpc->add_option("--trusted-devices", rp->trusted_devices_dir, kTrustedDevicesHelp);
   rpc->add_option("--recovery", rp->recovery, "a `mlfx recover` output directory")->check(CLI::ExistingDirectory);
   rpc->add_option("--rehost", rp->rehosts, "a `mlfx rehost` output directory; repeatable")->check(CLI::ExistingDirectory);
   rpc->add_option("--scan", rp->scans, "a `mlfx scan` output directory; repeatable")->check(CLI::ExistingDirectory);
   out.emplace_back(rpc, [rp] {
     auto r = report::build_report(*rp);
     if (!r) return report_error("report", r.error());
-    for (const auto& f : (*r)["findings"]) std::printf("- %s\n", f["text"].get<std::string>().c_str());
+    for (const auto& st : (*r)["verdict"]["statements"]) std::printf("%s\n", printable(st["text"].get<std::string>()).c_str());
+    for (const auto& f : (*r)["findings"]) std::printf("- %s\n", printable(f["text"].get<std::string>()).c_str());
     std::printf("wrote %s/report.html and %s/report.json\n", rp->out_dir.c_str(), rp->out_dir.c_str());
     return 0;
   });

@@ -15,4 +15,9 @@ using Commands = std::vector<std::pair<CLI::App*, std::function<int()>>>;
 
 void add_investigate_commands(CLI::App& app, Commands& out);
 
+// --trusted-devices, for verify, open, recover and report.
+inline constexpr const char* kTrustedDevicesHelp =
+    "trust store that binds device ids to keys: the lab CA directory (mlfx ca), or a folder of "
+    "<device-id>.pub device keys. Without it the signer's identity is unverified";
+
 }  // namespace mlfx::cli

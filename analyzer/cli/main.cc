@@ -1,6 +1,9 @@
 // mlfx: the lab-side command line. Only this file turns errors into exit codes:
 // 0 success, 1 failure (the message says what failed), 2 usage error, 3 `recover` found no
-// model (report.json is still written).
+// model (report.json is still written), 4 `recover` stopped at --memory-limit/--time-limit
+// (partial results, report.json says where), 5 `bundle verify`: intact but identity unverified (no
+// trust store binds the signing key to the manifest's device id).
+// Every string that comes from evidence is printed through printable() / printable_json().
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -23,6 +26,8 @@
 #include "mlfx/base/file.h"
 #include "mlfx/base/host.h"
 #include "mlfx/base/json.h"
+#include "mlfx/base/printable.h"
+#include "mlfx/base/secure_memory.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/sealing_keys.h"
 #include "mlfx/bundle/writer.h"
@@ -32,9 +37,12 @@ namespace mlfx {
 namespace {
 
 constexpr int kExitNoModels = 3;
+constexpr int kExitPartial = 4;  // recover stopped at --memory-limit/--time-limit: results are partial
+constexpr int kExitIdentityUnverified = 5;
 
+// Error messages quote names read from evidence.
 int report_error(const Error& e) {
-  std::fprintf(stderr, "mlfx: error: %s\n", e.to_string().c_str());
+  std::fprintf(stderr, "mlfx: error: %s\n", printable(e.to_string()).c_str());
   return 1;
 }
 
@@ -245,14 +253,22 @@ struct VerifyArgs {
 int run_verify(const VerifyArgs& a) {
   evidence::VerifyReport r =
       evidence::verify_bundle(a.file, {a.trusted, !a.quiet && !a.json});
+  const evidence::Verdict v = r.verdict();
   if (a.json) {
-    std::cout << r.to_json().dump(2) << "\n";
+    std::cout << printable_json(r.to_json(), 2) << "\n";
   } else {
     for (const auto& l : r.lines)
-      std::printf("%-10s %s  %s\n", l.check.c_str(), l.ok ? "ok    " : "FAILED", l.detail.c_str());
-    std::printf("%s: %s\n", a.file.c_str(), r.intact() ? "INTACT" : "VERIFICATION FAILED");
+      std::printf("%-14s %-7s  %s\n", l.check.c_str(), l.ok() ? "ok" : evidence::outcome_name(l.outcome), printable(l.detail).c_str());
+    std::printf("%s: %s\n", printable(a.file).c_str(), evidence::verdict_words(v));
   }
-  return r.intact() ? 0 : 1;
+  return v == evidence::Verdict::kAttributed ? 0 : v == evidence::Verdict::kIdentityUnverified ? kExitIdentityUnverified : 1;
+}
+
+// open and recover go on with an unattributed bundle, and say so.
+void warn_unverified(const char* command, const evidence::VerifyReport& r) {
+  if (r.verdict() != evidence::Verdict::kIdentityUnverified) return;
+  for (const auto& l : r.lines)
+    if (l.check == "device") std::fprintf(stderr, "mlfx %s: warning: %s\n", command, printable(l.detail).c_str());
 }
 
 struct OpenArgs {
@@ -265,8 +281,9 @@ int run_open(const OpenArgs& a) {
   if (!lab) return report_error(lab.error());
   auto r = evidence::open_bundle(a.file, *lab, a.out, {a.trusted, !a.quiet});
   if (!r) return report_error(std::move(r).error().context("opening " + a.file));
-  std::printf("opened %s into %s:\n", a.file.c_str(), a.out.c_str());
-  for (const auto& f : r->files) std::printf("  %s\n", f.c_str());
+  warn_unverified("bundle open", r->report);
+  std::printf("opened %s (%s) into %s:\n", printable(a.file).c_str(), evidence::verdict_words(r->report.verdict()), printable(a.out).c_str());
+  for (const auto& f : r->files) std::printf("  %s\n", printable(f).c_str());
   std::printf("check with: (cd %s && sha256sum -c SHA256SUMS)\n", a.out.c_str());
   return 0;
 }
@@ -285,25 +302,27 @@ int run_info(const InfoArgs& a) {
   if (a.json) {
     json::Json j = {{"file", a.file}, {"file_size", r->file_size()}, {"bundle_digest", *digest},
                     {"manifest", m.to_json()}, {"custody", r->custody().events()}};
-    std::cout << j.dump(2) << "\n";
+    std::cout << printable_json(j, 2) << "\n";
     return 0;
   }
   std::printf("bundle      %s (%llu bytes, format %u.%u)\n", m.bundle_id_hex().c_str(),
               static_cast<unsigned long long>(r->file_size()), m.format_major, m.format_minor);
   std::printf("digest      %s\n", digest->c_str());
-  std::printf("case        %s\nnote        %s\n", m.case_id.c_str(), m.note.c_str());
-  std::printf("device      %s (host %s) key %s\n", m.device.id.c_str(), m.device.hostname.c_str(),
-              m.device.key_fingerprint.c_str());
-  std::printf("tool        %s %s, %s\n", m.tool.name.c_str(), m.tool.version.c_str(), m.tool.command.c_str());
-  std::printf("created     %s\nsealed      %s\n", m.created_utc.c_str(), m.sealed_utc.c_str());
-  for (const auto& rc : m.recipients) std::printf("recipient   %s\n", rc.recipient_fingerprint.c_str());
+  std::printf("case        %s\nnote        %s\n", printable(m.case_id).c_str(), printable(m.note).c_str());
+  std::printf("device      %s (host %s) key %s (claimed by the manifest)\n", printable(m.device.id).c_str(), printable(m.device.hostname).c_str(),
+              printable(m.device.key_fingerprint).c_str());
+  std::printf("tool        %s %s, %s\n", printable(m.tool.name).c_str(), printable(m.tool.version).c_str(), printable(m.tool.command).c_str());
+  std::printf("created     %s\nsealed      %s\n", printable(m.created_utc).c_str(), printable(m.sealed_utc).c_str());
+  for (const auto& rc : m.recipients) std::printf("recipient   %s\n", printable(rc.recipient_fingerprint).c_str());
   for (const auto& s : m.streams)
-    std::printf("stream      %s: %llu bytes, %llu chunks, sha256 %s\n", s.name.c_str(),
+    std::printf("stream      %s: %llu bytes, %llu chunks, sha256 %s\n", printable(s.name).c_str(),
                 static_cast<unsigned long long>(s.size), static_cast<unsigned long long>(s.chunks),
                 s.sha256.c_str());
-  for (const auto& ev : r->custody().events())
-    std::printf("custody     %s %s by %s\n", ev.value("utc", "?").c_str(), ev.value("type", "?").c_str(),
-                ev.contains("actor") ? ev["actor"].value("key_fingerprint", "?").c_str() : "?");
+  for (const auto& ev : r->custody().events()) {
+    const json::Json actor = ev.value("actor", json::Json::object());
+    std::printf("custody     %s %s by %s\n", printable(ev.value("utc", "?")).c_str(), printable(ev.value("type", "?")).c_str(),
+                printable(actor.is_object() ? actor.value("key_fingerprint", "?") : "?").c_str());
+  }
   std::printf("(structure only; run 'mlfx bundle verify' to check signatures and every chunk)\n");
   return 0;
 }
@@ -313,21 +332,35 @@ int run_info(const InfoArgs& a) {
 int run_recover(const recovery::RecoverOptions& o, bool json_out) {
   auto r = recovery::recover(o);
   if (!r) return report_error(r.error());
+  const json::Json& verification = (*r)["input"].value("verification", json::Json::object());
+  if (verification.value("verdict", "") == evidence::verdict_name(evidence::Verdict::kIdentityUnverified))
+    std::fprintf(stderr, "mlfx recover: warning: %s: the bundle is intact but its signer's identity is unverified "
+                         "(no --trusted-devices); see input.verification in report.json\n",
+                 evidence::verdict_words(evidence::Verdict::kIdentityUnverified));
+  const bool partial = !(*r)["limits"]["exhausted"].is_null();
+  const int done = (*r)["models"].empty() ? kExitNoModels : partial ? kExitPartial : 0;
   if (json_out) {
-    std::cout << r->dump(2) << "\n";
-    return (*r)["models"].empty() ? kExitNoModels : 0;
+    std::cout << printable_json(*r, 2) << "\n";
+    return done;
   }
   const auto& py = (*r)["python"];
   std::printf("process %s (pid %s), CPython %s, %s tracked objects, %s modules\n",
-              (*r)["process"]["command"].get<std::string>().c_str(),
-              (*r)["process"]["pid"].dump().c_str(), py["version"].get<std::string>().c_str(),
+              printable((*r)["process"]["command"].get<std::string>()).c_str(),
+              (*r)["process"]["pid"].dump().c_str(), printable(py["version"].get<std::string>()).c_str(),
               py["gc_objects"].dump().c_str(), (*r)["torch"]["modules"].dump().c_str());
   for (const auto& m : (*r)["models"])
-    std::printf("  %-28s %-40s %6s tensors %12s parameters%s\n", m["directory"].get<std::string>().c_str(),
-                m["class"].get<std::string>().c_str(), m["tensors"].dump().c_str(),
+    std::printf("  %-28s %-40s %6s tensors %12s parameters%s\n", printable(m["directory"].get<std::string>()).c_str(),
+                printable(m["class"].get<std::string>()).c_str(), m["tensors"].dump().c_str(),
                 m["parameters"].dump().c_str(), m["complete"].get<bool>() ? "" : "  INCOMPLETE");
+  for (const auto& f : (*r)["findings"])
+    std::printf("finding (%s): %s\n", printable(f["severity"].get<std::string>()).c_str(),
+                printable(f["summary"].get<std::string>()).c_str());
   size_t warnings = (*r)["diagnostics"]["warnings"].size();
   if (warnings) std::printf("%zu diagnostic(s): see %s/report.json\n", warnings, o.out_dir.c_str());
+  if (partial)
+    std::fprintf(stderr, "mlfx: analysis stopped early: %s; the results are partial (rerun with a larger "
+                         "--memory-limit or --time-limit to go further)\n",
+                 printable((*r)["limits"]["exhausted"].get<std::string>()).c_str());
   std::printf("wrote %s/report.json\n", o.out_dir.c_str());
   if ((*r)["models"].empty()) {
     std::fprintf(stderr, "mlfx: no model found: %s\n",
@@ -335,7 +368,7 @@ int run_recover(const recovery::RecoverOptions& o, bool json_out) {
                                                      : "torch is not imported in this process");
     return kExitNoModels;
   }
-  return 0;
+  return done;
 }
 
 // ---- serve ----
@@ -377,6 +410,10 @@ int run_serve(const ServeArgs& a) {
   opt.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.idle_timeout_s * 1000));
   opt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.handshake_timeout_s * 1000));
   opt.max_connections = a.max_connections;
+  opt.max_sessions_per_device = a.max_sessions_per_device;
+  opt.max_handshakes = a.max_handshakes;
+  opt.max_handshakes_per_address = a.max_handshakes_per_address;
+  opt.upload_memory = a.upload_memory;
   opt.threads = a.threads;
   if (opt.tls.crl.empty())
     std::fprintf(stderr, "mlfx serve: warning: no CRL (--crl or --ca-dir): revoked devices are not refused\n");
@@ -398,7 +435,7 @@ int run_serve(const ServeArgs& a) {
     json::Json line = event;
     line["time"] = utc_timestamp();
     std::lock_guard lock(log_mu);
-    std::fprintf(stderr, "%s\n", line.dump().c_str());
+    std::fprintf(stderr, "%s\n", printable_json(line).c_str());
     std::fflush(stderr);
   };
   // SIGINT/SIGTERM end the server; blocked here so that only the waiting thread takes them.
@@ -410,10 +447,6 @@ int run_serve(const ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
 
   auto server = intake::IntakeServer::create(opt, **store, log);
-  opt.max_sessions_per_device = a.max_sessions_per_device;
-  opt.max_handshakes = a.max_handshakes;
-  opt.max_handshakes_per_address = a.max_handshakes_per_address;
-  opt.upload_memory = a.upload_memory;
   if (!server) return report_error(server.error());
   const std::string address = opt.host + ":" + std::to_string((*server)->port());
   if (!a.port_file.empty())
@@ -438,6 +471,9 @@ int run_serve(const ServeArgs& a) {
 
 int main(int argc, char** argv) {
   using namespace mlfx;
+  // Keys and decrypted evidence stay out of core dumps, swap and other processes of this user.
+  if (auto st = protect_process(); !st)
+    std::fprintf(stderr, "mlfx: warning: %s\n", st.error().to_string().c_str());
   CLI::App app{"mlfx: verify, open and analyse sealed memory evidence of ML processes"};
   app.set_version_flag("--version", std::string("mlfx ") + kToolVersion);
   app.require_subcommand(1);
@@ -507,7 +543,7 @@ int main(int argc, char** argv) {
   VerifyArgs va;
   auto* verify = bundle->add_subcommand("verify", "check structure, signatures, every chunk and the custody chain (no lab key needed)");
   verify->add_option("file", va.file, "bundle")->required();
-  verify->add_option("--trusted-devices", va.trusted, "directory of trusted device .pub keys");
+  verify->add_option("--trusted-devices", va.trusted, cli::kTrustedDevicesHelp);
   verify->add_flag("--json", va.json, "print the report as JSON");
   verify->add_flag("-q,--quiet", va.quiet, "no progress bar");
 
@@ -516,7 +552,7 @@ int main(int argc, char** argv) {
   open->add_option("file", oa.file, "bundle")->required();
   open->add_option("--key", oa.key, "lab private key")->required();
   open->add_option("--out", oa.out, "output directory (new or empty)")->required();
-  open->add_option("--trusted-devices", oa.trusted, "directory of trusted device .pub keys");
+  open->add_option("--trusted-devices", oa.trusted, cli::kTrustedDevicesHelp);
   open->add_flag("-q,--quiet", oa.quiet, "no progress bar");
 
   InfoArgs ia;
@@ -537,12 +573,22 @@ int main(int argc, char** argv) {
   recover_source->require_option(1);
   recover->add_option("--out", ro.out_dir, "output directory (new or empty)")->required();
   recover->add_option("--key", ro.lab_key, "lab private key (for bundles)");
-  recover->add_option("--trusted-devices", ro.trusted_devices_dir, "directory of trusted device .pub keys");
+  recover->add_option("--trusted-devices", ro.trusted_devices_dir, cli::kTrustedDevicesHelp);
   recover->add_option("--sysroot", ro.sysroot,
                       "read file-backed memory the core left out (gcore and kernel cores skip read-only "
                       "file data) from DIR + the mapped path, like gdb's sysroot; '/' on the captured host");
   recover->add_flag("--json", recover_json, "print the report as JSON");
   recover->add_flag("-q,--quiet", recover_quiet, "no progress bar");
+  uint64_t recover_memory_mib = ro.limits.memory_bytes >> 20;
+  recover->add_option("--memory-limit", recover_memory_mib,
+                      "MiB the analysis may keep (decoded names, modules, walks; not the image nor the "
+                      "exported tensors); past it recovery stops with partial results, exit 4")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{16}, uint64_t{1} << 30));
+  recover->add_option("--time-limit", ro.limits.seconds,
+                      "seconds the analysis may take; past them recovery stops with partial results, exit 4")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   ServeArgs sv;
   auto* serve = app.add_subcommand("serve", "intake server: receive bundles from devices over mutual TLS, verify "
@@ -561,6 +607,27 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   serve->add_option("--max-connections", sv.max_connections, "authenticated sessions at once (default 256)")
       ->check(CLI::PositiveNumber);
+  serve->add_option("--max-sessions-per-device", sv.max_sessions_per_device,
+                    "sessions of one device at once (default 4)")->check(CLI::PositiveNumber);
+  serve->add_option("--max-handshakes", sv.max_handshakes,
+                    "connections not authenticated yet; when full, the oldest of the busiest address goes "
+                    "(default 256)")->check(CLI::PositiveNumber);
+  serve->add_option("--max-handshakes-per-address", sv.max_handshakes_per_address,
+                    "of them, from one source address (default 32)")->check(CLI::PositiveNumber);
+  serve->add_option("--upload-memory", sv.upload_memory,
+                    "record buffers of all uploads in progress, a quarter per device, e.g. 4G (default 2G)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--max-reserved", sv.max_reserved, "disk reserved for unfinished uploads, all devices (default 1T)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--max-reserved-per-device", sv.max_reserved_per_device,
+                    "disk reserved for one device's unfinished uploads (default 256G)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--device-quota", sv.device_quota,
+                    "bytes one device may hold: stored bundles and unfinished uploads (default: no quota)")
+      ->transform(CLI::AsSizeValue(false));
+  serve->add_option("--partial-ttl", sv.partial_ttl_s,
+                    "seconds an unfinished upload may sit untouched before it is removed, with a signed note in "
+                    "the store's journal.jsonl (default 604800: 7 days)")->check(CLI::PositiveNumber);
   serve->add_option("--idle-timeout", sv.idle_timeout_s, "seconds without a frame before a connection is closed (default 60)")
       ->check(CLI::PositiveNumber);
   serve->add_option("--handshake-timeout", sv.handshake_timeout_s,
@@ -604,27 +671,7 @@ int main(int argc, char** argv) {
     }
   }
   if (recover->parsed()) {
-  serve->add_option("--max-sessions-per-device", sv.max_sessions_per_device,
-                    "sessions of one device at once (default 4)")->check(CLI::PositiveNumber);
-  serve->add_option("--max-handshakes", sv.max_handshakes,
-                    "connections not authenticated yet; when full, the oldest of the busiest address goes "
-                    "(default 256)")->check(CLI::PositiveNumber);
-  serve->add_option("--max-handshakes-per-address", sv.max_handshakes_per_address,
-                    "of them, from one source address (default 32)")->check(CLI::PositiveNumber);
-  serve->add_option("--upload-memory", sv.upload_memory,
-                    "record buffers of all uploads in progress, a quarter per device, e.g. 4G (default 2G)")
-      ->transform(CLI::AsSizeValue(false));
-  serve->add_option("--max-reserved", sv.max_reserved, "disk reserved for unfinished uploads, all devices (default 1T)")
-      ->transform(CLI::AsSizeValue(false));
-  serve->add_option("--max-reserved-per-device", sv.max_reserved_per_device,
-                    "disk reserved for one device's unfinished uploads (default 256G)")
-      ->transform(CLI::AsSizeValue(false));
-  serve->add_option("--device-quota", sv.device_quota,
-                    "bytes one device may hold: stored bundles and unfinished uploads (default: no quota)")
-      ->transform(CLI::AsSizeValue(false));
-  serve->add_option("--partial-ttl", sv.partial_ttl_s,
-                    "seconds an unfinished upload may sit untouched before it is removed, with a signed note in "
-                    "the store's journal.jsonl (default 604800: 7 days)")->check(CLI::PositiveNumber);
+    ro.limits.memory_bytes = recover_memory_mib << 20;
     ro.show_progress = !recover_quiet && !recover_json;
     return run_recover(ro, recover_json);
   }

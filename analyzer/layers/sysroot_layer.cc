@@ -224,30 +224,34 @@ Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(std::shared_ptr<const E
     }
     const ElfIdentity have = elf_identity(**file, 0, (*file)->size());
     if (have.build_id) f.build_id = to_hex(*have.build_id);
+    // Only the very build the process mapped is read: a file is attached when its GNU build-id
+    // equals the one in the core's copy of its ELF header. Anything else (an NT_FILE entry may
+    // name any lab-side path) is refused with the reason.
     auto h = header.find(path);
     const bool core_has_header = h != header.end() && core->is_mapped(h->second->start, sizeof(Elf64_Ehdr));
+    const ElfIdentity want = core_has_header ? elf_identity(*core, h->second->start, h->second->end - h->second->start)
+                                             : ElfIdentity{};
+    f.refused = true;
     if (!core_has_header) {
-      f.detail = "the core holds no copy of its first page: build-id not checked";
-    } else {
-      const ElfIdentity want = elf_identity(*core, h->second->start, h->second->end - h->second->start);
-      if (want.build_id) {
-        if (!have.build_id || *have.build_id != *want.build_id) {
-          f.refused = true;
-          f.detail = "refused: build-id " + (have.build_id ? f.build_id : std::string("(none)")) +
-                     " differs from the core's " + to_hex(*want.build_id) + " (a different build of this file)";
-          continue;
-        }
-        f.verified = true;
-      } else if (want.elf && !have.elf) {
-        f.refused = true;
-        f.detail = "refused: the core maps an ELF object here but this file is not one";
-        continue;
-      } else if (want.elf) {
-        f.detail = "the core holds its ELF header but not its build-id note: build-id not checked";
-      } else {
-        f.detail = "not an ELF object in the core: contents not checked";
-      }
+      f.detail = "refused: the core holds no copy of its first page, so its build-id cannot be checked";
+      continue;
     }
+    if (want.elf && !have.elf) {
+      f.detail = "refused: the core maps an ELF object here but this file is not one";
+      continue;
+    }
+    if (!want.build_id) {
+      f.detail = want.elf ? "refused: the core holds its ELF header but no build-id note to check this file against"
+                          : "refused: not an ELF object in the core, nothing to check this file against";
+      continue;
+    }
+    if (!have.build_id || *have.build_id != *want.build_id) {
+      f.detail = "refused: build-id " + (have.build_id ? f.build_id : std::string("(none)")) +
+                 " differs from the core's " + to_hex(*want.build_id) + " (a different build of this file)";
+      continue;
+    }
+    f.refused = false;
+    f.verified = true;
     f.attached = true;
     mapped = std::move(*file);
   }

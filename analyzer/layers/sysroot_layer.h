@@ -2,8 +2,9 @@
 // file-backed mappings that were never written, such as .text and .rodata, where static type
 // objects keep their tp_name. This layer reads those bytes from SYSROOT + the mapped path at
 // the mapping's file offset (NT_FILE), on top of an ElfCoreLayer. The core always wins: only
-// addresses the core declares no data for are filled, and a file whose GNU build-id differs
-// from the one the core holds for it is refused.
+// addresses the core declares no data for are filled, and only a file whose GNU build-id
+// equals the one the core holds for it is read: an NT_FILE entry may name any lab-side path, so
+// a file the core gives no build-id to check against is refused too.
 #pragma once
 
 #include <memory>
@@ -38,10 +39,10 @@ struct SysrootFile {
   std::string host_path;  // SYSROOT + path
   bool attached = false;  // fills gaps in the core
   bool verified = false;  // its GNU build-id equals the one in the core
-  bool refused = false;   // another build than the one mapped: build-id differs, or not ELF
+  bool refused = false;   // not read: build-id differs, absent from the core or the file, or not ELF
   std::string build_id;   // the sysroot file's, hex; empty when it has none
   uint64_t bytes = 0;     // bytes of the process it provides (0 when not attached)
-  std::string detail;     // why refused, or why not verified
+  std::string detail;     // why refused or not attached
 };
 
 class SysrootLayer : public Layer {

@@ -4,6 +4,7 @@
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/base/file.h"
+#include "mlfx/base/printable.h"
 #include "report/report.h"
 
 namespace mlfx::report {
@@ -25,7 +26,11 @@ std::string esc(const std::string& s) {
   return o;
 }
 
-std::string text(const json::Json& v) { return esc(v.is_string() ? v.get<std::string>() : v.is_null() ? "" : v.dump()); }
+// Names in a report come from evidence: escaped for HTML, and made printable (no control
+// characters, no bidirectional overrides that reorder what the reader sees, valid UTF-8).
+std::string text(const json::Json& v) {
+  return esc(v.is_string() ? printable(v.get<std::string>()) : v.is_null() ? "" : printable_json(v));
+}
 
 std::string num(const json::Json& v, int digits = 3) {
   if (!v.is_number()) return text(v);
@@ -50,6 +55,31 @@ std::string row(std::initializer_list<std::string> cells, const char* tag = "td"
   return r + "</tr>\n";
 }
 
+std::string mono(const json::Json& v) { return "<span class=\"mono\">" + text(v) + "</span>"; }
+
+// What path (b) of a rehost ran, from its rehost.json: the interpreter and how, the embedded
+// script, each file of the analyst's source and each library module, with their SHA-256.
+std::string executed_code_html(const json::Json& dir, const json::Json& x) {
+  if (!x.is_object() || !x.value("python_ran", false)) return "";
+  const json::Json none, i = x.value("interpreter", json::Json::object()), s = x.value("script", json::Json::object());
+  std::string how;
+  for (const auto& a : i.value("arguments", json::Json::array())) how += " " + text(a);
+  std::string h = "<h3>Code executed by the lab's Python for " + text(dir) + "</h3><table>" +
+                  row({"code", "file", "SHA-256"}, "th") +
+                  row({"interpreter, run as <code>python" + how + "</code> in an empty temporary directory",
+                       mono(i.value("path", none)), mono(i.value("sha256", none))}) +
+                  row({"mlfx_rehost.py (embedded in mlfx)", "", mono(s.value("sha256", none))});
+  if (!x.value("code_files", none).is_array()) h += row({text(x.value("note", none)), "", ""});
+  for (const auto& f : x.value("code_files", json::Json::array()))
+    if (f.is_object())
+      h += row({"analyst's source, module " + text(f.value("module", none)), mono(f.value("path", none)), mono(f.value("sha256", none))});
+  for (const auto& m : x.value("library_modules", json::Json::array()))
+    if (m.is_object())
+      h += row({"library module " + text(m.value("name", none)), mono(m.value("file", none)), mono(m.value("sha256", none))});
+  return h + "</table><p>Allowed library modules: " + text(x.value("allowed_modules", none)) +
+         "; added by the analyst: " + text(x.value("allowed_modules_added", none)) + "</p>\n";
+}
+
 constexpr const char* kStyle = R"css(
 body{font:14px/1.45 "DejaVu Sans",Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2329}
 header{background:#1f3a5f;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
@@ -60,11 +90,25 @@ table{border-collapse:collapse;width:100%;margin:6px 0}td,th{border-bottom:1px s
 th{background:#eef1f5}code,.mono{font-family:"DejaVu Sans Mono",monospace;font-size:12px;word-break:break-all}
 #verdict{padding:14px 18px;border-radius:6px;font-size:16px;font-weight:bold;margin:16px 0}
 #verdict.alert{background:#b3261e;color:#fff}#verdict.clear{background:#1e7b34;color:#fff}
-.flagged td{background:#fbe3e1;font-weight:bold}.ok{color:#1e7b34;font-weight:bold}.bad{color:#b3261e;font-weight:bold}
+#verdict.caution{background:#8a5a00;color:#fff}
+.flagged td{background:#fbe3e1;font-weight:bold}.ok{color:#1e7b34;font-weight:bold}.bad{color:#b3261e;font-weight:bold}.warn{color:#8a5a00;font-weight:bold}
 .trigger{width:96px;height:96px;image-rendering:pixelated;border:1px solid #888;margin:2px}
 .heat{max-width:256px;image-rendering:pixelated;border:1px solid #888}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.cell{text-align:center;font-size:12px}.missing{color:#b3261e}
 )css";
+
+// A check's outcome: passed, not run (never shown as a pass) or failed.
+std::string result_html(const std::string& result) {
+  if (result == "passed") return "<span class=\"ok\">passed</span>";
+  if (result == "not run") return "<span class=\"warn\">NOT RUN</span>";
+  return "<span class=\"bad\">FAILED</span>";
+}
+
+std::string verdict_html(const std::string& verdict) {
+  if (verdict == "attributed") return "<span class=\"ok\">intact and attributed</span>";
+  if (verdict == "identity_unverified") return "<span class=\"warn\">intact, identity unverified</span>";
+  return "<span class=\"bad\">FAILED</span>";
+}
 
 std::string evidence_html(const json::Json& ev) {
   std::string s = "<section id=\"evidence\"><h2>Evidence</h2><table>";
@@ -72,24 +116,40 @@ std::string evidence_html(const json::Json& ev) {
   s += row({"Bundle", "<span class=\"mono\">" + text(ev["file"]) + "</span> (" + num(ev["file_size"]) + " bytes)"});
   s += row({"SHA-256 (file)", "<span class=\"mono\">" + text(ev["sha256"]) + "</span>"});
   s += row({"Bundle digest", "<span class=\"mono\">" + text(ev["bundle_digest"]) + "</span>"});
-  s += row({"Verification", ev.value("intact", false) ? "<span class=\"ok\">intact</span>" : "<span class=\"bad\">FAILED</span>"});
+  s += row({"Verification", verdict_html(ev.value("verdict", "failed"))});
   s += row({"Captured", text(m.value("created_utc", json::Json())) + " (sealed " + text(m.value("sealed_utc", json::Json())) + ")"});
   s += row({"Capture tool", text(m.value("tool", json::Json::object()).value("name", json::Json())) + " " +
                                 text(m.value("tool", json::Json::object()).value("version", json::Json()))});
   s += "</table><h3>Checks</h3><table>" + row({"check", "result", "detail"}, "th");
   for (const auto& l : ev["verification"].value("checks", ev["verification"].value("lines", json::Json::array())))
-    s += row({text(l.value("check", json::Json())), l.value("ok", false) ? "<span class=\"ok\">ok</span>" : "<span class=\"bad\">failed</span>",
+    s += row({text(l.value("check", json::Json())), result_html(l.value("result", l.value("ok", false) ? "passed" : "failed")),
               text(l.value("detail", json::Json()))});
   s += "</table><h3>Streams</h3><table>" + row({"stream", "bytes", "SHA-256"}, "th");
   for (const auto& st : m.value("streams", json::Json::array()))
     s += row({text(st.value("name", json::Json())), num(st.value("size", json::Json())),
               "<span class=\"mono\">" + text(st.value("sha256", json::Json())) + "</span>"});
-  s += "</table><h3>Custody chain</h3><table>" + row({"#", "time (UTC)", "event", "actor key"}, "th");
+  // The chain as stored: the device's events, then the intake's 'received', then the lab's.
+  s += "</table><h3>Custody chain</h3><table>" + row({"#", "time (UTC)", "event", "actor", "actor key"}, "th");
   int i = 0;
-  for (const auto& e : ev["custody"])
-    s += row({std::to_string(++i), text(e.value("utc", json::Json())), text(e.value("type", json::Json())),
-              "<span class=\"mono\">" + text(e.value("actor", json::Json::object()).value("key_fingerprint", json::Json())) + "</span>"});
-  return s + "</table></section>\n";
+  for (const auto& e : ev["custody"]) {
+    const json::Json none, actor = e.is_object() ? e.value("actor", json::Json::object()) : json::Json::object();
+    const bool a = actor.is_object();
+    s += row({std::to_string(++i), text(e.is_object() ? e.value("utc", none) : none), text(e.is_object() ? e.value("type", none) : none),
+              a ? text(actor.value("role", none)) + " " + text(actor.value("id", none)) : "",
+              "<span class=\"mono\">" + (a ? text(actor.value("key_fingerprint", none)) : "") + "</span>"});
+  }
+  s += "</table>";
+  const json::Json receipt = ev.value("receipt", json::Json());
+  if (receipt.is_object()) {
+    const json::Json none, body = receipt.value("receipt", receipt);
+    s += "<h3>Intake receipt</h3><table>";
+    if (body.is_object())
+      for (const auto& [k, v] : body.items()) s += row({esc(k), "<span class=\"mono\">" + text(v) + "</span>"});
+    s += row({"signature", "<span class=\"mono\">" + text(receipt.value("signature", none)) + "</span>"}) + "</table>";
+  } else {
+    s += "<p>No intake receipt: the bundle was not read from an intake's evidence store.</p>";
+  }
+  return s + "</section>\n";
 }
 
 std::string neural_cleanse_html(const std::string& dir, const json::Json& r) {
@@ -151,10 +211,14 @@ Result<std::string> render_html(const json::Json& r) {
                   (r["case"].value("examiner", "").empty() ? "" : " &middot; examiner " + text(r["case"]["examiner"])) +
                   " &middot; generated " + text(r["generated_utc"]) + " by " + text(r["tool"]["name"]) + " " +
                   text(r["tool"]["version"]) + "</div></header><main>\n";
-  bool alert = false;
-  for (const auto& f : r["findings"]) alert = alert || f.value("severity", "") == "high";
-  h += std::string("<div id=\"verdict\" class=\"") + (alert ? "alert" : "clear") + "\">" +
-       (alert ? "Backdoor suspected: see the findings" : "No backdoor flagged by the scans in this report") + "</div>\n";
+  // The banner states each claim as build_report judged it; a check that did not run is said not
+  // to have run, and the banner is green only when every claim was checked and passed.
+  const json::Json none, verdict = r.value("verdict", json::Json::object());
+  const std::string level = verdict.is_object() ? verdict.value("level", "caution") : "caution";
+  h += "<div id=\"verdict\" class=\"" + std::string(level == "alert" ? "alert" : level == "clear" ? "clear" : "caution") + "\">";
+  for (const auto& st : verdict.is_object() ? verdict.value("statements", json::Json::array()) : json::Json::array())
+    h += "<div>" + text(st.is_object() ? st.value("text", none) : none) + "</div>";
+  h += "</div>\n";
   h += "<section id=\"findings\"><h2>Findings</h2><ul>";
   for (const auto& f : r["findings"])
     h += "<li" + std::string(f.value("severity", "") == "high" ? " class=\"bad\"" : "") + ">" + text(f["text"]) + "</li>";
@@ -193,7 +257,9 @@ Result<std::string> render_html(const json::Json& r) {
       h += row({text(e["dir"]), text(x["class"]), text(x["path"]), eq,
                 "<span class=\"mono\">" + text(x.value("torchscript_sha256", json::Json())) + "</span>"});
     }
-    h += "</table></section>\n";
+    h += "</table>";
+    for (const auto& e : r["rehosts"]) h += executed_code_html(e["dir"], e["result"].value("executed_code", json::Json()));
+    h += "</section>\n";
   }
   if (!r["scans"].empty()) {
     h += "<section id=\"scans\"><h2>Scans</h2>";

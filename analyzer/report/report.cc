@@ -55,6 +55,14 @@ struct Sources {
   }
 };
 
+// "intake 'lab-1' sha256:..." for a custody event's actor.
+std::string actor_of(const json::Json& ev) {
+  const json::Json actor = ev.value("actor", json::Json::object());
+  if (!actor.is_object()) return "";
+  const auto field = [&](const char* k) { return actor.contains(k) && actor[k].is_string() ? actor[k].get<std::string>() : ""; };
+  return field("role") + " '" + field("id") + "' " + field("key_fingerprint");
+}
+
 Result<json::Json> evidence_section(const ReportOptions& o, json::Json& timeline, Sources& sources) {
   MLFX_ASSIGN(auto reader, bundle::BundleReader::open(o.bundle));
   MLFX_ASSIGN(std::string digest, reader.digest());
@@ -64,15 +72,18 @@ Result<json::Json> evidence_section(const ReportOptions& o, json::Json& timeline
   vo.trusted_devices_dir = o.trusted_devices_dir;
   vo.show_progress = false;
   evidence::VerifyReport v = evidence::verify_bundle(o.bundle, vo);
-  json::Json custody = reader.custody().events();
+  // The whole chain as stored: an intake's 'received' event and receipt included.
+  evidence::StoredCustody stored = evidence::stored_custody(reader);
+  const json::Json& custody = stored.events;
   for (const auto& ev : custody)
     timeline.push_back({{"utc", ev.value("utc", "")}, {"event", "custody: " + ev.value("type", "?")},
-                        {"by", ev.contains("actor") ? ev["actor"].value("key_fingerprint", "") : ""}});
+                        {"by", actor_of(ev)}});
   timeline.push_back({{"utc", m.created_utc}, {"event", "capture started on the device"}, {"by", m.device.id}});
   timeline.push_back({{"utc", m.sealed_utc}, {"event", "bundle sealed and signed on the device"}, {"by", m.device.id}});
   return json::Json{{"file", o.bundle}, {"file_size", reader.file_size()}, {"sha256", sources.files.back()["sha256"]},
                     {"bundle_digest", digest}, {"manifest", m.to_json()}, {"custody", custody},
-                    {"verification", v.to_json()}, {"intact", v.intact()}};
+                    {"receipt", stored.receipt}, {"verification", v.to_json()}, {"intact", v.intact()},
+                    {"verdict", evidence::verdict_name(v.verdict())}};
 }
 
 json::Json findings_of(const json::Json& scans) {
@@ -105,6 +116,54 @@ json::Json findings_of(const json::Json& scans) {
     }
   }
   return f;
+}
+
+// What the report can and cannot vouch for, one statement per claim; a check that did not run
+// is said not to have run. "level" colours the banner: alert (a failure or a backdoor
+// suspected), clear (every claim checked and passed), caution (anything not checked).
+json::Json verdict_of(const json::Json& report) {
+  json::Json statements = json::Json::array();
+  const json::Json* ev = report.contains("evidence") ? &report["evidence"] : nullptr;
+  const std::string device = report.value("device", json::Json::object()).value("id", "");
+  std::string evidence = "not_run", text = "Evidence not verified: no bundle in this report";
+  if (ev) {
+    evidence = ev->value("verdict", "failed");
+    if (evidence == "attributed") {
+      text = "Evidence intact and attributed: the trust store binds its signing key to device '" + device + "'";
+    } else if (evidence == "identity_unverified") {
+      text = "Evidence intact, identity unverified: no trust store binds its signing key to device '" + device +
+             "' (give --trusted-devices)";
+    } else {
+      text = "Evidence verification FAILED";
+      for (const auto& c : (*ev)["verification"].value("checks", json::Json::array()))
+        if (c.value("result", "") == "failed") text += ": " + c.value("check", "") + ": " + c.value("detail", "");
+    }
+  }
+  statements.push_back({{"check", "evidence"}, {"result", evidence}, {"text", text}});
+  size_t scans = 0;
+  std::vector<std::string> flagged;
+  for (const auto& s : report["scans"]) {
+    const auto& r = s["result"];
+    if (r.value("scan", "") != "neural-cleanse") continue;
+    ++scans;
+    if (!r.value("flagged", json::Json::array()).empty())
+      flagged.push_back(r.value("model", "?") + " (class " + r["flagged"].dump() + ")");
+  }
+  std::string backdoor = "not_run";
+  text = "Backdoor scan not run: no Neural Cleanse scan in this report, so nothing is claimed about backdoors";
+  if (!flagged.empty()) {
+    backdoor = "flagged";
+    text = "Backdoor suspected: Neural Cleanse flags ";
+    for (size_t i = 0; i < flagged.size(); ++i) text += (i ? ", " : "") + flagged[i];
+  } else if (scans) {
+    backdoor = "none_flagged";
+    text = "No backdoor flagged by the " + std::to_string(scans) + " Neural Cleanse scan(s) in this report";
+  }
+  statements.push_back({{"check", "backdoor scan"}, {"result", backdoor}, {"text", text}});
+  std::string level = "caution";
+  if (evidence == "failed" || backdoor == "flagged") level = "alert";
+  else if (evidence == "attributed" && backdoor == "none_flagged") level = "clear";
+  return {{"level", level}, {"evidence", evidence}, {"backdoor_scan", backdoor}, {"statements", statements}};
 }
 
 }  // namespace
@@ -170,6 +229,7 @@ Result<json::Json> build_report(const ReportOptions& o) {
   }
   report["scans"] = scans;
   report["findings"] = findings_of(scans);
+  report["verdict"] = verdict_of(report);
   std::stable_sort(timeline.begin(), timeline.end(),
                    [](const json::Json& a, const json::Json& b) { return a.value("utc", "") < b.value("utc", ""); });
   report["timeline"] = timeline;

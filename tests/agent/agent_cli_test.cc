@@ -248,9 +248,10 @@ TEST_F(AgentCli, CapturesALivePythonProcess) {
   EXPECT_TRUE(v.runs_on());
   EXPECT_EQ(task_ids(v.pid()), tids);
 
+  // Intact; no trust store given, so the signer's identity is unverified (exit 5).
   auto ver = mlfx("bundle verify " + bundle);
-  ASSERT_EQ(ver.exit_code, 0) << ver.output;
-  EXPECT_NE(ver.output.find("INTACT"), std::string::npos);
+  ASSERT_EQ(ver.exit_code, 5) << ver.output;
+  EXPECT_NE(ver.output.find("INTACT, IDENTITY UNVERIFIED"), std::string::npos);
 
   // (1) The PT_LOAD holding the bytes object's data holds exactly the ground truth.
   std::string core;
@@ -384,7 +385,7 @@ TEST_F(AgentCli, CapturesIntoTheSpoolWithinItsQuota) {
   ASSERT_EQ((*status)["queue"].size(), 1u);
   const std::string queued = spool + "/queue/" + (*status)["queue"][0]["name"].get<std::string>();
   EXPECT_NE(cap.output.find(queued), std::string::npos) << cap.output;
-  EXPECT_EQ(mlfx("bundle verify -q " + queued).exit_code, 0);
+  EXPECT_EQ(mlfx("bundle verify -q " + queued).exit_code, 5) << "intact, identity unverified";
   std::string core;
   expect_ground_truth_in(queued, &core);
   EXPECT_EQ(agent("capture --pid 1 --out x.mlfx --spool " + spool + keys).exit_code, 2) << "--out or --spool";
@@ -499,7 +500,7 @@ TEST_F(AgentCli, CapturesATorchProcess) {
   EXPECT_EQ(task_ids(v.pid()), tids);
 
   auto ver = mlfx("bundle verify -q " + bundle);
-  ASSERT_EQ(ver.exit_code, 0) << ver.output;
+  ASSERT_EQ(ver.exit_code, 5) << ver.output;  // intact, identity unverified
   auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
   ASSERT_EQ(open.exit_code, 0) << open.output;
   auto ctx = json::parse(testing::read_file(dir / "open/context"), "context");

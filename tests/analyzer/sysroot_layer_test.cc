@@ -168,7 +168,9 @@ TEST_F(Sysroot, RefusesAFileWithAnotherBuildId) {
   EXPECT_NE(s->files()[0].detail.find("not one"), std::string::npos) << s->files()[0].detail;
 }
 
-TEST_F(Sysroot, AcceptsUncheckableFilesWithADiagnostic) {
+// Issue 11: a file the core gives nothing to check against is not read (an NT_FILE entry
+// may name any lab-side path, e.g. /root/.ssh/id_ed25519).
+TEST_F(Sysroot, RefusesFilesItCannotCheck) {
   const std::string lib = testing::elf_object(kIdA, 0x5000, 3);
   put(kLib, lib);
   // The core holds none of the file's first page (gcore without the ELF-header rule).
@@ -176,20 +178,20 @@ TEST_F(Sysroot, AcceptsUncheckableFilesWithADiagnostic) {
   b.loads.erase(b.loads.begin());
   auto s = sysroot(core(b));
   ASSERT_EQ(s->files().size(), 1u);
-  EXPECT_TRUE(s->files()[0].attached);
+  EXPECT_FALSE(s->files()[0].attached);
   EXPECT_FALSE(s->files()[0].verified);
-  EXPECT_FALSE(s->files()[0].refused);
+  EXPECT_TRUE(s->files()[0].refused);
   EXPECT_NE(s->files()[0].detail.find("no copy of its first page"), std::string::npos) << s->files()[0].detail;
-  EXPECT_EQ(read(*s, kBase, 0x2000), lib.substr(0, 0x2000));
+  EXPECT_FALSE(s->is_mapped(kBase, 1));
 
   // The core holds the ELF header but no build-id note.
   const std::string plain = testing::elf_object("", 0x5000, 3);
   put(kLib, plain);
   s = sysroot(core(library_core(plain)));
-  EXPECT_TRUE(s->files()[0].attached);
-  EXPECT_FALSE(s->files()[0].verified);
-  EXPECT_NE(s->files()[0].detail.find("not its build-id note"), std::string::npos) << s->files()[0].detail;
-  EXPECT_EQ(read(*s, kBase + 0x10000, 16), plain.substr(0x2000, 16));
+  EXPECT_FALSE(s->files()[0].attached);
+  EXPECT_TRUE(s->files()[0].refused);
+  EXPECT_NE(s->files()[0].detail.find("no build-id note"), std::string::npos) << s->files()[0].detail;
+  EXPECT_FALSE(s->is_mapped(kBase + 0x10000, 16));
 }
 
 TEST_F(Sysroot, MissingOddAndShortFiles) {
@@ -212,12 +214,11 @@ TEST_F(Sysroot, MissingOddAndShortFiles) {
   EXPECT_EQ(s->files()[1].detail, "not a regular file");
   EXPECT_FALSE(s->files()[2].attached);
   EXPECT_EQ(s->files()[2].detail, "not a regular file");
-  // Past the end of the file the process could not read either.
-  EXPECT_TRUE(s->files()[3].attached);
+  // Not an ELF object the core could vouch for: a lab file is never read into the process.
+  EXPECT_FALSE(s->files()[3].attached);
+  EXPECT_TRUE(s->files()[3].refused);
   EXPECT_NE(s->files()[3].detail.find("first page"), std::string::npos);
-  EXPECT_EQ(s->files()[3].bytes, 0x1800u);
-  EXPECT_EQ(read(*s, kBase + 0x30000, 0x1800), data);
-  EXPECT_FALSE(s->is_mapped(kBase + 0x31800, 1));
+  EXPECT_FALSE(s->is_mapped(kBase + 0x30000, 1));
 
   EXPECT_FALSE(SysrootLayer::open(core(b), root / "usr/lib/short.dat"));
   EXPECT_FALSE(SysrootLayer::open(core(b), root / "nowhere"));
@@ -249,7 +250,8 @@ TEST_F(Sysroot, HostileNtFileEntries) {
              {0x41000, 0x43000, 0, kLib},   // overlaps its end: clipped, the first one wins
              {0x50000, 0x50000, 0, kLib},   // empty
              {0x60000, UINT64_MAX, 0, kLib}};  // huge: clipped to the file
-  b.loads = {{0x1000000, testing::pattern(0x100, 1), 0, PF_R | PF_W}};
+  // The core holds the library's first page (its build-id), as the kernel and gcore keep it.
+  b.loads = {{0x40000, lib.substr(0, 0x1000), 0, PF_R}, {0x1000000, testing::pattern(0x100, 1), 0, PF_R | PF_W}};
   auto s = sysroot(core(b));
   for (uint64_t a : {0x10000ull, 0x20000ull, 0x30000ull, 0x50000ull}) EXPECT_FALSE(s->is_mapped(a, 1)) << a;
   EXPECT_EQ(read(*s, 0x40000, 0x2000), lib.substr(0, 0x2000));

@@ -49,7 +49,7 @@ mib() { echo "scale=1; ${1:-0} / 1024" | bc -l; }
 "$mlfx" ca issue --ca ca --server --key intake.pub --name 127.0.0.1,localhost --out intake.pem > /dev/null
 new_device() {
   "$mlfx" keys gen --kind device --out "$1" > /dev/null
-  "$mlfx" ca issue --ca ca --device "$1.pub" --id "$1" --out "$1.pem" > /dev/null
+  "$mlfx" ca issue --ca "$work/ca" --device "$1.pub" --id "$(basename "$1")" --out "$1.pem" > /dev/null
 }
 new_device good
 head -c "$((size_mib << 20))" /dev/urandom > data

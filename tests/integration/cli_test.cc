@@ -25,7 +25,7 @@ class Cli : public ::testing::Test {
   }
   std::string seal_cmd(const std::string& out) {
     return "bundle seal " + (dir / "image.bin") + " " + (dir / "notes.txt") + " --out " + out +
-           " --device-key " + (dir / "dev.key") + " --recipient " + (dir / "lab.pub") +
+           " --device-key " + (dir / "dev.key") + " --device-id car-7 --recipient " + (dir / "lab.pub") +
            " --case CASE-7 --note 'seized at checkpoint' --quiet";
   }
   testing::TempDir dir;
@@ -60,9 +60,10 @@ TEST_F(Cli, SealVerifyOpenRoundTrip) {
   auto s = mlfx(seal_cmd(b));
   ASSERT_EQ(s.exit_code, 0) << s.output;
   EXPECT_EQ(s.output.find("PRIVATE"), std::string::npos);
+  // Intact, but nobody vouches for the signer: exit 5 and said so.
   auto v = mlfx("bundle verify " + b);
-  EXPECT_EQ(v.exit_code, 0) << v.output;
-  EXPECT_NE(v.output.find("INTACT"), std::string::npos);
+  EXPECT_EQ(v.exit_code, 5) << v.output;
+  EXPECT_NE(v.output.find("INTACT, IDENTITY UNVERIFIED"), std::string::npos) << v.output;
 
   std::string before = testing::read_file(b);
   auto o = mlfx("bundle open " + b + " --key " + (dir / "lab.key") + " --out " + (dir / "out") + " --quiet");
@@ -108,14 +109,22 @@ TEST_F(Cli, SealFromStdinWithLegacyHashes) {
   EXPECT_EQ(st["sha256"], run("head -c 5000000 /dev/zero | sha256sum").output.substr(0, 64));
   EXPECT_EQ(st["md5"], run("head -c 5000000 /dev/zero | md5sum").output.substr(0, 32));
   EXPECT_EQ(st["sha1"], run("head -c 5000000 /dev/zero | sha1sum").output.substr(0, 40));
-  EXPECT_EQ(mlfx("bundle verify -q " + b).exit_code, 0);
+  EXPECT_EQ(mlfx("bundle verify -q " + b).exit_code, 5);
 }
 
 TEST_F(Cli, TrustedDevices) {
   const std::string b = dir / "case.mlfx";
   ASSERT_EQ(mlfx(seal_cmd(b)).exit_code, 0);
-  run("mkdir -p " + (dir / "trusted") + " && cp " + (dir / "dev.pub") + " " + (dir / "trusted/"));
-  EXPECT_EQ(mlfx("bundle verify -q " + b + " --trusted-devices " + (dir / "trusted")).exit_code, 0);
+  // The trust store binds the key to the device id by the file's name: <device-id>.pub.
+  run("mkdir -p " + (dir / "trusted") + " && cp " + (dir / "dev.pub") + " " + (dir / "trusted/car-7.pub"));
+  auto attributed = mlfx("bundle verify " + b + " --trusted-devices " + (dir / "trusted"));
+  EXPECT_EQ(attributed.exit_code, 0) << attributed.output;
+  EXPECT_NE(attributed.output.find("INTACT AND ATTRIBUTED"), std::string::npos) << attributed.output;
+  // The same key filed under another device's id: the manifest's claim is refused.
+  run("mkdir -p " + (dir / "elsewhere") + " && cp " + (dir / "dev.pub") + " " + (dir / "elsewhere/car-8.pub"));
+  auto other_id = mlfx("bundle verify -q " + b + " --trusted-devices " + (dir / "elsewhere"));
+  EXPECT_EQ(other_id.exit_code, 1) << other_id.output;
+  EXPECT_NE(other_id.output.find("belongs to device 'car-8'"), std::string::npos) << other_id.output;
   ASSERT_EQ(mlfx("keys gen --kind device --out " + (dir / "other")).exit_code, 0);
   run("mkdir -p " + (dir / "strangers") + " && cp " + (dir / "other.pub") + " " + (dir / "strangers/"));
   auto v = mlfx("bundle verify -q " + b + " --trusted-devices " + (dir / "strangers"));

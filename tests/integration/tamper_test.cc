@@ -8,6 +8,7 @@
 
 #include "bundle_fixture.h"
 #include "evidence/bundle_check.h"
+#include "mlfx/base/host.h"
 #include "mlfx/crypto/hash.h"
 #include "test_util.h"
 
@@ -84,7 +85,7 @@ class TamperCampaign : public ::testing::Test {
     evidence::VerifyReport report = evidence::verify_bundle(path, {"", false});
     EXPECT_FALSE(report.intact()) << "undetected by verify: " << what;
     if (!report.intact()) {
-      EXPECT_FALSE(report.lines.back().ok);
+      EXPECT_FALSE(report.lines.back().ok());
       EXPECT_FALSE(report.lines.back().detail.empty());
       ++failures_by_check[report.lines.back().check];
     }
@@ -275,7 +276,8 @@ TEST_F(TamperCampaign, ResignedManifests) {
   testing::write_file(dir / "forged.mlfx", forged);
   EXPECT_TRUE(evidence::verify_bundle(dir / "forged.mlfx", {"", false}).intact());
   testing::fs::create_directory(dir / "trusted");
-  testing::write_file(dir / "trusted/car.pub", keys.device.signing->public_key().pem());
+  // <device-id>.pub: the fixture's bundles name this host as their device.
+  testing::write_file(dir / ("trusted/" + local_host_identity().hostname + ".pub"), keys.device.signing->public_key().pem());
   auto report = evidence::verify_bundle(dir / "forged.mlfx", {dir / "trusted", false});
   EXPECT_FALSE(report.intact());
   EXPECT_EQ(report.lines.back().check, "device");
@@ -283,7 +285,9 @@ TEST_F(TamperCampaign, ResignedManifests) {
   EXPECT_FALSE(evidence::open_bundle(dir / "forged.mlfx", keys.lab, dir / "o", {dir / "trusted", false}));
   EXPECT_FALSE(testing::fs::exists(dir / "o"));
   // ... while the genuine bundle passes the same trust store.
-  EXPECT_TRUE(evidence::verify_bundle(dir / "a.mlfx", {dir / "trusted", false}).intact());
+  const auto genuine = evidence::verify_bundle(dir / "a.mlfx", {dir / "trusted", false});
+  EXPECT_TRUE(genuine.intact());
+  EXPECT_EQ(genuine.verdict(), evidence::Verdict::kAttributed);
 }
 
 }  // namespace

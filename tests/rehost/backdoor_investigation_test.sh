@@ -121,6 +121,9 @@ echo "== report, rendered in headless Chromium"
   --scan nc_poisoned --scan nc_clean --scan diff --scan wd > /dev/null
 grep -q "Backdoor suspected" report/report.html || fail "no verdict in the page"
 [ "$(json report/report.json 'd["evidence"]["intact"]')" = True ] || fail "bundle not verified in the report"
+# No trust store given: intact, but the report does not call the signer's identity verified.
+[ "$(json report/report.json 'd["verdict"]["evidence"]')" = identity_unverified ] || fail "identity claimed verified"
+grep -q "Evidence intact, identity unverified" report/report.html || fail "the page does not say the identity is unverified"
 [ "$(json report/report.json 'd["case"]["id"]')" = NC-1 ] || fail "case id missing"
 if ! command -v chromium > /dev/null; then echo "SKIP: chromium not installed"; exit 77; fi
 timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
