@@ -1,5 +1,7 @@
 // mlfx-agent: the device-side command line. Only this file turns errors into exit codes:
-// 0 success, 1 failure (the message says what failed and what to do), 2 usage error.
+// 0 success, 1 failure (the message says what failed and what to do), 2 usage error,
+// 3 a partial capture (the target exited during it; the bundle is kept and says so) without
+// --allow-partial.
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -18,6 +20,7 @@
 #include "upload/spool.h"
 #include "upload/uploader.h"
 #include "mlfx/base/progress.h"
+#include "mlfx/base/secure_memory.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/sealing_keys.h"
 
@@ -27,6 +30,16 @@ namespace {
 int report_error(const Error& e) {
   std::fprintf(stderr, "mlfx-agent: error: %s\n", e.to_string().c_str());
   return 1;
+}
+
+constexpr int kExitPartialCapture = 3;
+
+// The spool, with what it did on opening (torn captures removed or queued) told to the operator.
+Result<agent::Spool> open_spool(const std::string& dir, std::optional<uint64_t> quota = std::nullopt) {
+  auto spool = agent::Spool::open(dir, quota);
+  if (spool)
+    for (const auto& n : spool->notices()) std::fprintf(stderr, "mlfx-agent: spool: %s\n", n.c_str());
+  return spool;
 }
 
 // Ctrl-C, SIGTERM or SIGHUP during a capture: stop at the next block, release the target and
@@ -49,6 +62,7 @@ struct CaptureArgs {
   uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
   std::optional<uint64_t> spool_quota;
   bool quiet = false;
+  bool allow_partial = false;  // a target that exits during the capture is not a failure
 };
 
 // The bundle grows to about the target's readable memory: refuse before freezing anything
@@ -84,21 +98,29 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a, std::s
                        {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
                        {"buffer_bytes", p.buffer_bytes}};
   std::optional<agent::Spool> spool;
-  std::string out_path = a.out;
+  std::optional<agent::IncomingFile> incoming;  // in the spool: written locked, then queued
+  File out;
   if (!a.spool.empty()) {
-    MLFX_ASSIGN(spool, agent::Spool::open(a.spool, a.spool_quota));
+    MLFX_ASSIGN(spool, open_spool(a.spool, a.spool_quota));
     MLFX_TRY(check_spool_room(*spool, a.pid));
-    out_path = spool->incoming_path("capture-" + std::to_string(a.pid) + "-" + std::to_string(getpid()) + ".mlfx");
+    MLFX_ASSIGN(incoming, spool->create_incoming("capture-" + std::to_string(a.pid) + "-" +
+                                                 std::to_string(getpid()) + ".mlfx"));
+    out = std::move(incoming->file);
+  } else {
+    MLFX_ASSIGN(out, File::create_new(a.out, 0640));
   }
-  MLFX_ASSIGN(File out, File::create_new(out_path, 0640));
   // From here on a failure removes the incomplete bundle.
   struct Cleanup {
+    std::optional<agent::Spool>& spool;
+    std::optional<agent::IncomingFile>& incoming;
     std::string path;
     bool keep = false;
     ~Cleanup() {
-      if (!keep) unlink(path.c_str());
+      if (keep) return;
+      if (incoming) spool->discard_incoming(*incoming);
+      else unlink(path.c_str());
     }
-  } cleanup{out_path};
+  } cleanup{spool, incoming, a.out};
   agent::process::ProcessCaptureOptions opt;
   opt.pid = a.pid;
   opt.cancel = &g_interrupted;
@@ -106,13 +128,33 @@ Result<agent::process::BundleCaptureResult> capture(const CaptureArgs& a, std::s
                                                      keys.recipients, std::move(p), !a.quiet);
   if (!r) return fail(std::move(r).error().context("capturing pid " + std::to_string(a.pid)));
   if (spool) {
-    MLFX_ASSIGN(agent::SpoolEntry e, spool->add_incoming(out_path));
+    MLFX_ASSIGN(agent::SpoolEntry e, spool->add_incoming(*incoming));
     *final_path = e.path;
   } else {
-    *final_path = out_path;
+    *final_path = a.out;
   }
   cleanup.keep = true;
   return r;
+}
+
+// A target that exited (killed, crashed) while its memory was read: the bundle is sealed and
+// kept, since nothing else of that process is left, and says in its context and custody that
+// it is partial. Without --allow-partial that is not a success.
+int report_partial(const CaptureArgs& a, const json::Json& c, const std::string& path) {
+  const json::Json& exit = c["target_exit"];
+  std::fprintf(stderr,
+               "mlfx-agent: capture: PARTIAL CAPTURE: %s; %s of the %s core could not be read and are zeros "
+               "(from address 0x%llx on). The bundle %s is kept and marked partial: context \"complete\": "
+               "false with \"target_exit\", and the same in its custody 'acquired' event.\n",
+               exit["how"].get<std::string>().c_str(),
+               human_bytes(exit["bytes_not_read"].get<double>()).c_str(),
+               human_bytes(c["bytes"]["core"].get<double>()).c_str(),
+               static_cast<unsigned long long>(exit["at_address"].get<uint64_t>()), path.c_str());
+  if (a.allow_partial) return 0;
+  std::fprintf(stderr, "mlfx-agent: capture: pid %d exited during the capture; exit status %d "
+                       "(pass --allow-partial to accept a partial capture)\n",
+               a.pid, kExitPartialCapture);
+  return kExitPartialCapture;
 }
 
 int run_capture(const CaptureArgs& a) {
@@ -133,10 +175,13 @@ int run_capture(const CaptureArgs& a) {
     std::printf("  %zu range(s) not read (zero-filled or left out; listed in the context stream), "
                 "%s zero-filled\n",
                 c["unreadable"].size(), human_bytes(c["bytes"]["zero_filled"].get<double>()).c_str());
-  std::printf("sealed %s: bundle %s\n", path.c_str(), r->manifest.bundle_id_hex().c_str());
+  std::printf("sealed %s: bundle %s%s\n", path.c_str(), r->manifest.bundle_id_hex().c_str(),
+              c["complete"].get<bool>() ? "" : " (PARTIAL: the target exited during the capture)");
   for (const auto& s : r->manifest.streams)
     std::printf("  %-10s %14llu bytes  sha256 %s\n", s.name.c_str(),
                 static_cast<unsigned long long>(s.size), s.sha256.c_str());
+  std::fflush(stdout);
+  if (!c["complete"].get<bool>()) return report_partial(a, c, path);
   return 0;
 }
 
@@ -150,7 +195,7 @@ struct SpoolArgs {
 };
 
 int run_spool_add(const SpoolArgs& a) {
-  auto spool = agent::Spool::open(a.dir, a.quota);
+  auto spool = open_spool(a.dir, a.quota);
   if (!spool) return report_error(spool.error());
   for (const auto& f : a.files) {
     auto e = spool->add(f);
@@ -162,7 +207,7 @@ int run_spool_add(const SpoolArgs& a) {
 }
 
 int run_status(const SpoolArgs& a) {
-  auto spool = agent::Spool::open(a.dir);
+  auto spool = open_spool(a.dir);
   if (!spool) return report_error(spool.error());
   auto queue = spool->queue();
   auto rejected = spool->rejected();
@@ -170,7 +215,7 @@ int run_status(const SpoolArgs& a) {
   auto receipts = spool->receipt_count();
   if (!queue || !rejected || !used || !receipts)
     return report_error(!queue ? queue.error() : !rejected ? rejected.error() : !used ? used.error() : receipts.error());
-  const bool shipping = !DirLock::try_acquire(a.dir + "/queue");
+  const bool shipping = spool->shipper_running();
   uint64_t queued_bytes = 0;
   for (const auto& e : *queue) queued_bytes += e.file_size;
   if (a.json) {
@@ -253,11 +298,11 @@ int run_ship(const ShipArgs& a) {
   if (a.crl.empty())
     std::fprintf(stderr, "mlfx-agent: ship: warning: no --crl: the intake's certificate is not checked for "
                          "revocation (CRL not checked)\n");
-  auto spool = agent::Spool::open(a.spool);
+  auto spool = open_spool(a.spool);
   if (!spool) return report_error(spool.error());
   // One shipper per spool: a second would upload the same bundles twice over.
-  auto lock = DirLock::try_acquire(a.spool + "/queue");
-  if (!lock) return report_error(Error(Errc::kExists, "another mlfx-agent ship is running on " + a.spool));
+  auto lock = spool->lock_shipping();
+  if (!lock) return report_error(lock.error());
   bool any_rejected = false;
   auto on_upload = [&](const agent::UploadOutcome& u) {
     any_rejected |= u.result == "rejected";
@@ -302,6 +347,13 @@ int run_ship(const ShipArgs& a) {
 
 int main(int argc, char** argv) {
   using namespace mlfx;
+  // First thing: this process will hold the device's private key and the target's plaintext
+  // memory; no core dump of it, and no other process of this user may read or trace it.
+  if (auto st = protect_process(); !st) {
+    std::fprintf(stderr, "mlfx-agent: error: cannot protect this process's memory: %s\n",
+                 st.error().to_string().c_str());
+    return 1;
+  }
   CLI::App app{"mlfx-agent: capture the memory of ML processes as sealed evidence"};
   app.set_version_flag("--version", std::string("mlfx-agent ") + kToolVersion);
   app.require_subcommand(1);
@@ -323,6 +375,9 @@ int main(int argc, char** argv) {
                   "MemAvailable); the target is frozen longer when its memory does not fit")
       ->transform(CLI::AsSizeValue(false));
   cap->add_flag("-q,--quiet", ca.quiet, "no progress bar");
+  cap->add_flag("--allow-partial", ca.allow_partial,
+                "exit 0 when the target exits during the capture (the bundle is kept and marked partial "
+                "either way; without this flag the exit status is 3)");
 
   auto* opt_out = cap->get_option("--out");
   auto* opt_spool = cap->add_option("--spool", ca.spool, "queue the bundle in this spool directory for 'ship' "

@@ -207,7 +207,10 @@ class Shipper {
       const bool permanent = code && !wire::wire_error_is_retryable(*code);
       return finish(permanent ? "rejected" : "failed", err.to_string());
     };
-    auto reader = bundle::BundleReader::open(e.path);
+    // Opened once, without following a link; the reader and the sender read this very file.
+    auto file = spool_.open_entry(e);
+    if (!file) co_return finish("failed", file.error().to_string());
+    auto reader = bundle::BundleReader::open(file->path());
     if (!reader) co_return finish("rejected", "the spooled bundle is damaged: " + reader.error().to_string());
     wire::Offer offer{e.bundle_id, e.file_size, e.bundle_digest, e.chunk_size};
     const json::Json offer_body = wire::to_json(offer);
@@ -242,8 +245,6 @@ class Shipper {
 
     // The intake answers a run of records only at its end (RECEIPT) or on an error, which it
     // may send at any time: listen while sending.
-    auto file = File::open_read(e.path);
-    if (!file) co_return finish("failed", file.error().to_string());
     std::optional<Result<Answer>> answer;
     asio::steady_timer answered(l.stream.get_executor(), Clock::time_point::max());
     asio::co_spawn(l.stream.get_executor(), listen(&l, &answer, &answered), asio::detached);

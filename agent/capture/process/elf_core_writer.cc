@@ -143,6 +143,18 @@ Status ElfCoreLayout::emit(MemoryReader& memory, CoreSink& sink, EmitStats& stat
     if (!u.empty() && u.back().end == start && u.back().reason == reason) u.back().end = end;
     else u.push_back({start, end, std::move(reason)});
   };
+  // Once the memory is gone (the process exited), the rest is zeros without asking again.
+  auto zero_rest = [&](uint8_t* p, uint64_t at, size_t len) {
+    std::memset(p, 0, len);
+    if (!stats.source_gone) {
+      stats.source_gone = true;
+      stats.gone_at = at;
+      stats.gone_reason = memory.gone_reason();
+    }
+    note_unreadable(at, at + len, "not read: " + stats.gone_reason);
+    stats.bytes_zero_filled += len;
+    stats.bytes_lost += len;
+  };
   for (const auto& s : segments_) {
     uint64_t addr = s.vaddr;
     const uint64_t end = s.vaddr + s.filesz;
@@ -152,11 +164,21 @@ Status ElfCoreLayout::emit(MemoryReader& memory, CoreSink& sink, EmitStats& stat
       size_t got = 0;
       // Read as much of the block as possible; a page that fails becomes zeros.
       while (got < want) {
+        if (stats.source_gone) {
+          zero_rest(buf.data() + got, addr + got, want - got);
+          got = want;
+          break;
+        }
         auto n = memory.read(addr + got, buf.data() + got, want - got);
         if (n && *n > 0) {
           got += *n;
           stats.bytes_read += *n;
           continue;
+        }
+        if (memory.gone()) {
+          zero_rest(buf.data() + got, addr + got, want - got);
+          got = want;
+          break;
         }
         const uint64_t at = addr + got;
         const size_t fill = static_cast<size_t>(

@@ -47,6 +47,11 @@ class MemoryReader {
   // Reads up to `len` bytes at `addr`; returns how many (> 0). A failure's message is
   // recorded as the reason the range is missing, e.g. "EIO (Input/output error)".
   virtual Result<size_t> read(uint64_t addr, uint8_t* buf, size_t len) = 0;
+  // After a failed read: true when the memory is gone for good (the process exited), so that
+  // nothing more is tried and the rest of the core is written as zeros at once.
+  virtual bool gone() { return false; }
+  // How it went, for the records (e.g. "killed by signal 9 (SIGKILL)").
+  virtual std::string gone_reason() { return "the memory became unreadable"; }
 };
 
 struct UnreadableRange {
@@ -58,6 +63,11 @@ struct EmitStats {
   uint64_t bytes_read = 0;         // memory read into the core
   uint64_t bytes_zero_filled = 0;  // unreadable memory written as zeros
   std::vector<UnreadableRange> unreadable;  // merged where adjacent with the same reason
+  // The memory went away while the core was emitted (the target exited): everything from
+  // `gone_at` (an address) on is zeros, `bytes_lost` of them (also in bytes_zero_filled).
+  bool source_gone = false;
+  uint64_t gone_at = 0, bytes_lost = 0;
+  std::string gone_reason;
 };
 
 // Where the core's bytes go, filled in place.
@@ -104,7 +114,8 @@ class ElfCoreLayout {
   Bytes encode_prefix() const;
 
   // Emits the whole file: exactly file_size() bytes. Memory that cannot be read is written as
-  // zeros page by page and listed in `stats`; only a sink failure stops the emission.
+  // zeros page by page and listed in `stats`; once the reader says the memory is gone, all
+  // the rest is zeros (stats.source_gone). Only a sink failure stops the emission.
   Status emit(MemoryReader& memory, CoreSink& sink, EmitStats& stats, Progress* progress) const;
   Status emit(MemoryReader& memory, const ByteSink& sink, EmitStats& stats, Progress* progress) const {
     CopyingSink copying(sink);

@@ -4,9 +4,12 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
+#include <cstring>
 #include <climits>
 #include <cmath>
 #include <map>
@@ -55,11 +58,33 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::round(std::chrono::duration<double, std::milli>(b - a).count() * 1000) / 1000;
 }
 
+// How a traced process that is gone ended, from the tracer's wait (which also releases it to
+// its parent). Its threads may take a moment to finish exiting.
+std::string how_target_ended(pid_t pid) {
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (Clock::now() < deadline) {
+    int status = 0;
+    pid_t r = waitpid(pid, &status, __WALL | WNOHANG);
+    if (r == pid && WIFSIGNALED(status)) {
+      const char* name = sigabbrev_np(WTERMSIG(status));
+      return "the process was killed by signal " + std::to_string(WTERMSIG(status)) +
+             (name ? std::string(" (SIG") + name + ")" : std::string()) + " during the capture";
+    }
+    if (r == pid && WIFEXITED(status))
+      return "the process exited (status " + std::to_string(WEXITSTATUS(status)) + ") during the capture";
+    if (r < 0 && errno != EINTR) break;  // not ours to wait for any more
+    timespec ts{0, 2'000'000};
+    nanosleep(&ts, nullptr);
+  }
+  return "the process exited during the capture";
+}
+
 // The target's memory. process_vm_readv copies pages straight into our buffer: a third faster
 // than /proc/PID/mem, which copies every page twice (through a kernel bounce page), and both
 // make the same ptrace access check. Where it refuses a page, /proc/PID/mem decides (pread;
 // lseek + read above 2^63, where pread refuses the offset), and its error is the reason
-// recorded for the page.
+// recorded for the page. A process that exits under us (SIGKILL reaches a traced process too)
+// shows as ESRCH from process_vm_readv and end of data from /proc/PID/mem: its memory is gone.
 class ProcMemReader : public MemoryReader {
  public:
   ProcMemReader(pid_t pid, const File& mem) : pid_(pid), mem_(mem) {}
@@ -68,6 +93,10 @@ class ProcMemReader : public MemoryReader {
       struct iovec local {buf, len}, remote{reinterpret_cast<void*>(addr), len};
       ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
       if (n > 0) return static_cast<size_t>(n);
+      if (n < 0 && errno == ESRCH) {
+        gone_ = true;
+        return fail(Errc::kIo, errno_name(ESRCH));
+      }
       if (n < 0 && (errno == ENOSYS || errno == EPERM)) vm_readv_ = false;  // kernel or policy
     }
     while (true) {
@@ -80,16 +109,22 @@ class ProcMemReader : public MemoryReader {
         n = ::read(mem_.fd(), buf, len);
       }
       if (n > 0) return static_cast<size_t>(n);
-      if (n == 0) return fail(Errc::kIo, "end of data");
+      if (n == 0 || errno == ESRCH) {  // the address space is gone
+        gone_ = true;
+        return fail(Errc::kIo, "end of data");
+      }
       if (errno == EINTR) continue;
       return fail(Errc::kIo, errno_name(errno));
     }
   }
+  bool gone() override { return gone_; }
+  std::string gone_reason() override { return how_target_ended(pid_); }
 
  private:
   pid_t pid_;
   const File& mem_;
   bool vm_readv_ = true;
+  bool gone_ = false;
 };
 
 std::vector<std::string> split_nul(const std::string& s) {
@@ -136,6 +171,14 @@ bool stat_mapped_file(pid_t pid, const MapEntry& m, struct stat& st) {
 Result<File> open_mapped_file(pid_t pid, const MapEntry& m) {
   if (auto f = File::open_read(proc_path(pid, "map_files/" + m.range_name()))) return f;
   return File::open_read(proc_path(pid, "root") + m.path);
+}
+
+// No process any more, or only its zombie: nothing left to read.
+bool target_is_gone(pid_t pid) {
+  auto text = read_proc_file(proc_path(pid, "stat"), 4096);
+  if (!text) return true;  // /proc/PID/stat is readable by anyone while the process exists
+  auto st = parse_proc_stat(*text);
+  return st && (st->state == 'Z' || st->state == 'X');
 }
 
 }  // namespace
@@ -331,7 +374,13 @@ Result<ProcessCapture> ProcessCapture::freeze(const ProcessCaptureOptions& optio
   s->t_frozen = Clock::now();
   s->frozen_utc = utc_timestamp();
   ProcessCapture cap(std::move(s));  // from here on, its destructor thaws on failure
-  MLFX_TRY(cap.s_->inspect());
+  if (auto st = cap.s_->inspect(); !st) {
+    if (target_is_gone(cap.s_->pid))
+      return fail(Errc::kNotFound, "pid " + std::to_string(cap.s_->pid) +
+                                       " exited while it was being inspected, before any memory was read; "
+                                       "nothing was captured");
+    return fail(std::move(st).error());
+  }
   cap.s_->t_inspected = Clock::now();
   return cap;
 }
@@ -445,9 +494,33 @@ json::Json ProcessCapture::context() const {
                    {"frozen_utc", s.frozen_utc},
                    {"thawed_utc", s.thawed_utc}}},
       {"bytes", {{"read", s.stats.bytes_read}, {"zero_filled", s.stats.bytes_zero_filled},
-                 {"core", s.layout->file_size()}}},
+                 {"not_read_target_exited", s.stats.bytes_lost}, {"core", s.layout->file_size()}}},
       {"unreadable", unreadable},
+      {"complete", !s.stats.source_gone},
+      {"target_exit", target_exit()},
   };
+}
+
+json::Json ProcessCapture::target_exit() const {
+  const EmitStats& st = s_->stats;
+  if (!st.source_gone) return nullptr;
+  return {{"during", "capture"},
+          {"how", st.gone_reason},
+          {"at_address", st.gone_at},
+          {"bytes_read_before", st.bytes_read},
+          {"bytes_not_read", st.bytes_lost},
+          {"note", "the core holds zeros where memory could not be read after the exit; "
+                   "the capture is partial"}};
+}
+
+json::Json ProcessCapture::completeness() const {
+  const EmitStats& st = s_->stats;
+  json::Json j = {{"capture_complete", !st.source_gone}};
+  if (st.source_gone) {
+    j["target_exited_during_capture"] = st.gone_reason;
+    j["bytes_not_read"] = st.bytes_lost;
+  }
+  return j;
 }
 
 json::Json ProcessCapture::acquisition() const {
@@ -465,6 +538,9 @@ json::Json ProcessCapture::acquisition() const {
   a["bytes_read"] = s.stats.bytes_read;
   a["bytes_zero_filled"] = s.stats.bytes_zero_filled;
   a["core_size"] = s.layout->file_size();
+  // A partial capture says so in the signed custody chain, not only in the context stream.
+  a["complete"] = !s.stats.source_gone;
+  if (s.stats.source_gone) a["target_exit"] = target_exit();
   return a;
 }
 
@@ -514,6 +590,7 @@ Result<BundleCaptureResult> capture_process_to_bundle(
     if (!st) return fail(std::move(st).error().context("writing the core of pid " + pid));
     if (bar) bar->finish();
   }
+  w.add_context(cap.completeness());
   MLFX_TRY(cap.thaw());
   w.set_background(false);
   MLFX_TRY(w.end_stream());

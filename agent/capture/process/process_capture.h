@@ -63,6 +63,11 @@ class ProcessCapture {
   json::Json context() const;
   // The acquisition details for the custody 'acquired' event.
   json::Json acquisition() const;
+  // After write_core: whether all memory was read, for the manifest's context. A target that
+  // exits during the capture (killed, crashed) leaves a partial core: "capture_complete" false.
+  json::Json completeness() const;
+  // null, or how and where the target exited during the capture and what was lost.
+  json::Json target_exit() const;
   const EmitStats& stats() const;
 
  private:
