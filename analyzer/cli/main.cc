@@ -259,13 +259,16 @@ int run_verify(const VerifyArgs& a) {
   } else {
     for (const auto& l : r.lines)
       std::printf("%-14s %-7s  %s\n", l.check.c_str(), l.ok() ? "ok" : evidence::outcome_name(l.outcome), printable(l.detail).c_str());
-    std::printf("%s: %s\n", printable(a.file).c_str(), evidence::verdict_words(v));
+    if (r.incomplete_capture) std::printf("%-14s %-7s  %s\n", "capture", "PARTIAL", printable(*r.incomplete_capture).c_str());
+    std::printf("%s: %s%s\n", printable(a.file).c_str(), evidence::verdict_words(v),
+                r.incomplete_capture ? " (of an INCOMPLETE capture)" : "");
   }
   return v == evidence::Verdict::kAttributed ? 0 : v == evidence::Verdict::kIdentityUnverified ? kExitIdentityUnverified : 1;
 }
 
 // open and recover go on with an unattributed bundle, and say so.
 void warn_unverified(const char* command, const evidence::VerifyReport& r) {
+  if (r.incomplete_capture) std::fprintf(stderr, "mlfx %s: warning: %s\n", command, printable(*r.incomplete_capture).c_str());
   if (r.verdict() != evidence::Verdict::kIdentityUnverified) return;
   for (const auto& l : r.lines)
     if (l.check == "device") std::fprintf(stderr, "mlfx %s: warning: %s\n", command, printable(l.detail).c_str());
@@ -313,6 +316,7 @@ int run_info(const InfoArgs& a) {
               printable(m.device.key_fingerprint).c_str());
   std::printf("tool        %s %s, %s\n", printable(m.tool.name).c_str(), printable(m.tool.version).c_str(), printable(m.tool.command).c_str());
   std::printf("created     %s\nsealed      %s\n", printable(m.created_utc).c_str(), printable(m.sealed_utc).c_str());
+  if (auto partial = evidence::incomplete_capture(m)) std::printf("capture     %s\n", printable(*partial).c_str());
   for (const auto& rc : m.recipients) std::printf("recipient   %s\n", printable(rc.recipient_fingerprint).c_str());
   for (const auto& s : m.streams)
     std::printf("stream      %s: %llu bytes, %llu chunks, sha256 %s\n", printable(s.name).c_str(),
@@ -337,6 +341,8 @@ int run_recover(const recovery::RecoverOptions& o, bool json_out) {
     std::fprintf(stderr, "mlfx recover: warning: %s: the bundle is intact but its signer's identity is unverified "
                          "(no --trusted-devices); see input.verification in report.json\n",
                  evidence::verdict_words(evidence::Verdict::kIdentityUnverified));
+  if (verification.contains("capture_incomplete") && verification["capture_incomplete"].is_string())
+    std::fprintf(stderr, "mlfx recover: warning: %s\n", printable(verification["capture_incomplete"].get<std::string>()).c_str());
   const bool partial = !(*r)["limits"]["exhausted"].is_null();
   const int done = (*r)["models"].empty() ? kExitNoModels : partial ? kExitPartial : 0;
   if (json_out) {

@@ -102,6 +102,17 @@ Result<std::vector<TrustedDevice>> load_trust_store(const std::string& dir) {
   return load_key_folder(dir);
 }
 
+std::optional<std::string> incomplete_capture(const bundle::Manifest& m) {
+  const json::Json& c = m.context;
+  if (!c.is_object() || !c.contains("capture_complete") || c["capture_complete"] != false) return std::nullopt;
+  std::string what = "INCOMPLETE capture: the target exited during it";
+  if (c.contains("target_exited_during_capture") && c["target_exited_during_capture"].is_string())
+    what += " (" + c["target_exited_during_capture"].get<std::string>() + ")";
+  if (c.contains("bytes_not_read") && c["bytes_not_read"].is_number_unsigned())
+    what += "; " + std::to_string(c["bytes_not_read"].get<uint64_t>()) + " bytes could not be read and are zeros in the core";
+  return what;
+}
+
 const char* outcome_name(Outcome o) {
   switch (o) {
     case Outcome::kPassed: return "passed";
@@ -146,8 +157,11 @@ json::Json VerifyReport::to_json() const {
   for (const auto& l : lines)
     checks.push_back({{"check", l.check}, {"result", outcome_name(l.outcome)}, {"ok", l.ok()}, {"detail", l.detail}});
   const Verdict v = verdict();
-  return {{"verdict", verdict_name(v)}, {"summary", verdict_words(v)}, {"intact", intact()},
-          {"attributed", v == Verdict::kAttributed}, {"checks", checks}};
+  json::Json j = {{"verdict", verdict_name(v)}, {"summary", verdict_words(v)}, {"intact", intact()},
+                  {"attributed", v == Verdict::kAttributed}, {"checks", checks},
+                  {"capture_complete", capture_complete ? json::Json(*capture_complete) : json::Json(nullptr)}};
+  if (incomplete_capture) j["capture_incomplete"] = *incomplete_capture;
+  return j;
 }
 
 namespace {
@@ -256,6 +270,9 @@ Result<bundle::BundleReader> check_bundle(const std::string& path, const std::st
                            " streams, " + std::to_string(chunks) + " chunks");
   if (auto st = reader->verify_signature(); !add("signature", st, "Ed25519 manifest signature valid"))
     return fail(st.error());
+  report.incomplete_capture = incomplete_capture(m);
+  if (m.context.is_object() && m.context.contains("capture_complete") && m.context["capture_complete"].is_boolean())
+    report.capture_complete = m.context["capture_complete"].get<bool>();
   report.lines.push_back(check_device(m, trusted_dir));
   if (report.lines.back().outcome == Outcome::kFailed) return fail(Errc::kUntrusted, report.lines.back().detail);
   if (check_chunks) {

@@ -49,12 +49,24 @@ enum class Verdict { kAttributed, kIdentityUnverified, kFailed };
 const char* verdict_name(Verdict v);   // "attributed", "identity_unverified", "failed"
 const char* verdict_words(Verdict v);  // "INTACT AND ATTRIBUTED", "INTACT, IDENTITY UNVERIFIED", ...
 
+// The device's own account of its capture, in the signed manifest's context: a target that
+// exited during the capture leaves a partial core (zeros where memory could not be read).
+// Empty when the capture is complete or the manifest does not say; else what is missing.
+std::optional<std::string> incomplete_capture(const bundle::Manifest& m);
+
 struct VerifyReport {
   std::vector<CheckLine> lines;
+  // What the signed manifest says of the capture (none: it does not say, e.g. `bundle seal`),
+  // and what is missing when it is incomplete: intact evidence of a partial capture is shown
+  // beside the verdict, which is about integrity and identity.
+  std::optional<bool> capture_complete;
+  std::optional<std::string> incomplete_capture;
   // No check failed: the bytes are exactly what the signing key sealed.
   bool intact() const;
   Verdict verdict() const;
-  // {"verdict", "intact", "attributed", "checks": [{"check", "result", "ok", "detail"}]}
+  // {"verdict", "intact", "attributed", "checks": [{"check", "result", "ok", "detail"}],
+  //  "capture_complete" (true, false, or null when the manifest does not say), and
+  //  "capture_incomplete" (what is missing) when it is false}
   json::Json to_json() const;
 };
 

@@ -140,6 +140,17 @@ json::Json verdict_of(const json::Json& report) {
     }
   }
   statements.push_back({{"check", "evidence"}, {"result", evidence}, {"text", text}});
+  // The device's own account of the capture: a partial one is never shown as complete.
+  std::string capture = "not_stated";
+  if (ev) {
+    const json::Json& v = (*ev)["verification"];
+    if (v.value("capture_complete", json::Json()) == true) {
+      capture = "complete";
+    } else if (v.value("capture_complete", json::Json()) == false) {
+      capture = "incomplete";
+      statements.push_back({{"check", "capture"}, {"result", capture}, {"text", v.value("capture_incomplete", "INCOMPLETE capture")}});
+    }
+  }
   size_t scans = 0;
   std::vector<std::string> flagged;
   for (const auto& s : report["scans"]) {
@@ -162,8 +173,9 @@ json::Json verdict_of(const json::Json& report) {
   statements.push_back({{"check", "backdoor scan"}, {"result", backdoor}, {"text", text}});
   std::string level = "caution";
   if (evidence == "failed" || backdoor == "flagged") level = "alert";
-  else if (evidence == "attributed" && backdoor == "none_flagged") level = "clear";
-  return {{"level", level}, {"evidence", evidence}, {"backdoor_scan", backdoor}, {"statements", statements}};
+  else if (evidence == "attributed" && backdoor == "none_flagged" && capture != "incomplete") level = "clear";
+  return {{"level", level}, {"evidence", evidence}, {"capture", capture}, {"backdoor_scan", backdoor},
+          {"statements", statements}};
 }
 
 }  // namespace

@@ -211,6 +211,20 @@ TEST_F(AgentRobustness, TargetKilledMidCaptureIsAPartialCaptureAndSaysSo) {
   EXPECT_EQ(o.acquired["type"], "acquired");
   EXPECT_EQ(o.acquired["details"]["complete"], false) << "the signed custody chain says so too";
   EXPECT_EQ(o.acquired["details"]["target_exit"]["bytes_not_read"].get<uint64_t>(), lost);
+
+  // The lab's tools never show it as a complete capture.
+  auto verify = mlfx("bundle verify " + out);
+  EXPECT_NE(verify.output.find("(of an INCOMPLETE capture)"), std::string::npos) << verify.output;
+  EXPECT_NE(verify.output.find(std::to_string(lost) + " bytes could not be read"), std::string::npos) << verify.output;
+  EXPECT_NE(mlfx("bundle info " + out).output.find("INCOMPLETE capture"), std::string::npos);
+  auto vj = json::parse(mlfx("bundle verify --json " + out).output, "verify");
+  ASSERT_TRUE(vj) << vj.error().to_string();
+  EXPECT_EQ((*vj)["capture_complete"], false);
+  ASSERT_EQ(mlfx("report --out " + (dir / "report") + " --bundle " + out).exit_code, 0);
+  auto report = json::parse(testing::read_file(dir / "report/report.json"), "report");
+  ASSERT_TRUE(report) << report.error().to_string();
+  EXPECT_EQ((*report)["verdict"]["capture"], "incomplete");
+  EXPECT_NE(testing::read_file(dir / "report/report.html").find("INCOMPLETE capture"), std::string::npos);
 }
 
 // --allow-partial: exit 0, still recorded; and through the spool.
