@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   # toolchain
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git ccache
   # libraries
   libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev libisal-dev libboost-dev
   # rehost and white-box scans (libtorch), the report's pictures (libpng)

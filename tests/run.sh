@@ -9,15 +9,16 @@ jobs=$(nproc)
 fuzz_seconds=${MLFX_FUZZ_SECONDS:-60}
 
 packaging/setup-deps.sh
+source packaging/compiler_cache.sh
 
 echo "== [${SECONDS}s] fuzzing (clang, libFuzzer, ASan/UBSan), ${fuzz_seconds}s per target"
-CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DMLFX_FUZZ=ON \
+CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DMLFX_FUZZ=ON "${compiler_cache[@]}" \
   -DMLFX_FUZZ_SECONDS="$fuzz_seconds" > /dev/null
 cmake --build build-fuzz -j"$jobs"
 (cd build-fuzz && ctest -j"$jobs" --output-on-failure)
 
 echo "== [${SECONDS}s] sanitizers (gcc, ASan/UBSan): unit, tamper and CLI suites (not the large ones, nor the soak)"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMLFX_SANITIZE=ON > /dev/null
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMLFX_SANITIZE=ON "${compiler_cache[@]}" > /dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 \
    ctest -j"$jobs" --output-on-failure -LE 'large|fuzz' -E '^SoakTest\.')
