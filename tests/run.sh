@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test: the unit, integration and CLI suites (gcc), the same
-# suites under AddressSanitizer + UBSan, and the libFuzzer targets (clang) for
-# MLFX_FUZZ_SECONDS each. The last line is ctest's summary of the main suite.
+# Sets up, builds and runs every test: the libFuzzer targets (clang, ASan/UBSan) for
+# MLFX_FUZZ_SECONDS each, the unit-level suites under AddressSanitizer + UBSan (gcc), and every
+# suite (gcc). The last line is ctest's summary of the main suite.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -17,11 +17,15 @@ CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DMLFX_FUZZ=ON "${c
 cmake --build build-fuzz -j"$jobs"
 (cd build-fuzz && ctest -j"$jobs" --output-on-failure)
 
-echo "== [${SECONDS}s] sanitizers (gcc, ASan/UBSan): unit, tamper and CLI suites (not the large ones, nor the soak)"
+# The end-to-end suites (intake, agent, recovery, rehost, adversarial: real processes, minutes
+# each under ASan) run in the main suite; their parsers of hostile input run under ASan in the
+# fuzz stage above, on corpora that hold the adversarial shapes.
+echo "== [${SECONDS}s] sanitizers (gcc, ASan/UBSan): unit, tamper, CLI, PKI, exporter and intake session suites"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMLFX_SANITIZE=ON "${compiler_cache[@]}" > /dev/null
 cmake --build build-asan -j"$jobs"
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 \
-   ctest -j"$jobs" --output-on-failure -LE 'large|fuzz' -E '^SoakTest\.')
+(cd build-asan && export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 &&
+   ctest -j"$jobs" --output-on-failure -LE 'large|fuzz|intake|agent|recovery|rehost|adversarial|netns' &&
+   ctest -j"$jobs" --output-on-failure -R '^SessionTest\.')
 
 echo "== [${SECONDS}s] main suite"
 BUILD_DIR="$root/build" packaging/build.sh
