@@ -78,22 +78,25 @@ struct IntakeServer::Impl {
       : opt(std::move(o)),
         store(s),
         log(std::move(l)),
-        acceptor(io),
         handshakes(opt.max_handshakes, opt.max_handshakes_per_address),
         slots(opt.max_connections, opt.max_sessions_per_device),
-        budget(opt.upload_memory, opt.upload_memory / 4) {}
+        budget(opt.upload_memory, opt.upload_memory / 4),
+        acceptor(io) {}
 
+  // Declared before `io`, so destroyed after it: destroying the io_context destroys the
+  // coroutine frames of sessions still open at shutdown, and they give back their slots and
+  // memory on the way out.
   ServerOptions opt;
   EvidenceStore& store;
   EventLog log;
-  asio::io_context io;
-  tcp::acceptor acceptor;
-  std::mutex ctx_mu;
-  TlsContext ctx;
-  CrlStamp crl_stamp;
   PendingHandshakes handshakes;
   SessionSlots slots;
   MemoryBudget budget;
+  std::mutex ctx_mu;
+  TlsContext ctx;
+  CrlStamp crl_stamp;
+  asio::io_context io;
+  tcp::acceptor acceptor;
 
   // The TLS context for a new connection: rebuilt when the CRL file changed, so a revocation
   // holds from the next handshake on, without a restart. A CRL that cannot be read keeps the

@@ -157,11 +157,13 @@ class IntakeLab {
     }
     ASSERT_TRUE(fs::exists(port_file)) << read_file(log_path());
   }
-  void stop_server(int sig = SIGTERM) {
-    if (!server_) return;
+  // The server's exit code (128 + signal when a signal ended it), -1 when none was running.
+  int stop_server(int sig = SIGTERM) {
+    if (!server_) return -1;
     server_->kill(sig);
-    if (sig != SIGKILL) server_->wait(std::chrono::seconds(10));
+    const int code = sig == SIGKILL ? 128 + SIGKILL : server_->wait(std::chrono::seconds(10));
     server_.reset();
+    return code;
   }
   bool server_running() { return server_ && server_->running(); }
   pid_t server_pid() const { return server_ ? server_->pid() : -1; }
