@@ -23,10 +23,6 @@ constexpr size_t kMaxSidecar = 1u << 20;
 constexpr mode_t kFileMode = 0640;
 constexpr const char* kJournal = "journal.jsonl";
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 Error sys_error(const std::string& what, const std::string& path, int err) {
   return Error(err == EEXIST ? Errc::kExists : err == ENOENT ? Errc::kNotFound : Errc::kIo,
                what + " " + path + ": " + errno_text(err));
@@ -146,7 +142,7 @@ Result<std::vector<std::string>> list_regular(const File& dir, std::string_view 
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
-    if (name[0] == '.' || !ends_with(name, suffix)) continue;
+    if (name[0] == '.' || !name.ends_with(suffix)) continue;
     struct stat st;
     if (::fstatat(dir.fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
     if (S_ISREG(st.st_mode)) names.push_back(name);
@@ -177,7 +173,7 @@ void remove_stale_temporaries(const File& dir) {
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
     if (name[0] != '.' ||
-        (name.find(".tmp.") == std::string::npos && !ends_with(name, ".copy") && !ends_with(name, ".new")))
+        (name.find(".tmp.") == std::string::npos && !name.ends_with(".copy") && !name.ends_with(".new")))
       continue;
     struct stat st;
     if (::fstatat(dir.fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mtime < old)

@@ -22,10 +22,6 @@ namespace {
 
 constexpr size_t kMaxCustodyLog = size_t{16} << 20;
 
-bool has_suffix(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // A folder of <device-id>.pub device keys: the file name binds the key to the device id.
 Result<std::vector<TrustedDevice>> load_key_folder(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
@@ -33,7 +29,7 @@ Result<std::vector<TrustedDevice>> load_key_folder(const std::string& dir) {
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
     std::string n = e->d_name;
-    if (n.size() > 4 && has_suffix(n, ".pub")) names.push_back(n);
+    if (n.size() > 4 && n.ends_with(".pub")) names.push_back(n);
   }
   closedir(d);
   std::sort(names.begin(), names.end());
@@ -214,7 +210,7 @@ StoredCustody stored_custody(const bundle::BundleReader& reader) {
   const std::string& path = reader.path();
   auto digest = reader.digest();
   const size_t slash = path.find_last_of('/');
-  if (!digest || !has_suffix(path, ".mlfx") || path.compare(slash + 1, std::string::npos, *digest + ".mlfx") != 0)
+  if (!digest || !path.ends_with(".mlfx") || path.compare(slash + 1, std::string::npos, *digest + ".mlfx") != 0)
     return out;
   const std::string stem = path.substr(0, path.size() - 5);
   struct stat st;

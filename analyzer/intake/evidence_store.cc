@@ -72,10 +72,6 @@ std::string utc_of(time_t t) {
   return buf;
 }
 
-bool ends_with(const std::string& s, std::string_view tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // The offer a verified partial was made for (its .meta.json).
 std::optional<wire::Offer> partial_offer(const std::string& key) {
   auto text = read_small_file(key + ".meta.json", 1u << 20);
@@ -419,7 +415,7 @@ void EvidenceStore::tidy() {
     }
     for (const auto& name : list_names(d)) {
       const std::string key = d + "/" + name.substr(0, name.size() - 5);
-      if (ends_with(name, ".part") && !partial_offer(key)) remove_partial_files(key);
+      if (name.ends_with(".part") && !partial_offer(key)) remove_partial_files(key);
     }
   }
 }
@@ -431,7 +427,7 @@ void EvidenceStore::load_charges() {
   for (const auto& device : list_names(dir_ + "/partial"))
     for (const auto& name : list_names(dir_ + "/partial/" + device)) {
       const std::string key = dir_ + "/partial/" + device + "/" + name.substr(0, name.size() - 5);
-      auto offer = ends_with(name, ".part") ? partial_offer(key) : std::nullopt;
+      auto offer = name.ends_with(".part") ? partial_offer(key) : std::nullopt;
       if (!offer) continue;
       charges_[key] = {device, offer->file_size};
       reserved_by_device_[device] += offer->file_size;
@@ -439,7 +435,7 @@ void EvidenceStore::load_charges() {
     }
   if (limits_.device_quota == 0) return;
   for (const auto& name : list_names(dir_ + "/objects")) {
-    if (!ends_with(name, ".receipt.json")) continue;
+    if (!name.ends_with(".receipt.json")) continue;
     auto receipt = find(name.substr(0, name.size() - std::strlen(".receipt.json")));
     if (receipt)
       stored_by_device_[fingerprint_hex(receipt->receipt.device_key_fingerprint)] += receipt->receipt.file_size;
@@ -521,7 +517,7 @@ std::vector<json::Json> EvidenceStore::expire_partials() {
   const time_t now = ::time(nullptr);
   for (const auto& device : list_names(dir_ + "/partial")) {
     for (const auto& name : list_names(dir_ + "/partial/" + device)) {
-      if (!ends_with(name, ".part")) continue;
+      if (!name.ends_with(".part")) continue;
       const std::string key = dir_ + "/partial/" + device + "/" + name.substr(0, name.size() - 5);
       struct stat st {};
       if (::stat((key + ".part").c_str(), &st) != 0 || now - st.st_mtime < limits_.partial_ttl.count()) continue;
