@@ -43,6 +43,12 @@ class Recovery : public ::testing::Test {
     return run(testing::mlfx_bin() + " recover " + input + " --key " + (*keys_ / "lab.key") +
                " --out " + out + " -q");
   }
+  // Every member recover wrote is specified in docs/outputs.md (report.json, each
+  // architecture.json, loose.json): one run of its checker.
+  void expect_outputs_documented(const std::string& out) {
+    auto spec = run(kPython + " " + std::string(MLFX_SOURCE_DIR) + "/tests/docs/outputs_spec_test.py " + out);
+    EXPECT_EQ(spec.exit_code, 0) << spec.output;
+  }
   // Opens the bundle's core stream as a plain file, for tests that damage it.
   std::string plain_core(const std::string& bundle) {
     std::string out = dir / "opened";
@@ -81,6 +87,7 @@ class Recovery : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
     EXPECT_EQ(check.exit_code, 0) << check.output;
+    expect_outputs_documented(out);
     auto report = json::parse(testing::read_file(out + "/report.json"), "report");
     ASSERT_TRUE(report);
     EXPECT_EQ((*report)["python"]["version"].get<std::string>().substr(0, 5), "3.11.");
@@ -120,6 +127,7 @@ TEST_F(Recovery, LiveProcessByPid) {
   testing::write_file(gt + "/stop", "1");
   auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
   EXPECT_EQ(check.exit_code, 0) << check.output;
+  expect_outputs_documented(out);
   auto report = json::parse(testing::read_file(out + "/report.json"), "report");
   ASSERT_TRUE(report);
   EXPECT_EQ((*report)["input"]["kind"], "live process");
@@ -158,6 +166,7 @@ TEST_F(Recovery, GcoreCoreWithSysroot) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto check = run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + out);
   EXPECT_EQ(check.exit_code, 0) << check.output;
+  expect_outputs_documented(out);
   auto report = json::parse(testing::read_file(out + "/report.json"), "report");
   ASSERT_TRUE(report);
   for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
