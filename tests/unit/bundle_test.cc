@@ -3,9 +3,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
+#include "../../protocol/src/bundle/chunk_pipeline.h"  // internal to the bundle library
 #include "bundle_fixture.h"
 #include "mlfx/crypto/hash.h"
 #include "test_util.h"
@@ -272,6 +277,230 @@ TEST_F(BundleRoundTrip, ManifestRecordsWhatHappened) {
   EXPECT_FALSE(rm.device.hostname.empty());
   // The stored manifest is canonical: parsing and serialising gives the same bytes.
   EXPECT_EQ(rm.serialize(), r->manifest_bytes());
+}
+
+// The pool behind the writer and the reader: ordered tasks see chunks one at a time in
+// submission order, parallel ones run at once, and freed slots are reused.
+TEST(ChunkPipeline, OrderedTasksKeepOrderWhileParallelOnesOverlap) {
+  constexpr size_t kSlots = 6, kChunks = 200;
+  std::vector<size_t> value(kSlots);
+  std::mutex mu;
+  std::vector<size_t> first_lane, second_lane;
+  std::atomic<int> in_parallel{0}, most_in_parallel{0}, in_first{0}, in_second{0};
+  auto lane = [&](std::vector<size_t>& seen, std::atomic<int>& in_lane) {
+    return detail::PipelineTask{true, [&](size_t k, unsigned) -> Status {
+                                  EXPECT_EQ(in_lane.fetch_add(1), 0) << "an ordered task ran twice at once";
+                                  {
+                                    std::lock_guard lk(mu);
+                                    seen.push_back(value[k]);
+                                  }
+                                  in_lane.fetch_sub(1);
+                                  return {};
+                                }};
+  };
+  auto parallel = detail::PipelineTask{false, [&](size_t k, unsigned worker) -> Status {
+    EXPECT_LT(worker, 3u);
+    const int now = in_parallel.fetch_add(1) + 1;
+    int most = most_in_parallel.load();
+    while (now > most && !most_in_parallel.compare_exchange_weak(most, now)) {}
+    std::this_thread::sleep_for(std::chrono::microseconds(200 + (value[k] * 37) % 300));
+    in_parallel.fetch_sub(1);
+    return {};
+  }};
+  // Two ordered tasks in one step (they may run at once, each in its own order), a parallel
+  // step, an ordered one.
+  std::vector<size_t> third_lane;
+  std::atomic<int> in_third{0};
+  detail::ChunkPipeline p({{lane(first_lane, in_first), lane(second_lane, in_second)}, {parallel},
+                           {lane(third_lane, in_third)}},
+                          kSlots, 3);
+  for (size_t k = 0; k < kSlots; ++k) p.add_free_slot(k);
+  for (size_t i = 0; i < kChunks; ++i) {
+    auto k = p.acquire();
+    ASSERT_TRUE(k);
+    value[*k] = i;
+    ASSERT_TRUE(p.submit(*k));
+  }
+  ASSERT_TRUE(p.drain());
+  std::vector<size_t> expected(kChunks);
+  for (size_t i = 0; i < kChunks; ++i) expected[i] = i;
+  EXPECT_EQ(first_lane, expected);
+  EXPECT_EQ(second_lane, expected);
+  EXPECT_EQ(third_lane, expected);
+  EXPECT_GT(most_in_parallel.load(), 1) << "parallel tasks never overlapped";
+}
+
+// The failure reported is that of the earliest failing chunk, even when a later chunk fails
+// first, and ordered tasks still see every chunk before it (as a serial loop would).
+TEST(ChunkPipeline, EarliestFailureWinsAndChunksBeforeItFinish) {
+  constexpr size_t kSlots = 8;
+  std::vector<size_t> value(kSlots);
+  std::vector<size_t> handed_over;
+  auto check = detail::PipelineTask{false, [&](size_t k, unsigned) -> Status {
+    if (value[k] == 5) {  // slow to fail
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return fail(Errc::kCorrupt, "chunk 5");
+    }
+    if (value[k] == 7) return fail(Errc::kCorrupt, "chunk 7");
+    return {};
+  }};
+  auto hand_over = detail::PipelineTask{true, [&](size_t k, unsigned) -> Status {
+    handed_over.push_back(value[k]);
+    return {};
+  }};
+  detail::ChunkPipeline p({{check}, {hand_over}}, kSlots, 2);
+  for (size_t k = 0; k < kSlots; ++k) p.add_free_slot(k);
+  for (size_t i = 0; i < 20; ++i) {
+    auto k = p.acquire();
+    if (!k) break;
+    value[*k] = i;
+    if (!p.submit(*k)) break;
+  }
+  Status st = p.drain();
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().message(), "chunk 5");
+  EXPECT_EQ(handed_over, (std::vector<size_t>{0, 1, 2, 3, 4}));
+  EXPECT_FALSE(p.acquire()) << "a failed pipeline takes no more chunks";
+}
+
+// Many chunks on every core: decryption hands the sink every chunk in order, the bytes are
+// the sealed ones, whatever the number of streams, sizes and legacy hashes.
+TEST_F(BundleRoundTrip, ParallelDecryptGivesTheStreamInOrder) {
+  const uint32_t cs = kMinChunkSize;
+  NamedData streams = {{"big", testing::random_string(300 * cs + 99, 21)},
+                       {"small", testing::random_string(cs / 2, 22)},
+                       {"exact", testing::random_string(64 * cs, 23)}};
+  ASSERT_TRUE(testing::seal_strings(dir / "b.mlfx", keys, streams, cs, true));
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r) << r.error().to_string();
+  ASSERT_TRUE(r->verify_chunks(nullptr));
+  auto key = r->unwrap_data_key(*keys.lab.box);
+  ASSERT_TRUE(key);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    std::string got;
+    size_t calls = 0;
+    Progress bar("t", 0);
+    ASSERT_TRUE(r->decrypt_stream(i, key->view(), [&](ByteView b) -> Status {
+      EXPECT_LE(b.size(), cs);
+      got.append(as_chars(b));
+      ++calls;
+      return {};
+    }, &bar));
+    EXPECT_EQ(got, streams[i].second) << streams[i].first;
+    EXPECT_EQ(calls, r->manifest().streams[i].chunks);
+  }
+}
+
+// Two altered chunks: verification and decryption both name the first one, exactly as the
+// serial reader did, and the sink saw only the chunks before it.
+TEST_F(BundleRoundTrip, TheFirstAlteredChunkFailsAsBefore) {
+  const uint32_t cs = kMinChunkSize;
+  const std::string data = testing::random_string(40 * cs, 24);
+  ASSERT_TRUE(testing::seal_strings(dir / "b.mlfx", keys, {{"s", data}}, cs));
+  std::vector<uint64_t> offsets;
+  {
+    auto r = BundleReader::open(dir / "b.mlfx");
+    ASSERT_TRUE(r);
+    for (const auto& c : r->layout()[0].chunks) offsets.push_back(c.record_offset);
+  }
+  std::string raw = testing::read_file(dir / "b.mlfx");
+  raw[offsets[30] + kRecordHeaderSize + 5] ^= 1;  // a later chunk, quick to fail
+  raw[offsets[3] + kRecordHeaderSize + cs - 1] ^= 0x80;
+  testing::write_file(dir / "t.mlfx", raw);
+  auto r = BundleReader::open(dir / "t.mlfx");
+  ASSERT_TRUE(r) << "the structure is intact";
+  const std::string expected = "stream s, chunk 3 at offset " + std::to_string(offsets[3]) +
+                               ": SHA-256 does not match the signed chunk table (chunk altered)";
+  for (int round = 0; round < 5; ++round) {
+    Status v = r->verify_chunks(nullptr);
+    ASSERT_FALSE(v);
+    EXPECT_EQ(v.error().code(), Errc::kCorrupt);
+    EXPECT_EQ(v.error().message(), expected);
+    auto key = r->unwrap_data_key(*keys.lab.box);
+    ASSERT_TRUE(key);
+    std::string got;
+    Status d = r->decrypt_stream(0, key->view(), [&](ByteView b) -> Status {
+      got.append(as_chars(b));
+      return {};
+    }, nullptr);
+    ASSERT_FALSE(d);
+    EXPECT_EQ(d.error().message(), expected);
+    EXPECT_EQ(got, data.substr(0, 3 * cs));
+  }
+}
+
+// A sink that fails stops decryption with its own error, after the chunks before.
+TEST_F(BundleRoundTrip, SinkFailureStopsDecryption) {
+  const uint32_t cs = kMinChunkSize;
+  ASSERT_TRUE(testing::seal_strings(dir / "b.mlfx", keys, {{"s", testing::random_string(50 * cs, 25)}}, cs));
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r);
+  auto key = r->unwrap_data_key(*keys.lab.box);
+  ASSERT_TRUE(key);
+  size_t calls = 0;
+  Status st = r->decrypt_stream(0, key->view(), [&](ByteView) -> Status {
+    if (++calls == 7) return fail(Errc::kIo, "disk full");
+    return {};
+  }, nullptr);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().message(), "disk full");
+  EXPECT_EQ(calls, 7u);
+}
+
+// The writer calls its policy's hooks: every pipeline thread starts through it, every chunk
+// buffer is shown to it before use, and every byte of the file is reported written, in order.
+TEST_F(BundleRoundTrip, WriterCallsItsPolicy) {
+  struct Recorder : SealingPolicy {
+    std::mutex mu;
+    std::condition_variable cv;
+    int threads = 0, buffers = 0, waits = 0;
+    uint64_t written_to = 0;
+    bool in_order = true;
+    void pipeline_thread_started() override {
+      std::lock_guard lk(mu);
+      ++threads;
+    }
+    void chunk_buffer_mapped(void*, size_t size) override {
+      std::lock_guard lk(mu);
+      EXPECT_GE(size, kMinChunkSize);
+      ++buffers;
+    }
+    void producer_waiting(bool waiting) override {
+      std::lock_guard lk(mu);
+      if (waiting) ++waits;
+      cv.notify_all();
+    }
+    void wrote(int, uint64_t offset, uint64_t size) override {
+      std::unique_lock lk(mu);
+      // The first chunk is held until every buffer is full and the producer waits.
+      if (offset == kFileHeaderSize) cv.wait_for(lk, std::chrono::seconds(10), [&] { return waits > 0; });
+      if (offset != written_to && !(written_to == 0 && offset == kFileHeaderSize)) in_order = false;
+      written_to = offset + size;
+    }
+  } policy;
+  const std::string data = testing::random_string(60 * kMinChunkSize + 1, 26);
+  {
+    SealParams p;
+    p.chunk_size = kMinChunkSize;
+    p.buffer_bytes = 0;  // the fewest buffers: the producer waits for sealing
+    p.sealer_threads = 3;
+    p.policy = &policy;
+    auto w = BundleWriter::create(*File::create_new(dir / "b.mlfx", 0600), *keys.device.signing,
+                                  {keys.lab.box->public_key()}, p);
+    ASSERT_TRUE(w);
+    ASSERT_TRUE(w->begin_stream("s", "m"));
+    ASSERT_TRUE(w->write(as_bytes(data)));
+    ASSERT_TRUE(w->end_stream());
+    ASSERT_TRUE(w->finish());
+  }
+  EXPECT_EQ(policy.threads, 3);
+  EXPECT_EQ(policy.buffers, 4);  // kMinSlots
+  EXPECT_GT(policy.waits, 0);
+  EXPECT_TRUE(policy.in_order);
+  EXPECT_EQ(policy.written_to, std::filesystem::file_size(dir / "b.mlfx"));
+  auto r = BundleReader::open(dir / "b.mlfx");
+  ASSERT_TRUE(r);
+  EXPECT_EQ((*testing::decrypt_all(*r, *keys.lab.box))[0], data);
 }
 
 }  // namespace

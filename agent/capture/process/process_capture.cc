@@ -19,6 +19,7 @@
 #include "arch.h"
 #include "core_notes.h"
 #include "elf_build_id.h"
+#include "io/capture_io_policy.h"
 #include "mlfx/base/clock.h"
 #include "proc_maps.h"
 #include "procfs.h"
@@ -572,12 +573,14 @@ Result<BundleCaptureResult> capture_process_to_bundle(
     const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
     const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
     bool show_progress) {
+  io::CaptureIoPolicy policy;  // outlives the writer
+  params.policy = &policy;
   MLFX_ASSIGN(bundle::BundleWriter w,
               bundle::BundleWriter::create(std::move(out), device, recipients, std::move(params)));
   // Page faults on the buffers are taken now, not while the target is frozen.
   MLFX_TRY(w.prepare_buffers(expected_core_bytes(options.pid)));
   // While the target is frozen, reading its memory comes first; sealing uses what is left.
-  w.set_background(true);
+  policy.set_background(true);
   MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
   w.add_context(cap.summary());
   const std::string pid = std::to_string(options.pid);
@@ -592,7 +595,7 @@ Result<BundleCaptureResult> capture_process_to_bundle(
   }
   w.add_context(cap.completeness());
   MLFX_TRY(cap.thaw());
-  w.set_background(false);
+  policy.set_background(false);
   MLFX_TRY(w.end_stream());
   cap.note_core_sealed();
   BundleCaptureResult result;

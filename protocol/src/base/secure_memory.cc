@@ -19,7 +19,6 @@ namespace {
 // while it is parsed (64 KiB at most). A power of two, as OpenSSL wants.
 constexpr size_t kSecureHeapBytes = 256u << 10;
 constexpr size_t kSecureHeapMinAlloc = 32;
-constexpr size_t kHugePage = 2u << 20;
 
 std::atomic<uint64_t> g_buffer_bytes{0}, g_locked_bytes{0};
 
@@ -55,7 +54,8 @@ Status protect_process() {
   return {};
 }
 
-Result<SecureBuffer> SecureBuffer::allocate(size_t size, size_t align) {
+Result<SecureBuffer> SecureBuffer::allocate(size_t size, size_t align,
+                                           const std::function<void(void*, size_t)>& advise) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   if (align < page) align = page;
   if (size == 0) size = 1;
@@ -71,7 +71,7 @@ Result<SecureBuffer> SecureBuffer::allocate(size_t size, size_t align) {
   b.data_ = reinterpret_cast<uint8_t*>(aligned);
   b.size_ = size;
   g_buffer_bytes += size;
-  if (align >= kHugePage) (void)madvise(b.data_, size, MADV_HUGEPAGE);  // a hint, before mlock faults pages in
+  if (advise) advise(b.data_, size);  // before mlock faults pages in
   if (madvise(b.data_, size, MADV_DONTDUMP) != 0)
     return fail(Errc::kIo, "cannot keep a plaintext buffer out of core dumps (MADV_DONTDUMP): " + errno_text(errno));
   b.locked_ = try_lock(b.data_, size);

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <optional>
 
+#include "chunk_pipeline.h"
 #include "mlfx/base/secure_memory.h"
 #include "mlfx/crypto/hash.h"
 
@@ -334,22 +335,63 @@ Status BundleReader::verify_signature() const {
   return {};
 }
 
+namespace {
+
+// Chunk records are checked and decrypted on every core (chunk_pipeline.h), each read whole
+// into a buffer of its own; this many buffers per thread bound the memory, as a serial loop's
+// one buffer did, while keeping every thread busy.
+constexpr size_t kRecordBuffersPerWorker = 2;
+
+size_t record_buffers(unsigned workers, size_t chunks) {
+  return std::max<size_t>(1, std::min<size_t>(chunks, kRecordBuffersPerWorker * workers + 2));
+}
+
+}  // namespace
+
+// Reads the record of chunk `i` of `stream` into `buf` and checks it against its entry in the
+// signed chunk table. Returns the record's size.
+Result<size_t> BundleReader::read_checked_record(uint32_t stream, size_t i, uint8_t* buf) const {
+  const ChunkEntry& c = streams_[stream].chunks[i];
+  const size_t n = kRecordHeaderSize + c.plaintext_size + crypto::kTagSize;
+  MLFX_TRY(file_.pread_exact(c.record_offset, buf, n));
+  Bytes digest = crypto::sha256({buf, n});
+  if (std::memcmp(digest.data(), c.record_sha256.data(), 32) != 0)
+    return fail(corrupt(stream_label(stream) + ", chunk " + std::to_string(i) + at(c.record_offset) +
+                        ": SHA-256 does not match the signed chunk table (chunk altered)"));
+  return n;
+}
+
 Status BundleReader::verify_chunks(Progress* progress) const {
-  Bytes buf(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize);
-  for (size_t s = 0; s < streams_.size(); ++s) {
-    const auto& chunks = streams_[s].chunks;
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const size_t n = kRecordHeaderSize + chunks[i].plaintext_size + crypto::kTagSize;
-      MLFX_TRY(file_.pread_exact(chunks[i].record_offset, buf.data(), n));
-      Bytes digest = crypto::sha256({buf.data(), n});
-      if (std::memcmp(digest.data(), chunks[i].record_sha256.data(), 32) != 0)
-        return fail(corrupt(stream_label(uint32_t(s)) + ", chunk " + std::to_string(i) +
-                            at(chunks[i].record_offset) +
-                            ": SHA-256 does not match the signed chunk table (chunk altered)"));
-      if (progress) progress->advance(n);
-    }
+  struct Chunk {
+    uint32_t stream = 0;
+    size_t index = 0;
+  };
+  std::vector<Chunk> order;
+  for (size_t s = 0; s < streams_.size(); ++s)
+    for (size_t i = 0; i < streams_[s].chunks.size(); ++i) order.push_back({uint32_t(s), i});
+  const unsigned workers = detail::default_workers(1);
+  const size_t slots = record_buffers(workers, order.size());
+  std::vector<Bytes> bufs(slots, Bytes(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize));
+  std::vector<Chunk> in_slot(slots);
+  std::vector<size_t> record_size(slots);
+  detail::ChunkPipeline pipeline(
+      {{{false, [&](size_t k, unsigned) -> Status {
+          MLFX_ASSIGN(record_size[k], read_checked_record(in_slot[k].stream, in_slot[k].index, bufs[k].data()));
+          return {};
+        }}},
+       {{true, [&](size_t k, unsigned) -> Status {
+          if (progress) progress->advance(record_size[k]);
+          return {};
+        }}}},
+      slots, workers);
+  for (size_t k = 0; k < slots; ++k) pipeline.add_free_slot(k);
+  for (const Chunk& c : order) {
+    auto k = pipeline.acquire();
+    if (!k) break;  // drain() reports the failure of the earliest chunk
+    in_slot[*k] = c;
+    if (!pipeline.submit(*k)) break;
   }
-  return {};
+  return pipeline.drain();
 }
 
 Result<custody::ChainReport> BundleReader::verify_custody() const {
@@ -394,7 +436,6 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
   if (index >= streams_.size()) return fail(Errc::kInvalidArgument, "no such stream");
   const StreamInfo& info = manifest_.streams[index];
   const std::string label = stream_label(uint32_t(index));
-  MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key));
   MLFX_ASSIGN(crypto::Hasher sha256, crypto::Hasher::create(crypto::HashAlg::kSha256));
   std::optional<crypto::Hasher> md5, sha1;
   if (info.md5) {
@@ -403,31 +444,64 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
   if (info.sha1) {
     MLFX_ASSIGN(sha1, crypto::Hasher::create(crypto::HashAlg::kSha1));
   }
-  Bytes record(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize);
-  // The plaintext: out of core dumps, locked where RLIMIT_MEMLOCK allows.
-  MLFX_ASSIGN(SecureBuffer plain, SecureBuffer::allocate(header_.chunk_size));
   const auto& chunks = streams_[index].chunks;
-  for (size_t i = 0; i < chunks.size(); ++i) {
+  const unsigned workers = detail::default_workers(1);
+  std::vector<crypto::Aes256Gcm> gcms;
+  for (unsigned w = 0; w < workers; ++w) {
+    MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key));
+    gcms.push_back(std::move(gcm));
+  }
+  // Each record is decrypted in place, so its buffer holds plaintext: out of core dumps,
+  // locked where RLIMIT_MEMLOCK allows.
+  const size_t slots = record_buffers(workers, chunks.size());
+  std::vector<SecureBuffer> bufs;
+  for (size_t k = 0; k < slots; ++k) {
+    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize));
+    bufs.push_back(std::move(b));
+  }
+  std::vector<size_t> in_slot(slots);  // chunk index
+  auto plaintext = [&](size_t k) { return ByteView(bufs[k].data() + kRecordHeaderSize, chunks[in_slot[k]].plaintext_size); };
+
+  // First each chunk on its own (any thread): its signed hash, then its authentication tag.
+  // Only then, in order: the stream's hashes and the sink, each on its own thread.
+  auto open_chunk = [&](size_t k, unsigned worker) -> Status {
+    const size_t i = in_slot[k];
     const ChunkEntry& c = chunks[i];
-    const std::string where = label + ", chunk " + std::to_string(i) + at(c.record_offset);
-    const size_t n = kRecordHeaderSize + c.plaintext_size + crypto::kTagSize;
-    MLFX_TRY(file_.pread_exact(c.record_offset, record.data(), n));
-    Bytes digest = crypto::sha256({record.data(), n});
-    if (std::memcmp(digest.data(), c.record_sha256.data(), 32) != 0)
-      return fail(corrupt(where + ": SHA-256 does not match the signed chunk table (chunk altered)"));
-    ByteView hdr(record.data(), kRecordHeaderSize);
-    auto nonce = chunk_nonce(uint32_t(index), i);
-    MLFX_ASSIGN(bool ok, gcm.open(nonce, chunk_aad(header_.bundle_id, hdr),
-                                  {record.data() + kRecordHeaderSize, c.plaintext_size},
-                                  {record.data() + kRecordHeaderSize + c.plaintext_size, crypto::kTagSize},
-                                  plain.data()));
-    if (!ok) return fail(corrupt(where + ": authentication tag mismatch"));
-    ByteView pt(plain.data(), c.plaintext_size);
-    sha256.update(pt);
-    if (md5) md5->update(pt);
-    if (sha1) sha1->update(pt);
-    MLFX_TRY(sink(pt));
-    if (progress) progress->advance(c.plaintext_size);
+    uint8_t* rec = bufs[k].data();
+    MLFX_TRY(read_checked_record(uint32_t(index), i, rec));
+    MLFX_ASSIGN(bool ok, gcms[worker].open(chunk_nonce(uint32_t(index), i),
+                                           chunk_aad(header_.bundle_id, {rec, kRecordHeaderSize}),
+                                           {rec + kRecordHeaderSize, c.plaintext_size},
+                                           {rec + kRecordHeaderSize + c.plaintext_size, crypto::kTagSize},
+                                           rec + kRecordHeaderSize));
+    if (!ok) return fail(corrupt(label + ", chunk " + std::to_string(i) + at(c.record_offset) +
+                                 ": authentication tag mismatch"));
+    return {};
+  };
+  auto running_hash = [&](crypto::Hasher& h) {
+    return detail::PipelineTask{true, [&h, &plaintext](size_t k, unsigned) -> Status {
+                                  h.update(plaintext(k));
+                                  return {};
+                                }};
+  };
+  std::vector<detail::PipelineTask> in_order{running_hash(sha256)};
+  if (md5) in_order.push_back(running_hash(*md5));
+  if (sha1) in_order.push_back(running_hash(*sha1));
+  in_order.push_back({true, [&](size_t k, unsigned) -> Status {
+                        MLFX_TRY(sink(plaintext(k)));
+                        if (progress) progress->advance(plaintext(k).size());
+                        return {};
+                      }});
+  {
+    detail::ChunkPipeline pipeline({{{false, open_chunk}}, std::move(in_order)}, slots, workers);
+    for (size_t k = 0; k < slots; ++k) pipeline.add_free_slot(k);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      auto k = pipeline.acquire();
+      if (!k) break;  // drain() reports the failure of the earliest chunk
+      in_slot[*k] = i;
+      if (!pipeline.submit(*k)) break;
+    }
+    MLFX_TRY(pipeline.drain());
   }
   MLFX_ASSIGN(Bytes got, sha256.finish());
   if (to_hex(got) != info.sha256)

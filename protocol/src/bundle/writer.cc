@@ -1,19 +1,14 @@
 #include "mlfx/bundle/writer.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <condition_variable>
+#include <cerrno>
 #include <cstring>
-#include <deque>
-#include <mutex>
 #include <optional>
-#include <thread>
 
+#include "chunk_pipeline.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/base/host.h"
 #include "mlfx/base/secure_memory.h"
@@ -23,19 +18,18 @@
 namespace mlfx::bundle {
 namespace {
 
-constexpr size_t kHugePage = 2u << 20;
-constexpr size_t kMinSlots = 4;  // enough for every stage to hold one chunk
+constexpr size_t kBufferAlign = 2u << 20;  // a huge page, should the policy ask for them
+constexpr size_t kMinSlots = 4;  // enough for every step to hold a chunk
 constexpr int kMadvPopulateWrite = 23;  // <linux/mman.h>, absent from older libc headers
-constexpr int kBackgroundNice = 19;
-constexpr uint64_t kWritebackStep = 16u << 20;
 
 // One chunk's memory: plaintext of the evidence, kept out of core dumps and locked where
-// RLIMIT_MEMLOCK allows (SecureBuffer), aligned for transparent huge pages, so a capture that
-// fills hundreds of MiB while its target is frozen takes 512x fewer page faults.
+// RLIMIT_MEMLOCK allows (SecureBuffer).
 class ChunkMemory {
  public:
-  static Result<ChunkMemory> allocate(size_t size) {
-    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(size, kHugePage));
+  static Result<ChunkMemory> allocate(size_t size, SealingPolicy& policy) {
+    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(size, kBufferAlign, [&policy](void* p, size_t n) {
+                  policy.chunk_buffer_mapped(p, n);
+                }));
     return ChunkMemory(std::move(b));
   }
   uint8_t* data() const { return buf_.data(); }
@@ -51,12 +45,11 @@ class ChunkMemory {
 };
 
 // A chunk on its way: filled by the caller, its plaintext hashed, encrypted in place and its
-// record hashed by a sealer, written. Stages take slots in this order.
+// record hashed, written.
 struct Slot {
-  enum class State { kFree, kFilling, kFilled, kHashed, kSealing, kSealed };
-  explicit Slot(ChunkMemory m) : mem(std::move(m)) {}
+  Slot(size_t i, ChunkMemory m) : id(i), mem(std::move(m)) {}
+  size_t id;  // in the pipeline
   ChunkMemory mem;
-  State state = State::kFree;
   size_t fill = 0;
   uint32_t stream = 0;
   uint64_t index = 0;
@@ -66,9 +59,27 @@ struct Slot {
   std::array<uint8_t, 32> record_sha256{};
 };
 
-unsigned default_sealers() {
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  return std::clamp(cores > 2 ? cores - 2 : 1u, 1u, 4u);
+SealingPolicy& no_policy() {
+  static SealingPolicy none;
+  return none;
+}
+
+// write(2) of every byte of `iov`, resuming after short writes.
+Status write_all_vectored(const File& f, iovec* iov, int count) {
+  while (count > 0) {
+    const ssize_t n = ::writev(f.fd(), iov, count);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(Errc::kIo, "cannot write " + f.path() + ": " + errno_text(errno));
+    }
+    size_t left = static_cast<size_t>(n);
+    for (; count > 0 && left >= iov->iov_len; --count, ++iov) left -= iov->iov_len;
+    if (count > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  return {};
 }
 
 }  // namespace
@@ -77,13 +88,13 @@ struct BundleWriter::Impl {
   File out;
   const crypto::SigningKey* device = nullptr;
   SealParams params;
+  SealingPolicy* policy = &no_policy();
   Manifest manifest;
   SecretBytes data_key;
-  uint64_t offset = 0;  // bytes written so far (the writer thread's while streaming)
-  uint64_t writeback_from = 0;
+  uint64_t offset = 0;  // bytes written so far (the write step's while streaming)
 
-  // The current stream. table and the hashers belong to the pipeline threads while chunks
-  // are in flight; the caller touches them only after drain().
+  // The current stream. table and the hashers belong to the pipeline while chunks are in
+  // flight; the caller touches them only after drain().
   bool in_stream = false;
   StreamInfo stream;
   std::vector<ChunkEntry> table;
@@ -93,212 +104,115 @@ struct BundleWriter::Impl {
   Slot* current = nullptr;  // being filled by the caller
   Slot* pending = nullptr;  // full, sealed once more data shows it is not the last chunk
 
-  // The pipeline.
-  std::mutex mu;
-  std::condition_variable cv;
+  // Chunk buffers, allocated by the caller as needed up to the budget; a slot's entry is
+  // written once, before the pipeline first sees it.
   std::vector<std::unique_ptr<Slot>> slots;
-  std::vector<Slot*> free_slots;
-  std::deque<Slot*> in_flight;  // submitted, oldest first
-  size_t max_slots = kMinSlots;
-  std::optional<Error> error;   // the first failure of any stage
-  bool stopping = false;
-  std::vector<std::thread> threads;
-  std::vector<pid_t> thread_ids;  // for their CPU priority
-  bool background = false;        // set_background(true)
-  bool low_priority = false;      // what the threads run at now
+  size_t allocated = 0;
+  // Per pipeline thread: its encryption context and record hasher.
+  std::vector<crypto::Aes256Gcm> gcms;
+  std::vector<crypto::Hasher> record_hashers;
+  std::unique_ptr<detail::ChunkPipeline> pipeline;  // last: stops before the rest goes
 
   Impl(File f, crypto::Hasher h) : out(std::move(f)), sha256(std::move(h)) {}
-
-  ~Impl() {
-    {
-      std::lock_guard lk(mu);
-      stopping = true;
-    }
-    cv.notify_all();
-    for (auto& t : threads) t.join();
-  }
 
   Status write_record(const RecordHeader& h, ByteView payload) {
     auto hdr = encode_record_header(h);
     MLFX_TRY(out.write_all(hdr));
     MLFX_TRY(out.write_all(payload));
+    policy->wrote(out.fd(), offset, hdr.size() + payload.size());
     offset += hdr.size() + payload.size();
     return {};
   }
 
-  void start_threads(unsigned sealers) {
-    auto registered = [this](auto body) {
-      return [this, body = std::move(body)]() mutable {
-        {
-          std::lock_guard lk(mu);
-          thread_ids.push_back(static_cast<pid_t>(syscall(SYS_gettid)));
-        }
-        cv.notify_all();
-        body();
-      };
+  Status start_pipeline(unsigned workers) {
+    for (unsigned w = 0; w < workers; ++w) {
+      MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key.view()));
+      MLFX_ASSIGN(crypto::Hasher hasher, crypto::Hasher::create(crypto::HashAlg::kSha256));
+      gcms.push_back(std::move(gcm));
+      record_hashers.push_back(std::move(hasher));
+    }
+    auto running_hash = [this](std::optional<crypto::Hasher> Impl::*h) {
+      return detail::PipelineTask{true, [this, h](size_t i, unsigned) -> Status {
+                                    (this->*h)->update({slots[i]->mem.data(), slots[i]->fill});
+                                    return {};
+                                  }};
     };
-    threads.emplace_back(registered([this] { hash_loop(); }));
-    for (unsigned i = 0; i < sealers; ++i) {
-      auto gcm = crypto::Aes256Gcm::create(data_key.view());
-      if (!gcm) {
-        std::lock_guard lk(mu);
-        error = gcm.error();
-        break;
-      }
-      threads.emplace_back(registered([this, g = std::move(*gcm)]() mutable { seal_loop(g); }));
+    std::vector<detail::PipelineTask> hashes{{true, [this](size_t i, unsigned) -> Status {
+      sha256.update({slots[i]->mem.data(), slots[i]->fill});
+      return {};
+    }}};
+    if (params.legacy_hashes) {
+      hashes.push_back(running_hash(&Impl::md5));
+      hashes.push_back(running_hash(&Impl::sha1));
     }
-    threads.emplace_back(registered([this] { write_loop(); }));
-    std::unique_lock lk(mu);
-    cv.wait(lk, [&] { return thread_ids.size() == threads.size(); });
-  }
-
-  // Called with mu held by a stage that failed: everything stops, the caller sees `e`.
-  void fail_locked(Error e) {
-    if (!error) error = std::move(e);
-    cv.notify_all();
-  }
-
-  Status error_status() {
-    std::lock_guard lk(mu);
-    if (error) return fail(*error);
+    std::vector<std::vector<detail::PipelineTask>> steps{
+        std::move(hashes),
+        {{false, [this](size_t i, unsigned w) { return seal_chunk(*slots[i], w); }}},
+        {{true, [this](size_t i, unsigned) { return write_chunk(*slots[i]); }}}};
+    pipeline = std::make_unique<detail::ChunkPipeline>(std::move(steps), slots.size(), workers,
+                                                       [this] { policy->pipeline_thread_started(); });
     return {};
   }
 
-  // The first in-flight slot in `state` (slots enter each state in order, except sealing).
-  Slot* find(Slot::State state) {
-    for (Slot* s : in_flight)
-      if (s->state == state) return s;
-    return nullptr;
+  // Encrypts the chunk in place (its plaintext is hashed by now) and hashes its record.
+  Status seal_chunk(Slot& s, unsigned worker) {
+    if (params.cancel && params.cancel->load()) return fail(Errc::kIo, "interrupted");
+    RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), s.final ? kChunkFinal : 0,
+                   s.fill + crypto::kTagSize, s.stream, s.index};
+    s.header = encode_record_header(h);
+    MLFX_TRY(gcms[worker].seal(chunk_nonce(s.stream, s.index), chunk_aad(manifest.bundle_id, s.header),
+                               {s.mem.data(), s.fill}, s.mem.data(), s.tag.data()));
+    crypto::Hasher& hasher = record_hashers[worker];
+    hasher.update(s.header);
+    hasher.update({s.mem.data(), s.fill});
+    hasher.update(s.tag);
+    MLFX_ASSIGN(Bytes digest, hasher.finish());
+    std::memcpy(s.record_sha256.data(), digest.data(), 32);
+    return {};
   }
 
-  void hash_loop() {
-    std::unique_lock lk(mu);
-    while (true) {
-      Slot* s = nullptr;
-      cv.wait(lk, [&] { return stopping || error || (s = find(Slot::State::kFilled)); });
-      if (!s) return;
-      lk.unlock();
-      ByteView pt(s->mem.data(), s->fill);
-      sha256.update(pt);
-      if (md5) md5->update(pt);
-      if (sha1) sha1->update(pt);
-      lk.lock();
-      s->state = Slot::State::kHashed;
-      cv.notify_all();
-    }
+  // Appends the sealed record to the file (chunks come here in order) and to the chunk table.
+  Status write_chunk(Slot& s) {
+    ChunkEntry e;
+    e.record_offset = offset;
+    e.plaintext_size = static_cast<uint32_t>(s.fill);
+    e.flags = s.final ? kChunkFinal : 0;
+    e.record_sha256 = s.record_sha256;
+    iovec iov[3] = {{s.header.data(), s.header.size()}, {s.mem.data(), s.fill}, {s.tag.data(), s.tag.size()}};
+    MLFX_TRY(write_all_vectored(out, iov, 3));
+    const uint64_t size = kRecordHeaderSize + s.fill + crypto::kTagSize;
+    policy->wrote(out.fd(), offset, size);
+    offset += size;
+    table.push_back(e);
+    return {};
   }
 
-  void seal_loop(crypto::Aes256Gcm& gcm) {
-    auto hasher = crypto::Hasher::create(crypto::HashAlg::kSha256);
-    std::unique_lock lk(mu);
-    if (!hasher) return fail_locked(hasher.error());
-    while (true) {
-      Slot* s = nullptr;
-      cv.wait(lk, [&] { return stopping || error || (s = find(Slot::State::kHashed)); });
-      if (!s) return;
-      if (params.cancel && params.cancel->load()) return fail_locked(Error(Errc::kIo, "interrupted"));
-      s->state = Slot::State::kSealing;
-      lk.unlock();
-      RecordHeader h{static_cast<uint32_t>(RecordType::kChunk), s->final ? kChunkFinal : 0,
-                     s->fill + crypto::kTagSize, s->stream, s->index};
-      s->header = encode_record_header(h);
-      Status st = gcm.seal(chunk_nonce(s->stream, s->index), chunk_aad(manifest.bundle_id, s->header),
-                           {s->mem.data(), s->fill}, s->mem.data(), s->tag.data());
-      if (st) {
-        hasher->update(s->header);
-        hasher->update({s->mem.data(), s->fill});
-        hasher->update(s->tag);
-        auto digest = hasher->finish();
-        if (digest) std::memcpy(s->record_sha256.data(), digest->data(), 32);
-        else st = fail(digest.error());
-      }
-      lk.lock();
-      if (!st) return fail_locked(st.error());
-      s->state = Slot::State::kSealed;
-      cv.notify_all();
-    }
-  }
-
-  void write_loop() {
-    std::unique_lock lk(mu);
-    while (true) {
-      cv.wait(lk, [&] {
-        return stopping || error || (!in_flight.empty() && in_flight.front()->state == Slot::State::kSealed);
-      });
-      if (stopping || error) return;
-      Slot* s = in_flight.front();
-      lk.unlock();
-      ChunkEntry e;
-      e.record_offset = offset;
-      e.plaintext_size = static_cast<uint32_t>(s->fill);
-      e.flags = s->final ? kChunkFinal : 0;
-      e.record_sha256 = s->record_sha256;
-      Status st = out.write_all(s->header);
-      if (st) st = out.write_all({s->mem.data(), s->fill});
-      if (st) st = out.write_all(s->tag);
-      offset += kRecordHeaderSize + s->fill + crypto::kTagSize;
-      table.push_back(e);
-      start_writeback();
-      lk.lock();
-      if (!st) return fail_locked(st.error());
-      in_flight.pop_front();
-      s->state = Slot::State::kFree;
-      free_slots.push_back(s);
-      cv.notify_all();
-    }
-  }
-
-  // Starts the disk writes of what is written so far, so the fsync in finish() has little
-  // left to wait for: the disk works while we seal. Only a hint (pipes refuse it).
-  void start_writeback() {
-    if (offset - writeback_from < kWritebackStep) return;
-    (void)sync_file_range(out.fd(), static_cast<off_t>(writeback_from),
-                          static_cast<off_t>(offset - writeback_from), SYNC_FILE_RANGE_WRITE);
-    writeback_from = offset;
-  }
-
-  // Adds a slot (with mu held); its memory is touched now when `populate`.
-  Status add_slot_locked(bool populate) {
-    MLFX_ASSIGN(ChunkMemory m, ChunkMemory::allocate(manifest.chunk_size));
+  // A new chunk buffer in slot `allocated`; its memory is touched now when `populate`.
+  Result<Slot*> add_slot(bool populate) {
+    MLFX_ASSIGN(ChunkMemory m, ChunkMemory::allocate(manifest.chunk_size, *policy));
     if (populate) m.populate();
-    slots.push_back(std::make_unique<Slot>(std::move(m)));
-    free_slots.push_back(slots.back().get());
-    return {};
-  }
-
-  // Pipeline threads at nice 19 or at the process's priority; only on a change.
-  void set_priority_locked(bool low) {
-    if (low == low_priority) return;
-    low_priority = low;
-    const int nice = low ? kBackgroundNice : getpriority(PRIO_PROCESS, 0);
-    for (pid_t tid : thread_ids) (void)setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice);
+    slots[allocated] = std::make_unique<Slot>(allocated, std::move(m));
+    return slots[allocated++].get();
   }
 
   // A free slot for the caller, allocating one while under the budget, else waiting.
   Result<Slot*> acquire() {
-    std::unique_lock lk(mu);
-    if (free_slots.empty() && slots.size() < max_slots) {
-      MLFX_TRY(add_slot_locked(false));
+    MLFX_ASSIGN(std::optional<size_t> free, pipeline->try_acquire());
+    Slot* s = nullptr;
+    if (free) {
+      s = slots[*free].get();
+    } else if (allocated < slots.size()) {
+      MLFX_ASSIGN(s, add_slot(false));
+    } else {
+      // Out of buffers: the caller waits for sealing (the policy may want sealing to hurry).
+      MLFX_ASSIGN(size_t i, pipeline->acquire([this](bool waiting) { policy->producer_waiting(waiting); }));
+      s = slots[i].get();
     }
-    if (free_slots.empty()) {
-      // Out of buffers: the caller waits for sealing, so sealing must not wait for others.
-      set_priority_locked(false);
-      cv.wait(lk, [&] { return error || !free_slots.empty(); });
-      set_priority_locked(background);
-    }
-    if (error) return fail(*error);
-    Slot* s = free_slots.back();
-    free_slots.pop_back();
-    s->state = Slot::State::kFilling;
     s->fill = 0;
     return s;
   }
 
-  void release(Slot* s) {
-    std::lock_guard lk(mu);
-    s->state = Slot::State::kFree;
-    free_slots.push_back(s);
-  }
+  void release(Slot* s) { pipeline->add_free_slot(s->id); }
 
   Status submit(Slot* s, bool final) {
     if (next_index >= kMaxChunksPerStream)
@@ -307,24 +221,14 @@ struct BundleWriter::Impl {
                       " chunks of " + std::to_string(manifest.chunk_size) +
                       " bytes; seal it with a larger chunk size");
     stream.size += s->fill;
-    std::lock_guard lk(mu);
-    if (error) return fail(*error);
     s->stream = stream.index;
     s->index = next_index++;
     s->final = final;
-    s->state = Slot::State::kFilled;
-    in_flight.push_back(s);
-    cv.notify_all();
-    return {};
+    return pipeline->submit(s->id);
   }
 
   // Waits until every submitted chunk is written.
-  Status drain() {
-    std::unique_lock lk(mu);
-    cv.wait(lk, [&] { return error || in_flight.empty(); });
-    if (error) return fail(*error);
-    return {};
-  }
+  Status drain() { return pipeline->drain(); }
 };
 
 BundleWriter::BundleWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -365,8 +269,9 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
     MLFX_ASSIGN(crypto::WrappedKey w, crypto::wrap_data_key(r, impl->data_key.view(), m.bundle_id));
     m.recipients.push_back(std::move(w));
   }
-  impl->max_slots = std::max<uint64_t>(kMinSlots, params.buffer_bytes / params.chunk_size);
-  const unsigned sealers = params.sealer_threads ? params.sealer_threads : default_sealers();
+  impl->slots.resize(std::max<uint64_t>(kMinSlots, params.buffer_bytes / params.chunk_size));
+  const unsigned workers = params.sealer_threads ? params.sealer_threads : detail::default_workers();
+  if (params.policy) impl->policy = params.policy;
   impl->params = std::move(params);
 
   FileHeader fh;
@@ -375,8 +280,7 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
   auto hdr = encode_file_header(fh);
   MLFX_TRY(impl->out.write_all(hdr));
   impl->offset = hdr.size();
-  impl->start_threads(sealers);
-  MLFX_TRY(impl->error_status());
+  MLFX_TRY(impl->start_pipeline(workers));
   return BundleWriter(std::move(impl));
 }
 
@@ -385,17 +289,12 @@ uint64_t BundleWriter::bytes_written() const { return impl_->offset; }
 
 Status BundleWriter::prepare_buffers(uint64_t bytes) {
   Impl& s = *impl_;
-  std::lock_guard lk(s.mu);
-  const uint64_t want = std::min<uint64_t>(s.max_slots, (bytes + s.manifest.chunk_size - 1) / s.manifest.chunk_size);
-  while (s.slots.size() < want) MLFX_TRY(s.add_slot_locked(true));
+  const uint64_t want = std::min<uint64_t>(s.slots.size(), (bytes + s.manifest.chunk_size - 1) / s.manifest.chunk_size);
+  while (s.allocated < want) {
+    MLFX_ASSIGN(Slot* slot, s.add_slot(true));
+    s.pipeline->add_free_slot(slot->id);
+  }
   return {};
-}
-
-void BundleWriter::set_background(bool background) {
-  Impl& s = *impl_;
-  std::lock_guard lk(s.mu);
-  s.background = background;
-  s.set_priority_locked(background);
 }
 
 void BundleWriter::add_context(const json::Json& fields) {

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <new>
 
 #include "mlfx/base/result.h"
@@ -22,9 +23,11 @@ Status protect_process();
 
 class SecureBuffer {
  public:
-  // `size` bytes at an address aligned to `align` (a power of two, at least a page; from 2 MiB
-  // on, transparent huge pages are asked for).
-  static Result<SecureBuffer> allocate(size_t size, size_t align = 0);
+  // `size` bytes at an address aligned to `align` (a power of two, at least a page).
+  // `advise`, when given, runs on the fresh mapping before anything touches or locks it: the
+  // caller's memory policy (e.g. the agent asks for transparent huge pages there).
+  static Result<SecureBuffer> allocate(size_t size, size_t align = 0,
+                                       const std::function<void(void*, size_t)>& advise = {});
   SecureBuffer() = default;
   SecureBuffer(SecureBuffer&& o) noexcept;
   SecureBuffer& operator=(SecureBuffer&& o) noexcept;

@@ -54,7 +54,8 @@ class BundleReader {
 
   // The manifest's signature by the device key it names. Trust in that key is separate.
   Status verify_signature() const;
-  // SHA-256 of every sealed chunk record against the signed chunk tables.
+  // SHA-256 of every sealed chunk record against the signed chunk tables, on every core.
+  // The error is that of the first altered chunk in file order.
   Status verify_chunks(Progress* progress) const;
   // The custody chain: links, signatures, and that it holds exactly the device's
   // acquisition and seal of this manifest.
@@ -64,7 +65,10 @@ class BundleReader {
   Result<SecretBytes> unwrap_data_key(const crypto::BoxSecretKey& lab) const;
   // Authenticates and decrypts stream `index`, handing each chunk's plaintext to `sink`
   // in order; then checks the stream's size and hashes against the manifest. A sink must
-  // treat what it received as unverified until this returns success.
+  // treat what it received as unverified until this returns success. Chunks are checked and
+  // decrypted on every core, a few at a time; `sink` and `progress` are called in order, one
+  // call at a time, from any of these threads, and never for a chunk at or after the first
+  // that fails its checks.
   Status decrypt_stream(size_t index, ByteView data_key,
                         const std::function<Status(ByteView)>& sink, Progress* progress) const;
 
@@ -78,6 +82,7 @@ class BundleReader {
   Status take_chunk_table(const RecordHeader& h, ByteView raw_header, uint64_t off, uint32_t stream,
                           size_t chunks, const std::function<Status(size_t, const ChunkEntry&)>& check_entry);
   Status take_trailer(uint64_t off);
+  Result<size_t> read_checked_record(uint32_t stream, size_t chunk, uint8_t* buf) const;
   Status cross_check();
   std::string stream_label(uint32_t index) const;
 

@@ -3,10 +3,13 @@
 // data key wrapped to every recipient), hashed again as a sealed record and written.
 // No plaintext ever reaches the output file. Streams may be of unknown length (pipes).
 //
-// The work runs as a pipeline beside the caller: one thread hashes the plaintext in order,
-// sealer threads encrypt chunks in place and hash the records, one thread writes them in
-// order. Filled chunks wait in memory up to SealParams::buffer_bytes, so a producer that
-// must finish quickly (memory read while its process is frozen) can run ahead of sealing.
+// The work runs on a pool of threads beside the caller (chunk_pipeline.h): whichever is free
+// takes the next piece of work, the in-order whole-stream hashes first, else encrypting and
+// hashing a record, else writing the next record in order; so on two cores one hashes the
+// stream while the other encrypts and writes. Filled chunks wait in memory up to
+// SealParams::buffer_bytes, so a producer that must finish quickly (memory read while its
+// process is frozen) can run ahead of sealing. Scheduling, huge pages and writeback are the
+// calling program's policy (SealParams::policy).
 #pragma once
 
 #include <atomic>
@@ -18,6 +21,7 @@
 #include "mlfx/base/file.h"
 #include "mlfx/base/progress.h"
 #include "mlfx/bundle/manifest.h"
+#include "mlfx/bundle/sealing_policy.h"
 #include "mlfx/custody/custody_log.h"
 
 namespace mlfx::bundle {
@@ -32,7 +36,11 @@ struct SealParams {
   json::Json context = json::Json::object();  // recorded in the manifest as "context"
   // Plaintext chunks that may wait for sealing (rounded to whole chunks; at least a few).
   uint64_t buffer_bytes = 64u << 20;
-  unsigned sealer_threads = 0;  // 0: one per core beyond the first two, 1 to 4
+  // Pipeline threads (each hashes, encrypts or writes, whatever is next). 0: one per core,
+  // at least two (so hashing and encryption overlap) and at most eight.
+  unsigned sealer_threads = 0;
+  // The calling program's I/O policy (none by default); must outlive the writer.
+  SealingPolicy* policy = nullptr;
   // Set (e.g. from a signal handler) to stop sealing at the next chunk with an error.
   const std::atomic<bool>* cancel = nullptr;
 };
@@ -49,12 +57,6 @@ class BundleWriter {
   // Allocates and touches chunk buffers for `bytes` of data (capped by buffer_bytes) now, so
   // that filling them later takes no page faults.
   Status prepare_buffers(uint64_t bytes);
-  // While true the pipeline threads run at the lowest CPU priority (nice 19), so a producer
-  // racing the clock (the memory of a frozen process) gets the cores first and sealing takes
-  // what is left; whenever the producer waits for a free buffer they run at the process's
-  // priority again. Raising it back needs the right to lower a nice value (root); without
-  // it sealing stays at low priority.
-  void set_background(bool background);
   // Fields merged into the manifest's "context" (before finish()).
   void add_context(const json::Json& fields);
 
