@@ -366,8 +366,8 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
     out.track(partial);
     std::optional<Progress> bar;
     if (options.show_progress) bar.emplace("opening " + s.name, s.size);
-    MLFX_TRY(reader.decrypt_stream(i, key.view(), [&](ByteView pt) { return f.write_all(pt); },
-                                   bar ? &*bar : nullptr));
+    MLFX_TRY(reader.decrypt_stream_at(i, key.view(), [&](uint64_t at, ByteView pt) { return f.pwrite_all(at, pt); },
+                                      bar ? &*bar : nullptr));
     if (bar) bar->finish();
     MLFX_TRY(f.sync());
     MLFX_TRY(f.close());
@@ -423,8 +423,9 @@ Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const 
   MLFX_ASSIGN(out.file, File::create_memory("mlfx-" + stream));
   std::optional<Progress> bar;
   if (options.show_progress) bar.emplace("decrypting " + stream, info->size);
-  MLFX_TRY(reader.decrypt_stream(info->index, key.view(), [&](ByteView b) { return out.file.write_all(b); },
-                                 bar ? &*bar : nullptr));
+  MLFX_TRY(reader.decrypt_stream_at(info->index, key.view(),
+                                    [&](uint64_t at, ByteView b) { return out.file.pwrite_all(at, b); },
+                                    bar ? &*bar : nullptr));
   if (bar) bar->finish();
   out.report.lines.push_back({"chunks", Outcome::kPassed, "stream " + stream + " authenticated and re-hashed"});
   out.manifest = reader.manifest();

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "../../protocol/src/bundle/chunk_pipeline.h"  // internal to the bundle library
@@ -388,6 +389,19 @@ TEST_F(BundleRoundTrip, ParallelDecryptGivesTheStreamInOrder) {
     }, &bar));
     EXPECT_EQ(got, streams[i].second) << streams[i].first;
     EXPECT_EQ(calls, r->manifest().streams[i].chunks);
+    // The positioned sink: chunks in any order, from several threads, each at its offset.
+    std::string placed(streams[i].second.size(), '\0');
+    std::mutex mu;
+    std::set<uint64_t> offsets;
+    ASSERT_TRUE(r->decrypt_stream_at(i, key->view(), [&](uint64_t at, ByteView b) -> Status {
+      EXPECT_LE(at + b.size(), placed.size());
+      std::memcpy(placed.data() + at, b.data(), b.size());
+      std::lock_guard lk(mu);
+      EXPECT_TRUE(offsets.insert(at).second) << "chunk at " << at << " handed over twice";
+      return {};
+    }, nullptr));
+    EXPECT_EQ(placed, streams[i].second) << streams[i].first;
+    EXPECT_EQ(offsets.size(), r->manifest().streams[i].chunks);
   }
 }
 
@@ -426,6 +440,9 @@ TEST_F(BundleRoundTrip, TheFirstAlteredChunkFailsAsBefore) {
     ASSERT_FALSE(d);
     EXPECT_EQ(d.error().message(), expected);
     EXPECT_EQ(got, data.substr(0, 3 * cs));
+    Status at = r->decrypt_stream_at(0, key->view(), [](uint64_t, ByteView) -> Status { return {}; }, nullptr);
+    ASSERT_FALSE(at);
+    EXPECT_EQ(at.error().message(), expected);
   }
 }
 

@@ -433,6 +433,21 @@ Result<SecretBytes> BundleReader::unwrap_data_key(const crypto::BoxSecretKey& la
 Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
                                     const std::function<Status(ByteView)>& sink,
                                     Progress* progress) const {
+  return decrypt(index, data_key, sink, {}, progress);
+}
+
+Status BundleReader::decrypt_stream_at(size_t index, ByteView data_key,
+                                       const std::function<Status(uint64_t, ByteView)>& sink,
+                                       Progress* progress) const {
+  return decrypt(index, data_key, {}, sink, progress);
+}
+
+// Each chunk on its own, on any thread: its record against the signed hash, then its tag;
+// decrypted in place. Then, in order, the stream's hashes (one thread each) and the ordered
+// sink; a positioned sink takes chunks in any order, beside the hashes.
+Status BundleReader::decrypt(size_t index, ByteView data_key, const std::function<Status(ByteView)>& in_order,
+                             const std::function<Status(uint64_t, ByteView)>& at_offset,
+                             Progress* progress) const {
   if (index >= streams_.size()) return fail(Errc::kInvalidArgument, "no such stream");
   const StreamInfo& info = manifest_.streams[index];
   const std::string label = stream_label(uint32_t(index));
@@ -451,8 +466,8 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
     MLFX_ASSIGN(crypto::Aes256Gcm gcm, crypto::Aes256Gcm::create(data_key));
     gcms.push_back(std::move(gcm));
   }
-  // Each record is decrypted in place, so its buffer holds plaintext: out of core dumps,
-  // locked where RLIMIT_MEMLOCK allows.
+  // A record's buffer holds its plaintext once decrypted: out of core dumps, locked where
+  // RLIMIT_MEMLOCK allows.
   const size_t slots = record_buffers(workers, chunks.size());
   std::vector<SecureBuffer> bufs;
   for (size_t k = 0; k < slots; ++k) {
@@ -460,10 +475,10 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
     bufs.push_back(std::move(b));
   }
   std::vector<size_t> in_slot(slots);  // chunk index
+  std::vector<uint64_t> chunk_offset(chunks.size());  // in the stream
+  for (size_t i = 1; i < chunks.size(); ++i) chunk_offset[i] = chunk_offset[i - 1] + chunks[i - 1].plaintext_size;
   auto plaintext = [&](size_t k) { return ByteView(bufs[k].data() + kRecordHeaderSize, chunks[in_slot[k]].plaintext_size); };
 
-  // First each chunk on its own (any thread): its signed hash, then its authentication tag.
-  // Only then, in order: the stream's hashes and the sink, each on its own thread.
   auto open_chunk = [&](size_t k, unsigned worker) -> Status {
     const size_t i = in_slot[k];
     const ChunkEntry& c = chunks[i];
@@ -484,16 +499,18 @@ Status BundleReader::decrypt_stream(size_t index, ByteView data_key,
                                   return {};
                                 }};
   };
-  std::vector<detail::PipelineTask> in_order{running_hash(sha256)};
-  if (md5) in_order.push_back(running_hash(*md5));
-  if (sha1) in_order.push_back(running_hash(*sha1));
-  in_order.push_back({true, [&](size_t k, unsigned) -> Status {
-                        MLFX_TRY(sink(plaintext(k)));
-                        if (progress) progress->advance(plaintext(k).size());
-                        return {};
-                      }});
+  std::vector<detail::PipelineTask> then{running_hash(sha256)};
+  if (md5) then.push_back(running_hash(*md5));
+  if (sha1) then.push_back(running_hash(*sha1));
+  if (at_offset)
+    then.push_back({false, [&](size_t k, unsigned) { return at_offset(chunk_offset[in_slot[k]], plaintext(k)); }});
+  then.push_back({true, [&](size_t k, unsigned) -> Status {
+                    if (in_order) MLFX_TRY(in_order(plaintext(k)));
+                    if (progress) progress->advance(plaintext(k).size());
+                    return {};
+                  }});
   {
-    detail::ChunkPipeline pipeline({{{false, open_chunk}}, std::move(in_order)}, slots, workers);
+    detail::ChunkPipeline pipeline({{{false, open_chunk}}, std::move(then)}, slots, workers);
     for (size_t k = 0; k < slots; ++k) pipeline.add_free_slot(k);
     for (size_t i = 0; i < chunks.size(); ++i) {
       auto k = pipeline.acquire();

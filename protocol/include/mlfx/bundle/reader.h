@@ -71,6 +71,13 @@ class BundleReader {
   // that fails its checks.
   Status decrypt_stream(size_t index, ByteView data_key,
                         const std::function<Status(ByteView)>& sink, Progress* progress) const;
+  // The same with a sink that takes each authenticated chunk's plaintext with its offset in
+  // the stream, in any order and from several threads at once (e.g. pwrite into a file), so
+  // that writing the output runs on every core too. It may get chunks that follow one that
+  // fails; all of it is unverified until this returns success. `progress` is called as above.
+  Status decrypt_stream_at(size_t index, ByteView data_key,
+                           const std::function<Status(uint64_t offset, ByteView)>& sink,
+                           Progress* progress) const;
 
  private:
   Status walk();
@@ -83,6 +90,8 @@ class BundleReader {
                           size_t chunks, const std::function<Status(size_t, const ChunkEntry&)>& check_entry);
   Status take_trailer(uint64_t off);
   Result<size_t> read_checked_record(uint32_t stream, size_t chunk, uint8_t* buf) const;
+  Status decrypt(size_t index, ByteView data_key, const std::function<Status(ByteView)>& in_order,
+                 const std::function<Status(uint64_t, ByteView)>& at_offset, Progress* progress) const;
   Status cross_check();
   std::string stream_label(uint32_t index) const;
 
