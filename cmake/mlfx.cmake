@@ -1,6 +1,17 @@
-# mlfx_test(NAME SOURCES... LIBS ...): one GoogleTest binary per component, registered with CTest.
+# Test tiers, one CTest label each (`ctest -L unit` is the quick loop):
+#   unit         a library in the test's own process: no program of ours started, no victim
+#   integration  real binaries, real victim processes, real TLS on loopback
+#   slow         multi-GiB data or minutes of work
+set(MLFX_TEST_TIERS unit integration slow)
+
+# mlfx_test(NAME TIER unit|integration|slow SOURCES... LIBS ... [LABELS ...] [COST N]): one
+# GoogleTest binary per component, registered with CTest.
 function(mlfx_test name)
-  cmake_parse_arguments(T "" "COST" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "COST;TIER" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(NOT T_TIER IN_LIST MLFX_TEST_TIERS)
+    message(FATAL_ERROR "mlfx_test(${name}): TIER must be one of ${MLFX_TEST_TIERS}")
+  endif()
+  list(PREPEND T_LABELS ${T_TIER})
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)

@@ -9,7 +9,7 @@
 #   from the intake's evidence store.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/packaging/build.sh"
+"$root/packaging/build.sh" -DMLFX_BUILD_TESTS=OFF  # the programs only: mlfx, mlfx-torch, mlfx-agent
 mlfx="${BUILD_DIR:-$root/build}/analyzer/mlfx"
 work=$(mktemp -d "${TMPDIR:-/tmp}/mlfx-demo-XXXXXX")
 echo "== working in $work"

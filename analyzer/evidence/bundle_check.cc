@@ -13,7 +13,7 @@
 #include "mlfx/base/clock.h"
 #include "mlfx/base/host.h"
 #include "mlfx/crypto/hash.h"
-#include "mlfx/pki/lab_ca.h"
+#include "pki/lab_ca.h"
 #include "mlfx/wire/messages.h"
 
 namespace mlfx::evidence {

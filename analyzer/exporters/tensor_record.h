@@ -14,7 +14,7 @@
 
 namespace mlfx::exporters {
 
-// One c10::ScalarType (reference/cpython-torch-layouts.md §3.6) and its names in the formats
+// One c10::ScalarType (c10/core/ScalarType.h) and its names in the formats
 // we write. An empty name means the format has no way to express the type.
 struct DtypeInfo {
   int scalar_type;                    // c10::ScalarType number

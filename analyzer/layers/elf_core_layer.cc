@@ -47,7 +47,8 @@ Status parse_nt_file(ByteView d, CoreInfo& info) {
   return {};
 }
 
-Status parse_notes(ByteView notes, CoreInfo& info) {
+// `base`: the notes' offset in the core file, for errors.
+Status parse_notes(ByteView notes, uint64_t base, const std::string& file, CoreInfo& info) {
   size_t off = 0;
   while (off + 12 <= notes.size()) {
     uint32_t namesz = load_le<uint32_t>(&notes[off]), descsz = load_le<uint32_t>(&notes[off + 4]),
@@ -55,7 +56,7 @@ Status parse_notes(ByteView notes, CoreInfo& info) {
     size_t name_off = off + 12, desc_off = name_off + ((uint64_t(namesz) + 3) & ~uint64_t(3));
     size_t end = desc_off + ((uint64_t(descsz) + 3) & ~uint64_t(3));
     if (desc_off > notes.size() || descsz > notes.size() - desc_off)
-      return fail(Errc::kBadFormat, "note at offset " + std::to_string(off) + " runs past its segment");
+      return fail(Error(Errc::kBadFormat, "a note runs past its segment").at({file, std::nullopt, base + off}));
     std::string name(reinterpret_cast<const char*>(&notes[name_off]), namesz ? namesz - 1 : 0);
     ByteView desc = notes.subspan(desc_off, descsz);
     if (name == "CORE") {
@@ -114,7 +115,9 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
   }
   if (phnum > kMaxPhdrs) return fail(Errc::kBadFormat, fname + ": implausible number of program headers");
   const uint8_t* ph = file->view(eh.e_phoff, phnum * sizeof(Elf64_Phdr));
-  if (!ph) return fail(Errc::kBadFormat, fname + ": program headers lie beyond the end of the file (truncated?)");
+  if (!ph)
+    return fail(Error(Errc::kBadFormat, "program headers lie beyond the end of the file (truncated?)")
+                    .at({fname, std::nullopt, eh.e_phoff}));
 
   uint64_t file_size = file->mapped_run(0, UINT64_MAX);
   std::vector<Segment> segments;
@@ -126,7 +129,7 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
         info.warnings.push_back("note segment at file offset " + hex_address(p.p_offset) + " is missing (truncated core)");
         continue;
       }
-      if (auto st = parse_notes({file->view(p.p_offset, p.p_filesz), p.p_filesz}, info); !st)
+      if (auto st = parse_notes({file->view(p.p_offset, p.p_filesz), p.p_filesz}, p.p_offset, fname, info); !st)
         info.warnings.push_back(st.error().to_string());
     } else if (p.p_type == PT_LOAD) {
       info.loads.push_back({p.p_vaddr, p.p_memsz, p.p_filesz, p.p_offset, p.p_flags});
@@ -143,6 +146,23 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
   if (info.loads.empty()) return fail(Errc::kBadFormat, fname + ": core has no memory segments");
   MLFX_TRY(layer->init(fname + " (process memory)", std::move(file), std::move(segments)));
   return layer;
+}
+
+ProcessImage ElfCoreLayer::process_image(std::shared_ptr<const ElfCoreLayer> core, std::shared_ptr<const Layer> memory) {
+  const CoreInfo& info = core->info();
+  ProcessImage image;
+  image.kind = "ELF core";
+  image.mapped_files = info.files;
+  image.warnings = info.warnings;
+  image.facts.pid = info.pid;
+  image.facts.command = info.command;
+  image.facts.args = info.args;
+  image.facts.threads = info.threads.size();
+  image.facts.elf_machine = info.machine;
+  image.facts.segments = info.loads.size();
+  for (const auto& l : info.loads) image.facts.image_bytes += l.filesz;
+  image.memory = memory ? std::move(memory) : std::shared_ptr<const Layer>(std::move(core));
+  return image;
 }
 
 }  // namespace mlfx::layers

@@ -6,15 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "layers/process_image.h"
 #include "layers/segmented_layer.h"
 #include "mlfx/base/bytes.h"
 
 namespace mlfx::layers {
-
-struct MappedFile {  // one NT_FILE entry
-  uint64_t start = 0, end = 0, file_offset = 0;  // file_offset in bytes
-  std::string path;
-};
 
 struct CoreThread {  // one NT_PRSTATUS note
   int32_t tid = 0;
@@ -32,7 +28,7 @@ struct CoreInfo {
   std::string command;  // NT_PRPSINFO pr_fname
   std::string args;     // NT_PRPSINFO pr_psargs
   std::vector<CoreThread> threads;
-  std::vector<MappedFile> files;
+  std::vector<MappedFile> files;  // the NT_FILE entries
   std::vector<LoadSegment> loads;
   Bytes auxv;
   std::vector<std::string> warnings;  // damage found and tolerated (e.g. a truncated core)
@@ -44,6 +40,10 @@ class ElfCoreLayer : public SegmentedLayer {
   static bool probe(const Layer& file);
   static Result<std::unique_ptr<ElfCoreLayer>> open(std::shared_ptr<const Layer> file);
   const CoreInfo& info() const { return info_; }
+  // The process as the frontends see it: this layer's memory and mapped files, with no
+  // ELF-core types. `memory` may be a layer over `core` (sysroot); null: the core itself.
+  static ProcessImage process_image(std::shared_ptr<const ElfCoreLayer> core,
+                                    std::shared_ptr<const Layer> memory = nullptr);
 
  private:
   ElfCoreLayer() = default;

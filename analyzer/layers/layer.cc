@@ -6,9 +6,7 @@
 namespace mlfx::layers {
 
 Error Layer::invalid_address(uint64_t addr) const {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(addr));
-  return Error(Errc::kInvalidAddress, "address " + std::string(buf) + " is not in " + name());
+  return Error(Errc::kInvalidAddress, "address not mapped").at({name(), addr, std::nullopt});
 }
 
 Status Layer::read(uint64_t addr, void* out, uint64_t len) const {

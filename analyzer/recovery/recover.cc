@@ -1,6 +1,7 @@
 #include "recovery/recover.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +13,6 @@
 #include <set>
 #include <memory>
 
-#include "capture/process/process_capture.h"
 #include "evidence/bundle_check.h"
 #include "exporters/safetensors_writer.h"
 #include "exporters/torch_pt_writer.h"
@@ -26,6 +26,7 @@
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
 #include "mlfx/base/progress.h"
+#include "mlfx/base/subprocess.h"
 #include "mlfx/base/version.h"
 #include "mlfx/bundle/format.h"
 
@@ -55,19 +56,31 @@ struct Evidence {
   json::Json description;
 };
 
-// A live process: its core is captured into memory (the target frozen only for the read) and
-// analysed like any core, so the analysis never sees memory change under it.
+// A live process: mlfx-agent (the one program that captures) freezes it and writes its core
+// into an in-memory file of ours, the target frozen only for the read; then it is analysed
+// like any core, so the analysis never sees memory change under it.
 Result<Evidence> capture_live(const RecoverOptions& o) {
   Evidence ev;
+  MLFX_ASSIGN(std::string agent, find_companion_program("mlfx-agent"));
   MLFX_ASSIGN(File core, File::create_memory("mlfx-live-core"));
-  agent::process::ProcessCaptureOptions capture;
-  capture.pid = o.pid;
-  MLFX_ASSIGN(json::Json context, agent::process::capture_process_core(capture, core));
+  MLFX_ASSIGN(File context_file, File::create_memory("mlfx-live-context"));
+  constexpr int kContextFd = 3;
+  MLFX_ASSIGN(int status, run_with_descriptors({agent, "core", "--pid", std::to_string(o.pid), "--out", "-",
+                                                "--context", "/dev/fd/" + std::to_string(kContextFd)},
+                                               {{core.fd(), STDOUT_FILENO}, {context_file.fd(), kContextFd}}));
+  if (status != 0)
+    return fail(Errc::kIo, "mlfx-agent could not capture pid " + std::to_string(o.pid) + " (exit status " +
+                               std::to_string(status) + "; its message is above)");
+  MLFX_ASSIGN(std::string context_text, read_small_file(context_file.path(), 256u << 20));
+  json::Json context = json::Json::parse(context_text, nullptr, false);
+  if (context.is_discarded() || !context.is_object())
+    return fail(Errc::kBadFormat, "mlfx-agent wrote no capture context for pid " + std::to_string(o.pid));
   MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> layer, layers::FileLayer::open(core.path()));
   ev.description = {{"kind", "live process"},
                     {"pid", o.pid},
-                    {"method", "frozen with ptrace, memory read into an in-memory ELF core, thawed"},
-                    {"timings", context["timings"]},
+                    {"method", "frozen with ptrace by mlfx-agent, memory read into an in-memory ELF core, thawed"},
+                    {"capture_program", agent},
+                    {"timings", context.value("timings", json::Json::object())},
                     {"core_size", layer->size()}};
   ev.file = std::move(layer);
   ev.live_core = std::move(core);
@@ -137,10 +150,8 @@ class StorageBytes {
 // far more than the image holds (zero strides, many views of one storage, overlapping
 // storages, millions of keys); each tensor pays its contiguous bytes (safetensors) plus, the
 // first time a model names it, its storage (state_dict.pt), and its key in both headers.
-uint64_t export_budget(const layers::CoreInfo& info) {
-  uint64_t image = 0;
-  for (const auto& l : info.loads) image += l.filesz;
-  return 2 * image + (uint64_t{256} << 20);
+uint64_t export_budget(const layers::ProcessFacts& process) {
+  return 2 * process.image_bytes + (uint64_t{256} << 20);
 }
 constexpr size_t kMaxModels = 256;  // root modules exported, largest first
 constexpr uint64_t kMetaBytes = 2048;  // what one tensor's record and architecture.json entry cost in memory
@@ -211,7 +222,7 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
   const std::string dir = out_dir + "/tensors";
   if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
   if (!records.empty()) MLFX_TRY(exporters::write_safetensors(dir + "/loose.safetensors", records, {{"format", "pt"}}));
-  MLFX_TRY(write_new_file(dir + "/loose.json", listed.dump(1) + "\n", 0640));
+  MLFX_TRY(write_new_file(dir + "/loose.json", listed.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
   if (unlisted) diag.warn("loose tensors: " + std::to_string(unlisted) + " more not listed");
   return json::Json{{"found", listed.size() + unlisted}, {"saved", records.size()}, {"saved_bytes", total},
                     {"file", records.empty() ? json::Json(nullptr) : json::Json("tensors/loose.safetensors")}};
@@ -450,7 +461,35 @@ json::Json sysroot_report(const layers::SysrootLayer& sysroot, Diagnostics& diag
 
 }  // namespace
 
-Result<json::Json> recover(const RecoverOptions& o) {
+namespace {
+
+// The typed view of a report.json this file just built.
+RecoverResult summarize(json::Json report) {
+  RecoverResult r;
+  const json::Json& process = report["process"];
+  r.pid = process["pid"].get<int32_t>();
+  r.command = process["command"].get<std::string>();
+  r.python_version = report["python"]["version"].get<std::string>();
+  r.gc_objects = report["python"]["gc_objects"].get<uint64_t>();
+  r.torch_modules = report["torch"]["modules"].get<uint64_t>();
+  r.torch_loaded = report["torch"]["loaded"].get<bool>();
+  for (const auto& m : report["models"])
+    r.models.push_back({m["directory"].get<std::string>(), m["class"].get<std::string>(), m["tensors"].get<uint64_t>(),
+                        m["parameters"].get<uint64_t>(), m["complete"].get<bool>()});
+  for (const auto& f : report["findings"]) r.findings.push_back({f["severity"].get<std::string>(), f["summary"].get<std::string>()});
+  r.warnings = report["diagnostics"]["warnings"].size();
+  if (const auto& e = report["limits"]["exhausted"]; e.is_string()) r.limit_exhausted = e.get<std::string>();
+  const json::Json verification = report["input"].value("verification", json::Json::object());
+  if (const auto it = verification.find("capture_incomplete"); it != verification.end() && it->is_string())
+    r.capture_incomplete = it->get<std::string>();
+  r.identity_unverified = verification.value("verdict", "") == evidence::verdict_name(evidence::Verdict::kIdentityUnverified);
+  r.report = std::move(report);
+  return r;
+}
+
+}  // namespace
+
+Result<RecoverResult> recover(const RecoverOptions& o) {
   auto t0 = Clock::now();
   json::Json timings = json::Json::object();
   Diagnostics diag(o.limits);
@@ -458,9 +497,8 @@ Result<json::Json> recover(const RecoverOptions& o) {
   auto opened = layers::ElfCoreLayer::open(ev.file);
   if (!opened) return fail(std::move(opened).error().context(o.input));
   std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
-  const layers::CoreInfo& info = core->info();
-  for (const auto& w : info.warnings) diag.warn(w);
-  std::unique_ptr<layers::SysrootLayer> sysroot;
+  // gdb's sysroot over the core: file-backed memory the core left out, read from lab files.
+  std::shared_ptr<const layers::SysrootLayer> sysroot;
   std::string missing_hint;  // without --sysroot: what the core lacks, and what to do
   if (!o.sysroot.empty()) {
     MLFX_ASSIGN(sysroot, layers::SysrootLayer::open(core, o.sysroot));
@@ -473,13 +511,17 @@ Result<json::Json> recover(const RecoverOptions& o) {
                    (missing.paths.size() > 1 ? ", ..." : "") +
                    "): gcore and kernel cores leave out read-only file data such as type names; rerun with "
                    "--sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
-    diag.warn(missing_hint);
   }
-  const layers::Layer& mem = sysroot ? static_cast<const layers::Layer&>(*sysroot) : *core;
+  // From here on only the process image: its memory and mapped files, no ELF-core types.
+  const layers::ProcessImage image = layers::ElfCoreLayer::process_image(core, sysroot);
+  core.reset();
+  for (const auto& w : image.warnings) diag.warn(w);
+  if (!missing_hint.empty()) diag.warn(missing_hint);
+  const layers::Layer& mem = *image.memory;
   timings["open_ms"] = ms_since(t0);
 
   auto t1 = Clock::now();
-  auto located = frontends::cpython::PythonRuntime::locate(mem, info.files, diag);
+  auto located = frontends::cpython::PythonRuntime::locate(mem, image.mapped_files, diag);
   // Bytes that are not there (not damage) may be the file data the core left out.
   const bool absent = !located && (located.error().code() == Errc::kNotFound ||
                                    located.error().code() == Errc::kInvalidAddress);
@@ -515,7 +557,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
 
   auto t3 = Clock::now();
   frontends::torch::TensorReader tensors(objects);
-  uint64_t export_left = export_budget(info);
+  uint64_t export_left = export_budget(image.facts);
   std::set<uint64_t> model_tensors;
   ModelExport x{walker, tensors, mem, diag, export_left, model_tensors, o.input};
   json::Json models = json::Json::array();
@@ -537,9 +579,9 @@ Result<json::Json> recover(const RecoverOptions& o) {
       {"created_utc", utc_timestamp()},
       {"input", ev.description},
       {"process",
-       {{"pid", info.pid}, {"command", info.command}, {"args", info.args},
-        {"threads", info.threads.size()}, {"mapped_files", info.files.size()},
-        {"segments", info.loads.size()}}},
+       {{"pid", image.facts.pid}, {"command", image.facts.command}, {"args", image.facts.args},
+        {"threads", image.facts.threads}, {"mapped_files", image.mapped_files.size()},
+        {"segments", image.facts.segments}}},
       {"python",
        {{"version", runtime.version()}, {"binary", runtime.binary()}, {"layout", runtime.layout().name},
         {"runtime", hex_address(runtime.runtime())}, {"gc_state", hex_address(runtime.gc_state())},
@@ -557,7 +599,7 @@ Result<json::Json> recover(const RecoverOptions& o) {
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
   MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
-  return report;
+  return summarize(std::move(report));
 }
 
 }  // namespace mlfx::recovery

@@ -4,11 +4,14 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "mlfx/base/json.h"
 #include "mlfx/base/result.h"
-#include "recovery/diagnostics.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::recovery {
 
@@ -26,12 +29,37 @@ struct RecoverOptions {
   Limits limits;
 };
 
+// What a recovery found, typed for programs and the CLI; `report` is report.json itself
+// (docs/outputs.md). Every string here came from evidence: print it through printable().
+struct RecoveredModel {
+  std::string directory;   // "models/<n>-<Class>", under the output directory
+  std::string class_name;  // qualified class name
+  uint64_t tensors = 0, parameters = 0;
+  bool complete = false;   // every file written
+};
+struct Finding {
+  std::string severity;    // "suspicious", ...
+  std::string summary;
+};
+struct RecoverResult {
+  json::Json report;
+  int32_t pid = 0;
+  std::string command, python_version;
+  uint64_t gc_objects = 0, torch_modules = 0;
+  bool torch_loaded = false;
+  std::vector<RecoveredModel> models;
+  std::vector<Finding> findings;
+  size_t warnings = 0;
+  std::optional<std::string> limit_exhausted;     // the analysis stopped here: results are partial
+  std::optional<std::string> capture_incomplete;  // the bundle says its capture is partial
+  bool identity_unverified = false;               // the bundle's signer is not bound to its device id
+};
+
 // Writes DIR/report.json and DIR/models/<n>-<Class>/{state_dict.safetensors, state_dict.pt,
-// architecture.json}; returns the report. Damage inside the image (unreadable objects,
+// architecture.json}; returns what it found. Damage inside the image (unreadable objects,
 // broken lists) gives partial results with diagnostics in the report; an input that is not
 // a Python process image is an error. A spent budget (options.limits) ends the analysis with
-// what it has: report["limits"]["exhausted"] says so. Module ownership cycles are reported in
-// report["findings"].
-Result<json::Json> recover(const RecoverOptions& options);
+// what it has (limit_exhausted). Module ownership cycles are findings.
+Result<RecoverResult> recover(const RecoverOptions& options);
 
 }  // namespace mlfx::recovery

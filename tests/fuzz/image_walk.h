@@ -9,7 +9,7 @@
 #include "frontends/torch/module_walker.h"
 #include "frontends/torch/tensor_reader.h"
 #include "fuzz_support.h"
-#include "recovery/diagnostics.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::fuzz {
 

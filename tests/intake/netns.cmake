@@ -4,4 +4,4 @@
 add_test(NAME intake_netns_cut_link
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/netns_cut_link_test.sh ${PROJECT_BINARY_DIR})
 set_tests_properties(intake_netns_cut_link PROPERTIES
-                     LABELS "intake;netns" SKIP_RETURN_CODE 77 TIMEOUT 180)
+                     LABELS "slow;intake;netns" SKIP_RETURN_CODE 77 TIMEOUT 180)

@@ -41,6 +41,28 @@ TEST_F(Cli, HelpAndVersion) {
   EXPECT_EQ(mlfx("keys gen --kind nonsense --out x").exit_code, 2);
 }
 
+// mlfx alone (no mlfx-torch, no mlfx-agent beside it): the commands that need them say what
+// is missing and where it was looked for, instead of failing obscurely or using a program
+// found through PATH.
+TEST_F(Cli, CommandsRunByCompanionProgramsSayWhenTheyAreMissing) {
+  const std::string lone = dir / "bin";
+  ASSERT_EQ(run("mkdir " + lone + " && cp " + testing::mlfx_bin() + " " + lone + "/mlfx").exit_code, 0);
+  auto rehost = run(lone + "/mlfx rehost " + dir.path() + " --out " + (dir / "rh"));
+  EXPECT_EQ(rehost.exit_code, 1);
+  EXPECT_NE(rehost.output.find("mlfx-torch is not installed"), std::string::npos) << rehost.output;
+  EXPECT_NE(rehost.output.find("libexec/mlfx"), std::string::npos) << rehost.output;
+  auto scan = run("PATH=" + std::string(getenv("MLFX_BIN") ? getenv("MLFX_BIN") : ".") + ":$PATH " + lone +
+                  "/mlfx scan weight-diff " + (dir / "notes.txt") + " --baseline " + (dir / "notes.txt") + " --out " + (dir / "wd"));
+  EXPECT_EQ(scan.exit_code, 1) << scan.output;
+  EXPECT_NE(scan.output.find("mlfx-torch is not installed"), std::string::npos) << scan.output;
+  auto live = run(lone + "/mlfx recover --pid 1 --out " + (dir / "rec"));
+  EXPECT_EQ(live.exit_code, 1);
+  EXPECT_NE(live.output.find("mlfx-agent is not installed"), std::string::npos) << live.output;
+  // Usage errors are found by mlfx itself, without the companion.
+  EXPECT_EQ(run(lone + "/mlfx rehost").exit_code, 2);
+  EXPECT_EQ(run(lone + "/mlfx rehost --help").exit_code, 0);
+}
+
 TEST_F(Cli, KeysGenRefusesOverwriteAndPrintsNoSecrets) {
   auto gen = mlfx("keys gen --kind lab --out " + (dir / "lab2"));
   EXPECT_EQ(gen.exit_code, 0);

@@ -15,7 +15,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "mlfx/pki/lab_ca.h"
+#include "pki/lab_ca.h"
 #include "test_util.h"
 
 namespace mlfx {

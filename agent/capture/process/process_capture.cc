@@ -19,7 +19,6 @@
 #include "arch.h"
 #include "core_notes.h"
 #include "elf_build_id.h"
-#include "io/capture_io_policy.h"
 #include "mlfx/base/clock.h"
 #include "proc_maps.h"
 #include "procfs.h"
@@ -543,68 +542,6 @@ json::Json ProcessCapture::acquisition() const {
   a["complete"] = !s.stats.source_gone;
   if (s.stats.source_gone) a["target_exit"] = target_exit();
   return a;
-}
-
-namespace {
-
-// The bundle's core stream as the emitter's sink: memory is read into its chunk buffers.
-class BundleSink : public CoreSink {
- public:
-  explicit BundleSink(bundle::BundleWriter& w) : w_(w) {}
-  Result<std::span<uint8_t>> buffer(size_t max) override { return w_.buffer(max); }
-  Status commit(size_t n) override { return w_.commit(n); }
-
- private:
-  bundle::BundleWriter& w_;
-};
-
-// What the core will roughly hold, from /proc/PID/maps before the freeze: its readable mappings.
-uint64_t expected_core_bytes(pid_t pid) {
-  uint64_t total = 0;
-  if (auto maps = read_proc_maps(pid))
-    for (const MapEntry& m : *maps)
-      if (m.readable()) total += m.size();
-  return total;
-}
-
-}  // namespace
-
-Result<BundleCaptureResult> capture_process_to_bundle(
-    const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
-    const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
-    bool show_progress) {
-  io::CaptureIoPolicy policy;  // outlives the writer
-  params.policy = &policy;
-  MLFX_ASSIGN(bundle::BundleWriter w,
-              bundle::BundleWriter::create(std::move(out), device, recipients, std::move(params)));
-  // Page faults on the buffers are taken now, not while the target is frozen.
-  MLFX_TRY(w.prepare_buffers(expected_core_bytes(options.pid)));
-  // While the target is frozen, reading its memory comes first; sealing uses what is left.
-  policy.set_background(true);
-  MLFX_ASSIGN(ProcessCapture cap, ProcessCapture::freeze(options));
-  w.add_context(cap.summary());
-  const std::string pid = std::to_string(options.pid);
-  MLFX_TRY(w.begin_stream("core", "/proc/" + pid + "/mem"));
-  {
-    std::optional<Progress> bar;
-    if (show_progress) bar.emplace("capturing pid " + pid, cap.layout().file_size());
-    BundleSink sink(w);
-    auto st = cap.write_core(sink, bar ? &*bar : nullptr);
-    if (!st) return fail(std::move(st).error().context("writing the core of pid " + pid));
-    if (bar) bar->finish();
-  }
-  w.add_context(cap.completeness());
-  MLFX_TRY(cap.thaw());
-  policy.set_background(false);
-  MLFX_TRY(w.end_stream());
-  cap.note_core_sealed();
-  BundleCaptureResult result;
-  result.context = cap.context();
-  MLFX_TRY(w.begin_stream("context", "/proc/" + pid));
-  MLFX_TRY(w.write(as_bytes(json::canonical(result.context))));
-  MLFX_TRY(w.end_stream());
-  MLFX_ASSIGN(result.manifest, w.finish(cap.acquisition()));
-  return result;
 }
 
 Result<json::Json> capture_process_core(const ProcessCaptureOptions& options, File& out) {

@@ -1,4 +1,5 @@
-// Capture of one live process as an ELF core, sealed into an evidence bundle:
+// Capture of one live process as an ELF core (sealed into a bundle by the process source,
+// process_source.h, through the one capture path, capture/capture.h):
 //
 //   freeze every thread ─► read registers, maps, auxv, identity ─► plan the core
 //     ─► read the core (headers, notes, /proc/PID/mem) into bundle stream "core"
@@ -76,22 +77,8 @@ class ProcessCapture {
   std::unique_ptr<State> s_;
 };
 
-struct BundleCaptureResult {
-  bundle::Manifest manifest;
-  json::Json context;
-};
-
-// The whole job of `mlfx-agent capture --source process`: streams "core" then "context" into a
-// new bundle on `out` sealed with `device` to `recipients`; the manifest's context gets the
-// summary. Chunk buffers for the core (up to params.buffer_bytes) are allocated before the
-// freeze. The caller removes `out` on failure.
-Result<BundleCaptureResult> capture_process_to_bundle(
-    const ProcessCaptureOptions& options, File out, const crypto::SigningKey& device,
-    const std::vector<crypto::BoxPublicKey>& recipients, bundle::SealParams params,
-    bool show_progress);
-
-// `mlfx recover --pid`: the core of a live process written to `out` (an in-memory file in the
-// lab tool), the target frozen only while its memory is read. Returns the context document.
+// `mlfx-agent core` (which `mlfx recover --pid` runs): the core of a live process written to
+// `out`, the target frozen only while its memory is read. Returns the context document.
 Result<json::Json> capture_process_core(const ProcessCaptureOptions& options, File& out);
 
 }  // namespace mlfx::agent::process

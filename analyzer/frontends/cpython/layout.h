@@ -1,6 +1,7 @@
 // CPython object layouts as data: one table per supported version, checked against the
 // image before use (see python_runtime.cc) and never trusted blindly.
-// Offsets: ../shared/reference/cpython-torch-layouts.md §1-2 (x86-64 and aarch64, LP64).
+// Offsets: CPython's Include/cpython/*.h and Include/internal/pycore_*.h of each version
+// (x86-64 and aarch64, LP64).
 #pragma once
 
 #include <cstdint>

@@ -17,7 +17,7 @@
 #include "frontends/cpython/layout.h"
 #include "layers/layer.h"
 #include "mlfx/base/json.h"
-#include "recovery/diagnostics.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::frontends::cpython {
 

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "frontends/cpython/layout.h"
-#include "layers/elf_core_layer.h"
-#include "recovery/diagnostics.h"
+#include "layers/process_image.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::frontends::cpython {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "frontends/cpython/python_objects.h"
-#include "recovery/diagnostics.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::frontends::torch {
 

@@ -7,7 +7,7 @@
 
 #include "frontends/cpython/python_objects.h"
 #include "frontends/torch/torch_layout.h"
-#include "recovery/diagnostics.h"
+#include "base/diagnostics.h"
 
 namespace mlfx::frontends::torch {
 

@@ -1,5 +1,6 @@
-// PyTorch C++ object layouts as data (reference/cpython-torch-layouts.md §3), one table per
-// layout generation, chosen by self-calibration on the first tensor (§3.7).
+// PyTorch C++ object layouts as data (c10/core/TensorImpl.h, StorageImpl.h and
+// torch/csrc/autograd/python_variable.h of each release), one table per layout generation,
+// chosen by self-calibration on the first tensor.
 #pragma once
 
 #include <cstdint>

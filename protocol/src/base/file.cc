@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace mlfx {
@@ -225,6 +226,31 @@ Status make_output_dir(const std::string& dir, std::initializer_list<const char*
     if (access((dir + "/" + name).c_str(), F_OK) == 0)
       return fail(Errc::kExists, "output directory " + dir + " already holds " + name + "; choose a new one");
   return {};
+}
+
+Rollback remove_unless_committed(const std::string& path) {
+  return Rollback([path] { ::unlink(path.c_str()); });
+}
+
+Result<File> open_output(const std::string& path, mode_t mode) {
+  int fd = -1;
+  if (path == "-") {
+    fd = STDOUT_FILENO;
+  } else if (path.rfind("/dev/fd/", 0) == 0) {
+    char* end = nullptr;
+    const long n = std::strtol(path.c_str() + 8, &end, 10);
+    if (*end != '\0' || end == path.c_str() + 8 || n < 0 || n > 65535)
+      return fail(Errc::kInvalidArgument, path + " is not a descriptor");
+    fd = static_cast<int>(n);
+  } else {
+    return File::create_new(path, mode);
+  }
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY)
+    return fail(Errc::kInvalidArgument, path + " is not open for writing");
+  const int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) return fail(Errc::kIo, "cannot use " + path + ": " + errno_text(errno));
+  return File(copy, path);
 }
 
 }  // namespace mlfx

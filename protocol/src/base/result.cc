@@ -1,5 +1,7 @@
 #include "mlfx/base/result.h"
 
+#include "mlfx/base/bytes.h"
+
 namespace mlfx {
 
 const char* errc_name(Errc c) {
@@ -19,10 +21,20 @@ const char* errc_name(Errc c) {
   return "error";
 }
 
+std::string ErrorLocation::to_string() const {
+  std::string out = layer.empty() ? "" : "layer " + layer;
+  auto add = [&out](const std::string& part) { out += (out.empty() ? "" : ", ") + part; };
+  if (address) add("address " + hex_address(*address));
+  if (file_offset) add("file offset " + hex_address(*file_offset));
+  return out;
+}
+
 std::string Error::to_string() const {
   std::string out;
   for (auto it = context_.rbegin(); it != context_.rend(); ++it) out += *it + ": ";
-  return out + message_;
+  out += message_;
+  if (location_) out += " (" + location_->to_string() + ")";
+  return out;
 }
 
 }  // namespace mlfx

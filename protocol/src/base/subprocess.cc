@@ -123,4 +123,41 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, const st
   return r;
 }
 
+Result<int> run_with_descriptors(const std::vector<std::string>& argv, const std::vector<DescriptorMap>& fds) {
+  if (argv.empty()) return fail(Errc::kInvalidArgument, "run_with_descriptors: no program");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  for (const auto& m : fds) posix_spawn_file_actions_adddup2(&actions, m.parent_fd, m.child_fd);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return fail(Errc::kIo, "cannot run " + argv[0] + ": " + strerror(rc));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+Result<std::string> find_companion_program(const std::string& name) {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return fail(Errc::kNotFound, "cannot find this program's own path (/proc/self/exe)");
+  std::string dir(self, static_cast<size_t>(n));
+  dir.erase(dir.find_last_of('/'));
+  std::vector<std::string> tried;
+  for (const char* sub : {"/", "/../libexec/mlfx/", "/../agent/", "/../analyzer/"}) {
+    std::string candidate = dir + sub + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    tried.push_back(candidate);
+  }
+  std::string where;
+  for (const auto& t : tried) where += (where.empty() ? "" : ", ") + t;
+  return fail(Errc::kNotFound, name + " is not installed (looked for " + where + ")");
+}
+
+
 }  // namespace mlfx

@@ -84,7 +84,7 @@ TEST(HostileMemoryBudget, MemoryLimitEndsTheAnalysisWithExit4) {
     if (s.name == "gc-flood") write_file(dir / "flood.core", fuzz::hostile_core(s, kImageBytes));
   auto r = run(mlfx_bin() + " recover " + (dir / "flood.core") + " --out " + (dir / "out") + " --memory-limit 16");
   EXPECT_EQ(r.exit_code, 4) << r.output;
-  EXPECT_NE(r.output.find("mlfx: analysis stopped early: memory budget of 16 MiB for the analysis spent while "
+  EXPECT_NE(r.output.find("mlfx recover: analysis stopped early: memory budget of 16 MiB for the analysis spent while "
                           "walking the GC lists"),
             std::string::npos)
       << r.output;

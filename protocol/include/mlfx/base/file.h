@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 
@@ -78,6 +79,29 @@ class DirLock {
   explicit DirLock(int fd) : fd_(fd) {}
   int fd_;
 };
+
+// Undoes a half-done output (removes an incomplete bundle) when it goes out of scope, unless
+// the work was committed: a failure never leaves a file that looks valid.
+class Rollback {
+ public:
+  explicit Rollback(std::function<void()> undo) : undo_(std::move(undo)) {}
+  Rollback(const Rollback&) = delete;
+  Rollback& operator=(const Rollback&) = delete;
+  ~Rollback() {
+    if (undo_) undo_();
+  }
+  void commit() { undo_ = nullptr; }
+
+ private:
+  std::function<void()> undo_;
+};
+
+// A Rollback that removes `path`.
+Rollback remove_unless_committed(const std::string& path);
+
+// Opens an output named on a command line: "-" is standard output, "/dev/fd/N" a descriptor
+// the caller handed over, anything else a new file (never replacing one).
+Result<File> open_output(const std::string& path, mode_t mode);
 
 std::string errno_text(int err);
 

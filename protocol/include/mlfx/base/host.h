@@ -1,7 +1,10 @@
 // Who and where: identity facts recorded in manifests and custody events.
 #pragma once
 
+#include <cstdint>
 #include <string>
+
+#include "mlfx/base/result.h"
 
 namespace mlfx {
 
@@ -13,5 +16,13 @@ struct HostIdentity {
 };
 
 HostIdentity local_host_identity();
+
+// "HOST:PORT" or "[IPv6]:PORT" as given to --listen or --server; `option` names it in
+// messages. Port 0 ("any free port") only where `allow_any_port`.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+Result<HostPort> parse_host_port(const std::string& text, const std::string& option, bool allow_any_port);
 
 }  // namespace mlfx

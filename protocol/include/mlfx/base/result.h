@@ -1,6 +1,8 @@
 // Result<T>: the one error-reporting type of mlfx (no exceptions on code paths).
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +27,15 @@ enum class Errc {
 
 const char* errc_name(Errc c);
 
+// Where in the evidence an error arose, as data for programs (report.json, --json) and
+// printed after the message: "(layer elf-core, address 0x7f..., file offset 0x1000)".
+struct ErrorLocation {
+  std::string layer;                     // the layer or file the address or offset is in
+  std::optional<uint64_t> address;       // a virtual or physical address in that layer
+  std::optional<uint64_t> file_offset;   // a byte offset in the evidence file or stream
+  std::string to_string() const;
+};
+
 // An error with a message and a context chain added on the way up, printed
 // outermost first: "opening bundle x.mlfx: stream cpu, chunk 17: authentication tag mismatch".
 class Error {
@@ -33,8 +44,13 @@ class Error {
 
   Errc code() const { return code_; }
   const std::string& message() const { return message_; }
+  const std::optional<ErrorLocation>& location() const { return location_; }
   Error&& context(std::string what) && {
     context_.push_back(std::move(what));
+    return std::move(*this);
+  }
+  Error&& at(ErrorLocation where) && {
+    location_ = std::move(where);
     return std::move(*this);
   }
   std::string to_string() const;
@@ -43,10 +59,18 @@ class Error {
   Errc code_;
   std::string message_;
   std::vector<std::string> context_;  // innermost first
+  std::optional<ErrorLocation> location_;
 };
 
+// [[nodiscard]]: a dropped Result or Status fails the build (-Werror=unused-result).
 template <class T>
-using Result = tl::expected<T, Error>;
+class [[nodiscard]] Result : public tl::expected<T, Error> {
+  using Base = tl::expected<T, Error>;
+
+ public:
+  using Base::Base;
+  Result(Base b) : Base(std::move(b)) {}  // from tl::expected's own combinators
+};
 using Status = Result<void>;
 
 inline tl::unexpected<Error> fail(Errc code, std::string message) {

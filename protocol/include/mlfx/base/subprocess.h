@@ -26,4 +26,18 @@ struct ProcessOptions {
 Result<ProcessResult> run_process(const std::vector<std::string>& argv, const std::string& input = "",
                                   const ProcessOptions& options = {});
 
+// Runs argv[0] with the caller's standard error and the given descriptors of this process
+// as the child's (parent fd -> child fd, e.g. an in-memory file as its standard output), and
+// waits for it. Returns its exit status (128 + N when killed by signal N).
+struct DescriptorMap {
+  int parent_fd;
+  int child_fd;
+};
+Result<int> run_with_descriptors(const std::vector<std::string>& argv, const std::vector<DescriptorMap>& fds);
+
+// Another program of mlfx: beside this executable (installed in bin/, or the build tree's
+// sibling folders agent/ and analyzer/), or in ../libexec/mlfx; never looked up in PATH, so
+// that the lab runs the build it trusts.
+Result<std::string> find_companion_program(const std::string& name);
+
 }  // namespace mlfx

@@ -1,4 +1,4 @@
-#include "mlfx/pki/lab_ca.h"
+#include "pki/lab_ca.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

@@ -1,0 +1,35 @@
+// The one capture path of the agent, whatever the sources: sources to the sealer.
+//
+//   allocate buffers ─► freeze every source ─► read each into its bundle stream ─► thaw all
+//     ─► finish sealing ─► context streams ─► manifest + custody ('acquired', 'sealed')
+//
+// While the targets are frozen the sealing threads run at the lowest CPU priority (the
+// agent's I/O policy, io/capture_io_policy.h): reading comes first. Several sources run under
+// one freeze (coordinated capture: GPU first, then process or whole memory); every stream but
+// the last is sealed to its end before the next source reads, the last one after the thaw.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "capture/capture_source.h"
+#include "mlfx/base/file.h"
+#include "mlfx/bundle/manifest.h"
+#include "mlfx/crypto/keys.h"
+
+namespace mlfx::agent {
+
+struct CaptureOutcome {
+  bundle::Manifest manifest;
+  std::vector<json::Json> contexts;  // one per source, in order
+  bool complete = true;              // every source read everything
+};
+
+// Seals the sources' streams into a new bundle on `out` (an empty new file; the caller removes
+// it on failure), signed with `device`, encrypted to `recipients`.
+Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sources, File out,
+                                         const crypto::SigningKey& device,
+                                         const std::vector<crypto::BoxPublicKey>& recipients,
+                                         bundle::SealParams params, bool show_progress);
+
+}  // namespace mlfx::agent

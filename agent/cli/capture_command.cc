@@ -1,0 +1,243 @@
+// mlfx-agent capture: freeze a process, capture its memory as an ELF core sealed into a new
+// bundle (or the spool), and let it run on. mlfx-agent core: the same core, plain, for triage.
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "capture/capture.h"
+#include "capture/process/process_capture.h"
+#include "capture/process/process_source.h"
+#include "capture/process/proc_maps.h"
+#include "capture/process/procfs.h"
+#include "cli/command.h"
+#include "mlfx/base/file.h"
+#include "mlfx/base/progress.h"
+#include "mlfx/bundle/sealing_keys.h"
+
+namespace mlfx::agent::cli {
+namespace {
+
+// Ctrl-C, SIGTERM or SIGHUP during a capture: stop at the next block, release the target and
+// remove the incomplete bundle, instead of dying with a partial file on disk.
+std::atomic<bool> g_interrupted{false};
+
+void on_signal(int) { g_interrupted = true; }
+
+void catch_interrupts() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+}
+
+struct CaptureArgs {
+  pid_t pid = 0;
+  std::string out, spool, device_key, source = "process", case_id, note, device_id;
+  std::vector<std::string> recipients;
+  uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
+  std::optional<uint64_t> spool_quota;
+  bool quiet = false;
+  bool allow_partial = false;  // a target that exits during the capture is not a failure
+};
+
+// The bundle grows to about the target's readable memory: refuse before freezing anything
+// when the spool has no room for that.
+Status check_spool_room(const Spool& spool, pid_t pid) {
+  MLFX_ASSIGN(auto maps, process::read_proc_maps(pid));
+  uint64_t estimate = 0;
+  for (const auto& m : maps)
+    if (m.readable()) estimate += m.size();
+  return spool.check_room(estimate);
+}
+
+// Memory for read-but-not-yet-sealed chunks: with room for the whole image the target is
+// frozen only while its memory is read; a quarter of what the kernel can spare by default.
+Result<uint64_t> capture_buffer_bytes(const CaptureArgs& a) {
+  if (a.buffer_bytes) return a.buffer_bytes;
+  MLFX_ASSIGN(uint64_t available, process::mem_available_bytes());
+  return available / 4;
+}
+
+// `final_path` receives where the bundle ended up: --out, or its name in the spool's queue.
+Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
+  // Keys first: a typo fails before anything is created or frozen.
+  MLFX_ASSIGN(bundle::SealingKeys keys, bundle::load_sealing_keys(a.device_key, a.recipients));
+  bundle::SealParams p;
+  p.case_id = a.case_id;
+  p.note = a.note;
+  p.device_id = a.device_id;
+  p.command = "agent capture";
+  MLFX_ASSIGN(p.buffer_bytes, capture_buffer_bytes(a));
+  p.cancel = &g_interrupted;  // also after the thaw, while sealing finishes
+  p.tool_parameters = {{"pid", a.pid}, {"source", a.source}, {"recipients", a.recipients},
+                       {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
+                       {"buffer_bytes", p.buffer_bytes}};
+  std::optional<Spool> spool;
+  std::optional<IncomingFile> incoming;  // in the spool: written locked, then queued
+  File out;
+  if (!a.spool.empty()) {
+    MLFX_ASSIGN(spool, open_spool(a.spool, a.spool_quota));
+    MLFX_TRY(check_spool_room(*spool, a.pid));
+    MLFX_ASSIGN(incoming, spool->create_incoming("capture-" + std::to_string(a.pid) + "-" +
+                                                 std::to_string(getpid()) + ".mlfx"));
+    out = std::move(incoming->file);
+  } else {
+    MLFX_ASSIGN(out, File::create_new(a.out, 0640));
+  }
+  Rollback incomplete([&] {  // a failure removes the incomplete bundle
+    if (incoming) spool->discard_incoming(*incoming);
+    else ::unlink(a.out.c_str());
+  });
+  process::ProcessCaptureOptions opt;
+  opt.pid = a.pid;
+  opt.cancel = &g_interrupted;
+  process::ProcessSource source(opt);
+  auto r = capture_to_bundle({&source}, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
+  if (!r) return fail(std::move(r).error().context("capturing pid " + std::to_string(a.pid)));
+  if (spool) {
+    MLFX_ASSIGN(SpoolEntry e, spool->add_incoming(*incoming));
+    *final_path = e.path;
+  } else {
+    *final_path = a.out;
+  }
+  incomplete.commit();
+  return r;
+}
+
+// A target that exited (killed, crashed) while its memory was read: the bundle is sealed and
+// kept, since nothing else of that process is left, and says in its context and custody that
+// it is partial. Without --allow-partial that is not a success.
+int report_partial(const CaptureArgs& a, const json::Json& c, const std::string& path) {
+  const json::Json& exit = c["target_exit"];
+  std::fprintf(stderr,
+               "mlfx-agent: capture: PARTIAL CAPTURE: %s; %s of the %s core could not be read and are zeros "
+               "(from address 0x%llx on). The bundle %s is kept and marked partial: context \"complete\": "
+               "false with \"target_exit\", and the same in its custody 'acquired' event.\n",
+               exit["how"].get<std::string>().c_str(),
+               human_bytes(exit["bytes_not_read"].get<double>()).c_str(),
+               human_bytes(c["bytes"]["core"].get<double>()).c_str(),
+               static_cast<unsigned long long>(exit["at_address"].get<uint64_t>()), path.c_str());
+  if (a.allow_partial) return 0;
+  std::fprintf(stderr, "mlfx-agent: capture: pid %d exited during the capture; exit status %d "
+                       "(pass --allow-partial to accept a partial capture)\n",
+               a.pid, kExitPartialCapture);
+  return kExitPartialCapture;
+}
+
+int run_capture(const CaptureArgs& a) {
+  if (a.quiet) Progress::set_enabled(false);
+  catch_interrupts();
+  std::string path;
+  auto r = capture(a, &path);
+  if (!r) return report_error("capture", r.error());
+  const json::Json& c = r->contexts.front();  // the process source
+  const json::Json& t = c["timings"];
+  std::printf("captured pid %d (%s): %zu threads, %zu mappings, %s read in %.0f ms, frozen %.0f ms, "
+              "sealed %.0f ms after the thaw\n",
+              a.pid, c["process"]["comm"].get<std::string>().c_str(), c["threads"].size(),
+              c["mappings"].size(), human_bytes(c["bytes"]["read"].get<double>()).c_str(),
+              t["capture_ms"].get<double>(), t["frozen_ms"].get<double>(),
+              t["sealed_after_thaw_ms"].get<double>());
+  if (!c["unreadable"].empty())
+    std::printf("  %zu range(s) not read (zero-filled or left out; listed in the context stream), "
+                "%s zero-filled\n",
+                c["unreadable"].size(), human_bytes(c["bytes"]["zero_filled"].get<double>()).c_str());
+  std::printf("sealed %s: bundle %s%s\n", path.c_str(), r->manifest.bundle_id_hex().c_str(),
+              c["complete"].get<bool>() ? "" : " (PARTIAL: the target exited during the capture)");
+  for (const auto& s : r->manifest.streams)
+    std::printf("  %-10s %14llu bytes  sha256 %s\n", s.name.c_str(),
+                static_cast<unsigned long long>(s.size), s.sha256.c_str());
+  std::fflush(stdout);
+  if (!c["complete"].get<bool>()) return report_partial(a, c, path);
+  return 0;
+}
+
+// ---- core: a plain ELF core for triage on the host (mlfx recover --pid runs this) ----
+
+struct CoreArgs {
+  pid_t pid = 0;
+  std::string out, context;
+};
+
+int run_core(const CoreArgs& a) {
+  catch_interrupts();
+  auto out = open_output(a.out, 0600);
+  if (!out) return report_error("core", out.error());
+  if (a.out == "-" && isatty(STDOUT_FILENO)) {
+    std::fprintf(stderr, "mlfx-agent core: standard output is a terminal; redirect it or give --out FILE\n");
+    return kExitUsage;
+  }
+  Rollback incomplete = a.out == "-" || a.out.rfind("/dev/fd/", 0) == 0 ? Rollback(nullptr) : remove_unless_committed(a.out);
+  process::ProcessCaptureOptions opt;
+  opt.pid = a.pid;
+  opt.cancel = &g_interrupted;
+  auto context = process::capture_process_core(opt, *out);
+  if (!context) return report_error("core", std::move(context).error().context("capturing pid " + std::to_string(a.pid)));
+  if (auto st = out->close(); !st) return report_error("core", st.error());
+  if (!a.context.empty()) {
+    auto f = open_output(a.context, 0600);
+    if (!f) return report_error("core", f.error());
+    if (auto st = f->write_all(as_bytes(context->dump())); !st) return report_error("core", st.error());
+  }
+  incomplete.commit();
+  return 0;
+}
+
+}  // namespace
+
+void add_capture_commands(CLI::App& app, Registry& registry) {
+  auto args = std::make_shared<CaptureArgs>();
+  CaptureArgs& ca = *args;
+  auto* cap = app.add_subcommand("capture", "freeze a process, capture its memory as an ELF core "
+                                            "sealed into a new bundle, and let it run on");
+  cap->add_option("--pid", ca.pid, "process to capture")->required()->check(CLI::PositiveNumber);
+  cap->add_option("--out", ca.out, "bundle to create (must not exist)");
+  cap->add_option("--device-key", ca.device_key, "device private key that signs")->required();
+  cap->add_option("--recipient", ca.recipients, "lab public key to encrypt to (repeatable)")->required();
+  cap->add_option("--source", ca.source, "capture backend (process: ptrace + /proc/PID/mem)")
+      ->check(CLI::IsMember({"process"}));
+  cap->add_option("--case", ca.case_id, "case identifier");
+  cap->add_option("--note", ca.note, "operator note");
+  cap->add_option("--device-id", ca.device_id, "device name recorded in the manifest (default: host name)");
+  cap->add_option("--buffer", ca.buffer_bytes,
+                  "memory for captured chunks awaiting sealing, e.g. 2G (default: a quarter of "
+                  "MemAvailable); the target is frozen longer when its memory does not fit")
+      ->transform(CLI::AsSizeValue(false));
+  cap->add_flag("-q,--quiet", ca.quiet, "no progress bar");
+  cap->add_flag("--allow-partial", ca.allow_partial,
+                "exit 0 when the target exits during the capture (the bundle is kept and marked partial "
+                "either way; without this flag the exit status is 3)");
+
+  auto* opt_out = cap->get_option("--out");
+  auto* opt_spool = cap->add_option("--spool", ca.spool, "queue the bundle in this spool directory for 'ship' "
+                                                         "instead of writing --out");
+  cap->add_option("--spool-quota", ca.spool_quota, "spool disk quota, e.g. 20G (kept for later runs)")
+      ->transform(CLI::AsSizeValue(false))->needs(opt_spool);
+  opt_out->excludes(opt_spool);
+
+  auto core_args = std::make_shared<CoreArgs>();
+  auto* core = app.add_subcommand("core", "freeze a process and write its memory as a plain ELF core (triage on "
+                                          "this host; not evidence: unsealed, unsigned), then let it run on");
+  core->add_option("--pid", core_args->pid, "process to capture")->required()->check(CLI::PositiveNumber);
+  core->add_option("--out", core_args->out, "core file to create (must not exist), '-' for standard output, or "
+                                            "/dev/fd/N for a descriptor this program was given")->required();
+  core->add_option("--context", core_args->context, "also write the capture context (JSON: process, threads, "
+                                                    "mappings, timings) here; same forms as --out");
+  registry.add(core, [core_args] { return run_core(*core_args); });
+
+  registry.add(cap, [args] {
+    if (args->out.empty() && args->spool.empty()) {
+      std::fprintf(stderr, "mlfx-agent capture: give --out FILE or --spool DIR\n");
+      return kExitUsage;
+    }
+    return run_capture(*args);
+  });
+}
+
+}  // namespace mlfx::agent::cli

@@ -1,0 +1,39 @@
+// A process as the frontends see it, whatever the evidence holds it in: its address space (the
+// top layer) and the files mapped into it. An ELF core gives one (elf_core_layer.h); a process
+// rebuilt from a physical image (LiME or mlfx_mem.ko plus the pagemap captured beside it) gives
+// another. Frontends and the recovery engine use only this: no ELF-core types.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/layer.h"
+
+namespace mlfx::layers {
+
+struct MappedFile {  // one file mapping, as the kernel listed it
+  uint64_t start = 0, end = 0, file_offset = 0;  // file_offset in bytes
+  std::string path;
+};
+
+struct ProcessFacts {  // what the evidence says about the process itself
+  int32_t pid = 0;
+  std::string command;  // the short name (comm)
+  std::string args;     // the command line, as far as recorded
+  size_t threads = 0;
+  uint16_t elf_machine = 0;  // EM_X86_64, EM_AARCH64, ...
+  size_t segments = 0;       // address ranges the evidence holds
+  uint64_t image_bytes = 0;  // bytes of the process's memory the evidence holds
+};
+
+struct ProcessImage {
+  std::string kind;                     // "ELF core", ...
+  std::shared_ptr<const Layer> memory;  // the process's virtual address space
+  std::vector<MappedFile> mapped_files;
+  ProcessFacts facts;
+  std::vector<std::string> warnings;    // damage found and tolerated (a truncated core, ...)
+};
+
+}  // namespace mlfx::layers
