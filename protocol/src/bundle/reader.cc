@@ -338,12 +338,12 @@ Status BundleReader::verify_signature() const {
 namespace {
 
 // Chunk records are checked and decrypted on every core (chunk_pipeline.h), each read whole
-// into a buffer of its own; this many buffers per thread bound the memory, as a serial loop's
-// one buffer did, while keeping every thread busy.
-constexpr size_t kRecordBuffersPerWorker = 2;
+// into a buffer of its own: one per thread, and two for the chunks the in-order hashes and
+// sink work on meanwhile. Memory stays bounded, as with a serial loop's one buffer.
+constexpr size_t kRecordBuffersBesideWorkers = 2;
 
 size_t record_buffers(unsigned workers, size_t chunks) {
-  return std::max<size_t>(1, std::min<size_t>(chunks, kRecordBuffersPerWorker * workers + 2));
+  return std::max<size_t>(1, std::min<size_t>(chunks, workers + kRecordBuffersBesideWorkers));
 }
 
 }  // namespace

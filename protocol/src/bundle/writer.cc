@@ -19,7 +19,9 @@ namespace mlfx::bundle {
 namespace {
 
 constexpr size_t kBufferAlign = 2u << 20;  // a huge page, should the policy ask for them
-constexpr size_t kMinSlots = 4;  // enough for every step to hold a chunk
+// Beside one chunk per pipeline thread: the one being filled, the full one waiting for more
+// data, and one each for the in-order hash and write.
+constexpr size_t kSlotsBesideWorkers = 4;
 constexpr int kMadvPopulateWrite = 23;  // <linux/mman.h>, absent from older libc headers
 
 // One chunk's memory: plaintext of the evidence, kept out of core dumps and locked where
@@ -269,8 +271,8 @@ Result<BundleWriter> BundleWriter::create(File out, const crypto::SigningKey& de
     MLFX_ASSIGN(crypto::WrappedKey w, crypto::wrap_data_key(r, impl->data_key.view(), m.bundle_id));
     m.recipients.push_back(std::move(w));
   }
-  impl->slots.resize(std::max<uint64_t>(kMinSlots, params.buffer_bytes / params.chunk_size));
   const unsigned workers = params.sealer_threads ? params.sealer_threads : detail::default_workers();
+  impl->slots.resize(std::max<uint64_t>(workers + kSlotsBesideWorkers, params.buffer_bytes / params.chunk_size));
   if (params.policy) impl->policy = params.policy;
   impl->params = std::move(params);
 

@@ -34,8 +34,10 @@ struct SealParams {
   json::Json tool_parameters = json::Json::object();
   bool legacy_hashes = false;  // also MD5 and SHA-1 of each stream
   json::Json context = json::Json::object();  // recorded in the manifest as "context"
-  // Plaintext chunks that may wait for sealing (rounded to whole chunks; at least a few).
-  uint64_t buffer_bytes = 64u << 20;
+  // Plaintext chunks that may wait for sealing (rounded to whole chunks). At least one per
+  // pipeline thread and four more, as many as the pipeline works on at once: the default, for
+  // a producer that can wait. One racing the clock (a frozen process's memory) asks for more.
+  uint64_t buffer_bytes = 0;
   // Pipeline threads (each hashes, encrypts or writes, whatever is next). 0: one per core,
   // at least two (so hashing and encryption overlap) and at most eight.
   unsigned sealer_threads = 0;
