@@ -1,6 +1,7 @@
 #include "evidence/bundle_check.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -332,6 +333,15 @@ class OutputDir {
   bool created_dir_ = false, committed_ = false;
 };
 
+// Writes an opened stream's chunk at its offset and starts its writeback at once, so that the
+// fsync ending the file has little left to wait for: the disk works while the next chunks are
+// decrypted. The hint is the lab's I/O policy; some file systems refuse it.
+Status write_and_start_writeback(File& f, uint64_t at, ByteView chunk) {
+  MLFX_TRY(f.pwrite_all(at, chunk));
+  (void)sync_file_range(f.fd(), static_cast<off_t>(at), static_cast<off_t>(chunk.size()), SYNC_FILE_RANGE_WRITE);
+  return {};
+}
+
 }  // namespace
 
 VerifyReport verify_bundle(const std::string& path, const VerifyOptions& options) {
@@ -366,7 +376,8 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
     out.track(partial);
     std::optional<Progress> bar;
     if (options.show_progress) bar.emplace("opening " + s.name, s.size);
-    MLFX_TRY(reader.decrypt_stream_at(i, key.view(), [&](uint64_t at, ByteView pt) { return f.pwrite_all(at, pt); },
+    MLFX_TRY(reader.decrypt_stream_at(i, key.view(),
+                                      [&](uint64_t at, ByteView pt) { return write_and_start_writeback(f, at, pt); },
                                       bar ? &*bar : nullptr));
     if (bar) bar->finish();
     MLFX_TRY(f.sync());
