@@ -88,7 +88,12 @@ TEST_F(HostileSizes, TupleListSetDictAndStrCostNoMemory) {
 
   auto t = reader->tuple_items(tuple);
   ASSERT_FALSE(t);
-  EXPECT_NE(t.error().to_string().find("are not all in"), std::string::npos) << t.error().to_string();
+  EXPECT_NE(t.error().to_string().find("are not all mapped"), std::string::npos) << t.error().to_string();
+  // Where, as data: the layer and the first address of the range, printed in hex.
+  ASSERT_TRUE(t.error().location());
+  EXPECT_TRUE(t.error().location()->address.has_value());
+  EXPECT_NE(t.error().to_string().find("(layer "), std::string::npos) << t.error().to_string();
+  EXPECT_NE(t.error().to_string().find(", address 0x"), std::string::npos) << t.error().to_string();
   EXPECT_FALSE(reader->list_items(list));
   EXPECT_FALSE(reader->set_items(set));
   EXPECT_FALSE(reader->dict_items(dict));

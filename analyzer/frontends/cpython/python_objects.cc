@@ -29,8 +29,9 @@ Error not_a(const char* what, uint64_t obj) {
 // sized for them (one range check instead of a failed read into a 128 MiB vector).
 Status check_mapped(const layers::Layer& mem, uint64_t addr, uint64_t len, const char* what, uint64_t obj) {
   if (len <= UINT64_MAX - addr && mem.is_mapped(addr, len)) return {};
-  return fail(Errc::kInvalidAddress, std::string(what) + " at " + hex_address(obj) + ": its " + std::to_string(len) +
-                                         " bytes at " + hex_address(addr) + " are not all in " + mem.name());
+  return fail(Error(Errc::kInvalidAddress, std::string(what) + " at " + hex_address(obj) + ": its " +
+                                              std::to_string(len) + " bytes are not all mapped")
+                  .at({mem.name(), addr, std::nullopt}));
 }
 
 // UTF-8 encoding of one code point (lone surrogates become U+FFFD).

@@ -1,5 +1,6 @@
 #include "mlfx/bundle/reader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -371,7 +372,12 @@ Status BundleReader::verify_chunks(Progress* progress) const {
     for (size_t i = 0; i < streams_[s].chunks.size(); ++i) order.push_back({uint32_t(s), i});
   const unsigned workers = detail::default_workers(1);
   const size_t slots = record_buffers(workers, order.size());
-  std::vector<Bytes> bufs(slots, Bytes(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize));
+  // Buffers as large as the largest record, not the chunk size: a small bundle costs no
+  // megabytes of page faults.
+  size_t largest = 0;
+  for (const Chunk& c : order) largest = std::max<size_t>(largest, streams_[c.stream].chunks[c.index].plaintext_size);
+  std::vector<Bytes> bufs;
+  for (size_t k = 0; k < slots; ++k) bufs.emplace_back(kRecordHeaderSize + largest + crypto::kTagSize);
   std::vector<Chunk> in_slot(slots);
   std::vector<size_t> record_size(slots);
   detail::ChunkPipeline pipeline(
@@ -470,8 +476,10 @@ Status BundleReader::decrypt(size_t index, ByteView data_key, const std::functio
   // RLIMIT_MEMLOCK allows.
   const size_t slots = record_buffers(workers, chunks.size());
   std::vector<SecureBuffer> bufs;
+  size_t largest = 0;  // the largest record of this stream, not the chunk size
+  for (const ChunkEntry& c : chunks) largest = std::max<size_t>(largest, c.plaintext_size);
   for (size_t k = 0; k < slots; ++k) {
-    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(kRecordHeaderSize + header_.chunk_size + crypto::kTagSize));
+    MLFX_ASSIGN(SecureBuffer b, SecureBuffer::allocate(kRecordHeaderSize + largest + crypto::kTagSize));
     bufs.push_back(std::move(b));
   }
   std::vector<size_t> in_slot(slots);  // chunk index

@@ -162,7 +162,9 @@ TEST_F(HostileClientTest, AbandonedUploadsExpireWithASignedJournalNote) {
   ASSERT_FALSE(HasFatalFailure());
   ASSERT_EQ(partial_files().size(), 2u) << "the partial and its metadata note";
   EXPECT_GE(disk_usage(lab_.store() + "/partial"), b.offer.file_size) << "reserved once its metadata verified";
-  for (int i = 0; i < 300 && !partial_files().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // The files go first, then the journal note is signed and fsynced, then the event is logged.
+  for (int i = 0; i < 300 && (!partial_files().empty() || lab_.events("partial_expired").empty()); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_TRUE(partial_files().empty()) << "the abandoned upload expired";
   EXPECT_EQ(lab_.events("partial_expired").size(), 1u) << read_file(lab_.log_path());
 
