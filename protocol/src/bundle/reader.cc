@@ -12,7 +12,10 @@ namespace mlfx::bundle {
 
 namespace {
 
-std::string at(uint64_t off) { return " at offset " + std::to_string(off); }
+// Errors about the bytes at a file offset of the bundle: the offset travels as data
+// (Error::location) and prints as "(layer bundle, file offset 0x...)".
+Error bad_at(uint64_t off, const std::string& msg) { return Error(Errc::kBadFormat, msg).at({"bundle", std::nullopt, off}); }
+Error corrupt_at(uint64_t off, const std::string& msg) { return Error(Errc::kCorrupt, msg).at({"bundle", std::nullopt, off}); }
 
 Error corrupt(const std::string& msg) { return Error(Errc::kCorrupt, msg); }
 Error bad(const std::string& msg) { return Error(Errc::kBadFormat, msg); }
@@ -37,7 +40,7 @@ Result<BundleReader> BundleReader::open(const std::string& path) {
 Result<std::string> BundleReader::read_payload(const RecordHeader& h, uint64_t record_off,
                                                size_t limit, const std::string& what) const {
   if (h.payload_size > limit)
-    return fail(bad(what + at(record_off) + " is implausibly large (" +
+    return fail(bad_at(record_off, what + " is implausibly large (" +
                     std::to_string(h.payload_size) + " bytes)"));
   std::string s(h.payload_size, '\0');
   MLFX_TRY(file_.pread_exact(record_off + kRecordHeaderSize, reinterpret_cast<uint8_t*>(s.data()), s.size()));
@@ -46,21 +49,21 @@ Result<std::string> BundleReader::read_payload(const RecordHeader& h, uint64_t r
 
 Result<RecordHeader> BundleReader::read_record_header(uint64_t off, Bytes* raw) const {
   if (off > file_size_ || file_size_ - off < kRecordHeaderSize)
-    return fail(bad("truncated: incomplete record header" + at(off)));
+    return fail(bad_at(off, "truncated: incomplete record header"));
   raw->resize(kRecordHeaderSize);
   MLFX_TRY(file_.pread_exact(off, raw->data(), kRecordHeaderSize));
   MLFX_ASSIGN(RecordHeader h, decode_record_header(*raw, off));
   const std::string type = record_type_name(h.type);
   if (h.payload_size > file_size_ - off - kRecordHeaderSize)
-    return fail(bad("truncated: " + type + " record" + at(off) + " needs " +
+    return fail(bad_at(off, "truncated: " + type + " record needs " +
                     std::to_string(h.payload_size) + " bytes, the file ends " +
                     std::to_string(file_size_ - off - kRecordHeaderSize) + " bytes later"));
   const bool is_stream_record = h.type == uint32_t(RecordType::kChunk) ||
                                 h.type == uint32_t(RecordType::kChunkTable);
   if (!is_stream_record && h.stream != kNoStream)
-    return fail(bad(type + " record" + at(off) + " names a stream"));
+    return fail(bad_at(off, type + " record names a stream"));
   if (h.type != uint32_t(RecordType::kChunk) && (h.flags != 0 || h.sequence != 0))
-    return fail(bad(type + " record" + at(off) + " has non-zero flags or sequence"));
+    return fail(bad_at(off, type + " record has non-zero flags or sequence"));
   return h;
 }
 
@@ -78,13 +81,13 @@ Status BundleReader::read_file_header() {
 Status BundleReader::take_chunk_table(const RecordHeader& h, ByteView raw_header, uint64_t off,
                                       uint32_t stream, size_t chunks,
                                       const std::function<Status(size_t, const ChunkEntry&)>& check_entry) {
-  const std::string where = "chunk table of stream #" + std::to_string(h.stream) + at(off);
-  if (h.stream != stream) return fail(corrupt(where + ": out of place (streams reordered or spliced)"));
-  if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+  const std::string where = "chunk table of stream #" + std::to_string(h.stream);  // at `off`
+  if (h.stream != stream) return fail(corrupt_at(off, where + ": out of place (streams reordered or spliced)"));
+  if (stream >= kMaxStreams) return fail(bad_at(off, where + ": too many streams"));
   if (chunks > kMaxChunksPerStream)
-    return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks"));
+    return fail(bad_at(off, where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks"));
   if (h.payload_size != chunks * kChunkTableEntrySize)
-    return fail(corrupt(where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
+    return fail(corrupt_at(off, where + ": lists " + std::to_string(h.payload_size / kChunkTableEntrySize) +
                         " chunks, the stream has " + std::to_string(chunks)));
   MLFX_ASSIGN(std::string payload, read_payload(h, off, kMaxMetadataRecord, "chunk table"));
   StreamLayout layout;
@@ -92,7 +95,7 @@ Status BundleReader::take_chunk_table(const RecordHeader& h, ByteView raw_header
   for (size_t i = 0; i < chunks; ++i) {
     ChunkEntry e = decode_chunk_entry(reinterpret_cast<const uint8_t*>(payload.data()) +
                                       i * kChunkTableEntrySize);
-    if (auto st = check_entry(i, e); !st) return fail(std::move(st).error().context(where));
+    if (auto st = check_entry(i, e); !st) return fail(std::move(st).error().context(where).at({"bundle", std::nullopt, off}));
     layout.chunks.push_back(e);
   }
   Bytes record(raw_header.begin(), raw_header.end());
@@ -112,30 +115,30 @@ Status BundleReader::take_trailer(uint64_t off) {
   static const char* names[] = {"the manifest", "the manifest signature", "the custody log",
                                 "the end record"};
   for (size_t k = 0; k < 4; ++k) {
-    if (off >= file_size_) return fail(bad("truncated: the file ends" + at(off) + " before " + names[k]));
+    if (off >= file_size_) return fail(bad_at(off, std::string("truncated: the file ends before ") + names[k]));
     MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
     if (h.type != uint32_t(expected[k])) {
       const std::string type = record_type_name(h.type);
       if (h.type == uint32_t(RecordType::kChunk) || h.type == uint32_t(RecordType::kChunkTable))
-        return fail(bad(type + " record" + at(off) + " after the streams' chunk tables, where " +
+        return fail(bad_at(off, type + " record after the streams' chunk tables, where " +
                         names[k] + " belongs"));
-      if (k > 0 && h.type == uint32_t(RecordType::kManifest)) return fail(bad("second manifest" + at(off)));
+      if (k > 0 && h.type == uint32_t(RecordType::kManifest)) return fail(bad_at(off, "second manifest"));
       bool known = false;
       for (RecordType t : expected) known |= h.type == uint32_t(t);
-      if (!known) return fail(bad("unknown record type '" + type + "'" + at(off)));
-      return fail(bad(type + " record out of place" + at(off) + ", expected " + names[k]));
+      if (!known) return fail(bad_at(off, "unknown record type '" + type + "'"));
+      return fail(bad_at(off, type + " record out of place, expected " + names[k]));
     }
     switch (expected[k]) {
       case RecordType::kManifest: {
         MLFX_ASSIGN(manifest_bytes_, read_payload(h, off, kMaxMetadataRecord, "manifest"));
         auto m = Manifest::parse(manifest_bytes_);
-        if (!m) return fail(std::move(m).error().context("manifest" + at(off)));
+        if (!m) return fail(std::move(m).error().context("manifest").at({"bundle", std::nullopt, off}));
         manifest_ = std::move(*m);
         break;
       }
       case RecordType::kSignature: {
         if (h.payload_size != crypto::kSignatureSize)
-          return fail(bad("signature record" + at(off) + " is not 64 bytes"));
+          return fail(bad_at(off, "signature record is not 64 bytes"));
         MLFX_ASSIGN(std::string sig, read_payload(h, off, crypto::kSignatureSize, "signature"));
         signature_.assign(sig.begin(), sig.end());
         break;
@@ -147,7 +150,7 @@ Status BundleReader::take_trailer(uint64_t off) {
       default: {  // END
         MLFX_ASSIGN(std::string p, read_payload(h, off, 8, "end record"));
         if (p.size() != 8 || load_le<uint64_t>(reinterpret_cast<const uint8_t*>(p.data())) != off)
-          return fail(corrupt("end record" + at(off) + " does not give its own offset"));
+          return fail(corrupt_at(off, "end record does not give its own offset"));
         if (off + kRecordHeaderSize + 8 != file_size_)
           return fail(corrupt(std::to_string(file_size_ - off - kRecordHeaderSize - 8) +
                               " bytes after the end record (data appended)"));
@@ -193,23 +196,23 @@ Status BundleReader::walk() {
     MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
     if (h.type == uint32_t(RecordType::kChunk)) {
       const std::string where = "stream #" + std::to_string(h.stream) + ", chunk " +
-                                std::to_string(h.sequence) + at(off);
+                                std::to_string(h.sequence);  // at `off`
       if (h.stream != stream)
-        return fail(corrupt(where + ": found where stream #" + std::to_string(stream) +
+        return fail(corrupt_at(off, where + ": found where stream #" + std::to_string(stream) +
                             " was expected (streams reordered or spliced)"));
       if (awaiting_table)
-        return fail(corrupt(where + ": chunk after the final chunk of its stream (chunk duplicated or spliced)"));
+        return fail(corrupt_at(off, where + ": chunk after the final chunk of its stream (chunk duplicated or spliced)"));
       if (h.sequence != walked.size())
-        return fail(corrupt(where + ": expected chunk " + std::to_string(walked.size()) +
+        return fail(corrupt_at(off, where + ": expected chunk " + std::to_string(walked.size()) +
                             " (chunks reordered, duplicated or removed)"));
-      if (h.flags & ~kChunkFinal) return fail(bad(where + ": unknown flags"));
+      if (h.flags & ~kChunkFinal) return fail(bad_at(off, where + ": unknown flags"));
       const bool final = h.flags & kChunkFinal;
       if (h.payload_size < crypto::kTagSize || h.payload_size > max_chunk_payload ||
           (!final && h.payload_size != max_chunk_payload))
-        return fail(bad(where + ": impossible chunk size " + std::to_string(h.payload_size)));
-      if (stream >= kMaxStreams) return fail(bad(where + ": too many streams"));
+        return fail(bad_at(off, where + ": impossible chunk size " + std::to_string(h.payload_size)));
+      if (stream >= kMaxStreams) return fail(bad_at(off, where + ": too many streams"));
       if (walked.size() >= kMaxChunksPerStream)
-        return fail(bad(where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks in a stream"));
+        return fail(bad_at(off, where + ": more than " + std::to_string(kMaxChunksPerStream) + " chunks in a stream"));
       ChunkEntry e;
       e.record_offset = off;
       e.plaintext_size = static_cast<uint32_t>(h.payload_size - crypto::kTagSize);
@@ -218,7 +221,7 @@ Status BundleReader::walk() {
       awaiting_table = final;
     } else if (h.type == uint32_t(RecordType::kChunkTable)) {
       if (!awaiting_table)
-        return fail(corrupt("chunk table of stream #" + std::to_string(h.stream) + at(off) +
+        return fail(corrupt_at(off, "chunk table of stream #" + std::to_string(h.stream) +
                             ": stream has no final chunk (chunks removed or truncated)"));
       MLFX_TRY(take_chunk_table(h, raw, off, stream, walked.size(), [&](size_t i, const ChunkEntry& e) -> Status {
         if (e.record_offset != walked[i].record_offset ||
@@ -237,7 +240,7 @@ Status BundleReader::walk() {
     }
     off += kRecordHeaderSize + h.payload_size;
   }
-  return fail(bad("truncated: the file ends" + at(off) + " before the manifest"));
+  return fail(bad_at(off, "truncated: the file ends before the manifest"));
 }
 
 // Like walk(), but reads only the metadata units at `offsets`; each stream's chunk table must
@@ -251,19 +254,19 @@ Status BundleReader::walk_metadata(const std::vector<uint64_t>& offsets) {
   size_t k = 1;
   for (; k < offsets.size(); ++k) {
     const uint64_t off = offsets[k];
-    if (off < pos) return fail(bad("metadata unit" + at(off) + " overlaps the one before it"));
+    if (off < pos) return fail(bad_at(off, "metadata unit overlaps the one before it"));
     MLFX_ASSIGN(RecordHeader h, read_record_header(off, &raw));
     if (h.type != uint32_t(RecordType::kChunkTable)) break;
     const uint64_t n = h.payload_size / kChunkTableEntrySize;
     if (n == 0 || h.payload_size % kChunkTableEntrySize != 0)
-      return fail(bad("chunk table of stream #" + std::to_string(h.stream) + at(off) + " has no whole entries"));
+      return fail(bad_at(off, "chunk table of stream #" + std::to_string(h.stream) + " has no whole entries"));
     uint64_t cursor = pos;
     MLFX_TRY(take_chunk_table(h, raw, off, stream, n, [&](size_t i, const ChunkEntry& e) -> Status {
       const bool last = i + 1 == n;
       const std::string entry = "entry " + std::to_string(i);
       if (e.record_offset != cursor)
-        return fail(corrupt(entry + " places its chunk" + at(e.record_offset) + ", where " +
-                            at(cursor).substr(4) + " is next"));
+        return fail(corrupt_at(e.record_offset, entry + " places its chunk here, where offset " +
+                                                    hex_address(cursor) + " is next"));
       if (e.flags != (last ? kChunkFinal : 0u))
         return fail(corrupt(entry + ": the final flag must be on the last chunk only"));
       if (e.plaintext_size > header_.chunk_size || (!last && e.plaintext_size != header_.chunk_size))
@@ -272,13 +275,13 @@ Status BundleReader::walk_metadata(const std::vector<uint64_t>& offsets) {
       return {};
     }));
     if (cursor != off)
-      return fail(corrupt("the chunks of stream #" + std::to_string(stream) + " end" + at(cursor) +
-                          ", not at their chunk table" + at(off)));
+      return fail(corrupt_at(cursor, "the chunks of stream #" + std::to_string(stream) +
+                                         " end here, not at their chunk table (offset " + hex_address(off) + ")"));
     pos = off + kRecordHeaderSize + h.payload_size;
     ++stream;
   }
   if (k == offsets.size() || offsets[k] != pos)
-    return fail(bad("the manifest must follow the last chunk table, at offset " + std::to_string(pos)));
+    return fail(bad_at(pos, "the manifest must follow the last chunk table, here"));
   MLFX_TRY(take_trailer(pos));
   std::vector<uint64_t> found;
   for (const Unit& u : units_) found.push_back(u.offset);
@@ -307,7 +310,7 @@ Status BundleReader::cross_check() {
                           std::to_string(s.size) + " bytes, the file holds " +
                           std::to_string(streams_[i].chunks.size()) + " / " + std::to_string(size)));
     if (s.chunk_table_sha256 != table_sha256_[i])
-      return fail(corrupt("stream " + s.name + ": chunk table" + at(streams_[i].table_offset) +
+      return fail(corrupt_at(streams_[i].table_offset, "stream " + s.name + ": chunk table" +
                           " does not match the manifest (chunk table altered or swapped)"));
   }
   return {};
@@ -357,7 +360,7 @@ Result<size_t> BundleReader::read_checked_record(uint32_t stream, size_t i, uint
   MLFX_TRY(file_.pread_exact(c.record_offset, buf, n));
   Bytes digest = crypto::sha256({buf, n});
   if (std::memcmp(digest.data(), c.record_sha256.data(), 32) != 0)
-    return fail(corrupt(stream_label(stream) + ", chunk " + std::to_string(i) + at(c.record_offset) +
+    return fail(corrupt_at(c.record_offset, stream_label(stream) + ", chunk " + std::to_string(i) +
                         ": SHA-256 does not match the signed chunk table (chunk altered)"));
   return n;
 }
@@ -497,7 +500,7 @@ Status BundleReader::decrypt(size_t index, ByteView data_key, const std::functio
                                            {rec + kRecordHeaderSize, c.plaintext_size},
                                            {rec + kRecordHeaderSize + c.plaintext_size, crypto::kTagSize},
                                            rec + kRecordHeaderSize));
-    if (!ok) return fail(corrupt(label + ", chunk " + std::to_string(i) + at(c.record_offset) +
+    if (!ok) return fail(corrupt_at(c.record_offset, label + ", chunk " + std::to_string(i) +
                                  ": authentication tag mismatch"));
     return {};
   };
