@@ -16,11 +16,16 @@ function(mlfx_test name)
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   set(props ENVIRONMENT "MLFX_BIN=${PROJECT_BINARY_DIR}/analyzer")
-  if(T_LABELS)
-    list(APPEND props LABELS "${T_LABELS}")
-  endif()
   if(T_COST)  # a long test: ctest starts it first, beside the short ones
     list(APPEND props COST ${T_COST})
   endif()
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES ${props})
+  # Labels, all of them, on every discovered test: gtest_discover_tests' PROPERTIES is a flat
+  # key/value list that cannot carry a list value ("LABELS unit agent" made "agent" a key).
+  # Read by CTest after the discovered tests (their names are in ${name}_TESTS).
+  set(labels_file ${CMAKE_CURRENT_BINARY_DIR}/${name}_labels.cmake)
+  file(WRITE ${labels_file} "foreach(t IN LISTS ${name}_TESTS)\n"
+                            "  set_tests_properties(\"\${t}\" PROPERTIES LABELS \"${T_LABELS}\")\n"
+                            "endforeach()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${labels_file})
 endfunction()

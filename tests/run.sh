@@ -20,14 +20,15 @@ cmake --build build-fuzz -j"$jobs"
 # The end-to-end suites (intake, agent, recovery, rehost, adversarial: real processes, minutes
 # each under ASan) run in the main suite; their parsers of hostile input run under ASan in the
 # fuzz stage above, on corpora that hold the adversarial shapes.
-echo "== [${SECONDS}s] sanitizers (gcc, ASan/UBSan): unit, tamper, CLI, PKI, exporter and intake session suites, intake shutdown"
+echo "== [${SECONDS}s] sanitizers (gcc, ASan/UBSan): the unit tier, the CLI, PKI and exporter suites, intake shutdown"
 # No libtorch here: rehost and scan (mlfx-torch) run in the main suite only.
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMLFX_SANITIZE=ON -DMLFX_WITH_LIBTORCH=OFF \
   "${compiler_cache[@]}" > /dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 &&
-   ctest -j"$jobs" --output-on-failure -LE 'large|fuzz|intake|agent|recovery|rehost|adversarial|netns' &&
-   ctest -j"$jobs" --output-on-failure -R '^(SessionTest\.|HostileClientTest\.StoppingTheIntakeWithUploadsInFlightIsClean$)')
+   ctest -j"$jobs" --output-on-failure -L unit -LE fuzz &&
+   ctest -j"$jobs" --output-on-failure -L 'cli|pki|exporters' -LE 'unit|slow' &&
+   ctest -j"$jobs" --output-on-failure -R '^HostileClientTest\.StoppingTheIntakeWithUploadsInFlightIsClean$')
 
 # Every other test, once. The fuzz targets' replays (label fuzz) are left out: the fuzz stage
 # above just ran the same corpora and regressions under libFuzzer.

@@ -11,39 +11,31 @@ namespace {
 int run_rehost(const rehost::RehostOptions& o, bool json_out) {
   auto r = rehost::rehost(o);
   if (!r) return report_error("rehost", r.error());
-  const json::Json& rep = *r;
-  if (json_out) std::cout << printable_json(rep, 2) << "\n";
-  const bool written = rep["path"].is_string();
+  if (json_out) std::cout << printable_json(r->report, 2) << "\n";
   if (!json_out) {
-    if (written) {
-      std::printf("rehosted %s via %s\n", printable(rep["class"].get<std::string>()).c_str(), rep["path"].get<std::string>().c_str());
-      if (rep["torchscript"].is_string()) std::printf("  TorchScript: %s/%s\n", o.out_dir.c_str(), rep["torchscript"].get<std::string>().c_str());
-      if (rep["full_model"].is_string()) std::printf("  full model (torch.load): %s/%s\n", o.out_dir.c_str(), rep["full_model"].get<std::string>().c_str());
+    if (r->path) {
+      std::printf("rehosted %s via %s\n", printable(r->class_name).c_str(), r->path->c_str());
+      if (r->torchscript) std::printf("  TorchScript: %s/%s\n", o.out_dir.c_str(), r->torchscript->c_str());
+      if (r->full_model) std::printf("  full model (torch.load): %s/%s\n", o.out_dir.c_str(), r->full_model->c_str());
     }
-    if (rep.contains("verification")) {
-      const auto& v = rep["verification"];
-      for (const auto& p : v.value("pairs", json::Json::array()))
-        std::printf("  %s -> %s: %s\n", p["input"].get<std::string>().c_str(), p["output"].get<std::string>().c_str(),
-                    p["bit_identical"].get<bool>() ? "bit-identical" : "DIFFERENT");
-    }
+    for (const auto& p : r->pairs)
+      std::printf("  %s -> %s: %s\n", printable(p.input).c_str(), printable(p.output).c_str(),
+                  p.bit_identical ? "bit-identical" : "DIFFERENT");
     std::printf("wrote %s/rehost.json\n", o.out_dir.c_str());
   }
-  if (!written) {
-    std::fprintf(stderr, "mlfx rehost: %s cannot be rehosted here:\n", printable_json(rep["class"]).c_str());
-    for (const auto& u : rep["torchscript_from_architecture"]["unsupported"])
-      std::fprintf(stderr, "  TorchScript from the architecture: %s (%s): %s\n", u["module"].get<std::string>().c_str(),
-                   u["class"].get<std::string>().c_str(), u["reason"].get<std::string>().c_str());
-    if (rep.contains("python_classes")) {
-      const auto& p = rep["python_classes"];
-      for (const auto& c : p.value("missing_classes", json::Json::array()))
-        std::fprintf(stderr, "  Python: class %s is in no allowed library module nor in the --code-path source; "
-                             "pass its source with --code-path (nothing the evidence names is imported)\n", printable_json(c).c_str());
-      if (p.contains("error") && p["error"].is_string())
-        std::fprintf(stderr, "  Python: %s\n", printable(p["error"].get<std::string>()).c_str());
-    }
+  if (!r->path) {
+    std::fprintf(stderr, "mlfx rehost: %s cannot be rehosted here:\n", printable_json(json::Json(r->class_name)).c_str());
+    for (const auto& u : r->unsupported)
+      std::fprintf(stderr, "  TorchScript from the architecture: %s (%s): %s\n", printable(u.module).c_str(),
+                   printable(u.class_name).c_str(), printable(u.reason).c_str());
+    for (const auto& c : r->missing_classes)
+      std::fprintf(stderr, "  Python: class %s is in no allowed library module nor in the --code-path source; "
+                           "pass its source with --code-path (nothing the evidence names is imported)\n",
+                   printable_json(json::Json(c)).c_str());
+    if (r->python_error) std::fprintf(stderr, "  Python: %s\n", printable(*r->python_error).c_str());
     return rehost::kExitNotRehostable;
   }
-  if (rep.contains("verification") && !rep["verification"].value("equivalent", false)) {
+  if (r->verified && !r->equivalent) {
     std::fprintf(stderr, "mlfx rehost: the rehosted model's outputs differ from the reference\n");
     return rehost::kExitNotEquivalent;
   }

@@ -271,7 +271,40 @@ Result<json::Json> verify_against_process(const std::string& torchscript, const 
   return r;
 }
 
-Result<json::Json> rehost(const RehostOptions& o) {
+namespace {
+
+std::optional<std::string> optional_string(const json::Json& j, const char* key) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? std::optional<std::string>(it->get<std::string>()) : std::nullopt;
+}
+
+// The typed view of the rehost.json this file just built.
+RehostResult summarize(json::Json report) {
+  RehostResult r;
+  r.class_name = report.value("class", "");
+  r.path = optional_string(report, "path");
+  r.torchscript = optional_string(report, "torchscript");
+  r.full_model = optional_string(report, "full_model");
+  for (const auto& u : report["torchscript_from_architecture"].value("unsupported", json::Json::array()))
+    r.unsupported.push_back({u.value("module", ""), u.value("class", ""), u.value("reason", "")});
+  if (const auto it = report.find("python_classes"); it != report.end() && it->is_object()) {
+    for (const auto& c : it->value("missing_classes", json::Json::array()))
+      r.missing_classes.push_back(c.is_string() ? c.get<std::string>() : c.dump());
+    r.python_error = optional_string(*it, "error");
+  }
+  if (const auto it = report.find("verification"); it != report.end() && it->is_object()) {
+    r.verified = true;
+    r.equivalent = it->value("equivalent", false);
+    for (const auto& p : it->value("pairs", json::Json::array()))
+      r.pairs.push_back({p.value("input", ""), p.value("output", ""), p.value("bit_identical", false)});
+  }
+  r.report = std::move(report);
+  return r;
+}
+
+}  // namespace
+
+Result<RehostResult> rehost(const RehostOptions& o) {
   // Without a reference, the tensors the recovery found in the captured process are replayed.
   const std::string loose = o.model_dir + "/../../tensors/loose.safetensors";
   if (o.verify && o.reference.empty() && access(loose.c_str(), R_OK) != 0)
@@ -315,8 +348,8 @@ Result<json::Json> rehost(const RehostOptions& o) {
       report["verification"] = {{"equivalent", false}, {"error", "no TorchScript model to run"}};
     }
   }
-  MLFX_TRY(write_new_file(o.out_dir + "/rehost.json", report.dump(1) + "\n", 0640));
-  return report;
+  MLFX_TRY(write_new_file(o.out_dir + "/rehost.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
+  return summarize(std::move(report));
 }
 
 }  // namespace mlfx::rehost

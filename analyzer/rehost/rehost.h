@@ -11,6 +11,7 @@
 // No libtorch types here: the CLI includes this header.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,31 @@ struct RehostOptions {
 inline constexpr int kExitNotRehostable = 3;  // neither path applies; rehost.json says what is missing
 inline constexpr int kExitNotEquivalent = 4;  // written, but outputs differ from the reference
 
-// Writes OUT/rehost.json (and the model files) and returns that report.
-Result<json::Json> rehost(const RehostOptions& o);
+// What a rehost did, typed for the CLI; `report` is rehost.json itself (docs/outputs.md).
+// Strings come from the evidence (class and module names): print them through printable().
+struct RehostResult {
+  json::Json report;
+  std::string class_name;
+  std::optional<std::string> path;         // "torchscript-from-architecture", "python-classes"; none: not rehosted
+  std::optional<std::string> torchscript;  // file names in the output directory
+  std::optional<std::string> full_model;
+  struct Unsupported {
+    std::string module, class_name, reason;  // why path (a) cannot build this module
+  };
+  std::vector<Unsupported> unsupported;
+  std::vector<std::string> missing_classes;  // path (b): in no allowed module nor --code-path
+  std::optional<std::string> python_error;
+  struct Pair {
+    std::string input, output;
+    bool bit_identical = false;
+  };
+  bool verified = false;    // --verify ran (or was asked and had nothing to run)
+  bool equivalent = false;  // every pair bit-identical
+  std::vector<Pair> pairs;
+};
+
+// Writes OUT/rehost.json (and the model files) and returns what was done.
+Result<RehostResult> rehost(const RehostOptions& o);
 
 // Runs a TorchScript model file on every input[.N] in `reference` and compares the outputs bit
 // for bit with output[.N]. The report lists each pair; "equivalent" is true when all match.
