@@ -13,9 +13,10 @@
 # sudo needed then); for arm64 it adds the arm64 architecture to dpkg. Multiarch libraries must
 # be the same version for both architectures, so installing libssl-dev:arm64 may upgrade the
 # machine's own OpenSSL to the archive's version (apt says so before it does).
-# The build directory lives outside the repository and is reused by later runs:
-# ${MLFX_AGENT_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlfx/agent-ARCH}; compiles go through
-# ccache when it is installed.
+# The build directory, ${MLFX_AGENT_BUILD_DIR:-<checkout>/build-agent-ARCH} (ignored by git), is
+# reused by later runs; compiles go through ccache when it is installed, whose cache lives
+# outside the repository and, the build directory being at the same place in every checkout,
+# serves a fresh clone too (paths relative to the checkout).
 #
 # Exit codes: 0 built (and tested), 1 build or test failure, 2 usage error, 3 the packages it
 # needs cannot be installed (e.g. no arm64 in the configured archive, or no root).
@@ -120,13 +121,13 @@ install_missing
 
 # --- Configure and build ----------------------------------------------------------------------
 
-build=${MLFX_AGENT_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlfx/agent-$arch}
+build=${MLFX_AGENT_BUILD_DIR:-$root/build-agent-$arch}
 mkdir -p "$build" "$out"
 exec 9> "$build.lock"
 flock 9  # one build at a time in this directory (a user and a test may share it)
 
-# One build directory per architecture serves any checkout: a build from another checkout is
-# started afresh (ccache keeps that cheap).
+# A build directory configured for another checkout (MLFX_AGENT_BUILD_DIR shared) is started
+# afresh (ccache keeps that cheap).
 cache_home=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
 if [ -n "$cache_home" ] && [ "$cache_home" != "$root" ]; then
   echo "build-agent: $build was configured for $cache_home; starting it afresh for $root" >&2
