@@ -57,7 +57,7 @@ json_field() { json_fields "$1" | head -1; }
 
 # --- 2 GiB of incompressible data, sealed; the plain file goes once sealed (disk)
 head -c "$size" /dev/zero | openssl enc -aes-128-ctr -pass pass:x -nosalt -pbkdf2 > data
-"$mlfx" bundle seal data --out big.mlfx --device-key dev.key --recipient lab.pub -q > /dev/null
+"$mlfx" bundle seal data --out big.mlfx --device-key dev.key --device-id bench-car --recipient lab.pub -q > /dev/null
 rm -f data
 file_size=$(stat -c %s big.mlfx)
 chunk=$("$mlfx" bundle info big.mlfx --json | jq '[.. | .chunk_size? // empty] | first')
