@@ -139,7 +139,7 @@ class Shipper {
     co_await asio::async_connect(l.stream.lowest_layer(), endpoints, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return fail(transport::connection_error(ec, "connecting to the intake " + where));
     MLFX_CO_TRY(transport::expect_server_name(l.stream, target_.host));
-    co_await l.stream.async_handshake(asio::ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
+    ec = co_await l.stream.handshake(asio::ssl::stream_base::client);
     if (ec && transport::peer_revoked(l.stream))
       co_return fail(Errc::kUntrusted, "the intake " + where + " presented a certificate that the lab CA revoked (" +
                                            target_.tls.crl + "): not shipping to it");

@@ -153,7 +153,7 @@ struct IntakeServer::Impl {
         if (auto d = pending->deadline.lock()) d->expire_in(std::chrono::milliseconds(0));
       });
     });
-    co_await stream.async_handshake(asio::ssl::stream_base::server, asio::redirect_error(asio::use_awaitable, ec));
+    ec = co_await stream.handshake(asio::ssl::stream_base::server);
     pending->done = true;
     handshakes.leave(address, ticket);
     if (ec) {

@@ -101,7 +101,7 @@ class RawClient {
       co_await stream_.lowest_layer().async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return "connect: " + ec.message();
       if (auto st = transport::expect_server_name(stream_, "127.0.0.1"); !st) co_return st.error().to_string();
-      co_await stream_.async_handshake(asio::ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
+      ec = co_await stream_.handshake(asio::ssl::stream_base::client);
       if (ec) co_return "handshake: " + transport::describe(ec, &stream_);
       co_return "";
     }(), 10s, "handshake timed out");
@@ -119,8 +119,8 @@ class RawClient {
   std::string send(ByteView bytes) {
     return drive<std::string>([this, bytes]() -> asio::awaitable<std::string> {
       boost::system::error_code ec;
-      co_await asio::async_write(stream_, asio::buffer(bytes.data(), bytes.size()),
-                                 asio::redirect_error(asio::use_awaitable, ec));
+      const asio::const_buffer out = asio::buffer(bytes.data(), bytes.size());
+      ec = co_await stream_.write(out);
       co_return ec ? "write: " + ec.message() : "";
     }(), 10s, "write timed out");
   }
@@ -142,7 +142,8 @@ class RawClient {
       In in;
       boost::system::error_code ec;
       std::array<uint8_t, wire::kFrameHeaderSize> h;
-      co_await asio::async_read(stream_, asio::buffer(h), asio::redirect_error(asio::use_awaitable, ec));
+      const asio::mutable_buffer header_space = asio::buffer(h);
+      ec = co_await stream_.read(header_space);
       if (ec) {
         in.error = ec.message();
         co_return in;
@@ -153,7 +154,8 @@ class RawClient {
         co_return in;
       }
       in.body.resize(len);
-      co_await asio::async_read(stream_, asio::buffer(in.body), asio::redirect_error(asio::use_awaitable, ec));
+      const asio::mutable_buffer body_space = asio::buffer(in.body);
+      ec = co_await stream_.read(body_space);
       if (ec) {
         in.error = ec.message();
         co_return in;

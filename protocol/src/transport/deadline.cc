@@ -40,7 +40,7 @@ asio::awaitable<void> Deadline::watch(std::shared_ptr<Deadline>) {
     if (stopped_) break;
     if (Clock::now() < deadline_) continue;  // re-armed meanwhile
     expired_ = true;
-    stream_.lowest_layer().cancel(ec);
+    stream_.cancel();
     deadline_ = Clock::time_point::max();  // until re-armed
   }
 }

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 
-#include <boost/asio/read.hpp>
+#include <cstring>
+
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 
 // Coroutines here and in their callers pass only named locals to co_await expressions, never
 // temporaries of types with destructors: gcc 12 destroys such temporaries twice.
@@ -14,6 +14,7 @@ namespace mlfx::transport {
 
 namespace {
 constexpr size_t kPaceStep = 64u << 10;
+constexpr size_t kTlsRecordPayload = 16u << 10;  // the most plaintext one TLS record carries
 }
 
 Error connection_error(const boost::system::error_code& ec, const std::string& doing, TlsStream* stream) {
@@ -25,9 +26,9 @@ Error connection_error(const boost::system::error_code& ec, const std::string& d
 }
 
 asio::awaitable<Result<Frame>> FrameChannel::read(uint32_t max_record) {
-  boost::system::error_code ec;
   std::array<uint8_t, wire::kFrameHeaderSize> header;
-  co_await asio::async_read(stream_, asio::buffer(header), asio::redirect_error(asio::use_awaitable, ec));
+  const asio::mutable_buffer header_space = asio::buffer(header);
+  ErrorCode ec = co_await stream_.read(header_space);
   if (ec) co_return fail(connection_error(ec, "reading a frame"));
   auto h = wire::decode_frame_header(header, max_record);
   if (!h) {
@@ -36,12 +37,28 @@ asio::awaitable<Result<Frame>> FrameChannel::read(uint32_t max_record) {
     co_return fail(Errc::kBadFormat, "the peer sent a bad frame: " + e.message);
   }
   // A buffer grown for a larger limit (an earlier upload's records) is not kept past it.
-  if (body_.capacity() > std::max(max_record, wire::kMaxControlBody)) Bytes().swap(body_);
-  body_.resize(h->body_length);
-  co_await asio::async_read(stream_, asio::buffer(body_), asio::redirect_error(asio::use_awaitable, ec));
+  if (buffer_.capacity() > FrameBuffer::room_for_unit(kIoAlignment - 1, std::max(max_record, wire::kMaxControlBody)))
+    buffer_.release();
+  size_t start = 0;  // of the body in buffer_
+  size_t done = 0;   // bytes of the body already there
+  if (h->type == wire::FrameType::kRecord && h->body_length >= wire::kRecordOffsetSize) {
+    // The unit's file offset first: it says where the unit goes in the buffer.
+    std::array<uint8_t, wire::kRecordOffsetSize> offset;
+    const asio::mutable_buffer offset_space = asio::buffer(offset);
+    ec = co_await stream_.read(offset_space);
+    if (ec) co_return fail(connection_error(ec, "reading a RECORD frame"));
+    start = FrameBuffer::unit_start(load_le<uint64_t>(offset.data())) - wire::kRecordOffsetSize;
+    buffer_.reserve(start + h->body_length);
+    std::memcpy(buffer_.data() + start, offset.data(), offset.size());
+    done = offset.size();
+  } else {
+    buffer_.reserve(std::max<size_t>(h->body_length, 1));
+  }
+  const asio::mutable_buffer rest = asio::buffer(buffer_.data() + start + done, h->body_length - done);
+  ec = co_await stream_.read(rest);
   if (ec) co_return fail(connection_error(ec, std::string("reading a ") + wire::frame_type_name(h->type) + " frame"));
-  bytes_read_ += wire::kFrameHeaderSize + body_.size();
-  co_return Frame{h->type, ByteView(body_.data(), body_.size())};
+  bytes_read_ += wire::kFrameHeaderSize + h->body_length;
+  co_return Frame{h->type, ByteView(buffer_.data() + start, h->body_length)};
 }
 
 asio::awaitable<void> FrameChannel::pace(size_t bytes) {
@@ -58,22 +75,45 @@ asio::awaitable<void> FrameChannel::pace(size_t bytes) {
   }
 }
 
-asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::const_buffer>& parts, size_t total) {
-  boost::system::error_code ec;
+asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part) {
   if (rate_ == 0) {
-    co_await asio::async_write(stream_, parts, asio::redirect_error(asio::use_awaitable, ec));
+    const ErrorCode ec = co_await stream_.write(part);
     if (ec) co_return fail(connection_error(ec, "sending"));
-  } else {
-    for (const auto& part : parts) {
-      const auto* p = static_cast<const uint8_t*>(part.data());
-      for (size_t done = 0; done < part.size();) {
-        const size_t n = std::min(kPaceStep, part.size() - done);
-        co_await pace(n);
-        co_await asio::async_write(stream_, asio::buffer(p + done, n), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) co_return fail(connection_error(ec, "sending"));
-        done += n;
-      }
+    co_return Status{};
+  }
+  const auto* p = static_cast<const uint8_t*>(part.data());
+  for (size_t done = 0; done < part.size();) {
+    const size_t n = std::min(kPaceStep, part.size() - done);
+    co_await pace(n);
+    const asio::const_buffer step = asio::buffer(p + done, n);
+    const ErrorCode ec = co_await stream_.write(step);
+    if (ec) co_return fail(connection_error(ec, "sending"));
+    done += n;
+  }
+  co_return Status{};
+}
+
+// The frame header, a record's offset and the start of its unit go out together as one full
+// TLS record rather than as three; the rest of a large part is encrypted straight from the
+// caller's buffer.
+asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::const_buffer>& parts, size_t total) {
+  gather_.clear();
+  size_t next = 0, skip = 0;  // the first part (and its bytes) not gathered
+  for (; next < parts.size() && gather_.size() < kTlsRecordPayload; ++next) {
+    const auto* p = static_cast<const uint8_t*>(parts[next].data());
+    const size_t take = std::min(parts[next].size(), kTlsRecordPayload - gather_.size());
+    gather_.insert(gather_.end(), p, p + take);
+    if (take < parts[next].size()) {
+      skip = take;
+      break;
     }
+  }
+  const asio::const_buffer gathered = asio::buffer(gather_);
+  MLFX_CO_TRY(co_await write_part(gathered));
+  for (; next < parts.size(); ++next, skip = 0) {
+    const asio::const_buffer rest = asio::buffer(static_cast<const uint8_t*>(parts[next].data()) + skip,
+                                                 parts[next].size() - skip);
+    MLFX_CO_TRY(co_await write_part(rest));
   }
   bytes_written_ += total;
   co_return Status{};
@@ -116,8 +156,9 @@ asio::awaitable<Status> FrameChannel::send_error(wire::WireError code, const std
 }
 
 asio::awaitable<void> FrameChannel::shutdown() {
+  const ErrorCode ignored = co_await stream_.shutdown();
+  (void)ignored;
   boost::system::error_code ec;
-  co_await stream_.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
   stream_.lowest_layer().close(ec);
 }
 

@@ -4,14 +4,86 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <cstring>
+
+#include <boost/asio/error.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/wire/messages.h"
 
 namespace mlfx::transport {
+
+// ---- The socket under OpenSSL: a BIO on the connection's descriptor ----
+// OpenSSL's own socket BIO writes with write(2), which raises SIGPIPE on a connection the
+// peer reset; this one sends with MSG_NOSIGNAL, and reports the errno of a failed call.
+struct SocketBioState {
+  int fd = -1;
+  bool eof = false;
+  int error = 0;  // errno of the last failed call
+};
+
 namespace {
+
+SocketBioState* bio_state(BIO* b) { return static_cast<SocketBioState*>(BIO_get_data(b)); }
+
+bool retryable(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+int socket_bio_write(BIO* b, const char* data, int len) {
+  BIO_clear_retry_flags(b);
+  SocketBioState* s = bio_state(b);
+  const ssize_t n = ::send(s->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+  if (n >= 0) return static_cast<int>(n);
+  s->error = errno;
+  if (retryable(s->error)) BIO_set_retry_write(b);
+  return -1;
+}
+
+int socket_bio_read(BIO* b, char* data, int len) {
+  BIO_clear_retry_flags(b);
+  SocketBioState* s = bio_state(b);
+  const ssize_t n = ::recv(s->fd, data, static_cast<size_t>(len), 0);
+  if (n > 0) return static_cast<int>(n);
+  if (n == 0) {
+    s->eof = true;
+    return 0;
+  }
+  s->error = errno;
+  if (retryable(s->error)) BIO_set_retry_read(b);
+  return -1;
+}
+
+long socket_bio_ctrl(BIO* b, int cmd, long, void*) {
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;  // nothing is buffered here
+    case BIO_CTRL_EOF:
+      return bio_state(b)->eof ? 1 : 0;
+    default:
+      return 0;
+  }
+}
+
+int socket_bio_create(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+const BIO_METHOD* socket_bio_method() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mlfx socket");
+    BIO_meth_set_write(m, socket_bio_write);
+    BIO_meth_set_read(m, socket_bio_read);
+    BIO_meth_set_ctrl(m, socket_bio_ctrl);
+    BIO_meth_set_create(m, socket_bio_create);
+    return m;
+  }();
+  return method;
+}
 
 tl::unexpected<Error> tls_fail(const std::string& what) {
   return fail(Errc::kCrypto, what + ": " + crypto::openssl_error());
@@ -75,6 +147,168 @@ Status load_crl(SSL_CTX* c, const std::string& path) {
 }
 
 }  // namespace
+
+// ---- TlsStream ----
+
+TlsStream::TlsStream(asio::io_context& io, asio::ssl::context& ctx) : socket_(io) {
+  ssl_ = SSL_new(ctx.native_handle());
+}
+
+TlsStream::TlsStream(asio::ip::tcp::socket socket, asio::ssl::context& ctx) : socket_(std::move(socket)) {
+  ssl_ = SSL_new(ctx.native_handle());
+}
+
+TlsStream::~TlsStream() {
+  if (ssl_) SSL_free(ssl_);  // and its BIO, before the state the BIO points to
+}
+
+// Binds OpenSSL to the connected socket (a client's socket exists only once it connects).
+void TlsStream::attach() {
+  if (bio_state_) return;
+  boost::system::error_code ignored;
+  socket_.native_non_blocking(true, ignored);
+  bio_state_ = std::make_unique<SocketBioState>(SocketBioState{socket_.native_handle(), false, 0});
+  BIO* bio = BIO_new(socket_bio_method());
+  BIO_set_data(bio, bio_state_.get());
+  SSL_set_bio(ssl_, bio, bio);  // one BIO for both directions: SSL takes the one reference
+  SSL_set_mode(ssl_, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_read_ahead(ssl_, 1);
+  SSL_set_default_read_buffer_len(ssl_, kReadAhead);
+}
+
+TlsStream::Want TlsStream::classify(int result, ErrorCode* ec) {
+  const int err = SSL_get_error(ssl_, result);
+  const unsigned long queued = ERR_peek_error();
+  switch (err) {
+    case SSL_ERROR_WANT_READ:
+      return Want::kRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Want::kWrite;
+    case SSL_ERROR_ZERO_RETURN:
+      *ec = asio::error::eof;
+      return Want::kNothing;
+    case SSL_ERROR_SYSCALL:
+      if (queued != 0) break;
+      if (bio_state_ && bio_state_->error != 0 && !bio_state_->eof)
+        *ec = ErrorCode(bio_state_->error, boost::system::system_category());
+      else
+        *ec = asio::ssl::error::stream_truncated;
+      return Want::kNothing;
+    default:
+      break;
+  }
+  if (ERR_GET_LIB(queued) == ERR_LIB_SSL && ERR_GET_REASON(queued) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+    *ec = asio::ssl::error::stream_truncated;
+  else if (queued != 0)
+    *ec = ErrorCode(static_cast<int>(queued), asio::error::get_ssl_category());
+  else
+    *ec = asio::ssl::error::stream_truncated;
+  return Want::kNothing;
+}
+
+asio::awaitable<bool> TlsStream::wait(Want want, uint64_t cancels_at_start, ErrorCode* ec) {
+  ErrorCode waited;
+  if (cancels_ == cancels_at_start) {
+    const auto type = want == Want::kRead ? asio::socket_base::wait_read : asio::socket_base::wait_write;
+    co_await socket_.async_wait(type, asio::redirect_error(asio::use_awaitable, waited));
+  }
+  if (!waited && cancels_ != cancels_at_start) waited = asio::error::operation_aborted;
+  if (waited) *ec = waited;
+  co_return !waited;
+}
+
+void TlsStream::begin_call() {
+  ERR_clear_error();
+  bio_state_->error = 0;
+}
+
+void TlsStream::cancel() {
+  ++cancels_;
+  boost::system::error_code ignored;
+  socket_.cancel(ignored);
+}
+
+asio::awaitable<ErrorCode> TlsStream::handshake(asio::ssl::stream_base::handshake_type type) {
+  const uint64_t at = cancels_;
+  attach();
+  if (type == asio::ssl::stream_base::client)
+    SSL_set_connect_state(ssl_);
+  else
+    SSL_set_accept_state(ssl_);
+  for (;;) {
+    begin_call();
+    const int r = SSL_do_handshake(ssl_);
+    if (r == 1) co_return ErrorCode{};
+    ErrorCode ec;
+    const Want want = classify(r, &ec);
+    if (want == Want::kNothing) co_return ec;
+    if (!co_await wait(want, at, &ec)) co_return ec;
+  }
+}
+
+asio::awaitable<ErrorCode> TlsStream::read(asio::mutable_buffer buffer) {
+  const uint64_t at = cancels_;
+  attach();
+  auto* p = static_cast<uint8_t*>(buffer.data());
+  size_t left = buffer.size();
+  while (left > 0) {
+    size_t got = 0;
+    begin_call();
+    const int r = SSL_read_ex(ssl_, p, left, &got);
+    if (r == 1) {
+      p += got;
+      left -= got;
+      continue;
+    }
+    ErrorCode ec;
+    const Want want = classify(r, &ec);
+    if (want == Want::kNothing) co_return ec;
+    if (!co_await wait(want, at, &ec)) co_return ec;
+  }
+  co_return ErrorCode{};
+}
+
+asio::awaitable<ErrorCode> TlsStream::write(asio::const_buffer buffer) {
+  const uint64_t at = cancels_;
+  attach();
+  const auto* p = static_cast<const uint8_t*>(buffer.data());
+  size_t left = buffer.size();
+  while (left > 0) {
+    // After WANT_WRITE, OpenSSL resumes the same call: it is repeated with the same arguments.
+    size_t put = 0;
+    begin_call();
+    const int r = SSL_write_ex(ssl_, p, left, &put);
+    if (r == 1) {
+      p += put;
+      left -= put;
+      continue;
+    }
+    ErrorCode ec;
+    const Want want = classify(r, &ec);
+    if (want == Want::kNothing) co_return ec;
+    if (!co_await wait(want, at, &ec)) co_return ec;
+  }
+  co_return ErrorCode{};
+}
+
+asio::awaitable<ErrorCode> TlsStream::shutdown() {
+  const uint64_t at = cancels_;
+  attach();
+  bool sent = false;
+  for (;;) {
+    begin_call();
+    const int r = SSL_shutdown(ssl_);
+    if (r == 1) co_return ErrorCode{};
+    if (r == 0 && !sent) {  // close_notify sent; the next call waits for the peer's
+      sent = true;
+      continue;
+    }
+    ErrorCode ec;
+    const Want want = classify(r, &ec);
+    if (want == Want::kNothing) co_return ec;
+    if (!co_await wait(want, at, &ec)) co_return ec;
+  }
+}
 
 Result<TlsContext> make_server_context(const TlsFiles& files) {
   MLFX_ASSIGN(TlsContext ctx, new_context(asio::ssl::context::tls_server));

@@ -11,6 +11,7 @@
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/base/json.h"
+#include "mlfx/transport/frame_buffer.h"
 #include "mlfx/wire/messages.h"
 
 // Like MLFX_TRY / MLFX_ASSIGN, for coroutines returning asio::awaitable<Result<T>>.
@@ -29,7 +30,7 @@ namespace mlfx::transport {
 
 struct Frame {
   wire::FrameType type;
-  ByteView body;  // valid until the next read
+  ByteView body;  // valid until the next read, or for as long as whoever takes buffer() keeps it
 };
 
 class FrameChannel {
@@ -38,8 +39,12 @@ class FrameChannel {
 
   // Reads one frame. A header over its limits is answered with ERROR (bad_frame or
   // frame_too_large) before any of its body is read, and the read fails with kBadFormat
-  // (connection failures are kIo).
+  // (connection failures are kIo). A RECORD's unit lands at an address congruent to its file
+  // offset modulo kIoAlignment (FrameBuffer).
   asio::awaitable<Result<Frame>> read(uint32_t max_record);
+  // The storage of the last frame's body. A receiver that keeps the body may swap this for a
+  // spare buffer (or an empty one): the channel reads the next frame into what it finds here.
+  FrameBuffer& buffer() { return buffer_; }
   asio::awaitable<Status> write(wire::FrameType type, ByteView body);
   asio::awaitable<Status> write_json(wire::FrameType type, const json::Json& body);
   // A frame already encoded (header and body).
@@ -58,10 +63,12 @@ class FrameChannel {
 
  private:
   asio::awaitable<Status> write_buffers(const std::vector<asio::const_buffer>& parts, size_t total);
+  asio::awaitable<Status> write_part(asio::const_buffer part);
   asio::awaitable<void> pace(size_t bytes);
 
   TlsStream& stream_;
-  Bytes body_;
+  FrameBuffer buffer_;
+  Bytes gather_;  // small parts and the start of the next part, sent as one TLS record
   uint64_t rate_ = 0;
   std::chrono::steady_clock::time_point pace_start_{};
   uint64_t paced_bytes_ = 0;
