@@ -125,6 +125,8 @@ void PartialUpload::release_resources() {
   stop_worker();
   std::lock_guard lock(work_mu_);
   spares_.clear();
+  (void)direct_.close();
+  direct_tried_ = false;
 }
 
 bool PartialUpload::complete() {
@@ -150,7 +152,58 @@ Status PartialUpload::write_unit(uint64_t offset, ByteView unit) {
   return {};
 }
 
-WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit) {
+// A checked chunk record: its kIoAlignment-aligned middle with direct I/O straight from the
+// record's buffer (no copy into the page cache, no write-back left for the fsync), its
+// unaligned ends (less than a page each) through the page cache. Where direct I/O is refused,
+// the whole unit goes through the page cache.
+Status PartialUpload::write_chunk(uint64_t offset, ByteView unit) {
+  using transport::kIoAlignment;
+  const size_t head = std::min<size_t>(unit.size(), (kIoAlignment - offset % kIoAlignment) % kIoAlignment);
+  const size_t middle = (unit.size() - head) / kIoAlignment * kIoAlignment;
+  const bool aligned = reinterpret_cast<uintptr_t>(unit.data() + head) % kIoAlignment == 0;
+  if (middle == 0 || !aligned) return write_unit(offset, unit);
+  Status st;
+  if (!write_direct(offset + head, unit.subspan(head, middle), &st)) return write_unit(offset, unit);
+  MLFX_TRY(st);
+  if (head > 0) MLFX_TRY(file_.pwrite_all(offset, unit.first(head)));
+  if (head + middle < unit.size()) MLFX_TRY(file_.pwrite_all(offset + head + middle, unit.subspan(head + middle)));
+  return {};
+}
+
+// False when direct I/O is not available here (then nothing was written); else *st says how
+// the write went.
+bool PartialUpload::write_direct(uint64_t offset, ByteView aligned, Status* st) {
+  if (!direct_tried_) {
+    direct_tried_ = true;
+    const int fd = ::open(file_.path().c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (fd >= 0) direct_ = File(fd, file_.path());
+  }
+  if (!direct_.is_open()) return false;
+  size_t done = 0;
+  while (done < aligned.size()) {
+    const ssize_t n = ::pwrite(direct_.fd(), aligned.data() + done, aligned.size() - done,
+                               static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL && done == 0) {  // alignment or file system: not for this file
+      (void)direct_.close();
+      return false;
+    }
+    if (n <= 0) {
+      *st = fail(Errc::kIo, "cannot write " + file_.path() + at(offset + done) + ": " +
+                                (n < 0 ? errno_text(errno) : std::string("no progress")));
+      return true;
+    }
+    done += static_cast<size_t>(n);
+    if (done % transport::kIoAlignment != 0 && done < aligned.size()) {  // a short write off the alignment
+      *st = file_.pwrite_all(offset + done, aligned.subspan(done));
+      return true;
+    }
+  }
+  *st = {};
+  return true;
+}
+
+WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit, transport::FrameBuffer* storage) {
   if (!metadata_) return accept_metadata(offset, unit);
   auto it = unit_at_.find(offset);
   if (it == unit_at_.end()) return refuse(WireError::kBadRecord, "no unit of this bundle starts" + at(offset));
@@ -158,10 +211,10 @@ WireResult<void> PartialUpload::accept(uint64_t offset, ByteView unit) {
   if (unit.size() != u.size)
     return refuse(WireError::kBadRecord, "the unit" + at(offset) + " is " + std::to_string(u.size) +
                                              " bytes, not " + std::to_string(unit.size()));
-  return submit_chunk(it->second, unit);
+  return submit_chunk(it->second, unit, storage);
 }
 
-WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit) {
+WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit, transport::FrameBuffer* storage) {
   bool last = false;
   {
     std::unique_lock lock(work_mu_);
@@ -171,12 +224,25 @@ WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit) {
     if (units_[index].held || (to_write_ && to_write_->index == index)) return {};
     if (!checker_.joinable()) checker_ = std::thread([this] { check_chunks(); });
     if (!writer_.joinable()) writer_ = std::thread([this] { write_chunks(); });
-    Job job{index, {}};
+    Job job{index, {}, {}};
+    transport::FrameBuffer spare;
     if (!spares_.empty()) {
-      job.bytes = std::move(spares_.back());
+      spare = std::move(spares_.back());
       spares_.pop_back();
     }
-    job.bytes.assign(unit.begin(), unit.end());
+    const bool in_storage = storage && storage->data() && unit.data() >= storage->data() &&
+                            unit.data() + unit.size() <= storage->data() + storage->capacity();
+    if (in_storage) {  // the record's buffer moves on; the connection reads the next into the spare
+      job.storage = std::move(*storage);
+      *storage = std::move(spare);
+      job.unit = unit;
+    } else {
+      job.storage = std::move(spare);
+      const size_t at = transport::FrameBuffer::unit_start(units_[index].offset);
+      job.storage.reserve(at + unit.size());
+      std::memcpy(job.storage.data() + at, unit.data(), unit.size());
+      job.unit = ByteView(job.storage.data() + at, unit.size());
+    }
     to_check_ = std::move(job);
     last = held_units_ + (to_write_ ? 1 : 0) + 1 == units_.size();
   }
@@ -203,7 +269,7 @@ void PartialUpload::check_chunks() {
       work_cv_.wait(lock, [&] { return work_stop_ || to_check_; });
       if (!to_check_) return;
       index = to_check_->index;
-      bytes = to_check_->bytes;
+      bytes = to_check_->unit;
     }
     const UnitState& u = units_[index];
     Bytes digest = crypto::sha256(bytes);
@@ -213,7 +279,7 @@ void PartialUpload::check_chunks() {
       if (!ok) {
         work_error_ = wire::ErrorMessage{WireError::kBadRecord, "the chunk record" + at(u.offset) +
                                                                     " does not match the SHA-256 in the signed chunk table"};
-        spares_.push_back(std::move(to_check_->bytes));
+        spares_.push_back(std::move(to_check_->storage));
       } else {
         work_cv_.wait(lock, [&] { return !to_write_; });
         to_write_ = std::move(to_check_);
@@ -234,14 +300,14 @@ void PartialUpload::write_chunks() {
       work_cv_.wait(lock, [&] { return to_write_ || (work_stop_ && !to_check_); });
       if (!to_write_) return;
       index = to_write_->index;
-      bytes = to_write_->bytes;
+      bytes = to_write_->unit;
     }
-    auto st = write_unit(units_[index].offset, bytes);
+    auto st = write_chunk(units_[index].offset, bytes);
     {
       std::lock_guard lock(work_mu_);
       if (!st) work_error_ = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
       else mark_held(index);
-      if (spares_.size() < 2) spares_.push_back(std::move(to_write_->bytes));
+      if (spares_.size() < 2) spares_.push_back(std::move(to_write_->storage));
       to_write_.reset();
     }
     work_cv_.notify_all();

@@ -27,6 +27,7 @@
 #include "mlfx/bundle/reader.h"
 #include "mlfx/crypto/hash.h"
 #include "mlfx/custody/custody_log.h"
+#include "mlfx/transport/frame_buffer.h"
 #include "mlfx/wire/messages.h"
 
 namespace mlfx::intake {
@@ -80,7 +81,9 @@ class PartialUpload {
   // wrong_device when the metadata fails (the upload is then discarded by the store).
   // Chunk records are checked and written by two worker threads while the connection reads
   // the next one; a bad one is reported by a later call. The last one is waited for.
-  WireResult<void> accept(uint64_t offset, ByteView unit);
+  // `storage`, when given, holds `unit` (the connection's frame buffer): a chunk record's
+  // storage is then taken, not copied, and a spare buffer (or an empty one) put in its place.
+  WireResult<void> accept(uint64_t offset, ByteView unit, transport::FrameBuffer* storage = nullptr);
   bool complete();
   // The metadata arrived and verified: the space is reserved and only chunks remain.
   bool verified() const { return metadata_.has_value(); }
@@ -101,7 +104,9 @@ class PartialUpload {
   Status rebuild_held();
   void mark_held(size_t index);  // with work_mu_ held
   Status write_unit(uint64_t offset, ByteView unit);
-  WireResult<void> submit_chunk(size_t index, ByteView unit);
+  Status write_chunk(uint64_t offset, ByteView unit);
+  bool write_direct(uint64_t offset, ByteView aligned, Status* st);
+  WireResult<void> submit_chunk(size_t index, ByteView unit, transport::FrameBuffer* storage);
   WireResult<void> drain();
   void check_chunks();
   void write_chunks();
@@ -128,12 +133,18 @@ class PartialUpload {
   // overlaps writing the one before it. A record is written only after it was checked.
   struct Job {
     size_t index = 0;
-    Bytes bytes;
+    transport::FrameBuffer storage;
+    ByteView unit;  // in storage, at an address congruent to its offset modulo kIoAlignment
   };
   std::mutex work_mu_;  // guards the jobs, the error and the units' held state
   std::condition_variable work_cv_;
   std::optional<Job> to_check_, to_write_;
-  std::vector<Bytes> spares_;  // buffers of finished jobs, reused
+  std::vector<transport::FrameBuffer> spares_;  // buffers of finished jobs, reused
+  // The writer's descriptor of the partial opened with O_DIRECT: chunk records go to the disk
+  // from their buffers, not through the page cache. Closed (and not tried again) where the
+  // file system refuses direct I/O.
+  File direct_;
+  bool direct_tried_ = false;
   std::optional<wire::ErrorMessage> work_error_;
   bool work_stop_ = false;
   std::thread checker_, writer_;

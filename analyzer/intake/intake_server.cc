@@ -218,7 +218,7 @@ struct IntakeServer::Impl {
         }
         break;
       }
-      SessionReply reply = session.handle(frame->type, frame->body);
+      SessionReply reply = session.handle(frame->type, frame->body, &channel.buffer());
       bool sent = true;
       for (const Bytes& f : reply.frames) {
         deadline.expire_in(opt.idle_timeout);

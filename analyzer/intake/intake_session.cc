@@ -71,8 +71,8 @@ SessionReply IntakeSession::refuse(const wire::ErrorMessage& e) {
   return {{wire::encode_json_frame(FrameType::kError, wire::to_json(e))}, true};
 }
 
-SessionReply IntakeSession::handle(FrameType type, ByteView body) {
-  SessionReply reply = dispatch(type, body);
+SessionReply IntakeSession::handle(FrameType type, ByteView body, transport::FrameBuffer* storage) {
+  SessionReply reply = dispatch(type, body, storage);
   if (reply.close) {
     record_limit_ = 0;
     return reply;
@@ -85,7 +85,7 @@ SessionReply IntakeSession::handle(FrameType type, ByteView body) {
   return reply;
 }
 
-SessionReply IntakeSession::dispatch(FrameType type, ByteView body) {
+SessionReply IntakeSession::dispatch(FrameType type, ByteView body, transport::FrameBuffer* storage) {
   if (state_ == State::kClosed) return {{}, true};
   switch (type) {
     case FrameType::kPing:
@@ -103,7 +103,7 @@ SessionReply IntakeSession::dispatch(FrameType type, ByteView body) {
       if (state_ == State::kOffer || state_ == State::kRecords) return on_offer(body);
       break;
     case FrameType::kRecord:
-      if (state_ == State::kRecords) return on_record(body);
+      if (state_ == State::kRecords) return on_record(body, storage);
       break;
     default:
       break;
@@ -166,11 +166,11 @@ SessionReply IntakeSession::on_offer(ByteView body) {
   return reply;
 }
 
-SessionReply IntakeSession::on_record(ByteView body) {
+SessionReply IntakeSession::on_record(ByteView body, transport::FrameBuffer* storage) {
   auto record = wire::parse_record(body);
   if (!record) return refuse({WireError::kBadFrame, record.error().to_string()});
   PartialUpload& upload = **claim_;
-  if (auto ok = upload.accept(record->offset, record->unit); !ok) {
+  if (auto ok = upload.accept(record->offset, record->unit, storage); !ok) {
     current_->received_bytes = upload.accepted_bytes() - accepted_before_;
     if (ok.error().code == WireError::kBadBundle || ok.error().code == WireError::kWrongDevice)
       store_.discard(*claim_);  // nothing of a bundle that failed verification is kept

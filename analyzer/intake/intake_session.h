@@ -32,7 +32,9 @@ class IntakeSession {
   IntakeSession& operator=(const IntakeSession&) = delete;
   ~IntakeSession();
 
-  SessionReply handle(wire::FrameType type, ByteView body);
+  // `storage`, when given, is the connection's buffer that holds `body`: the session may take
+  // it (a chunk record goes on to be checked and written without a copy) and leave a spare.
+  SessionReply handle(wire::FrameType type, ByteView body, transport::FrameBuffer* storage = nullptr);
   // The largest RECORD body the reader may accept next (wire-protocol.md §3): none before an
   // accepted OFFER; until the metadata verifies, the largest metadata unit the offer allows;
   // then one chunk record of the offer's chunk size.
@@ -47,9 +49,9 @@ class IntakeSession {
   enum class State { kHello, kOffer, kRecords, kClosed };
   SessionReply on_hello(ByteView body);
   SessionReply on_offer(ByteView body);
-  SessionReply on_record(ByteView body);
+  SessionReply on_record(ByteView body, transport::FrameBuffer* storage);
   SessionReply store_upload();
-  SessionReply dispatch(wire::FrameType type, ByteView body);
+  SessionReply dispatch(wire::FrameType type, ByteView body, transport::FrameBuffer* storage);
   SessionReply refuse(const wire::ErrorMessage& e);
   void finish_upload(const std::string& result);
   // Sets the RECORD limit for the state reached, and holds the memory it needs.
