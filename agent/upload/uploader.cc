@@ -1,11 +1,5 @@
 #include "upload/uploader.h"
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
 #include <random>
 
 #include <boost/asio/co_spawn.hpp>
@@ -78,45 +72,6 @@ struct Link {
   }
 };
 
-// A sent unit is not read again (a retry reads it from the disk): its pages leave the page
-// cache now, while the intake still works on the stream, rather than all at once when the
-// bundle is removed after its receipt (dropping a GiB of cached pages at the last close took
-// about half a second, after the upload, on the clock of the whole command).
-void drop_from_page_cache(const File& file, const bundle::Unit& u) {
-  (void)::posix_fadvise(file.fd(), static_cast<off_t>(u.offset), static_cast<off_t>(u.size), POSIX_FADV_DONTNEED);
-}
-
-// Closes the last descriptors of bundles already removed from the spool (their names are gone
-// and the spool directory synced) in a short-lived grandchild process, so that the command
-// need not wait for it: freeing the blocks of a removed file happens at its last close and
-// takes about half a second per GiB where the file system discards freed blocks at once
-// (ext4 -o discard). The child keeps no other descriptor (neither the spool's lock nor the
-// terminal) and only closes and exits; without fork, the files are closed here.
-void close_in_background(std::vector<File>& files) {
-  if (files.empty()) return;
-  std::vector<int> keep;
-  for (const File& f : files) keep.push_back(f.fd());
-  std::sort(keep.begin(), keep.end());
-  const pid_t child = ::fork();
-  if (child == 0) {
-    // Everything but the removed files closes before this returns to the parent's waitpid.
-    unsigned first = 0;
-    for (int fd : keep) {
-      if (static_cast<unsigned>(fd) > first) (void)::close_range(first, static_cast<unsigned>(fd) - 1, 0);
-      first = static_cast<unsigned>(fd) + 1;
-    }
-    (void)::close_range(first, ~0u, 0);
-    (void)::fork();  // the grandchild, reparented at once (nobody has to reap it), closes them
-    ::_exit(0);      // as it exits
-  }
-  if (child > 0) {
-    int status = 0;
-    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
-  files.clear();  // cheap where the grandchild holds them; else the freeing happens here
-}
-
 class Shipper {
  public:
   Shipper(Spool& spool, const IntakeTarget& target, const UploadEvents& events, std::string device_fingerprint)
@@ -156,7 +111,6 @@ class Shipper {
       link->deadline->expire_in(std::chrono::seconds(2));
       co_await link->channel.shutdown();
     }
-    close_in_background(removed_);
   }
 
  private:
@@ -274,7 +228,6 @@ class Shipper {
       if (!status->receipt) co_return refused(Error(Errc::kBadFormat, "'stored' without a receipt"), std::nullopt);
       if (auto st = check_receipt(l, e, *status->receipt); !st) co_return finish("failed", st.error().to_string());
       if (auto st = spool_.complete(e, *status->receipt); !st) co_return finish("failed", st.error().to_string());
-      removed_.push_back(std::move(*file));
       co_return finish("duplicate");
     }
 
@@ -313,7 +266,6 @@ class Shipper {
       if (sending = co_await l.channel.write_record(u.offset, buf); !sending) break;
       out.sent_bytes += u.size;
       ++out.sent_units;
-      drop_from_page_cache(*file, u);
     }
     l.deadline->expire_in(target_.timeout);
     if (!answer) {
@@ -330,7 +282,6 @@ class Shipper {
     if (!receipt) co_return refused(receipt.error(), std::nullopt);
     if (auto st = check_receipt(l, e, *receipt); !st) co_return finish("failed", st.error().to_string());
     if (auto st = spool_.complete(e, *receipt); !st) co_return finish("failed", st.error().to_string());
-    removed_.push_back(std::move(*file));
     co_return finish("stored");
   }
 
@@ -348,7 +299,6 @@ class Shipper {
   const IntakeTarget& target_;
   const UploadEvents& events_;
   std::string device_fingerprint_;
-  std::vector<File> removed_;  // bundles removed from the spool: their last descriptor
 };
 
 }  // namespace

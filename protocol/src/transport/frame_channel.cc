@@ -14,6 +14,7 @@ namespace mlfx::transport {
 
 namespace {
 constexpr size_t kPaceStep = 64u << 10;
+constexpr size_t kTlsRecordPayload = 16u << 10;  // the most plaintext one TLS record carries
 }
 
 Error connection_error(const boost::system::error_code& ec, const std::string& doing, TlsStream* stream) {
@@ -74,9 +75,9 @@ asio::awaitable<void> FrameChannel::pace(size_t bytes) {
   }
 }
 
-asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part, bool more_follows) {
+asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part) {
   if (rate_ == 0) {
-    const ErrorCode ec = co_await stream_.write(part, more_follows);
+    const ErrorCode ec = co_await stream_.write(part);
     if (ec) co_return fail(connection_error(ec, "sending"));
     co_return Status{};
   }
@@ -98,9 +99,9 @@ asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part, bool m
 asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::const_buffer>& parts, size_t total) {
   gather_.clear();
   size_t next = 0, skip = 0;  // the first part (and its bytes) not gathered
-  for (; next < parts.size() && gather_.size() < TlsStream::kMaxRecordPayload; ++next) {
+  for (; next < parts.size() && gather_.size() < kTlsRecordPayload; ++next) {
     const auto* p = static_cast<const uint8_t*>(parts[next].data());
-    const size_t take = std::min(parts[next].size(), TlsStream::kMaxRecordPayload - gather_.size());
+    const size_t take = std::min(parts[next].size(), kTlsRecordPayload - gather_.size());
     gather_.insert(gather_.end(), p, p + take);
     if (take < parts[next].size()) {
       skip = take;
@@ -108,11 +109,11 @@ asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::cons
     }
   }
   const asio::const_buffer gathered = asio::buffer(gather_);
-  MLFX_CO_TRY(co_await write_part(gathered, next < parts.size()));
+  MLFX_CO_TRY(co_await write_part(gathered));
   for (; next < parts.size(); ++next, skip = 0) {
     const asio::const_buffer rest = asio::buffer(static_cast<const uint8_t*>(parts[next].data()) + skip,
                                                  parts[next].size() - skip);
-    MLFX_CO_TRY(co_await write_part(rest, next + 1 < parts.size()));
+    MLFX_CO_TRY(co_await write_part(rest));
   }
   bytes_written_ += total;
   co_return Status{};
