@@ -27,6 +27,7 @@ std::string at(uint64_t off) { return " at offset " + std::to_string(off); }
 constexpr size_t kMaxMetadataUnits = bundle::kMaxStreams + 5;  // header, tables, MNFT MSIG CUST END
 constexpr uint64_t kMetadataBase = 4u << 20;  // header, manifest, signature, custody log, end
 constexpr char kJournalContext[] = "mlfx-intake-v1 journal\n";
+constexpr uint64_t kSyncStep = 128u << 20;  // bytes written between two syncs during an upload
 
 Status make_dir(const std::string& path) {
   if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
@@ -116,6 +117,7 @@ void PartialUpload::stop_worker() {
   work_cv_.notify_all();
   if (checker_.joinable()) checker_.join();
   if (writer_.joinable()) writer_.join();
+  if (syncer_.joinable()) syncer_.join();
   std::lock_guard lock(work_mu_);
   work_stop_ = false;
 }
@@ -127,6 +129,7 @@ void PartialUpload::release_resources() {
   spares_.clear();
   (void)direct_.close();
   direct_tried_ = false;
+  (void)sync_file_.close();
 }
 
 bool PartialUpload::complete() {
@@ -224,6 +227,7 @@ WireResult<void> PartialUpload::submit_chunk(size_t index, ByteView unit, transp
     if (units_[index].held || (to_write_ && to_write_->index == index)) return {};
     if (!checker_.joinable()) checker_ = std::thread([this] { check_chunks(); });
     if (!writer_.joinable()) writer_ = std::thread([this] { write_chunks(); });
+    if (!syncer_.joinable()) syncer_ = std::thread([this] { sync_chunks(); });
     Job job{index, {}, {}};
     transport::FrameBuffer spare;
     if (!spares_.empty()) {
@@ -305,12 +309,39 @@ void PartialUpload::write_chunks() {
     auto st = write_chunk(units_[index].offset, bytes);
     {
       std::lock_guard lock(work_mu_);
-      if (!st) work_error_ = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
-      else mark_held(index);
+      if (!st) {
+        work_error_ = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
+      } else {
+        mark_held(index);
+        unsynced_bytes_ += bytes.size();
+      }
       if (spares_.size() < 2) spares_.push_back(std::move(to_write_->storage));
       to_write_.reset();
     }
     work_cv_.notify_all();
+  }
+}
+
+// The syncer: every kSyncStep bytes written, an fdatasync while the upload goes on, so that
+// the disk (and a write cache under it) takes the data as it comes and the fsync before the
+// receipt (§7) has only the last part left. On its own descriptor: an error it sees is still
+// reported to the commit's fsync on the upload's descriptor (and fails the upload here too).
+void PartialUpload::sync_chunks() {
+  std::unique_lock lock(work_mu_);
+  for (;;) {
+    work_cv_.wait(lock, [&] { return work_stop_ || unsynced_bytes_ >= kSyncStep; });
+    if (work_stop_) return;
+    unsynced_bytes_ = 0;
+    lock.unlock();
+    if (!sync_file_.is_open()) {
+      const int fd = ::open(file_.path().c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) sync_file_ = File(fd, file_.path());
+    }
+    Status st;
+    if (sync_file_.is_open() && ::fdatasync(sync_file_.fd()) != 0)
+      st = fail(Errc::kIo, "cannot sync " + file_.path() + ": " + errno_text(errno));
+    lock.lock();
+    if (!st && !work_error_) work_error_ = wire::ErrorMessage{WireError::kStoreFailed, st.error().to_string()};
   }
 }
 

@@ -110,6 +110,7 @@ class PartialUpload {
   WireResult<void> drain();
   void check_chunks();
   void write_chunks();
+  void sync_chunks();
   void stop_worker();
   // Between connections: waits for the record in flight, then frees the worker and its buffer.
   void release_resources();
@@ -145,9 +146,12 @@ class PartialUpload {
   // file system refuses direct I/O.
   File direct_;
   bool direct_tried_ = false;
+  // A third thread syncs what was written every few hundred MiB (sync_chunks).
+  File sync_file_;
+  uint64_t unsynced_bytes_ = 0;
   std::optional<wire::ErrorMessage> work_error_;
   bool work_stop_ = false;
-  std::thread checker_, writer_;
+  std::thread checker_, writer_, syncer_;
 };
 
 class EvidenceStore {

@@ -1,4 +1,5 @@
-// `mlfx serve`: the intake's network side. Boost.Asio coroutines on a small thread pool; each
+// `mlfx serve`: the intake's network side. Boost.Asio coroutines, one io_context per thread
+// (a connection stays on one thread); each
 // connection is a TLS 1.3 mutual handshake, then frames fed to an IntakeSession. Bounded
 // (wire-protocol.md §9): connections not authenticated yet, per source address and in all,
 // with a short deadline for the handshake and HELLO; authenticated sessions, in all and per
@@ -29,7 +30,7 @@ struct ServerOptions {
   size_t max_handshakes_per_address = 32;
   uint64_t upload_memory = uint64_t(2) << 30;  // record buffers of all uploads; a quarter per device
   uint32_t max_record = (64u << 20) + 56;
-  unsigned threads = 0;  // 0: one per core, at least 2
+  unsigned threads = 0;  // io threads (each with its own io_context); 0: one per core, at least 2
 };
 
 // One JSON line per event (connections, uploads, refusals) goes to this sink.

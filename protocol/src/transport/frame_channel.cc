@@ -14,7 +14,6 @@ namespace mlfx::transport {
 
 namespace {
 constexpr size_t kPaceStep = 64u << 10;
-constexpr size_t kTlsRecordPayload = 16u << 10;  // the most plaintext one TLS record carries
 }
 
 Error connection_error(const boost::system::error_code& ec, const std::string& doing, TlsStream* stream) {
@@ -75,9 +74,9 @@ asio::awaitable<void> FrameChannel::pace(size_t bytes) {
   }
 }
 
-asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part) {
+asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part, bool more_follows) {
   if (rate_ == 0) {
-    const ErrorCode ec = co_await stream_.write(part);
+    const ErrorCode ec = co_await stream_.write(part, more_follows);
     if (ec) co_return fail(connection_error(ec, "sending"));
     co_return Status{};
   }
@@ -99,9 +98,9 @@ asio::awaitable<Status> FrameChannel::write_part(asio::const_buffer part) {
 asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::const_buffer>& parts, size_t total) {
   gather_.clear();
   size_t next = 0, skip = 0;  // the first part (and its bytes) not gathered
-  for (; next < parts.size() && gather_.size() < kTlsRecordPayload; ++next) {
+  for (; next < parts.size() && gather_.size() < TlsStream::kMaxRecordPayload; ++next) {
     const auto* p = static_cast<const uint8_t*>(parts[next].data());
-    const size_t take = std::min(parts[next].size(), kTlsRecordPayload - gather_.size());
+    const size_t take = std::min(parts[next].size(), TlsStream::kMaxRecordPayload - gather_.size());
     gather_.insert(gather_.end(), p, p + take);
     if (take < parts[next].size()) {
       skip = take;
@@ -109,11 +108,11 @@ asio::awaitable<Status> FrameChannel::write_buffers(const std::vector<asio::cons
     }
   }
   const asio::const_buffer gathered = asio::buffer(gather_);
-  MLFX_CO_TRY(co_await write_part(gathered));
+  MLFX_CO_TRY(co_await write_part(gathered, next < parts.size()));
   for (; next < parts.size(); ++next, skip = 0) {
     const asio::const_buffer rest = asio::buffer(static_cast<const uint8_t*>(parts[next].data()) + skip,
                                                  parts[next].size() - skip);
-    MLFX_CO_TRY(co_await write_part(rest));
+    MLFX_CO_TRY(co_await write_part(rest, next + 1 < parts.size()));
   }
   bytes_written_ += total;
   co_return Status{};

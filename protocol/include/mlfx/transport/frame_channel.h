@@ -63,7 +63,7 @@ class FrameChannel {
 
  private:
   asio::awaitable<Status> write_buffers(const std::vector<asio::const_buffer>& parts, size_t total);
-  asio::awaitable<Status> write_part(asio::const_buffer part);
+  asio::awaitable<Status> write_part(asio::const_buffer part, bool more_follows);
   asio::awaitable<void> pace(size_t bytes);
 
   TlsStream& stream_;

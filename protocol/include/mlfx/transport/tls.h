@@ -36,7 +36,8 @@ struct SocketBioState;
 class TlsStream {
  public:
   using executor_type = asio::ip::tcp::socket::executor_type;
-  static constexpr int kReadAhead = 256 << 10;
+  static constexpr int kReadAhead = 64 << 10;
+  static constexpr size_t kMaxRecordPayload = 16u << 10;  // plaintext bytes in one TLS record
 
   TlsStream(asio::io_context& io, asio::ssl::context& ctx);
   TlsStream(asio::ip::tcp::socket socket, asio::ssl::context& ctx);
@@ -56,8 +57,9 @@ class TlsStream {
   asio::awaitable<ErrorCode> handshake(asio::ssl::stream_base::handshake_type type);
   // Reads exactly buffer.size() bytes.
   asio::awaitable<ErrorCode> read(asio::mutable_buffer buffer);
-  // Writes all of `buffer`.
-  asio::awaitable<ErrorCode> write(asio::const_buffer buffer);
+  // Writes all of `buffer`; with more_follows, TCP may hold back its last partial segment
+  // until the next write.
+  asio::awaitable<ErrorCode> write(asio::const_buffer buffer, bool more_follows = false);
   // Sends close_notify and waits (bounded by the caller's deadline) for the peer's answer or
   // its end of the connection.
   asio::awaitable<ErrorCode> shutdown();
