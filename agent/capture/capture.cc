@@ -75,6 +75,7 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   }
   json::Json acquisition = merged(sources, &CaptureSource::acquisition);
   MLFX_ASSIGN(outcome.manifest, w.finish(std::move(acquisition)));
+  MLFX_TRY(policy.finish_writes());
   return outcome;
 }
 

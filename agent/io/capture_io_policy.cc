@@ -10,7 +10,6 @@ namespace mlfx::agent::io {
 namespace {
 
 constexpr int kBackgroundNice = 19;
-constexpr uint64_t kWritebackStep = 16u << 20;
 
 pid_t this_thread_id() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
@@ -45,14 +44,7 @@ void CaptureIoPolicy::producer_waiting(bool waiting) {
   apply_priority_locked();
 }
 
-// Only a hint: pipes and some file systems refuse it.
-void CaptureIoPolicy::wrote(int fd, uint64_t offset, uint64_t size) {
-  const uint64_t end = offset + size;
-  if (end - writeback_from_ < kWritebackStep) return;
-  (void)sync_file_range(fd, static_cast<off_t>(writeback_from_), static_cast<off_t>(end - writeback_from_),
-                        SYNC_FILE_RANGE_WRITE);
-  writeback_from_ = end;
-}
+void CaptureIoPolicy::wrote(int fd, uint64_t offset, uint64_t size) { write_behind_.wrote(fd, offset, size); }
 
 // Low while the target is frozen, unless the reader waits for sealing; only on a change.
 void CaptureIoPolicy::apply_priority_locked() {

@@ -9,7 +9,8 @@
 //                 (root); without it sealing stays at low priority until the capture ends.
 //   huge pages    Chunk buffers ask for transparent huge pages, so filling hundreds of MiB
 //                 while the target is frozen takes 512x fewer page faults.
-//   writeback     Every 16 MiB written, the disk starts writing them (sync_file_range), so the
+//   writeback     Write-behind (mlfx/base/write_behind.h): the disk starts writing every 16 MiB
+//                 as it is written, and every 128 MiB is synced while sealing goes on, so the
 //                 fsync that ends sealing has little left to wait for.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <vector>
 
+#include "mlfx/base/write_behind.h"
 #include "mlfx/bundle/sealing_policy.h"
 
 namespace mlfx::agent::io {
@@ -34,6 +36,8 @@ class CaptureIoPolicy final : public bundle::SealingPolicy {
   void chunk_buffer_mapped(void* data, size_t size) override;
   void producer_waiting(bool waiting) override;
   void wrote(int fd, uint64_t offset, uint64_t size) override;
+  // Stops the write-behind; the first error its syncs met.
+  Status finish_writes() { return write_behind_.stop(); }
 
  private:
   void apply_priority_locked();
@@ -43,7 +47,7 @@ class CaptureIoPolicy final : public bundle::SealingPolicy {
   bool background_ = false;
   bool producer_waiting_ = false;
   bool low_ = false;  // what the threads run at now
-  uint64_t writeback_from_ = 0;  // wrote() comes in file order, one call at a time
+  WriteBehind write_behind_;
 };
 
 }  // namespace mlfx::agent::io

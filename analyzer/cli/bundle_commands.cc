@@ -13,6 +13,7 @@
 #include "mlfx/base/json.h"
 #include "mlfx/base/printable.h"
 #include "mlfx/base/progress.h"
+#include "mlfx/base/write_behind.h"
 #include "mlfx/bundle/reader.h"
 #include "mlfx/bundle/sealing_keys.h"
 #include "mlfx/bundle/writer.h"
@@ -25,6 +26,14 @@ struct SealArgs {
   std::string out, device_key, case_id, note, device_id;
   uint32_t chunk_size = bundle::kDefaultChunkSize;
   bool legacy_hashes = false, quiet = false;
+};
+
+// The lab's sealing policy: write-behind (mlfx/base/write_behind.h), so the fsync that ends
+// sealing has little left to wait for (it took 0.7 s of the 1.8 s a GiB took here without).
+class LabSealingPolicy final : public bundle::SealingPolicy {
+ public:
+  void wrote(int fd, uint64_t offset, uint64_t size) override { write_behind.wrote(fd, offset, size); }
+  WriteBehind write_behind;
 };
 
 std::string default_stream_name(const std::string& input) {
@@ -59,6 +68,8 @@ Result<bundle::Manifest> seal(const SealArgs& a) {
   p.note = a.note;
   p.device_id = a.device_id;
   p.command = "bundle seal";
+  LabSealingPolicy policy;  // outlives the writer
+  p.policy = &policy;
   p.legacy_hashes = a.legacy_hashes;
   p.tool_parameters = {{"inputs", inputs}, {"chunk_size", a.chunk_size}, {"legacy_hashes", a.legacy_hashes},
                        {"recipients", a.recipients}, {"case_id", a.case_id}};
@@ -80,6 +91,7 @@ Result<bundle::Manifest> seal(const SealArgs& a) {
     MLFX_TRY(w.end_stream());
   }
   MLFX_ASSIGN(bundle::Manifest m, w.finish());
+  MLFX_TRY(policy.write_behind.stop());
   incomplete.commit();
   return m;
 }

@@ -8,8 +8,8 @@ constexpr size_t kBufferSize = 1 << 20;
 constexpr size_t kDirectWrite = 64 << 10;  // larger spans skip the buffer
 }
 
-Result<OutputFile> OutputFile::create(const std::string& path) {
-  MLFX_ASSIGN(File f, File::create_new(path, 0644));
+Result<OutputFile> OutputFile::create(const std::string& path, mode_t mode) {
+  MLFX_ASSIGN(File f, File::create_new(path, mode));
   return OutputFile(std::move(f));
 }
 
@@ -57,6 +57,12 @@ Status OutputFile::commit() {
   MLFX_TRY(file_.close());
   committed_ = true;
   return {};
+}
+
+Status write_export_file(const std::string& path, std::string_view text, mode_t mode) {
+  MLFX_ASSIGN(OutputFile out, OutputFile::create(path, mode));
+  MLFX_TRY(out.write(as_bytes(text)));
+  return out.commit();
 }
 
 }  // namespace mlfx::exporters

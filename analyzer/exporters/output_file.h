@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+
+#include <sys/types.h>
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/base/file.h"
@@ -15,7 +18,7 @@ namespace mlfx::exporters {
 class OutputFile {
  public:
   // Creates `path`, refusing to replace an existing file.
-  static Result<OutputFile> create(const std::string& path);
+  static Result<OutputFile> create(const std::string& path, mode_t mode = 0644);
 
   OutputFile(OutputFile&& o) noexcept;
   OutputFile& operator=(OutputFile&&) = delete;
@@ -41,5 +44,9 @@ class OutputFile {
   uint64_t offset_ = 0;
   bool committed_ = false;
 };
+
+// Writes a whole new file (a JSON document beside the tensors): like every export, not
+// fsynced, and removed again if it could not be written whole.
+Status write_export_file(const std::string& path, std::string_view text, mode_t mode = 0640);
 
 }  // namespace mlfx::exporters

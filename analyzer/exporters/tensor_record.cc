@@ -1,8 +1,12 @@
 #include "exporters/tensor_record.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
+#include <memory>
 
 namespace mlfx::exporters {
 namespace {
@@ -66,6 +70,7 @@ constexpr std::array<DtypeInfo, 47> kDtypes = {{
 // Pieces at least this large are handed to the sink as spans of the storage itself.
 constexpr size_t kDirectPiece = 256 * 1024;
 constexpr size_t kBounceSize = 1 << 20;
+constexpr size_t kFilePiece = 1 << 20;  // pread pieces: still in the cache when written
 
 std::string where(const TensorRecord& t) { return "tensor '" + t.key + "'"; }
 
@@ -142,6 +147,22 @@ Result<uint64_t> contiguous_size(const TensorRecord& t) {
   return total;
 }
 
+Status stream_bytes(const SourceBytes& src, const std::function<Status(ByteView)>& sink) {
+  if (src.place.fd < 0 || src.bytes.empty()) return sink(src.bytes);
+  std::unique_ptr<uint8_t[]> buffer(new uint8_t[std::min<uint64_t>(kFilePiece, src.bytes.size())]);
+  for (uint64_t done = 0; done < src.bytes.size();) {
+    const size_t want = std::min<uint64_t>(kFilePiece, src.bytes.size() - done);
+    const uint64_t offset = src.place.offset + done;
+    ssize_t n = ::pread(src.place.fd, buffer.get(), want, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(Errc::kIo, "cannot read the evidence at file offset " + hex_address(offset) + ": " + errno_text(errno));
+    if (n == 0) return fail(Errc::kIo, "the evidence ends early, at file offset " + hex_address(offset) + " (truncated while read?)");
+    MLFX_TRY(sink(ByteView(buffer.get(), static_cast<size_t>(n))));
+    done += static_cast<uint64_t>(n);
+  }
+  return {};
+}
+
 Status for_each_contiguous_piece(const TensorRecord& t,
                                  const std::function<Status(ByteView)>& sink) {
   MLFX_TRY(validate(t));
@@ -184,7 +205,7 @@ Status for_each_contiguous_piece(const TensorRecord& t,
     ByteView run(base + elem_index * item, run_bytes);
     if (run_bytes >= kDirectPiece) {
       MLFX_TRY(flush());
-      return sink(run);
+      return stream_bytes(SourceBytes(t.storage.data, t.storage.place).subspan(elem_index * item, run_bytes), sink);
     }
     if (bounce.capacity() == 0) bounce.reserve(kBounceSize);
     if (bounce.size() + run.size() > kBounceSize) MLFX_TRY(flush());

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "mlfx/base/bytes.h"
+#include "mlfx/base/file.h"
 #include "mlfx/base/result.h"
 
 namespace mlfx::exporters {
@@ -48,7 +49,23 @@ struct StorageRef {
   ByteView data;            // the storage's whole bytes; the caller keeps them alive
   uint64_t size_bytes = 0;  // the storage's declared size; must equal data.size()
   std::string device = "cpu";
+  FilePlace place;          // where `data` also lies in an open file, if known
 };
+
+// Bytes to export: in memory and, when place.fd >= 0, also at `place` in an open file.
+struct SourceBytes {
+  ByteView bytes;
+  FilePlace place;
+  SourceBytes(ByteView b = {}, FilePlace p = {}) : bytes(b), place(p) {}  // NOLINT: a view converts
+  // [at, at+n) of these bytes, which must lie inside.
+  SourceBytes subspan(uint64_t at, uint64_t n) const {
+    return {bytes.subspan(at, n), place.fd < 0 ? place : FilePlace{place.fd, place.offset + at}};
+  }
+};
+
+// Streams `src` to `sink`: read from its file in pieces of at most 1 MiB when it has one (the
+// mapping behind `bytes` is never touched), else handed over as one view.
+Status stream_bytes(const SourceBytes& src, const std::function<Status(ByteView)>& sink);
 
 struct TensorRecord {
   std::string key;               // state_dict key, e.g. "encoder.layers.0.weight"

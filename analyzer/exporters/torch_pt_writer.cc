@@ -129,7 +129,8 @@ Result<TorchPickle> torch_state_dict_pickle(std::span<const TensorRecord> tensor
   TorchPickle out{p.data(), {}};
   for (const StorageSlot& s : slots) {
     const uint64_t item = find_dtype(s.first->scalar_type)->item_size;
-    out.storages.push_back(s.first->storage.data.first(s.numel * item));
+    const StorageRef& storage = s.first->storage;
+    out.storages.push_back(SourceBytes(storage.data, storage.place).subspan(0, s.numel * item));
   }
   return out;
 }

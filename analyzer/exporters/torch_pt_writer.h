@@ -28,7 +28,7 @@ inline constexpr std::string_view kTorchArchiveName = "archive";
 // were assigned (first use). Validates everything write_torch_state_dict checks.
 struct TorchPickle {
   std::string pickle;
-  std::vector<ByteView> storages;  // bytes written for storage key i (whole elements only)
+  std::vector<SourceBytes> storages;  // bytes written for storage key i (whole elements only)
 };
 Result<TorchPickle> torch_state_dict_pickle(std::span<const TensorRecord> tensors);
 

@@ -25,7 +25,7 @@ constexpr uint32_t kMax32 = 0xffffffff;
 constexpr uint64_t kMax16 = 0xffff;
 constexpr size_t kLocalHeaderSize = 30;
 constexpr size_t kCrcFieldOffset = 14;  // in the local header
-constexpr size_t kCrcPiece = 256 << 10;
+constexpr size_t kCrcPiece = 1 << 20;
 
 // Little-endian record builder.
 class Record {
@@ -65,7 +65,7 @@ Result<ZipWriter> ZipWriter::create(const std::string& path) {
   return ZipWriter(std::move(out));
 }
 
-Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, uint32_t align) {
+Status ZipWriter::add(const std::string& name, const SourceBytes& data, uint32_t align) {
   if (finished_) return fail(Errc::kInvalidArgument, "ZIP archive already finished");
   if (name.empty() || name.size() > kMax16 || !is_valid_utf8(name))
     return fail(Errc::kInvalidArgument, "bad ZIP entry name '" + name + "'");
@@ -74,8 +74,7 @@ Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, 
   if (!names_.insert(name).second)
     return fail(Errc::kInvalidArgument, "duplicate ZIP entry '" + name + "'");
 
-  uint64_t size = 0;
-  for (ByteView p : parts) size += p.size();
+  const uint64_t size = data.bytes.size();
   const uint64_t header_offset = out_.offset();
   const bool zip64_sizes = size >= kMax32;
   const bool zip64 = zip64_sizes || header_offset >= kMax32;
@@ -97,13 +96,14 @@ Status ZipWriter::add(const std::string& name, std::span<const ByteView> parts, 
   // The CRC-32 (gzip's reflected IEEE one) in the same pass as the copy, piece by piece, so
   // each piece is still in the cache when it is written.
   uint32_t crc = 0;
-  for (ByteView p : parts) {
+  MLFX_TRY(stream_bytes(data, [&](ByteView p) -> Status {
     for (size_t at = 0; at < p.size(); at += kCrcPiece) {
       ByteView piece = p.subspan(at, std::min(kCrcPiece, p.size() - at));
       crc = crc32_gzip_refl(crc, piece.data(), piece.size());
       MLFX_TRY(out_.write(piece));
     }
-  }
+    return {};
+  }));
   uint8_t crc_le[4];
   store_le<uint32_t>(crc_le, crc);
   MLFX_TRY(out_.patch(header_offset + kCrcFieldOffset, crc_le));

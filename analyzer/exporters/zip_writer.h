@@ -5,12 +5,12 @@
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "exporters/output_file.h"
+#include "exporters/tensor_record.h"
 
 namespace mlfx::exporters {
 
@@ -19,12 +19,9 @@ class ZipWriter {
   // Creates `path` (never replacing a file); it is removed again unless finish() succeeds.
   static Result<ZipWriter> create(const std::string& path);
 
-  // Adds a stored entry whose contents are `parts` concatenated, its first payload byte at a
-  // file offset that is a multiple of `align` (1..4096). The parts are read once.
-  Status add(const std::string& name, std::span<const ByteView> parts, uint32_t align = 64);
-  Status add(const std::string& name, ByteView data, uint32_t align = 64) {
-    return add(name, std::span<const ByteView>(&data, 1), align);
-  }
+  // Adds a stored entry holding `data`, its first payload byte at a file offset that is a
+  // multiple of `align` (1..4096). The data is read once.
+  Status add(const std::string& name, const SourceBytes& data, uint32_t align = 64);
 
   // Writes the central directory and end records and closes.
   Status finish();

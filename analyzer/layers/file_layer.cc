@@ -19,6 +19,7 @@ Result<std::unique_ptr<FileLayer>> FileLayer::open(const std::string& path) {
     if (p == MAP_FAILED) return fail(Errc::kIo, "cannot map " + path + ": " + errno_text(errno));
     layer->data_ = static_cast<const uint8_t*>(p);
   }
+  layer->file_ = std::move(f);
   return layer;
 }
 
@@ -29,6 +30,11 @@ FileLayer::~FileLayer() {
 const uint8_t* FileLayer::view(uint64_t addr, uint64_t len) const {
   if (addr > size_ || len > size_ - addr) return nullptr;
   return data_ + addr;
+}
+
+std::optional<FilePlace> FileLayer::file_place(uint64_t addr, uint64_t len) const {
+  if (addr > size_ || len > size_ - addr) return std::nullopt;
+  return FilePlace{file_.fd(), addr};
 }
 
 uint64_t FileLayer::mapped_run(uint64_t addr, uint64_t max) const {

@@ -5,9 +5,11 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 
+#include "mlfx/base/file.h"
 #include "mlfx/base/result.h"
 
 namespace mlfx::layers {
@@ -27,6 +29,9 @@ class Layer {
   virtual bool is_mapped(uint64_t addr, uint64_t len) const;
   // The length of the mapped run starting at addr (0 when addr is unmapped), at most `max`.
   virtual uint64_t mapped_run(uint64_t addr, uint64_t max) const = 0;
+  // Where [addr, addr+len) lies as one run in an open file (the evidence under the mapping),
+  // if it does: exporters copy from there without faulting the mapping in.
+  virtual std::optional<FilePlace> file_place(uint64_t /*addr*/, uint64_t /*len*/) const { return std::nullopt; }
 
   template <class T>
   Result<T> read_value(uint64_t addr) const {

@@ -50,6 +50,12 @@ const uint8_t* SegmentedLayer::view(uint64_t addr, uint64_t len) const {
   return base_->view(s->base_offset + (addr - s->start), len);
 }
 
+std::optional<FilePlace> SegmentedLayer::file_place(uint64_t addr, uint64_t len) const {
+  const Segment* s = find(addr);
+  if (!s || len > s->size - (addr - s->start)) return std::nullopt;
+  return base_->file_place(s->base_offset + (addr - s->start), len);
+}
+
 uint64_t SegmentedLayer::mapped_run(uint64_t addr, uint64_t max) const {
   const Segment* s = find(addr);
   if (!s) return 0;

@@ -24,6 +24,7 @@ class SegmentedLayer : public Layer {
   const std::string& name() const override { return name_; }
   const uint8_t* view(uint64_t addr, uint64_t len) const override;
   uint64_t mapped_run(uint64_t addr, uint64_t max) const override;
+  std::optional<FilePlace> file_place(uint64_t addr, uint64_t len) const override;
   const std::vector<Segment>& segments() const { return segments_; }
 
  protected:

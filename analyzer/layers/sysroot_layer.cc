@@ -288,6 +288,11 @@ const uint8_t* SysrootLayer::view(uint64_t addr, uint64_t len) const {
   return p;
 }
 
+std::optional<FilePlace> SysrootLayer::file_place(uint64_t addr, uint64_t len) const {
+  if (core_->mapped_run(addr, 1)) return core_->file_place(addr, len);
+  return std::nullopt;
+}
+
 uint64_t SysrootLayer::mapped_run(uint64_t addr, uint64_t max) const {
   if (uint64_t run = core_->mapped_run(addr, max)) return run;
   const Fill* f = find(addr);

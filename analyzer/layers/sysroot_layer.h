@@ -55,6 +55,8 @@ class SysrootLayer : public Layer {
   const std::string& name() const override { return name_; }
   const uint8_t* view(uint64_t addr, uint64_t len) const override;
   uint64_t mapped_run(uint64_t addr, uint64_t max) const override;
+  // The core's bytes only: what a sysroot file fills in is read through view(), which records it.
+  std::optional<FilePlace> file_place(uint64_t addr, uint64_t len) const override;
 
   const std::string& sysroot() const { return sysroot_; }
   // Every distinct mapped path with a gap, attached or not, in order of first gap.

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "evidence/bundle_check.h"
+#include "exporters/output_file.h"
 #include "exporters/safetensors_writer.h"
 #include "exporters/torch_pt_writer.h"
 #include "frontends/cpython/python_objects.h"
@@ -125,11 +126,13 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
 class StorageBytes {
  public:
   StorageBytes(const layers::Layer& mem, uint64_t& budget) : mem_(mem), budget_(budget) {}
-  Result<ByteView> get(uint64_t addr, uint64_t size) {
-    if (size == 0) return ByteView{};
-    if (const uint8_t* p = mem_.view(addr, size)) return ByteView(p, size);
+  // The bytes, and where they also lie in the evidence file when they are one run of it.
+  Result<exporters::SourceBytes> get(uint64_t addr, uint64_t size) {
+    if (size == 0) return exporters::SourceBytes{};
+    if (const uint8_t* p = mem_.view(addr, size))
+      return exporters::SourceBytes(ByteView(p, size), mem_.file_place(addr, size).value_or(FilePlace{}));
     const auto key = std::make_pair(addr, size);
-    if (auto it = copies_.find(key); it != copies_.end()) return ByteView(it->second);
+    if (auto it = copies_.find(key); it != copies_.end()) return exporters::SourceBytes(ByteView(it->second));
     const std::string what = "storage of " + std::to_string(size) + " bytes at " + hex_address(addr);
     if (!mem_.is_mapped(addr, size)) return fail(Errc::kInvalidAddress, what + " is not all in the image");
     if (size > budget_) return fail(Errc::kUnsupported, what + ": its copy would exceed the export budget");
@@ -137,7 +140,7 @@ class StorageBytes {
     Bytes& copy = copies_[key];
     copy.resize(size);
     MLFX_TRY(mem_.read(addr, copy.data(), size));
-    return ByteView(copy);
+    return exporters::SourceBytes(ByteView(copy));
   }
 
  private:
@@ -206,7 +209,8 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
     else if (t->storage_bytes > kLooseTotalMaxBytes) skipped = "storage too large";
     if (skipped.empty()) {
       auto data = storage.get(t->data, t->storage_bytes);
-      r.storage = {t->storage, data ? *data : ByteView{}, t->storage_bytes, "cpu"};
+      r.storage = {t->storage, data ? data->bytes : ByteView{}, t->storage_bytes, "cpu",
+                   data ? data->place : FilePlace{}};
       if (!data) skipped = "storage unreadable";
       else if (!exporters::validate(r)) skipped = "inconsistent layout";
     }
@@ -222,7 +226,7 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, co
   const std::string dir = out_dir + "/tensors";
   if (mkdir(dir.c_str(), 0750) != 0) return fail(Errc::kIo, "cannot create " + dir + ": " + errno_text(errno));
   if (!records.empty()) MLFX_TRY(exporters::write_safetensors(dir + "/loose.safetensors", records, {{"format", "pt"}}));
-  MLFX_TRY(write_new_file(dir + "/loose.json", listed.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
+  MLFX_TRY(exporters::write_export_file(dir + "/loose.json", listed.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
   if (unlisted) diag.warn("loose tensors: " + std::to_string(unlisted) + " more not listed");
   return json::Json{{"found", listed.size() + unlisted}, {"saved", records.size()}, {"saved_bytes", total},
                     {"file", records.empty() ? json::Json(nullptr) : json::Json("tensors/loose.safetensors")}};
@@ -265,8 +269,8 @@ Result<exporters::TensorRecord> record_for(ModelExport& x, const frontends::torc
     return fail(Errc::kUnsupported, "its " + std::to_string(size) + " bytes would exceed the export budget (" +
                                         std::to_string(x.export_left) + " bytes left of twice the image + 256 MiB)");
   x.export_left -= cost;
-  MLFX_ASSIGN(ByteView data, storage.get(t.data, t.storage_bytes));
-  r.storage = {t.storage, data, t.storage_bytes, "cpu"};
+  MLFX_ASSIGN(exporters::SourceBytes data, storage.get(t.data, t.storage_bytes));
+  r.storage = {t.storage, data.bytes, t.storage_bytes, "cpu", data.place};
   MLFX_TRY(exporters::validate(r));
   return r;
 }
@@ -387,7 +391,7 @@ Result<json::Json> export_model(ModelExport& x, size_t n, uint64_t root, const s
     MLFX_TRY(written(exporters::write_safetensors(dir + "/non_persistent.safetensors", rec.non_persistent, meta),
                      "non_persistent.safetensors"));
   const std::string arch = architecture_text(x, root, std::move(rec.tensor_meta), sd.problems);
-  MLFX_TRY(write_new_file(dir + "/architecture.json", arch, 0640));
+  MLFX_TRY(exporters::write_export_file(dir + "/architecture.json", arch, 0640));
   x.diag.refund(rec.meta_bytes);  // the tensor metadata is on disk now
   files.push_back("architecture.json");
   model["directory"] = "models/" + name;
@@ -598,7 +602,7 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
                   {"exhausted", diag.exhausted().empty() ? json::Json(nullptr) : json::Json(diag.exhausted())}}},
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
-  MLFX_TRY(write_new_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
+  MLFX_TRY(exporters::write_export_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
   return summarize(std::move(report));
 }
 

@@ -75,8 +75,8 @@ TEST(TorchPickle, SharedStoragesArePickledOnce) {
   ASSERT_TRUE(tp) << tp.error().to_string();
   ASSERT_EQ(tp->storages.size(), s.storage_count());
   for (size_t i = 0; i < s.storage_count(); ++i) {
-    EXPECT_EQ(tp->storages[i].data(), s.storage(i).data()) << i;  // spans, not copies
-    EXPECT_EQ(tp->storages[i].size(), s.storage(i).size()) << i;
+    EXPECT_EQ(tp->storages[i].bytes.data(), s.storage(i).data()) << i;  // spans, not copies
+    EXPECT_EQ(tp->storages[i].bytes.size(), s.storage(i).size()) << i;
   }
   mlfx::testing::write_file(dir / "data.pkl", tp->pickle);
   // Disassemble (validates every opcode) and count persistent ids and storage globals.
@@ -231,7 +231,7 @@ TEST(TorchPt, StorageOfPartialElementsKeepsWholeElementsOnly) {
   s.add("w", kFloat, {2}, {1}, 0, a);
   auto tp = torch_state_dict_pickle(s.tensors());
   ASSERT_TRUE(tp) << tp.error().to_string();
-  EXPECT_EQ(tp->storages[0].size(), 8u);
+  EXPECT_EQ(tp->storages[0].bytes.size(), 8u);
   s.tensors()[0].storage_offset = 1;  // would need bytes 4..12
   EXPECT_FALSE(torch_state_dict_pickle(s.tensors()));
 }

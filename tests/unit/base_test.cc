@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/base/clock.h"
@@ -7,6 +10,7 @@
 #include "mlfx/base/printable.h"
 #include "mlfx/base/result.h"
 #include "mlfx/base/secure_memory.h"
+#include "mlfx/base/write_behind.h"
 #include "test_util.h"
 
 namespace mlfx {
@@ -80,6 +84,46 @@ TEST(File, ReadsAndReportsShortFiles) {
   EXPECT_FALSE(File::open_read(dir / "missing"));
   EXPECT_FALSE(File::open_read(dir.path()));  // a directory
   EXPECT_FALSE(read_small_file(dir / "f", 5));
+}
+
+// Descriptors of this process open on `path`.
+int descriptors_on(const std::string& path) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec) == path) ++n;
+  }
+  return n;
+}
+
+TEST(WriteBehind, SyncsARegularFileOnADescriptorOfItsOwnWhileItIsWritten) {
+  testing::TempDir dir;
+  auto f = File::create_new(dir / "big", 0600);
+  ASSERT_TRUE(f);
+  WriteBehind wb;
+  const Bytes block(4u << 20, 0x5a);
+  uint64_t offset = 0;
+  for (int i = 0; i < 33; ++i) {  // 132 MiB: one sync step and a bit
+    ASSERT_TRUE(f->write_all(block));
+    wb.wrote(f->fd(), offset, block.size());
+    offset += block.size();
+  }
+  EXPECT_EQ(descriptors_on(dir / "big"), 2);  // the writer's and the syncer's
+  EXPECT_TRUE(wb.stop());
+  EXPECT_EQ(descriptors_on(dir / "big"), 1);
+  EXPECT_TRUE(wb.stop());  // idempotent
+  EXPECT_TRUE(f->sync());
+}
+
+TEST(WriteBehind, LeavesPipesAlone) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  WriteBehind wb;
+  ASSERT_EQ(write(p[1], "x", 1), 1);
+  wb.wrote(p[1], 0, 200u << 20);  // claims far more than a sync step
+  EXPECT_TRUE(wb.stop());
+  close(p[0]);
+  close(p[1]);
 }
 
 TEST(Clock, UtcTimestampHasZone) {

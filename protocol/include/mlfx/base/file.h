@@ -13,6 +13,14 @@
 
 namespace mlfx {
 
+// Where bytes seen through a mapping also lie in an open file. Bulk copies pread them from
+// there: first touches of a mapping take a page fault every few pages, which made writing an
+// export straight from the mapped evidence four times slower than pread + write here.
+struct FilePlace {
+  int fd = -1;  // -1: nowhere known
+  uint64_t offset = 0;
+};
+
 class File {
  public:
   File() = default;
