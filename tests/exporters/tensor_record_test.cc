@@ -3,7 +3,9 @@
 #include <random>
 
 #include "exporters/tensor_record.h"
+#include "mlfx/base/file.h"
 #include "sample_tensors.h"
+#include "test_util.h"
 
 namespace mlfx::exporters {
 namespace {
@@ -223,6 +225,40 @@ TEST(Validate, HugeBroadcastIsRefusedBeforeAllocating) {
   auto r = contiguous_bytes(t, 1 << 20);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), Errc::kInvalidArgument);
+}
+
+// Bytes with a place in a file come from the file (never from the view, which may be a
+// mapping not yet faulted in), in bounded pieces, and a file that ends early is an error.
+TEST(StreamBytes, ReadsFromTheFilePlaceInPieces) {
+  mlfx::testing::TempDir dir;
+  std::string text(3u << 20, 'f');
+  text[5] = 'X';
+  text[(2u << 20) + 7] = 'Y';
+  mlfx::testing::write_file(dir / "evidence", text);
+  auto f = File::open_read(dir / "evidence");
+  ASSERT_TRUE(f);
+  const Bytes decoy((2u << 20) + 100, 0);  // what the view holds: must not be what is streamed
+  std::string got;
+  size_t pieces = 0, largest = 0;
+  auto sink = [&](ByteView p) -> Status {
+    got.append(reinterpret_cast<const char*>(p.data()), p.size());
+    ++pieces, largest = std::max(largest, p.size());
+    return {};
+  };
+  SourceBytes src(ByteView(decoy), FilePlace{f->fd(), 0});
+  ASSERT_TRUE(stream_bytes(src.subspan(5, decoy.size() - 5), sink));
+  EXPECT_EQ(got, text.substr(5, decoy.size() - 5));
+  EXPECT_EQ(pieces, 3u);
+  EXPECT_LE(largest, size_t{1} << 20);
+
+  got.clear();  // without a place: the view itself, in one piece
+  ASSERT_TRUE(stream_bytes(SourceBytes(ByteView(decoy).first(10)), sink));
+  EXPECT_EQ(got, std::string(10, '\0'));
+
+  const Bytes past(100, 0);  // a place beyond the end of the file
+  auto st = stream_bytes(SourceBytes(ByteView(past), FilePlace{f->fd(), text.size() - 10}), sink);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().to_string().find("ends early"), std::string::npos) << st.error().to_string();
 }
 
 TEST(Utf8, Validation) {
