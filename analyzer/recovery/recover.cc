@@ -11,6 +11,7 @@
 #include <future>
 #include <map>
 #include <set>
+#include <unordered_map>
 #include <memory>
 
 #include "evidence/bundle_check.h"
@@ -167,25 +168,43 @@ constexpr uint64_t kMinExportBytes = 64 * 1024;  // below it a model is counted,
 constexpr uint64_t kLooseTensorMaxBytes = uint64_t{64} << 20, kLooseTotalMaxBytes = uint64_t{256} << 20;
 constexpr size_t kLooseMaxCount = 20000;
 
-Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tracked, const frontends::cpython::ObjectReader& objects,
+// The tracked objects that are modules, and those that are tensors, in tracked order: one pass
+// that reads each object's type once and checks each type once.
+struct TrackedKinds {
+  std::vector<uint64_t> modules, tensors;
+};
+TrackedKinds sort_tracked(const std::vector<uint64_t>& tracked, const frontends::cpython::ObjectReader& objects,
+                          frontends::torch::ModuleWalker& walker, const frontends::torch::TensorReader& tensors,
+                          Diagnostics& diag) {
+  enum : uint8_t { kModule = 1, kTensor = 2 };
+  std::unordered_map<uint64_t, uint8_t> kind_of_type;
+  TrackedKinds out;
+  for (uint64_t obj : tracked) {
+    if (!diag.in_time("sorting the tracked objects")) break;
+    auto type = objects.type_of(obj);
+    if (!type) continue;
+    auto [kind, fresh] = kind_of_type.try_emplace(*type, 0);
+    if (fresh) {
+      auto module = walker.is_module_type(*type);
+      auto tensor = tensors.is_tensor_type(*type);
+      kind->second = (module && *module ? kModule : 0) | (tensor && *tensor ? kTensor : 0);
+    }
+    if (kind->second & kModule) out.modules.push_back(obj);
+    if (kind->second & kTensor) out.tensors.push_back(obj);
+  }
+  return out;
+}
+
+Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tensor_objects,
                                         frontends::torch::TensorReader& tensors, StorageBytes& storage,
                                         const std::set<uint64_t>& model_tensors, const std::string& out_dir,
                                         Diagnostics& diag) {
-  std::map<uint64_t, bool> tensor_types;
   std::vector<exporters::TensorRecord> records;
   json::Json listed = json::Json::array();
   uint64_t total = 0, unlisted = 0;
-  for (uint64_t obj : tracked) {
+  for (uint64_t obj : tensor_objects) {
     if (!diag.in_time("looking for loose tensors")) break;
     if (model_tensors.count(obj)) continue;
-    auto type = objects.type_of(obj);
-    if (!type) continue;
-    auto known = tensor_types.find(*type);
-    if (known == tensor_types.end()) {
-      auto is = tensors.is_tensor_type(*type);
-      known = tensor_types.emplace(*type, is && *is).first;
-    }
-    if (!known->second) continue;
     auto t = tensors.read(obj);
     if (!t) continue;
     if (listed.size() >= kLooseMaxCount) {  // the listing is bounded too
@@ -545,7 +564,9 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   const std::optional<std::string> torch_version = runtime.module_string(objects, "torch.version", "__version__");
   auto t2 = Clock::now();
   frontends::torch::ModuleWalker walker(objects, diag);
-  walker.scan(tracked);
+  frontends::torch::TensorReader tensors(objects);
+  const TrackedKinds kinds = sort_tracked(tracked, objects, walker, tensors, diag);
+  walker.scan(kinds.modules);
   std::vector<uint64_t> roots = walker.roots();
   if (roots.size() > kMaxModels) {
     diag.warn(std::to_string(roots.size() - kMaxModels) + " more root modules (the smallest) not exported: at most " +
@@ -560,7 +581,6 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
     return fail(Errc::kIo, "cannot create " + models_dir + ": " + errno_text(errno));
 
   auto t3 = Clock::now();
-  frontends::torch::TensorReader tensors(objects);
   uint64_t export_left = export_budget(image.facts);
   std::set<uint64_t> model_tensors;
   ModelExport x{walker, tensors, mem, diag, export_left, model_tensors, o.input};
@@ -572,7 +592,7 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   json::Json loose = json::Json::object();
   if (torch_version) {
     StorageBytes storage(mem, export_left);
-    MLFX_ASSIGN(loose, export_loose_tensors(tracked, objects, tensors, storage, model_tensors, o.out_dir, diag));
+    MLFX_ASSIGN(loose, export_loose_tensors(kinds.tensors, tensors, storage, model_tensors, o.out_dir, diag));
   }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);

@@ -75,7 +75,9 @@ TEST(CaptureIoPolicy, SealingYieldsWhileFrozenUnlessTheReaderWaitsForIt) {
   EXPECT_EQ(early.nice(), 19);
   policy.set_background(false);
   EXPECT_FALSE(policy.low_priority());
-  if (geteuid() == 0) EXPECT_EQ(early.nice(), own);
+  if (geteuid() == 0) {
+    EXPECT_EQ(early.nice(), own);
+  }
   // After the thaw, waiting for buffers changes nothing.
   policy.producer_waiting(true);
   policy.producer_waiting(false);

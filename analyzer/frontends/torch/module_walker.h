@@ -100,10 +100,11 @@ class ModuleWalker {
   // modules past max_bytes (at most 128 MiB) are named, not described.
   json::Json architecture(uint64_t root, uint64_t max_bytes = UINT64_MAX) const;
   size_t tensor_count(uint64_t root) const;
+  // Whether instances of the Python type at `type` are torch.nn.Modules (remembered per type).
+  Result<bool> is_module_type(uint64_t type);
 
  private:
   struct Walk;
-  Result<bool> is_module_type(uint64_t type);
   Result<ModuleInfo> read_module(uint64_t obj);
   Result<std::shared_ptr<const Slots>> read_slots(uint64_t dict, std::string_view what);
   void read_attribute(ModuleInfo& m, std::string_view name, uint64_t value) const;
