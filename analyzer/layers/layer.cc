@@ -36,6 +36,7 @@ bool Layer::is_mapped(uint64_t addr, uint64_t len) const {
 }
 
 Result<std::string> Layer::read_cstring(uint64_t addr, size_t max_len) const {
+  const uint64_t start = addr;
   std::string s;
   while (s.size() < max_len) {
     uint64_t run = mapped_run(addr, std::min<uint64_t>(max_len - s.size(), 256));
@@ -50,8 +51,8 @@ Result<std::string> Layer::read_cstring(uint64_t addr, size_t max_len) const {
     s.append(reinterpret_cast<const char*>(p), run);
     addr += run;
   }
-  return fail(Errc::kBadFormat, "string at " + std::to_string(addr) + " in " + name() +
-                                    " is not terminated within " + std::to_string(max_len) + " bytes");
+  return fail(Error(Errc::kBadFormat, "string not terminated within " + std::to_string(max_len) + " bytes")
+                  .at({name(), start, std::nullopt}));
 }
 
 }  // namespace mlfx::layers

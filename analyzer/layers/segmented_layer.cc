@@ -22,12 +22,12 @@ Status SegmentedLayer::init(std::string name, std::shared_ptr<const Layer> base,
   for (size_t i = 0; i < segments.size(); ++i) {
     const Segment& s = segments[i];
     if (s.start + s.size < s.start)
-      return fail(Errc::kBadFormat, name_ + ": segment at " + std::to_string(s.start) + " wraps around");
+      return fail(Error(Errc::kBadFormat, "segment wraps around").at({name_, s.start, std::nullopt}));
     if (i > 0 && segments[i - 1].start + segments[i - 1].size > s.start)
-      return fail(Errc::kBadFormat, name_ + ": segments overlap at address " + std::to_string(s.start));
+      return fail(Error(Errc::kBadFormat, "segments overlap").at({name_, s.start, std::nullopt}));
     if (!base_->is_mapped(s.base_offset, s.size))
-      return fail(Errc::kBadFormat, name_ + ": segment at address " + std::to_string(s.start) +
-                                        " lies beyond the end of " + base_->name() + " (truncated?)");
+      return fail(Error(Errc::kBadFormat, "segment lies beyond the end of " + base_->name() + " (truncated?)")
+                      .at({name_, s.start, s.base_offset}));
   }
   segments_ = std::move(segments);
   return {};
