@@ -3,10 +3,10 @@
 # analyzer: CLI, exporters, recovery), by the top-level CMakeLists.txt for tests/fuzz.
 set(_mlfx_analyzer_dir ${CMAKE_CURRENT_LIST_DIR})
 
-# Address spaces: files, segmented layers, ELF cores, sysroot files under a core.
+# Address spaces: files, segmented layers, ELF cores, LiME images, sysroot files under a core.
 add_library(mlfx_layers ${_mlfx_analyzer_dir}/layers/layer.cc ${_mlfx_analyzer_dir}/layers/file_layer.cc
             ${_mlfx_analyzer_dir}/layers/segmented_layer.cc ${_mlfx_analyzer_dir}/layers/elf_core_layer.cc
-            ${_mlfx_analyzer_dir}/layers/sysroot_layer.cc)
+            ${_mlfx_analyzer_dir}/layers/sysroot_layer.cc ${_mlfx_analyzer_dir}/layers/lime_layer.cc)
 target_include_directories(mlfx_layers PUBLIC ${_mlfx_analyzer_dir})
 target_link_libraries(mlfx_layers PUBLIC mlfx_base)
 
