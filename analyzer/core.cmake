@@ -10,6 +10,10 @@ add_library(mlfx_layers ${_mlfx_analyzer_dir}/layers/layer.cc ${_mlfx_analyzer_d
 target_include_directories(mlfx_layers PUBLIC ${_mlfx_analyzer_dir})
 target_link_libraries(mlfx_layers PUBLIC mlfx_base)
 
+# Whole-memory captures: the physical image, its context, processes rebuilt from their pagemaps.
+add_library(mlfx_physical ${_mlfx_analyzer_dir}/physical/physical_image.cc)
+target_link_libraries(mlfx_physical PUBLIC mlfx_layers mlfx_crypto)
+
 # Frontends: interpret bytes read through a layer.
 add_library(mlfx_frontends ${_mlfx_analyzer_dir}/frontends/elf/loaded_elf.cc
             ${_mlfx_analyzer_dir}/frontends/cpython/layout.cc

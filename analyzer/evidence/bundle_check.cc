@@ -421,26 +421,48 @@ Result<OpenResult> open_bundle(const std::string& path, const crypto::SecretKeyF
   return result;
 }
 
-Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const crypto::SecretKeyFile& lab,
-                                                 const std::string& stream, const OpenOptions& options) {
+const File* DecryptedStreams::find(std::string_view name) const {
+  for (const auto& [n, f] : files)
+    if (n == name) return &f;
+  return nullptr;
+}
+
+Result<DecryptedStreams> decrypt_streams_to_memory(const std::string& path, const crypto::SecretKeyFile& lab,
+                                                   const std::vector<std::string>& wanted, const OpenOptions& options) {
   if (!lab.box)
     return fail(Errc::kInvalidArgument, "a lab key is needed to decrypt a bundle (this is a device key)");
-  DecryptedStream out;
+  DecryptedStreams out;
   MLFX_ASSIGN(bundle::BundleReader reader,
               check_bundle(path, options.trusted_devices_dir, out.report, false, options.show_progress));
-  const bundle::StreamInfo* info = reader.manifest().find_stream(stream);
-  if (!info) return fail(Errc::kNotFound, path + " has no stream named '" + stream + "'");
   MLFX_ASSIGN(SecretBytes key, reader.unwrap_data_key(*lab.box));
-  MLFX_ASSIGN(out.file, File::create_memory("mlfx-" + stream));
-  std::optional<Progress> bar;
-  if (options.show_progress) bar.emplace("decrypting " + stream, info->size);
-  MLFX_TRY(reader.decrypt_stream_at(info->index, key.view(),
-                                    [&](uint64_t at, ByteView b) { return out.file.pwrite_all(at, b); },
-                                    bar ? &*bar : nullptr));
-  if (bar) bar->finish();
-  out.report.lines.push_back({"chunks", Outcome::kPassed, "stream " + stream + " authenticated and re-hashed"});
+  std::string decrypted;
+  for (const std::string& stream : wanted) {
+    const bundle::StreamInfo* info = reader.manifest().find_stream(stream);
+    if (!info) continue;
+    MLFX_ASSIGN(File file, File::create_memory("mlfx-" + stream));
+    std::optional<Progress> bar;
+    if (options.show_progress) bar.emplace("decrypting " + stream, info->size);
+    MLFX_TRY(reader.decrypt_stream_at(info->index, key.view(),
+                                      [&](uint64_t at, ByteView b) { return file.pwrite_all(at, b); },
+                                      bar ? &*bar : nullptr));
+    if (bar) bar->finish();
+    out.files.emplace_back(stream, std::move(file));
+    decrypted += (decrypted.empty() ? "" : ", ") + stream;
+  }
+  if (out.files.empty()) return fail(Errc::kNotFound, path + " holds none of the streams wanted here");
+  out.report.lines.push_back({"chunks", Outcome::kPassed, "stream(s) " + decrypted + " authenticated and re-hashed"});
   out.manifest = reader.manifest();
   return out;
+}
+
+Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const crypto::SecretKeyFile& lab,
+                                                 const std::string& stream, const OpenOptions& options) {
+  // One stream is several with one wanted; its absence is the caller's error.
+  auto all = decrypt_streams_to_memory(path, lab, {stream}, options);
+  if (!all && all.error().code() == Errc::kNotFound)
+    return fail(Errc::kNotFound, path + " has no stream named '" + stream + "'");
+  if (!all) return fail(std::move(all).error());
+  return DecryptedStream{std::move(all->files.front().second), std::move(all->manifest), std::move(all->report)};
 }
 
 }  // namespace mlfx::evidence

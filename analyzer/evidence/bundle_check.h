@@ -118,4 +118,16 @@ struct DecryptedStream {
 Result<DecryptedStream> decrypt_stream_to_memory(const std::string& path, const crypto::SecretKeyFile& lab_key,
                                                  const std::string& stream, const OpenOptions& options);
 
+// Several streams of one bundle, verified once: those of `wanted` that the bundle holds, each
+// in its own memfd (a physical capture: image, context, pagemap, kallsyms, BTF). Which of
+// them are required is the caller's business: absent ones are simply not in `files`.
+struct DecryptedStreams {
+  std::vector<std::pair<std::string, File>> files;  // (stream name, plaintext), in `wanted` order
+  bundle::Manifest manifest;
+  VerifyReport report;
+  const File* find(std::string_view name) const;
+};
+Result<DecryptedStreams> decrypt_streams_to_memory(const std::string& path, const crypto::SecretKeyFile& lab_key,
+                                                   const std::vector<std::string>& wanted, const OpenOptions& options);
+
 }  // namespace mlfx::evidence

@@ -1,0 +1,316 @@
+#include "physical/physical_image.h"
+
+#include <elf.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "mlfx/base/bytes.h"
+#include "mlfx/crypto/hash.h"
+
+namespace mlfx::physical {
+
+namespace {
+
+constexpr uint64_t kMaxPageSize = 1u << 16;
+
+Error bad_context(const std::string& what) {
+  return Error(Errc::kBadFormat, "capture context: " + what);
+}
+
+// Typed fields of a hostile JSON object: a missing or mistyped field is an error naming it.
+Result<uint64_t> get_u64(const json::Json& o, const char* key, const std::string& where) {
+  const auto it = o.find(key);
+  if (it == o.end() || !it->is_number_unsigned()) return fail(bad_context(where + "." + key + " is not an unsigned integer"));
+  return it->get<uint64_t>();
+}
+Result<std::string> get_string(const json::Json& o, const char* key, const std::string& where, size_t max = 4096) {
+  const auto it = o.find(key);
+  if (it == o.end() || !it->is_string()) return fail(bad_context(where + "." + key + " is not a string"));
+  std::string s = it->get<std::string>();
+  if (s.size() > max) return fail(bad_context(where + "." + key + " is longer than " + std::to_string(max) + " bytes"));
+  return s;
+}
+std::string opt_string(const json::Json& o, const char* key, size_t max = 4096) {
+  const auto it = o.find(key);
+  if (it == o.end() || !it->is_string()) return "";
+  std::string s = it->get<std::string>();
+  return s.substr(0, max);
+}
+const json::Json* get_array(const json::Json& o, const char* key) {
+  const auto it = o.find(key);
+  return it != o.end() && it->is_array() ? &*it : nullptr;
+}
+
+Result<ContextMapping> parse_mapping(const json::Json& m, const std::string& where) {
+  if (!m.is_object()) return fail(bad_context(where + " is not an object"));
+  ContextMapping c;
+  MLFX_ASSIGN(c.start, get_u64(m, "start", where));
+  MLFX_ASSIGN(c.end, get_u64(m, "end", where));
+  if (c.end <= c.start) return fail(bad_context(where + " ends before it starts"));
+  MLFX_ASSIGN(c.perms, get_string(m, "perms", where, 8));
+  if (m.contains("offset")) {
+    MLFX_ASSIGN(c.offset, get_u64(m, "offset", where));
+  }
+  if (m.contains("inode")) {
+    MLFX_ASSIGN(c.inode, get_u64(m, "inode", where));
+  }
+  c.path = opt_string(m, "path");
+  return c;
+}
+
+Result<ContextProcess> parse_process(const json::Json& p, const std::string& where) {
+  if (!p.is_object()) return fail(bad_context(where + " is not an object"));
+  ContextProcess c;
+  MLFX_ASSIGN(uint64_t pid, get_u64(p, "pid", where));
+  if (pid == 0 || pid > INT32_MAX) return fail(bad_context(where + ".pid is out of range"));
+  c.pid = static_cast<int32_t>(pid);
+  c.comm = opt_string(p, "comm", 64);
+  c.cmdline = opt_string(p, "cmdline");
+  if (p.contains("threads")) {
+    MLFX_ASSIGN(c.threads, get_u64(p, "threads", where));
+  }
+  if (const json::Json* maps = get_array(p, "maps"))
+    for (size_t i = 0; i < maps->size(); ++i) {
+      MLFX_ASSIGN(ContextMapping m, parse_mapping((*maps)[i], where + ".maps[" + std::to_string(i) + "]"));
+      c.maps.push_back(std::move(m));
+    }
+  if (const json::Json* samples = get_array(p, "page_sample"))
+    for (size_t i = 0; i < samples->size(); ++i) {
+      const std::string at = where + ".page_sample[" + std::to_string(i) + "]";
+      const json::Json& s = (*samples)[i];
+      if (!s.is_object()) return fail(bad_context(at + " is not an object"));
+      PageSample sample;
+      MLFX_ASSIGN(sample.vaddr, get_u64(s, "vaddr", at));
+      MLFX_ASSIGN(sample.sha256, get_string(s, "sha256", at, 64));
+      c.page_sample.push_back(std::move(sample));
+    }
+  return c;
+}
+
+// Where physical address `paddr` lies in the image file, for `len` bytes within one range.
+std::optional<uint64_t> file_offset(const std::vector<layers::Segment>& ranges, uint64_t paddr, uint64_t len) {
+  auto it = std::upper_bound(ranges.begin(), ranges.end(), paddr,
+                             [](uint64_t a, const layers::Segment& s) { return a < s.start; });
+  if (it == ranges.begin()) return std::nullopt;
+  --it;
+  if (paddr - it->start > it->size || len > it->size - (paddr - it->start)) return std::nullopt;
+  return it->base_offset + (paddr - it->start);
+}
+
+uint16_t elf_machine_of(const std::string& machine) {
+  if (machine == "x86_64") return EM_X86_64;
+  if (machine == "aarch64") return EM_AARCH64;
+  return EM_NONE;
+}
+
+}  // namespace
+
+Result<std::vector<PagemapRecord>> parse_pagemap(const layers::Layer& stream, uint64_t page_size) {
+  const std::string& name = stream.name();
+  const uint64_t size = stream.mapped_run(0, UINT64_MAX);
+  auto bad = [&](std::string what, uint64_t offset) {
+    return fail(Error(Errc::kBadFormat, "pagemap stream: " + std::move(what)).at({name, std::nullopt, offset}));
+  };
+  const uint8_t* h = stream.view(0, kPagemapHeaderSize);
+  if (!h) return bad("shorter than its header", 0);
+  if (std::memcmp(h, kPagemapMagic.data(), kPagemapMagic.size()) != 0) return bad("no MLFXPMAP magic", 0);
+  if (load_le<uint32_t>(h + 8) != kPagemapVersion)
+    return bad("version " + std::to_string(load_le<uint32_t>(h + 8)) + " (only version 1 is known)", 8);
+  const uint32_t count = load_le<uint32_t>(h + 12);
+  if (count > kPagemapMaxRecords) return bad(std::to_string(count) + " records (at most 2^20)", 12);
+  std::vector<PagemapRecord> records;
+  records.reserve(std::min<uint64_t>(count, size / kPagemapRecordHeaderSize));
+  uint64_t offset = kPagemapHeaderSize;
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* r = stream.view(offset, kPagemapRecordHeaderSize);
+    if (!r) return bad("record " + std::to_string(i) + " of " + std::to_string(count) + " is cut short", offset);
+    PagemapRecord rec;
+    const uint32_t pid = load_le<uint32_t>(r);
+    rec.start = load_le<uint64_t>(r + 8);
+    rec.pages = load_le<uint64_t>(r + 16);
+    if (pid == 0 || pid > INT32_MAX) return bad("record " + std::to_string(i) + ": pid out of range", offset);
+    rec.pid = static_cast<int32_t>(pid);
+    if (rec.start % page_size) return bad("record " + std::to_string(i) + ": start " + hex_address(rec.start) + " is not page-aligned", offset);
+    const uint64_t data = offset + kPagemapRecordHeaderSize;
+    if (rec.pages > (size - std::min(size, data)) / 8)
+      return bad("record " + std::to_string(i) + ": " + std::to_string(rec.pages) + " entries run past the end of the stream", offset);
+    if (rec.pages == 0 || rec.pages > (UINT64_MAX - rec.start) / page_size)
+      return bad("record " + std::to_string(i) + ": " + std::to_string(rec.pages) + " pages from " + hex_address(rec.start) +
+                     " is empty or wraps the address space", offset);
+    rec.entries_offset = data;
+    records.push_back(rec);
+    offset = data + rec.pages * 8;
+  }
+  if (offset != size) return bad(std::to_string(size - offset) + " bytes after the last record", offset);
+  return records;
+}
+
+const ContextProcess* PhysicalContext::find(int32_t pid) const {
+  for (const auto& p : processes)
+    if (p.pid == pid) return &p;
+  return nullptr;
+}
+
+Result<PhysicalContext> parse_context(std::string_view text) {
+  json::Json doc = json::Json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return fail(bad_context("not a JSON object"));
+  PhysicalContext c;
+  c.source = opt_string(doc, "source", 64);
+  const auto kernel = doc.find("kernel");
+  if (kernel == doc.end() || !kernel->is_object()) return fail(bad_context("no 'kernel' object"));
+  MLFX_ASSIGN(c.banner, get_string(*kernel, "banner", "kernel", 1024));
+  c.release = opt_string(*kernel, "release", 256);
+  c.machine = opt_string(*kernel, "machine", 64);
+  MLFX_ASSIGN(c.page_size, get_u64(*kernel, "page_size", "kernel"));
+  if (c.page_size < 4096 || c.page_size > kMaxPageSize || (c.page_size & (c.page_size - 1)))
+    return fail(bad_context("kernel.page_size " + std::to_string(c.page_size) + " is not a page size"));
+  if (const json::Json* procs = get_array(doc, "processes"))
+    for (size_t i = 0; i < procs->size(); ++i) {
+      MLFX_ASSIGN(ContextProcess p, parse_process((*procs)[i], "processes[" + std::to_string(i) + "]"));
+      if (c.find(p.pid)) return fail(bad_context("pid " + std::to_string(p.pid) + " is listed twice"));
+      c.processes.push_back(std::move(p));
+    }
+  c.document = std::move(doc);
+  return c;
+}
+
+json::Json RebuiltProcess::to_json() const {
+  return {{"pages_in_image", pages.in_image}, {"pages_not_in_image", pages.not_in_image},
+          {"pages_swapped", pages.swapped}, {"pages_not_present", pages.not_present},
+          {"pages_pfn_hidden", pages.pfn_hidden},
+          {"page_sample", {{"pages", samples_total}, {"matched", samples_checked},
+                           {"not_in_image", samples_total - samples_checked}}}};
+}
+
+Result<PhysicalImage> PhysicalImage::open(std::shared_ptr<const layers::Layer> memory, std::string_view context_text,
+                                          std::shared_ptr<const layers::Layer> pagemap) {
+  PhysicalImage img;
+  MLFX_ASSIGN(img.context_, parse_context(context_text));
+  MLFX_ASSIGN(std::unique_ptr<layers::LimeLayer> lime, layers::LimeLayer::open(memory));
+  img.physical_ = std::move(lime);
+  img.memory_ = std::move(memory);
+  if (pagemap) {
+    MLFX_ASSIGN(img.records_, parse_pagemap(*pagemap, img.context_.page_size));
+    for (const PagemapRecord& r : img.records_)
+      if (!img.context_.find(r.pid))
+        return fail(Errc::kBadFormat, "pagemap stream: pid " + std::to_string(r.pid) + " is not among the context's processes");
+    img.pagemap_ = std::move(pagemap);
+  }
+  return img;
+}
+
+std::vector<int32_t> PhysicalImage::pids_with_pagemap() const {
+  std::vector<int32_t> pids;
+  for (const ContextProcess& p : context_.processes)
+    if (std::any_of(records_.begin(), records_.end(), [&](const PagemapRecord& r) { return r.pid == p.pid; }))
+      pids.push_back(p.pid);
+  return pids;
+}
+
+Status PhysicalImage::check_banner() const {
+  std::string banner = context_.banner;
+  while (!banner.empty() && (banner.back() == '\n' || banner.back() == '\0')) banner.pop_back();
+  if (banner.size() < 16) return fail(bad_context("kernel.banner is too short to identify a kernel"));
+  // Range by range: a banner never spans two RAM ranges.
+  for (const layers::Segment& s : physical_->segments()) {
+    const uint8_t* p = memory_->view(s.base_offset, s.size);
+    if (p && memmem(p, s.size, banner.data(), banner.size())) return {};
+  }
+  return fail(Errc::kBadFormat,
+              "the capture context does not belong to this image: its kernel banner (\"" + banner.substr(0, 80) +
+                  "...\") does not occur in the physical image");
+}
+
+Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
+  const ContextProcess* cp = context_.find(pid);
+  if (!cp) return fail(Errc::kNotFound, "pid " + std::to_string(pid) + " is not among the processes the capture context describes");
+  const uint64_t ps = context_.page_size;
+  const std::vector<layers::Segment>& ranges = physical_->segments();
+  RebuiltProcess out;
+  std::vector<layers::Segment> segments;
+  bool any = false;
+  for (const PagemapRecord& r : records_) {
+    if (r.pid != pid) continue;
+    any = true;
+    const uint8_t* entries = pagemap_->view(r.entries_offset, r.pages * 8);
+    if (!entries) return fail(Errc::kBadFormat, "pagemap stream: the entries of pid " + std::to_string(pid) + " cannot be read");
+    for (uint64_t i = 0; i < r.pages; ++i) {
+      const uint64_t e = load_le<uint64_t>(entries + i * 8);
+      if (!(e & kPagePresent)) {
+        ++((e & kPageSwapped) ? out.pages.swapped : out.pages.not_present);
+        continue;
+      }
+      const uint64_t pfn = e & kPfnMask;
+      if (pfn == 0) {
+        ++out.pages.pfn_hidden;
+        continue;
+      }
+      if (pfn > UINT64_MAX / ps) {
+        ++out.pages.not_in_image;
+        continue;
+      }
+      const std::optional<uint64_t> at = file_offset(ranges, pfn * ps, ps);
+      if (!at) {
+        ++out.pages.not_in_image;
+        continue;
+      }
+      ++out.pages.in_image;
+      const uint64_t vaddr = r.start + i * ps;
+      layers::Segment* last = segments.empty() ? nullptr : &segments.back();
+      if (last && last->start + last->size == vaddr && last->base_offset + last->size == *at)
+        last->size += ps;  // contiguous in both: one segment
+      else
+        segments.push_back({vaddr, ps, *at});
+    }
+  }
+  if (!any)
+    return fail(Errc::kNotFound, "the capture holds no pagemap for pid " + std::to_string(pid) +
+                                     " (captured without --pid " + std::to_string(pid) + "?)");
+  if (out.pages.in_image == 0 && out.pages.pfn_hidden)
+    return fail(Errc::kUnsupported, "the pagemap of pid " + std::to_string(pid) +
+                                        " holds no page frame numbers (read without CAP_SYS_ADMIN): it cannot be placed in the image");
+  const size_t nsegments = segments.size();
+  MLFX_ASSIGN(std::unique_ptr<layers::SegmentedLayer> layer,
+              layers::SegmentedLayer::create("pid " + std::to_string(pid) + " (pagemap over " + memory_->name() + ")",
+                                             memory_, std::move(segments)));
+
+  // The sample hashed at acquisition must hash the same here: else context and image differ.
+  size_t& checked = out.samples_checked;
+  std::vector<uint8_t> page(ps);
+  for (const PageSample& s : cp->page_sample) {
+    if (s.vaddr % ps || !layer->is_mapped(s.vaddr, ps)) continue;  // a hole: not evidence either way
+    MLFX_TRY(layer->read(s.vaddr, page.data(), ps));
+    if (crypto::sha256_hex(ByteView(page.data(), ps)) != s.sha256)
+      return fail(Errc::kBadFormat, "the capture context does not belong to this image: the page of pid " +
+                                        std::to_string(pid) + " at " + hex_address(s.vaddr) +
+                                        " hashed at acquisition differs from that page in the image");
+    ++checked;
+  }
+  out.samples_total = cp->page_sample.size();
+  layers::ProcessImage& image = out.image;
+  image.kind = "physical image (" + (context_.source.empty() ? std::string("LiME") : context_.source) + ") + pagemap";
+  image.memory = std::move(layer);
+  for (const ContextMapping& m : cp->maps)
+    if (m.inode != 0 && !m.path.empty() && m.path.front() == '/')
+      image.mapped_files.push_back({m.start, m.end, m.offset, m.path});
+  image.facts.pid = pid;
+  image.facts.command = cp->comm;
+  image.facts.args = cp->cmdline;
+  image.facts.threads = cp->threads;
+  image.facts.elf_machine = elf_machine_of(context_.machine);
+  image.facts.segments = nsegments;
+  image.facts.image_bytes = out.pages.in_image * ps;
+  if (out.pages.not_in_image)
+    image.warnings.push_back(std::to_string(out.pages.not_in_image) + " present page(s) of pid " + std::to_string(pid) +
+                             " lie outside the image's ranges (not read, not zeros)");
+  if (out.pages.swapped)
+    image.warnings.push_back(std::to_string(out.pages.swapped) + " page(s) of pid " + std::to_string(pid) +
+                             " were swapped out at acquisition: not in the image");
+  if (!cp->page_sample.empty() && checked == 0)
+    image.warnings.push_back("none of the " + std::to_string(cp->page_sample.size()) +
+                             " sampled pages of pid " + std::to_string(pid) + " is in the image: the pagemap is unchecked");
+  return out;
+}
+
+}  // namespace mlfx::physical
