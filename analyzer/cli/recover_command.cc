@@ -25,15 +25,20 @@ int run_recover(const recovery::RecoverOptions& o, bool json_out) {
     std::cout << printable_json(r->report, 2) << "\n";
     return done;
   }
-  std::printf("process %s (pid %d), CPython %s, %llu tracked objects, %llu modules\n", printable(r->command).c_str(),
-              r->pid, printable(r->python_version).c_str(), static_cast<unsigned long long>(r->gc_objects),
-              static_cast<unsigned long long>(r->torch_modules));
-  for (const auto& m : r->models)
-    std::printf("  %-28s %-40s %6llu tensors %12llu parameters%s\n", printable(m.directory).c_str(),
-                printable(m.class_name).c_str(), static_cast<unsigned long long>(m.tensors),
-                static_cast<unsigned long long>(m.parameters), m.complete ? "" : "  INCOMPLETE");
-  for (const auto& f : r->findings)
-    std::printf("finding (%s): %s\n", printable(f.severity).c_str(), printable(f.summary).c_str());
+  const auto print_process = [](const recovery::RecoverResult& p, const std::string& dir) {
+    std::printf("process %s (pid %d), CPython %s, %llu tracked objects, %llu modules\n", printable(p.command).c_str(),
+                p.pid, printable(p.python_version).c_str(), static_cast<unsigned long long>(p.gc_objects),
+                static_cast<unsigned long long>(p.torch_modules));
+    for (const auto& m : p.models)
+      std::printf("  %-28s %-40s %6llu tensors %12llu parameters%s\n", printable(dir + m.directory).c_str(),
+                  printable(m.class_name).c_str(), static_cast<unsigned long long>(m.tensors),
+                  static_cast<unsigned long long>(m.parameters), m.complete ? "" : "  INCOMPLETE");
+    for (const auto& f : p.findings)
+      std::printf("finding (%s): %s\n", printable(f.severity).c_str(), printable(f.summary).c_str());
+  };
+  if (r->processes.empty()) print_process(*r, "");
+  for (const auto& p : r->processes)  // a whole-memory capture: each process in its directory
+    print_process(p, "processes/" + std::to_string(p.pid) + "/");
   if (r->warnings) std::printf("%zu diagnostic(s): see %s/report.json\n", r->warnings, o.out_dir.c_str());
   if (r->limit_exhausted)
     std::fprintf(stderr, "mlfx recover: analysis stopped early: %s; the results are partial (rerun with a larger "
@@ -61,13 +66,16 @@ void add_recover_command(CLI::App& app, Registry& registry) {
   bool& recover_quiet = args->quiet;
   auto* recover = app.add_subcommand("recover", "recover every model in a captured process (ELF core or bundle) "
                                                 "or in a live one (--pid)");
-  auto* recover_source = recover->add_option_group("source", "what to recover from: exactly one");
-  recover_source->add_option("input", ro.input, "ELF core, or mlfx bundle with a 'core' stream");
+  auto* recover_source = recover->add_option_group("source", "what to recover from: an input, --pid, or both");
+  recover_source->add_option("input", ro.input,
+                             "ELF core, mlfx bundle with a 'core' stream, or a whole-memory bundle "
+                             "(mlfx-agent capture --source lime|kmod)");
   recover_source->add_option("--pid", ro.pid,
-                             "a live process instead: frozen while its memory is read into an "
-                             "in-memory core, then released and analysed")
+                             "without an input: a live process, frozen while its memory is read into an in-memory "
+                             "core, then released and analysed; with a whole-memory bundle: the process in it to "
+                             "recover (default: every process captured with --pid)")
       ->check(CLI::PositiveNumber);
-  recover_source->require_option(1);
+  recover_source->require_option(1, 2);
   recover->add_option("--out", ro.out_dir, "output directory (new or empty)")->required();
   recover->add_option("--key", ro.lab_key, "lab private key (for bundles)");
   recover->add_option("--trusted-devices", ro.trusted_devices_dir, kTrustedDevicesHelp);

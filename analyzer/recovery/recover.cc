@@ -24,6 +24,8 @@
 #include "frontends/torch/tensor_reader.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
+#include "layers/lime_layer.h"
+#include "physical/physical_image.h"
 #include "layers/sysroot_layer.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
@@ -52,10 +54,12 @@ std::string dir_name(size_t index, const std::string& class_name) {
 
 // The evidence behind the process image, kept alive while layers point into it.
 struct Evidence {
-  std::optional<evidence::DecryptedStream> decrypted;
+  std::optional<evidence::DecryptedStreams> decrypted;
   File live_core;  // recover --pid: the in-memory core
-  std::shared_ptr<layers::FileLayer> file;
+  std::shared_ptr<layers::FileLayer> file;  // the core
   json::Json description;
+  // A whole-memory capture instead (protocol/doc/physical-capture.md).
+  std::optional<evidence::DecryptedStreams> physical;
 };
 
 // A live process: mlfx-agent (the one program that captures) freezes it and writes its core
@@ -90,7 +94,7 @@ Result<Evidence> capture_live(const RecoverOptions& o) {
 }
 
 Result<Evidence> open_evidence(const RecoverOptions& o) {
-  if (o.pid) return capture_live(o);
+  if (o.input.empty()) return capture_live(o);
   Evidence ev;
   MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> file, layers::FileLayer::open(o.input));
   if (file->size() == 0) return fail(Errc::kBadFormat, o.input + " is empty");
@@ -99,21 +103,35 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
     if (o.lab_key.empty())
       return fail(Errc::kInvalidArgument, o.input + " is a sealed bundle; give the lab key with --key");
     MLFX_ASSIGN(crypto::SecretKeyFile lab, crypto::load_secret_key_file(o.lab_key));
-    MLFX_ASSIGN(evidence::DecryptedStream d,
-                evidence::decrypt_stream_to_memory(o.input, lab, "core", {o.trusted_devices_dir, o.show_progress}));
-    MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> core, layers::FileLayer::open(d.file.path()));
+    MLFX_ASSIGN(evidence::DecryptedStreams d,
+                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap"},
+                                                    {o.trusted_devices_dir, o.show_progress}));
     ev.description = {{"kind", "mlfx bundle"},
                       {"path", o.input},
                       {"bundle_id", d.manifest.bundle_id_hex()},
                       {"case_id", d.manifest.case_id},
                       {"device", d.manifest.device.id},
                       {"device_key", d.manifest.device.key_fingerprint},
-                      {"core_sha256", d.manifest.find_stream("core")->sha256},
                       {"verification", d.report.to_json()}};
+    if (!d.find("core")) {
+      if (!d.find("memory") || !d.find("context"))
+        return fail(Errc::kBadFormat, o.input + " holds neither a process core ('core') nor a physical image with its "
+                                                "capture context ('memory' and 'context')");
+      ev.description["kind"] = "mlfx bundle (whole memory)";
+      ev.description["memory_sha256"] = d.manifest.find_stream("memory")->sha256;
+      ev.physical = std::move(d);
+      return ev;
+    }
+    MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> core, layers::FileLayer::open(d.find("core")->path()));
+    ev.description["core_sha256"] = d.manifest.find_stream("core")->sha256;
     ev.file = std::move(core);
     ev.decrypted = std::move(d);
     return ev;
   }
+  if (layers::LimeLayer::probe(*file))
+    return fail(Errc::kUnsupported, o.input + " is a bare LiME image: recovering processes from it needs the capture context "
+                                              "recorded beside it; recover from the mlfx bundle that holds both "
+                                              "(mlfx-agent capture --source lime|kmod)");
   const uint8_t* elf = file->view(0, 4);
   if (!elf || std::memcmp(elf, "\x7f" "ELF", 4) != 0)
     return fail(Errc::kBadFormat, o.input + " is neither an ELF core dump nor an mlfx bundle");
@@ -512,34 +530,21 @@ RecoverResult summarize(json::Json report) {
 
 }  // namespace
 
-Result<RecoverResult> recover(const RecoverOptions& o) {
-  auto t0 = Clock::now();
-  json::Json timings = json::Json::object();
-  Diagnostics diag(o.limits);
-  MLFX_ASSIGN(Evidence ev, open_evidence(o));
-  auto opened = layers::ElfCoreLayer::open(ev.file);
-  if (!opened) return fail(std::move(opened).error().context(o.input));
-  std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
-  // gdb's sysroot over the core: file-backed memory the core left out, read from lab files.
+namespace {
+
+// What the evidence adds to the analysis of its process image: for a core, the mapped files'
+// data it left out (a hint) or read from a sysroot.
+struct ImageSource {
+  std::string missing_hint;
   std::shared_ptr<const layers::SysrootLayer> sysroot;
-  std::string missing_hint;  // without --sysroot: what the core lacks, and what to do
-  if (!o.sysroot.empty()) {
-    MLFX_ASSIGN(sysroot, layers::SysrootLayer::open(core, o.sysroot));
-    for (const auto& w : sysroot->warnings()) diag.warn(w);
-    for (const auto& f : sysroot->files())
-      if (!f.attached) diag.warn("sysroot: " + f.path + " not read from " + f.host_path + ": " + f.detail);
-  } else if (auto missing = layers::missing_file_data(*core); missing.bytes) {
-    missing_hint = "the core lacks " + human_bytes(double(missing.bytes)) + " of file-backed memory in " +
-                   std::to_string(missing.paths.size()) + " mapped file(s) (" + missing.paths.front() +
-                   (missing.paths.size() > 1 ? ", ..." : "") +
-                   "): gcore and kernel cores leave out read-only file data such as type names; rerun with "
-                   "--sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
-  }
-  // From here on only the process image: its memory and mapped files, no ELF-core types.
-  const layers::ProcessImage image = layers::ElfCoreLayer::process_image(core, sysroot);
-  core.reset();
+};
+
+// Every model of one process image into `out_dir` (new or empty), with its report.json.
+Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string& out_dir, const layers::ProcessImage& image,
+                                      const ImageSource& src, json::Json input, Diagnostics& diag, json::Json timings,
+                                      Clock::time_point t0) {
   for (const auto& w : image.warnings) diag.warn(w);
-  if (!missing_hint.empty()) diag.warn(missing_hint);
+  if (!src.missing_hint.empty()) diag.warn(src.missing_hint);
   const layers::Layer& mem = *image.memory;
   timings["open_ms"] = ms_since(t0);
 
@@ -548,10 +553,10 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   // Bytes that are not there (not damage) may be the file data the core left out.
   const bool absent = !located && (located.error().code() == Errc::kNotFound ||
                                    located.error().code() == Errc::kInvalidAddress);
-  if (absent && !missing_hint.empty())
-    return fail(Error(located.error().code(), located.error().to_string() + "; " + missing_hint));
-  if (absent && sysroot) {
-    const std::string problems = sysroot_problems(*sysroot);
+  if (absent && !src.missing_hint.empty())
+    return fail(Error(located.error().code(), located.error().to_string() + "; " + src.missing_hint));
+  if (absent && src.sysroot) {
+    const std::string problems = sysroot_problems(*src.sysroot);
     if (!problems.empty()) return fail(Error(located.error().code(), located.error().to_string() + "; " + problems));
   }
   MLFX_ASSIGN(auto runtime, std::move(located));
@@ -575,8 +580,8 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   }
   timings["module_scan_ms"] = ms_since(t2);
 
-  MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "models", "tensors"}));
-  const std::string models_dir = o.out_dir + "/models";
+  MLFX_TRY(make_output_dir(out_dir, {"report.json", "models", "tensors"}));
+  const std::string models_dir = out_dir + "/models";
   if (!roots.empty() && mkdir(models_dir.c_str(), 0750) != 0)
     return fail(Errc::kIo, "cannot create " + models_dir + ": " + errno_text(errno));
 
@@ -592,16 +597,16 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   json::Json loose = json::Json::object();
   if (torch_version) {
     StorageBytes storage(mem, export_left);
-    MLFX_ASSIGN(loose, export_loose_tensors(kinds.tensors, tensors, storage, model_tensors, o.out_dir, diag));
+    MLFX_ASSIGN(loose, export_loose_tensors(kinds.tensors, tensors, storage, model_tensors, out_dir, diag));
   }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);
-  if (sysroot) ev.description["sysroot"] = sysroot_report(*sysroot, diag);
+  if (src.sysroot) input["sysroot"] = sysroot_report(*src.sysroot, diag);
 
   json::Json report = {
       {"tool", {{"name", kToolName}, {"version", kToolVersion}}},
       {"created_utc", utc_timestamp()},
-      {"input", ev.description},
+      {"input", input},
       {"process",
        {{"pid", image.facts.pid}, {"command", image.facts.command}, {"args", image.facts.args},
         {"threads", image.facts.threads}, {"mapped_files", image.mapped_files.size()},
@@ -622,8 +627,126 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
                   {"exhausted", diag.exhausted().empty() ? json::Json(nullptr) : json::Json(diag.exhausted())}}},
       {"diagnostics", {{"warnings", diag.warnings()}, {"dropped", diag.dropped()}}},
       {"timings", timings}};
-  MLFX_TRY(exporters::write_export_file(o.out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
+  MLFX_TRY(exporters::write_export_file(out_dir + "/report.json", report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
   return summarize(std::move(report));
+}
+
+}  // namespace
+
+
+namespace {
+
+// A whole-memory capture: the process asked for (--pid), or each process whose pagemap was
+// captured, rebuilt from the physical image and recovered exactly like a process capture.
+// Several go to DIR/processes/<pid>/, beside a DIR/report.json that lists them.
+Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Clock::time_point t0) {
+  const evidence::DecryptedStreams& d = *ev.physical;
+  MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> memory, layers::FileLayer::open(d.find("memory")->path()));
+  MLFX_ASSIGN(std::string context_text, read_small_file(d.find("context")->path(), 256u << 20));
+  std::shared_ptr<const layers::Layer> pagemap;
+  if (const File* f = d.find("pagemap")) {
+    MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> pm, layers::FileLayer::open(f->path()));
+    pagemap = std::move(pm);
+  }
+  auto opened = physical::PhysicalImage::open(std::move(memory), context_text, std::move(pagemap));
+  if (!opened) return fail(std::move(opened).error().context(o.input));
+  const physical::PhysicalImage& img = *opened;
+  if (auto st = img.check_banner(); !st) return fail(std::move(st).error().context(o.input));
+  uint64_t image_bytes = 0;
+  for (const layers::Segment& r : img.physical().segments()) image_bytes += r.size;
+  ev.description["physical"] = {{"source", img.context().source}, {"kernel_banner", img.context().banner},
+                                {"ranges", img.physical().segments().size()}, {"bytes", image_bytes},
+                                {"unreadable", img.context().document.value("unreadable", json::Json::array())}};
+  const double open_ms = ms_since(t0);
+  auto one = [&](int32_t pid, const std::string& dir) -> Result<RecoverResult> {
+    auto t = Clock::now();
+    MLFX_ASSIGN(physical::RebuiltProcess p, img.process(pid));
+    json::Json input = ev.description;
+    input["process_pages"] = p.to_json();
+    Diagnostics diag(o.limits);
+    return recover_process(o, dir, p.image, {}, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
+  };
+  if (o.pid) return one(o.pid, o.out_dir);
+
+  const std::vector<int32_t> pids = img.pids_with_pagemap();
+  if (pids.empty())
+    return fail(Errc::kNotFound, o.input + ": the capture holds no process's pagemap (it was taken without --pid); "
+                                           "list the processes in the image with 'mlfx ps' and pick one with --pid");
+  MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "processes"}));
+  const std::string processes_dir = o.out_dir + "/processes";
+  if (mkdir(processes_dir.c_str(), 0750) != 0)
+    return fail(Errc::kIo, "cannot create " + processes_dir + ": " + errno_text(errno));
+  RecoverResult all;
+  json::Json listed = json::Json::array();
+  for (int32_t pid : pids) {
+    const std::string rel = "processes/" + std::to_string(pid);
+    json::Json entry = {{"pid", pid}, {"command", img.context().find(pid)->comm}, {"directory", rel}};
+    auto r = one(pid, o.out_dir + "/" + rel);
+    if (r) {
+      entry["result"] = "recovered";
+      entry["python"] = r->python_version;
+      entry["models"] = r->models.size();
+      for (RecoveredModel m : r->models) {
+        m.directory = rel + "/" + m.directory;
+        all.models.push_back(std::move(m));
+      }
+      all.warnings += r->warnings;
+      all.processes.push_back(std::move(*r));
+    } else {
+      // A process without CPython (or whose runtime cannot be read) is listed, not fatal.
+      const bool not_python = r.error().code() == Errc::kNotFound;
+      entry["result"] = not_python ? "no Python runtime found" : "failed";
+      entry["detail"] = r.error().to_string();
+      rmdir((o.out_dir + "/" + rel).c_str());  // left empty by a failure before any output
+    }
+    listed.push_back(std::move(entry));
+  }
+  all.report = {{"tool", {{"name", kToolName}, {"version", kToolVersion}}},
+                {"created_utc", utc_timestamp()},
+                {"input", ev.description},
+                {"processes", listed},
+                {"timings", {{"total_ms", ms_since(t0)}}}};
+  MLFX_TRY(exporters::write_export_file(o.out_dir + "/report.json",
+                                        all.report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
+  if (all.processes.empty())
+    return fail(Errc::kNotFound, "no Python process could be recovered from " + o.input + " (see " + o.out_dir + "/report.json)");
+  return all;
+}
+
+}  // namespace
+
+Result<RecoverResult> recover(const RecoverOptions& o) {
+  auto t0 = Clock::now();
+  json::Json timings = json::Json::object();
+  Diagnostics diag(o.limits);
+  MLFX_ASSIGN(Evidence ev, open_evidence(o));
+  if (ev.physical) return recover_physical(o, ev, t0);
+  if (o.pid && !o.input.empty())
+    return fail(Errc::kInvalidArgument, "--pid with an input picks a process in a whole-memory capture; " + o.input +
+                                            " holds a single process: leave --pid out");
+  auto opened = layers::ElfCoreLayer::open(ev.file);
+  if (!opened) return fail(std::move(opened).error().context(o.input));
+  std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
+  // gdb's sysroot over the core: file-backed memory the core left out, read from lab files.
+  std::shared_ptr<const layers::SysrootLayer> sysroot;
+  std::string missing_hint;  // without --sysroot: what the core lacks, and what to do
+  if (!o.sysroot.empty()) {
+    MLFX_ASSIGN(sysroot, layers::SysrootLayer::open(core, o.sysroot));
+    for (const auto& w : sysroot->warnings()) diag.warn(w);
+    for (const auto& f : sysroot->files())
+      if (!f.attached) diag.warn("sysroot: " + f.path + " not read from " + f.host_path + ": " + f.detail);
+  } else if (auto missing = layers::missing_file_data(*core); missing.bytes) {
+    missing_hint = "the core lacks " + human_bytes(double(missing.bytes)) + " of file-backed memory in " +
+                   std::to_string(missing.paths.size()) + " mapped file(s) (" + missing.paths.front() +
+                   (missing.paths.size() > 1 ? ", ..." : "") +
+                   "): gcore and kernel cores leave out read-only file data such as type names; rerun with "
+                   "--sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
+  }
+  // From here on only the process image: its memory and mapped files, no ELF-core types.
+  const layers::ProcessImage image = layers::ElfCoreLayer::process_image(core, sysroot);
+  core.reset();
+  timings["open_ms"] = ms_since(t0);
+  return recover_process(o, o.out_dir, image, {missing_hint, sysroot}, std::move(ev.description), diag, std::move(timings), t0);
 }
 
 }  // namespace mlfx::recovery

@@ -16,8 +16,12 @@
 namespace mlfx::recovery {
 
 struct RecoverOptions {
-  std::string input;    // an ELF core, or an mlfx bundle with a "core" stream
-  pid_t pid = 0;        // instead of input: a live process, frozen while its memory is read
+  // An ELF core, an mlfx bundle with a "core" stream, or a whole-memory bundle ("memory",
+  // "context" and the pagemaps of the processes captured with --pid).
+  std::string input;
+  // Without input: a live process, frozen while its memory is read. With a whole-memory
+  // input: the process to recover (default: every one whose pagemap was captured).
+  pid_t pid = 0;
   std::string out_dir;  // must not exist or be empty
   std::string lab_key;  // needed for bundles
   std::string trusted_devices_dir;
@@ -53,6 +57,9 @@ struct RecoverResult {
   std::optional<std::string> limit_exhausted;     // the analysis stopped here: results are partial
   std::optional<std::string> capture_incomplete;  // the bundle says its capture is partial
   bool identity_unverified = false;               // the bundle's signer is not bound to its device id
+  // A whole-memory capture without --pid: each process recovered (pid and models above are
+  // then the summary's: models of all of them, directories under processes/<pid>/).
+  std::vector<RecoverResult> processes;
 };
 
 // Writes DIR/report.json and DIR/models/<n>-<Class>/{state_dict.safetensors, state_dict.pt,
