@@ -4,16 +4,22 @@
  * device that the agent reads at its own pace. The module never writes files or sockets.
  *
  *   open("/dev/mlfx_mem", O_RDONLY)         only one opener at a time (EBUSY otherwise);
- *                                           CAP_SYS_RAWIO required (EPERM)
+ *                                           CAP_SYS_RAWIO required (EPERM); EPERM too when the
+ *                                           kernel is locked down for confidentiality (as for
+ *                                           /proc/kcore); a write open is refused (EACCES)
  *   ioctl(fd, MLFX_MEM_IOC_INFO, &info)     the module's version, page size and footprint
  *   ioctl(fd, MLFX_MEM_IOC_RANGES, &r)      the whole iomem tree, flattened depth-first
  *   pread(fd, buf, n, physical_address)     bytes of System RAM at that physical address
+ *                                           (read() at an lseek position works the same)
  *
- * pread succeeds only inside ranges flagged MLFX_MEM_RANGE_RAM. It returns a short count at
- * the first page it cannot read; reading that page then fails with the reason as errno:
+ * pread succeeds only inside ranges flagged MLFX_MEM_RANGE_RAM, to their exact bytes (a range
+ * that ends inside a page ends the read there). It returns a short count at the first page it
+ * cannot read; reading that page then fails with the reason as errno:
  *   ENXIO      not System RAM, or no struct page backs the frame (pfn_valid false)
  *   EHWPOISON  the page is marked hardware-poisoned
- *   EAGAIN     the page is offline (ballooned, hot-removed) or otherwise not safe to map
+ *   EAGAIN     the page is offline (its memory section offline, or logically offline:
+ *              ballooned, unplugged by virtio-mem) or otherwise not safe to map: out of the
+ *              kernel's direct map (memfd_secret pages, a loaded crash kernel's reserve)
  *   EIO        a machine check while copying (copy_mc)
  * Nothing is ever zero-filled in place of a page that could not be read.
  */
@@ -26,8 +32,13 @@
 #define MLFX_MEM_DEVICE_NAME "mlfx_mem" /* /dev/mlfx_mem */
 #define MLFX_MEM_UAPI_VERSION 1
 
-/* A resource of /proc/iomem (all of them, RAM or not, nested ones included). */
-#define MLFX_MEM_RANGE_RAM 0x1u   /* "System RAM" (IORESOURCE_SYSTEM_RAM): readable with pread */
+/* A resource of /proc/iomem (all of them, RAM or not, nested ones included).
+ * MLFX_MEM_RANGE_RAM marks System RAM (IORESOURCE_SYSTEM_RAM and IORESOURCE_BUSY, what the
+ * kernel's own walk_system_ram_range takes) at any depth, such as "System RAM (virtio_mem)"
+ * under its device, but only where no ancestor is System RAM: those are the ranges to image.
+ * Resources inside one (Kernel code, data, bss, Crash kernel) carry the kernel's System RAM
+ * flags too, yet not this one: their bytes are read as part of the range around them. */
+#define MLFX_MEM_RANGE_RAM 0x1u   /* outermost System RAM: readable with pread */
 #define MLFX_MEM_RANGE_BUSY 0x2u  /* IORESOURCE_BUSY */
 struct mlfx_mem_range {
 	__u64 start;   /* first physical address */
@@ -49,7 +60,8 @@ struct mlfx_mem_info {
 	__u32 uapi_version;       /* MLFX_MEM_UAPI_VERSION */
 	__u32 page_size;
 	__u64 module_core_bytes;  /* the module's own text + data in memory (its footprint) */
-	__u64 module_alloc_bytes; /* memory the module allocated (its bounce page, ...) */
+	__u64 module_alloc_bytes; /* the most memory the module held at once since it was loaded
+	                           * (its bounce page, the RANGES ioctl's snapshot buffer) */
 	char module_version[32];
 	char kernel_release[65];  /* utsname()->release of the running kernel */
 	char reserved[7];
