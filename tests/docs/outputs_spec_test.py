@@ -289,7 +289,12 @@ def documents_in(target):
         raise SystemExit("%s is neither a directory nor DOC=FILE" % target)
     found = []
     report = os.path.join(target, "report.json")
-    if os.path.isfile(report):
+    if os.path.isfile(report) and "processes" in load(report):  # a whole-memory recovery's summary
+        found.append(("recover/summary.json", report))
+        processes = os.path.join(target, "processes")
+        for d in sorted(os.listdir(processes)) if os.path.isdir(processes) else []:
+            found.extend(documents_in(os.path.join(processes, d)))
+    elif os.path.isfile(report):
         found.append(("report/report.json" if "generated_utc" in load(report) else "recover/report.json", report))
         models = os.path.join(target, "models")
         if os.path.isdir(models):

@@ -176,6 +176,8 @@ TEST_F(PhysicalRecovery, ScatteredFramesRecoverBitExactlyAndHolesAreMissingNotZe
   EXPECT_EQ((*report)["input"]["process_pages"]["page_sample"]["matched"], 6);
   EXPECT_EQ((*report)["input"]["process_pages"]["pages_in_image"], layout.pages().size());
   for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
+  auto spec = run(kPython + " " + std::string(MLFX_SOURCE_DIR) + "/tests/docs/outputs_spec_test.py " + all);
+  EXPECT_EQ(spec.exit_code, 0) << spec.output;
 
   // --pid picks one process into DIR itself.
   const std::string picked = dir / "picked";
