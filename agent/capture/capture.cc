@@ -66,7 +66,8 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   sources.back()->stream_sealed();
 
   CaptureOutcome outcome;
-  for (const CaptureSource* s : sources) {
+  for (CaptureSource* s : sources) {
+    MLFX_TRY(s->write_side_streams(w));
     outcome.contexts.push_back(s->context());
     outcome.complete = outcome.complete && s->complete();
     MLFX_TRY(w.begin_stream(s->context_stream(), s->context_stream_source()));

@@ -3,7 +3,7 @@
 // is one class; capture.h drives them all the same way, several under one freeze:
 //
 //   expected_bytes (nothing frozen yet) ─► freeze ─► read into the bundle ─► thaw
-//     ─► stream_sealed ─► manifest_context / context / acquisition
+//     ─► stream_sealed ─► side streams ─► manifest_context / context / acquisition
 #pragma once
 
 #include <cstdint>
@@ -35,6 +35,10 @@ class CaptureSource {
   virtual Status thaw() = 0;
   // Its evidence stream is sealed (the time goes into the context).
   virtual void stream_sealed() = 0;
+  // After the thaw and the sealing of every evidence stream, before the context: further
+  // streams of this source, each begun and ended here, one at a time (a whole-memory capture
+  // adds pagemap, kallsyms, btf). None by default.
+  virtual Status write_side_streams(bundle::BundleWriter&) { return {}; }
 
   // After the read: small facts for the manifest's "context" (signed with the manifest).
   virtual json::Json manifest_context() const = 0;

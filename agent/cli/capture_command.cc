@@ -1,5 +1,7 @@
 // mlfx-agent capture: freeze a process, capture its memory as an ELF core sealed into a new
-// bundle (or the spool), and let it run on. mlfx-agent core: the same core, plain, for triage.
+// bundle (or the spool), and let it run on; or, with --source lime or kmod, the machine's whole
+// physical memory (capture/physical/), the --pid processes frozen and recorded meanwhile.
+// mlfx-agent core: a process's core, plain, for triage.
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -11,6 +13,8 @@
 #include <vector>
 
 #include "capture/capture.h"
+#include "capture/physical/kmod_source.h"
+#include "capture/physical/lime_source.h"
 #include "capture/process/process_capture.h"
 #include "capture/process/process_source.h"
 #include "capture/process/proc_maps.h"
@@ -37,8 +41,8 @@ void catch_interrupts() {
 }
 
 struct CaptureArgs {
-  pid_t pid = 0;
-  std::string out, spool, device_key, source = "process", case_id, note, device_id;
+  std::vector<pid_t> pids;  // process: exactly one; lime, kmod: any number
+  std::string out, spool, device_key, source = "process", case_id, note, device_id, module;
   std::vector<std::string> recipients;
   uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
   std::optional<uint64_t> spool_quota;
@@ -46,22 +50,43 @@ struct CaptureArgs {
   bool allow_partial = false;  // a target that exits during the capture is not a failure
 };
 
-// The bundle grows to about the target's readable memory: refuse before freezing anything
-// when the spool has no room for that.
-Status check_spool_room(const Spool& spool, pid_t pid) {
-  MLFX_ASSIGN(auto maps, process::read_proc_maps(pid));
-  uint64_t estimate = 0;
-  for (const auto& m : maps)
-    if (m.readable()) estimate += m.size();
-  return spool.check_room(estimate);
-}
+bool physical(const CaptureArgs& a) { return a.source == "lime" || a.source == "kmod"; }
 
 // Memory for read-but-not-yet-sealed chunks: with room for the whole image the target is
 // frozen only while its memory is read; a quarter of what the kernel can spare by default.
+// A whole-memory capture cannot hold RAM in RAM, and every buffer page it takes overwrites
+// free memory that is evidence too: 64 MiB, the module or LiME waits for the sealer.
 Result<uint64_t> capture_buffer_bytes(const CaptureArgs& a) {
   if (a.buffer_bytes) return a.buffer_bytes;
+  if (physical(a)) return uint64_t{64} << 20;
   MLFX_ASSIGN(uint64_t available, process::mem_available_bytes());
   return available / 4;
+}
+
+// The source, checked before any output exists or anything is frozen or loaded.
+Result<std::unique_ptr<CaptureSource>> make_source(const CaptureArgs& a) {
+  if (!physical(a)) {
+    process::ProcessCaptureOptions opt;
+    opt.pid = a.pids.front();
+    opt.cancel = &g_interrupted;
+    return std::unique_ptr<CaptureSource>(new process::ProcessSource(opt));
+  }
+  physical::PhysicalOptions opt;
+  opt.module_path = a.module;
+  opt.pids = a.pids;
+  opt.cancel = &g_interrupted;
+  if (a.source == "lime") {
+    MLFX_ASSIGN(auto s, physical::LimeSource::create(std::move(opt)));
+    return std::unique_ptr<CaptureSource>(std::move(s));
+  }
+  MLFX_ASSIGN(auto s, physical::KmodSource::create(std::move(opt)));
+  return std::unique_ptr<CaptureSource>(std::move(s));
+}
+
+std::string pids_text(const std::vector<pid_t>& pids) {
+  std::string t;
+  for (pid_t p : pids) t += (t.empty() ? "" : ",") + std::to_string(p);
+  return t;
 }
 
 // `final_path` receives where the bundle ended up: --out, or its name in the spool's queue.
@@ -75,17 +100,26 @@ Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
   p.command = "agent capture";
   MLFX_ASSIGN(p.buffer_bytes, capture_buffer_bytes(a));
   p.cancel = &g_interrupted;  // also after the thaw, while sealing finishes
-  p.tool_parameters = {{"pid", a.pid}, {"source", a.source}, {"recipients", a.recipients},
+  p.tool_parameters = {{"source", a.source}, {"recipients", a.recipients},
                        {"case_id", a.case_id}, {"chunk_size", p.chunk_size},
                        {"buffer_bytes", p.buffer_bytes}};
+  if (physical(a)) {
+    p.tool_parameters["pids"] = a.pids;
+    p.tool_parameters["module"] = a.module;
+  } else {
+    p.tool_parameters["pid"] = a.pids.front();
+  }
+  MLFX_ASSIGN(std::unique_ptr<CaptureSource> source, make_source(a));
   std::optional<Spool> spool;
   std::optional<IncomingFile> incoming;  // in the spool: written locked, then queued
   File out;
   if (!a.spool.empty()) {
     MLFX_ASSIGN(spool, open_spool(a.spool, a.spool_quota));
-    MLFX_TRY(check_spool_room(*spool, a.pid));
-    MLFX_ASSIGN(incoming, spool->create_incoming("capture-" + std::to_string(a.pid) + "-" +
-                                                 std::to_string(getpid()) + ".mlfx"));
+    // The bundle grows to about the source's size: refuse before freezing anything when the
+    // spool has no room for that.
+    MLFX_TRY(spool->check_room(source->expected_bytes()));
+    const std::string what = physical(a) ? a.source : std::to_string(a.pids.front());
+    MLFX_ASSIGN(incoming, spool->create_incoming("capture-" + what + "-" + std::to_string(getpid()) + ".mlfx"));
     out = std::move(incoming->file);
   } else {
     MLFX_ASSIGN(out, File::create_new(a.out, 0640));
@@ -94,12 +128,10 @@ Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
     if (incoming) spool->discard_incoming(*incoming);
     else ::unlink(a.out.c_str());
   });
-  process::ProcessCaptureOptions opt;
-  opt.pid = a.pid;
-  opt.cancel = &g_interrupted;
-  process::ProcessSource source(opt);
-  auto r = capture_to_bundle({&source}, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
-  if (!r) return fail(std::move(r).error().context("capturing pid " + std::to_string(a.pid)));
+  auto r = capture_to_bundle({source.get()}, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
+  if (!r)
+    return fail(std::move(r).error().context(physical(a) ? "capturing physical memory (" + a.source + ")"
+                                                         : "capturing pid " + std::to_string(a.pids.front())));
   if (spool) {
     MLFX_ASSIGN(SpoolEntry e, spool->add_incoming(*incoming));
     *final_path = e.path;
@@ -126,8 +158,61 @@ int report_partial(const CaptureArgs& a, const json::Json& c, const std::string&
   if (a.allow_partial) return 0;
   std::fprintf(stderr, "mlfx-agent: capture: pid %d exited during the capture; exit status %d "
                        "(pass --allow-partial to accept a partial capture)\n",
-               a.pid, kExitPartialCapture);
+               a.pids.front(), kExitPartialCapture);
   return kExitPartialCapture;
+}
+
+void print_streams(const CaptureOutcome& r) {
+  for (const auto& s : r.manifest.streams)
+    std::printf("  %-10s %14llu bytes  sha256 %s\n", s.name.c_str(),
+                static_cast<unsigned long long>(s.size), s.sha256.c_str());
+}
+
+// A whole-memory capture: what the image holds, what it lacks, and LiME's digest.
+int report_physical(const CaptureArgs& a, const CaptureOutcome& r, const std::string& path) {
+  const json::Json& c = r.contexts.front();
+  const json::Json& t = c["timings"];
+  std::printf("captured physical memory with %s: %s of %s System RAM in %zu range(s), read in %llu ms",
+              a.source.c_str(), human_bytes(c["image"]["data_bytes"].get<double>()).c_str(),
+              human_bytes(c["image"]["system_ram_bytes"].get<double>()).c_str(), c["ranges"].size(),
+              static_cast<unsigned long long>(t["capture_ms"].get<uint64_t>()));
+  if (!a.pids.empty())
+    std::printf("; pid %s frozen %llu ms", pids_text(a.pids).c_str(),
+                static_cast<unsigned long long>(t["frozen_ms"].get<uint64_t>()));
+  std::printf("\n");
+  if (!c["unreadable"].empty()) {
+    std::printf("  %zu range(s) of System RAM not in the image (listed in the context with the reason):\n",
+                c["unreadable"].size());
+    size_t shown = 0;
+    for (const auto& u : c["unreadable"]) {
+      if (++shown > 5) break;
+      std::printf("    %s-%s: %s\n", hex_address(u["start"].get<uint64_t>()).c_str(),
+                  hex_address(u["end"].get<uint64_t>()).c_str(), u["reason"].get<std::string>().c_str());
+    }
+  }
+  if (!c["zero_filled"].empty())
+    std::printf("  %zu partial page(s) written as zeros by %s (listed in the context)\n", c["zero_filled"].size(),
+                a.source.c_str());
+  bool digest_ok = true;
+  if (c.contains("digest") && c["digest"].contains("tool_sha256")) {
+    const json::Json& d = c["digest"];
+    digest_ok = d["match"].get<bool>();
+    if (digest_ok)
+      std::printf("  LiME's own SHA-256 matches the agent's: %s\n", d["sha256"].get<std::string>().c_str());
+  }
+  std::printf("sealed %s: bundle %s\n", path.c_str(), r.manifest.bundle_id_hex().c_str());
+  print_streams(r);
+  std::fflush(stdout);
+  if (!digest_ok) {
+    const json::Json& d = c["digest"];
+    std::fprintf(stderr,
+                 "mlfx-agent: capture: LiME's digest %s does not match the SHA-256 of what the agent received, %s. "
+                 "The bundle %s is kept and records both (context \"digest\"); exit status %d\n",
+                 d["tool_sha256"].is_string() ? d["tool_sha256"].get<std::string>().c_str() : "(none: LiME gave none)",
+                 d["sha256"].get<std::string>().c_str(), path.c_str(), kExitPartialCapture);
+    return kExitPartialCapture;
+  }
+  return 0;
 }
 
 int run_capture(const CaptureArgs& a) {
@@ -136,11 +221,12 @@ int run_capture(const CaptureArgs& a) {
   std::string path;
   auto r = capture(a, &path);
   if (!r) return report_error("capture", r.error());
+  if (physical(a)) return report_physical(a, *r, path);
   const json::Json& c = r->contexts.front();  // the process source
   const json::Json& t = c["timings"];
   std::printf("captured pid %d (%s): %zu threads, %zu mappings, %s read in %.0f ms, frozen %.0f ms, "
               "sealed %.0f ms after the thaw\n",
-              a.pid, c["process"]["comm"].get<std::string>().c_str(), c["threads"].size(),
+              a.pids.front(), c["process"]["comm"].get<std::string>().c_str(), c["threads"].size(),
               c["mappings"].size(), human_bytes(c["bytes"]["read"].get<double>()).c_str(),
               t["capture_ms"].get<double>(), t["frozen_ms"].get<double>(),
               t["sealed_after_thaw_ms"].get<double>());
@@ -150,9 +236,7 @@ int run_capture(const CaptureArgs& a) {
                 c["unreadable"].size(), human_bytes(c["bytes"]["zero_filled"].get<double>()).c_str());
   std::printf("sealed %s: bundle %s%s\n", path.c_str(), r->manifest.bundle_id_hex().c_str(),
               c["complete"].get<bool>() ? "" : " (PARTIAL: the target exited during the capture)");
-  for (const auto& s : r->manifest.streams)
-    std::printf("  %-10s %14llu bytes  sha256 %s\n", s.name.c_str(),
-                static_cast<unsigned long long>(s.size), s.sha256.c_str());
+  print_streams(*r);
   std::fflush(stdout);
   if (!c["complete"].get<bool>()) return report_partial(a, c, path);
   return 0;
@@ -195,24 +279,31 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
   auto args = std::make_shared<CaptureArgs>();
   CaptureArgs& ca = *args;
   auto* cap = app.add_subcommand("capture", "freeze a process, capture its memory as an ELF core "
-                                            "sealed into a new bundle, and let it run on");
-  cap->add_option("--pid", ca.pid, "process to capture")->required()->check(CLI::PositiveNumber);
+                                            "sealed into a new bundle, and let it run on; or with --source "
+                                            "lime|kmod the whole physical memory");
+  cap->add_option("--pid", ca.pids, "process to capture (--source process: exactly one); with lime or kmod, "
+                                    "processes frozen and recorded while the image is read (repeatable)")
+      ->check(CLI::PositiveNumber);
   cap->add_option("--out", ca.out, "bundle to create (must not exist)");
   cap->add_option("--device-key", ca.device_key, "device private key that signs")->required();
   cap->add_option("--recipient", ca.recipients, "lab public key to encrypt to (repeatable)")->required();
-  cap->add_option("--source", ca.source, "capture backend (process: ptrace + /proc/PID/mem)")
-      ->check(CLI::IsMember({"process"}));
+  cap->add_option("--source", ca.source, "capture backend: process (ptrace + /proc/PID/mem), lime (stock "
+                                         "LiME, whole memory), kmod (mlfx_mem.ko, whole memory)")
+      ->check(CLI::IsMember({"process", "lime", "kmod"}));
+  cap->add_option("--module", ca.module, "--source lime or kmod: the module to load (default: the DKMS-installed "
+                                         "lime.ko or mlfx_mem.ko under /lib/modules/$(uname -r)/updates/dkms)");
   cap->add_option("--case", ca.case_id, "case identifier");
   cap->add_option("--note", ca.note, "operator note");
   cap->add_option("--device-id", ca.device_id, "device name recorded in the manifest (default: host name)");
   cap->add_option("--buffer", ca.buffer_bytes,
                   "memory for captured chunks awaiting sealing, e.g. 2G (default: a quarter of "
-                  "MemAvailable); the target is frozen longer when its memory does not fit")
+                  "MemAvailable; 64M for lime and kmod); the target is frozen longer when its memory does not fit")
       ->transform(CLI::AsSizeValue(false));
   cap->add_flag("-q,--quiet", ca.quiet, "no progress bar");
   cap->add_flag("--allow-partial", ca.allow_partial,
                 "exit 0 when the target exits during the capture (the bundle is kept and marked partial "
-                "either way; without this flag the exit status is 3)");
+                "either way; without this flag the exit status is 3). With lime, exit status 3 also means "
+                "LiME's digest did not match what the agent received (the bundle is kept and says so)");
 
   auto* opt_out = cap->get_option("--out");
   auto* opt_spool = cap->add_option("--spool", ca.spool, "queue the bundle in this spool directory for 'ship' "
@@ -234,6 +325,14 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
   registry.add(cap, [args] {
     if (args->out.empty() && args->spool.empty()) {
       std::fprintf(stderr, "mlfx-agent capture: give --out FILE or --spool DIR\n");
+      return kExitUsage;
+    }
+    if (!physical(*args) && args->pids.size() != 1) {
+      std::fprintf(stderr, "mlfx-agent capture: --source process captures one process: give --pid PID once\n");
+      return kExitUsage;
+    }
+    if (!physical(*args) && !args->module.empty()) {
+      std::fprintf(stderr, "mlfx-agent capture: --module is for --source lime or kmod\n");
       return kExitUsage;
     }
     return run_capture(*args);

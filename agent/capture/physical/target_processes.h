@@ -1,0 +1,71 @@
+// The processes named with --pid in a whole-memory capture: checked before anything is loaded,
+// frozen (every thread stopped with ptrace, process/thread_freezer.h) while the image is read,
+// and recorded while frozen so that the records match the image: maps, the raw pagemap of every
+// readable mapping (stream `pagemap`), a page sample (SHA-256 of a few present pages read
+// through /proc/PID/mem, by which the lab ties the context to the image), comm and cmdline.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "capture/physical/pagemap.h"
+#include "capture/process/proc_maps.h"
+#include "capture/process/thread_freezer.h"
+#include "mlfx/base/json.h"
+
+namespace mlfx::agent::physical {
+
+// Refuses a pid that does not exist, is a thread, a zombie, a kernel thread or this agent.
+Status check_target_pid(pid_t pid);
+
+struct PageSample {
+  uint64_t vaddr = 0;
+  std::string sha256;
+};
+
+struct TargetRecord {
+  pid_t pid = 0;
+  std::string comm, cmdline;
+  uint64_t threads = 0;  // stopped
+  std::vector<process::MapEntry> maps;
+  uint32_t pagemap_records = 0;
+  std::vector<PageSample> page_sample;
+};
+
+// `count` of the candidates, evenly spread over them (all when there are fewer).
+std::vector<uint64_t> spread_sample(const std::vector<uint64_t>& candidates, size_t count);
+
+class TargetProcesses {
+ public:
+  explicit TargetProcesses(std::vector<pid_t> pids) : pids_(std::move(pids)) {}
+
+  // Each pid checked (check_target_pid); nothing is frozen.
+  Status check() const;
+  // Stops every thread of every target; on failure those already stopped are released.
+  Status freeze(std::chrono::milliseconds stop_timeout);
+  // While frozen: the records and the pagemap stream.
+  Status record(uint64_t page_size);
+  // Releases every target. Idempotent.
+  Status thaw();
+
+  bool empty() const { return pids_.empty(); }
+  const std::vector<pid_t>& pids() const { return pids_; }
+  const std::vector<TargetRecord>& records() const { return records_; }
+  // The `pagemap` stream (after record()); empty without targets.
+  const Bytes& pagemap_stream() const { return pagemap_; }
+  json::Json processes_json() const;
+
+ private:
+  Result<TargetRecord> record_one(pid_t pid, uint64_t page_size, PagemapWriter& pagemap);
+
+  std::vector<pid_t> pids_;
+  std::vector<process::ThreadFreezer> frozen_;
+  std::vector<TargetRecord> records_;
+  Bytes pagemap_;
+};
+
+}  // namespace mlfx::agent::physical
