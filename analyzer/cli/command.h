@@ -65,5 +65,6 @@ void add_bundle_commands(CLI::App& app, Registry& registry);
 void add_recover_command(CLI::App& app, Registry& registry);
 void add_serve_command(CLI::App& app, Registry& registry);
 void add_report_command(CLI::App& app, Registry& registry);
+void add_kernel_commands(CLI::App& app, Registry& registry);  // ps, maps
 
 }  // namespace mlfx::cli

@@ -22,5 +22,6 @@ int main(int argc, char** argv) {
   cli::add_serve_command(app, registry);
   cli::add_torch_commands(app, registry, nullptr);
   cli::add_report_command(app, registry);
+  cli::add_kernel_commands(app, registry);
   return registry.parse_and_run(app, argc, argv);
 }

@@ -21,7 +21,7 @@ uint64_t u64_at(const uint8_t* p) {
   return v;
 }
 
-constexpr uint64_t kVmRead = 0x1, kVmWrite = 0x2, kVmExec = 0x4, kVmShared = 0x8;
+constexpr uint64_t kVmRead = 0x1, kVmWrite = 0x2, kVmExec = 0x4, kVmMayShare = 0x80;
 constexpr uint16_t kEmX86_64 = 62;
 
 // Maple tree encodings (include/linux/maple_tree.h, lib/maple_tree.c).
@@ -175,7 +175,7 @@ std::string Vma::perms() const {
   if (flags & kVmRead) p[0] = 'r';
   if (flags & kVmWrite) p[1] = 'w';
   if (flags & kVmExec) p[2] = 'x';
-  p[3] = (flags & kVmShared) ? 's' : 'p';
+  p[3] = (flags & kVmMayShare) ? 's' : 'p';  // as show_map_vma()
   return p;
 }
 
@@ -490,6 +490,7 @@ void KernelImage::label_anonymous(const Task& task, std::vector<Vma>& vmas) cons
     if (start_brk && brk && v.start <= *brk && v.end >= *start_brk) v.path = "[heap]";
     else if (stack && v.start <= *stack && v.end >= *stack) v.path = "[stack]";
     else if (vdso && v.start == *vdso) v.path = "[vdso]";
+    else if (vdso && v.end == *vdso) v.path = "[vvar]";  // x86-64 places vvar right below the vdso
   }
 }
 

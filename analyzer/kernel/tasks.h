@@ -51,8 +51,8 @@ struct Vma {
   uint64_t address = 0;  // the vm_area_struct
   uint64_t start = 0, end = 0, flags = 0, pgoff = 0;
   uint64_t file = 0;     // struct file *, 0 for anonymous memory
-  std::string path;      // the file's path, or [heap], [stack], [vdso]; empty for other anonymous memory
-  std::string perms() const;  // "r-xp", as /proc/PID/maps
+  std::string path;      // the file's path, or [heap], [stack], [vdso], [vvar]; empty for other anonymous memory
+  std::string perms() const;  // "r-xp", as /proc/PID/maps (s: VM_MAYSHARE)
 };
 
 struct Task {
