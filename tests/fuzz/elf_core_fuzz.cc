@@ -31,6 +31,7 @@
 #include "frontends/cpython/python_runtime.h"
 #include "fuzz_support.h"
 #include "image_walk.h"
+#include "segment_checks.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "layers/sysroot_layer.h"
@@ -38,36 +39,6 @@
 namespace {
 
 using namespace mlfx;
-
-void check_segments(const layers::ElfCoreLayer& core) {
-  const auto& segs = core.segments();
-  uint8_t buf[64];
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const layers::Segment& s = segs[i];
-    const std::string where = "segment " + std::to_string(i) + " at " + std::to_string(s.start);
-    if (s.size == 0) fuzz::invariant_failed("segments are not empty", where);
-    if (i > 0 && segs[i - 1].start + segs[i - 1].size > s.start)
-      fuzz::invariant_failed("segments are sorted and disjoint", where);
-    const uint64_t last = s.start + s.size - 1;
-    if (core.mapped_run(s.start, UINT64_MAX) < s.size || core.mapped_run(last, UINT64_MAX) < 1)
-      fuzz::invariant_failed("mapped_run covers a segment", where);
-    if (!core.view(s.start, s.size) || !core.view(last, 1) || !core.is_mapped(s.start, s.size))
-      fuzz::invariant_failed("a whole segment can be viewed", where);
-    if (!core.read(s.start, buf, std::min<uint64_t>(s.size, sizeof buf)) || !core.read(last, buf, 1))
-      fuzz::invariant_failed("a segment can be read", where);
-    if (core.view(s.start, s.size + 1) && !(i + 1 < segs.size() && segs[i + 1].start == s.start + s.size))
-      fuzz::invariant_failed("view() stops at the end of a segment", where);
-    // Across the boundaries: one byte before and after, and a read spanning the end.
-    const bool before = s.start > 0 && core.is_mapped(s.start - 1, 1);
-    const bool after = last + 1 != 0 && core.is_mapped(last + 1, 1);
-    if (s.start > 0) (void)core.read(s.start - 1, buf, 2);
-    if (core.read(last, buf, 2).has_value() != after)
-      fuzz::invariant_failed("a read past a segment's end succeeds only into the next segment", where);
-    if (i == 0 && before) fuzz::invariant_failed("nothing is mapped below the first segment", where);
-    (void)core.read_cstring(s.start, 64);
-  }
-  (void)core.read(UINT64_MAX - 1, buf, 4);  // wraps around
-}
 
 // An ELF object of `size` bytes with a GNU build-id note; the rest is a byte pattern.
 std::string elf_with_build_id(size_t size) {
@@ -156,7 +127,7 @@ void run(const std::string& path) {
   auto opened = layers::ElfCoreLayer::open(f);
   if (!opened) return;
   std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
-  check_segments(*core);
+  fuzz::check_segments(*core);
   auto sys = layers::SysrootLayer::open(core, fuzz_sysroot());
   if (!sys) fuzz::invariant_failed("the sysroot opens", sys.error().to_string());
   check_sysroot(*core, **sys);

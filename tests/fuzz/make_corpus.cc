@@ -2,6 +2,7 @@
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
 //               [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]
+//               [--physical DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -18,6 +19,10 @@
 //                objects at 0x10000 (types, str, int, tuple, list, set, dicts, the model),
 //                and the hostile shapes' objects;
 // wire:          one intake protocol frame (header and body) of each message type;
+// physical:      whole-memory captures as physical_fuzz reads them (LiME image, pagemap stream,
+//                context JSON): scattered and contiguous frames, swapped, untouched and
+//                out-of-image pages, a page sample, a capture without pagemap; each opened and
+//                its process rebuilt before it is kept;
 // safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
 //                empty tensors, metadata), each read back before it is kept.
 //
@@ -46,6 +51,9 @@
 #include "frontends/cpython/python_runtime.h"
 #include "frontends/torch/module_walker.h"
 #include "frontends/torch/tensor_reader.h"
+#include "layers/file_layer.h"
+#include "mlfx/crypto/hash.h"
+#include "physical/physical_image.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "hostile_shapes.h"
@@ -382,17 +390,95 @@ std::map<std::string, std::string> safetensors_seeds() {
   return out;
 }
 
+// ---- whole-memory captures (physical) ------------------------------------------------------
+
+void put_le(std::string& s, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+// physical_fuzz's input: u32-length-prefixed LiME image and pagemap, then the context.
+std::string physical_input(const std::string& lime, const std::string& pagemap, const std::string& context) {
+  std::string s;
+  put_le(s, lime.size(), 4);
+  s += lime;
+  put_le(s, pagemap.size(), 4);
+  return s + pagemap + context;
+}
+
+std::map<std::string, std::string> physical_seeds() {
+  constexpr uint64_t kPage = 4096, kPresent = 1ull << 63, kSwapped = 1ull << 62;
+  const std::string banner = "Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP";
+  auto range = [](uint64_t start, const std::string& bytes) {
+    std::string h;
+    put_le(h, 0x4C694D45, 4), put_le(h, 1, 4), put_le(h, start, 8), put_le(h, start + bytes.size() - 1, 8), put_le(h, 0, 8);
+    return h + bytes;
+  };
+  std::string frames;  // frames 0x10..0x13: pages of 'A'..'D'
+  for (char c : {'A', 'B', 'C', 'D'}) frames += std::string(kPage, c);
+  std::string banner_page = banner + std::string(kPage - banner.size(), '\0');
+  const std::string lime = range(0x10 * kPage, frames) + range(0x20 * kPage, banner_page);
+  auto pagemap = [](const std::vector<std::pair<uint64_t, std::vector<uint64_t>>>& records) {
+    std::string s = "MLFXPMAP";
+    put_le(s, 1, 4), put_le(s, records.size(), 4);
+    for (const auto& [start, entries] : records) {
+      put_le(s, 4242, 4), put_le(s, 0, 4), put_le(s, start, 8), put_le(s, entries.size(), 8);
+      for (uint64_t e : entries) put_le(s, e, 8);
+    }
+    return s;
+  };
+  json::Json context = {
+      {"source", "kmod"},
+      {"kernel", {{"banner", banner + "\n"}, {"release", "6.1.0-57-amd64"}, {"machine", "x86_64"}, {"page_size", kPage}}},
+      {"processes",
+       {{{"pid", 4242}, {"comm", "python3"}, {"cmdline", "python3 victim.py"}, {"threads", 2},
+         {"maps", {{{"start", 0x400000}, {"end", 0x404000}, {"perms", "rw-p"}, {"offset", 0}, {"inode", 0}, {"path", ""}},
+                   {{"start", 0x7f0000000000}, {"end", 0x7f0000002000}, {"perms", "r-xp"}, {"offset", 0x1000},
+                    {"inode", 12}, {"path", "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"}}}},
+         {"page_sample", {{{"vaddr", 0x400000}, {"sha256", crypto::sha256_hex(as_bytes(std::string(kPage, 'B')))}}}}}}},
+      {"unreadable", {{{"start", 0x14000}, {"end", 0x14fff}, {"reason", "EHWPOISON"}}}}};
+  std::map<std::string, std::string> seeds;
+  seeds["scattered.phys"] = physical_input(
+      lime, pagemap({{0x400000, {kPresent | 0x11, kPresent | 0x12, kPresent | 0x10, kSwapped | (3 << 5)}},
+                     {0x7f0000000000, {kPresent | 0x13, 0}}}),
+      context.dump());
+  seeds["holes.phys"] = physical_input(
+      lime, pagemap({{0x400000, {kPresent | 0x11, kPresent | 0x99, kPresent, 0}}}), context.dump());
+  json::Json no_pid = context;
+  no_pid["processes"] = json::Json::array();
+  seeds["no-pagemap.phys"] = physical_input(lime, "", no_pid.dump());
+  // Each seed must open and rebuild its process (or, without pagemap, open), as intended.
+  for (const auto& seed : seeds) {
+    const std::string &name = seed.first, &input = seed.second;  // (clang 14 cannot capture bindings)
+    const uint8_t* d = reinterpret_cast<const uint8_t*>(input.data());
+    const size_t n = load_le<uint32_t>(d), m = load_le<uint32_t>(d + 4 + n);
+    auto layer = [&](size_t at, size_t len) -> std::shared_ptr<const layers::Layer> {
+      if (len == 0) return nullptr;
+      auto f = File::create_memory("seed");
+      if (!f || !f->pwrite_all(0, ByteView(d + at, len))) die("physical seed " + name + ": memfd");
+      auto l = layers::FileLayer::open(f->path());
+      if (!l) die("physical seed " + name + ": " + l.error().to_string());
+      return std::shared_ptr<const layers::Layer>(std::move(*l));
+    };
+    auto img = physical::PhysicalImage::open(layer(4, n), input.substr(8 + n + m), layer(8 + n, m));
+    if (!img) die("physical seed " + name + " does not open: " + img.error().to_string());
+    if (!img->check_banner()) die("physical seed " + name + ": banner not found");
+    if (m && !img->process(4242)) die("physical seed " + name + ": process not rebuilt");
+  }
+  return seeds;
+}
+
 int main(int argc, char** argv) {
   std::map<std::string, fs::path> dirs;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
-         a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors")) {
+         a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors" ||
+         a == "--physical")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
-          " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]"
+          " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR] [--physical DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -464,6 +550,8 @@ int main(int argc, char** argv) {
   }
 
   for (const auto& [name, file] : safetensors_seeds()) put("safetensors", name, file);
+  if (dirs.count("physical"))
+    for (const auto& [name, input] : physical_seeds()) put("physical", name, input);
 
   std::printf("make_corpus: wrote %zu seed files\n", files);
   return 0;
