@@ -19,7 +19,7 @@ packages=(
   chromium
   # the VM lab: Debian's own kernel under QEMU software emulation, a busybox initramfs, stock LiME
   # built by DKMS for that kernel, and the headers our module builds against
-  qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dkms lime-forensics-dkms
+  qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dkms lime-forensics-dkms bpftool
   cpio kmod
 )
 

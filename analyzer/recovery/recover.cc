@@ -25,6 +25,7 @@
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "layers/lime_layer.h"
+#include "kernel/tasks.h"
 #include "physical/physical_image.h"
 #include "layers/sysroot_layer.h"
 #include "mlfx/base/clock.h"
@@ -104,7 +105,7 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
       return fail(Errc::kInvalidArgument, o.input + " is a sealed bundle; give the lab key with --key");
     MLFX_ASSIGN(crypto::SecretKeyFile lab, crypto::load_secret_key_file(o.lab_key));
     MLFX_ASSIGN(evidence::DecryptedStreams d,
-                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap"},
+                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap", "kallsyms", "btf"},
                                                     {o.trusted_devices_dir, o.show_progress}));
     ev.description = {{"kind", "mlfx bundle"},
                       {"path", o.input},
@@ -636,9 +637,35 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
 
 namespace {
 
-// A whole-memory capture: the process asked for (--pid), or each process whose pagemap was
-// captured, rebuilt from the physical image and recovered exactly like a process capture.
-// Several go to DIR/processes/<pid>/, beside a DIR/report.json that lists them.
+// The kernel of a whole-memory capture, found from its captured kallsyms and BTF alone; null
+// when the capture holds neither (the why goes into `why_not`).
+Result<std::unique_ptr<kernel::KernelImage>> open_kernel(const evidence::DecryptedStreams& d,
+                                                         const physical::PhysicalImage& img, std::string& why_not) {
+  const File* kallsyms = d.find("kallsyms");
+  const File* btf = d.find("btf");
+  if (!kallsyms || !btf) {
+    why_not = std::string("the capture holds no '") + (kallsyms ? "btf" : "kallsyms") +
+              "' stream, so the kernel's task list cannot be walked";
+    return std::unique_ptr<kernel::KernelImage>();
+  }
+  MLFX_ASSIGN(std::string symbols, read_small_file(kallsyms->path(), 256u << 20));
+  MLFX_ASSIGN(std::string types, read_small_file(btf->path(), 256u << 20));
+  return kernel::KernelImage::open(img.physical_layer(), symbols, types, img.context().banner);
+}
+
+// One process to recover from a whole-memory capture, and how its address space is rebuilt:
+// from the pagemap captured while it was frozen, else from its own page tables.
+struct PhysicalProcess {
+  int32_t pid = 0;
+  std::string command;
+  bool pagemap = false;
+  std::optional<kernel::Task> task;
+};
+
+// A whole-memory capture: the process asked for (--pid), or every user process (those the
+// kernel's task list holds, and those with a captured pagemap), each rebuilt from the image
+// and recovered exactly like a process capture. Several go to DIR/processes/<pid>/, beside a
+// DIR/report.json that lists them.
 Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Clock::time_point t0) {
   const evidence::DecryptedStreams& d = *ev.physical;
   MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> memory, layers::FileLayer::open(d.find("memory")->path()));
@@ -657,31 +684,68 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
   ev.description["physical"] = {{"source", img.context().source}, {"kernel_banner", img.context().banner},
                                 {"ranges", img.physical().segments().size()}, {"bytes", image_bytes},
                                 {"unreadable", img.context().document.value("unreadable", json::Json::array())}};
-  const double open_ms = ms_since(t0);
-  auto one = [&](int32_t pid, const std::string& dir) -> Result<RecoverResult> {
-    auto t = Clock::now();
-    MLFX_ASSIGN(physical::RebuiltProcess p, img.process(pid));
-    json::Json input = ev.description;
-    input["process_pages"] = p.to_json();
-    Diagnostics diag(o.limits);
-    return recover_process(o, dir, p.image, {}, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
-  };
-  if (o.pid) return one(o.pid, o.out_dir);
 
-  const std::vector<int32_t> pids = img.pids_with_pagemap();
-  if (pids.empty())
-    return fail(Errc::kNotFound, o.input + ": the capture holds no process's pagemap (it was taken without --pid); "
-                                           "list the processes in the image with 'mlfx ps' and pick one with --pid");
+  // The processes: the kernel's task list where it can be walked, and every captured pagemap.
+  std::string no_kernel;
+  auto kernel_or = open_kernel(d, img, no_kernel);
+  if (!kernel_or) no_kernel = "the kernel could not be found in the image: " + kernel_or.error().to_string();
+  const std::unique_ptr<kernel::KernelImage> kernel = kernel_or ? std::move(*kernel_or) : nullptr;
+  std::vector<PhysicalProcess> processes;
+  Diagnostics walk_diag(o.limits);
+  if (kernel)
+    for (const kernel::Task& t : kernel->tasks(walk_diag))
+      if (t.mm && t.pid == t.tgid && (!o.pid || t.pid == o.pid)) processes.push_back({t.pid, t.comm, false, t});
+  for (int32_t pid : img.pids_with_pagemap()) {
+    if (o.pid && pid != o.pid) continue;
+    auto it = std::find_if(processes.begin(), processes.end(), [&](const PhysicalProcess& p) { return p.pid == pid; });
+    if (it == processes.end()) it = processes.insert(processes.end(), {pid, img.context().find(pid)->comm, false, {}});
+    it->pagemap = true;
+  }
+  ev.description["physical"]["processes_from"] =
+      kernel ? "the kernel's task list (captured BTF and kallsyms) and the captured pagemaps" : "the captured pagemaps";
+  if (!kernel) ev.description["physical"]["kernel_walk"] = no_kernel;
+
+  const double open_ms = ms_since(t0);
+  auto one = [&](const PhysicalProcess& p, const std::string& dir) -> Result<RecoverResult> {
+    auto t = Clock::now();
+    json::Json input = ev.description;
+    Diagnostics diag(o.limits);
+    layers::ProcessImage image;
+    if (p.pagemap) {  // captured while frozen: the exact mapping at acquisition
+      MLFX_ASSIGN(physical::RebuiltProcess r, img.process(p.pid));
+      input["process_source"] = "pagemap";
+      input["process_pages"] = r.to_json();
+      image = std::move(r.image);
+    } else {
+      MLFX_ASSIGN(image, kernel->process_image(*p.task, diag));
+      input["process_source"] = "page tables";
+    }
+    return recover_process(o, dir, image, {}, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
+  };
+  if (o.pid) {
+    if (processes.empty())
+      return fail(Errc::kNotFound, o.input + ": no user process with pid " + std::to_string(o.pid) + " in the image (" +
+                                       (kernel ? std::string("not on the kernel's task list, and no pagemap captured for it")
+                                               : no_kernel + "; and no pagemap was captured for it") +
+                                       "); list them with 'mlfx ps'");
+    return one(processes.front(), o.out_dir);
+  }
+  if (processes.empty())
+    return fail(Errc::kNotFound, o.input + ": no process to recover: " +
+                                     (kernel ? std::string("the kernel's task list holds no user process")
+                                             : no_kernel + ", and no pagemap was captured (mlfx-agent capture --pid)"));
+
   MLFX_TRY(make_output_dir(o.out_dir, {"report.json", "processes"}));
   const std::string processes_dir = o.out_dir + "/processes";
   if (mkdir(processes_dir.c_str(), 0750) != 0)
     return fail(Errc::kIo, "cannot create " + processes_dir + ": " + errno_text(errno));
   RecoverResult all;
   json::Json listed = json::Json::array();
-  for (int32_t pid : pids) {
-    const std::string rel = "processes/" + std::to_string(pid);
-    json::Json entry = {{"pid", pid}, {"command", img.context().find(pid)->comm}, {"directory", rel}};
-    auto r = one(pid, o.out_dir + "/" + rel);
+  for (const PhysicalProcess& p : processes) {
+    const std::string rel = "processes/" + std::to_string(p.pid);
+    json::Json entry = {{"pid", p.pid}, {"command", p.command}, {"directory", rel},
+                        {"source", p.pagemap ? "pagemap" : "page tables"}};
+    auto r = one(p, o.out_dir + "/" + rel);
     if (r) {
       entry["result"] = "recovered";
       entry["python"] = r->python_version;
@@ -705,6 +769,7 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
                 {"created_utc", utc_timestamp()},
                 {"input", ev.description},
                 {"processes", listed},
+                {"warnings", walk_diag.warnings()},
                 {"timings", {{"total_ms", ms_since(t0)}}}};
   MLFX_TRY(exporters::write_export_file(o.out_dir + "/report.json",
                                         all.report.dump(1, ' ', false, json::Json::error_handler_t::replace) + "\n", 0640));
