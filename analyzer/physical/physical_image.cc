@@ -104,6 +104,33 @@ uint16_t elf_machine_of(const std::string& machine) {
   return EM_NONE;
 }
 
+// The image's ranges less the bytes the tool zero-filled (LiME pads a range that ends inside a
+// page with zeros): those addresses become absent.
+Result<std::shared_ptr<const layers::SegmentedLayer>> without_zero_filled(const layers::LimeLayer& lime,
+                                                                          std::shared_ptr<const layers::Layer> file,
+                                                                          std::vector<PhysicalRange> zeros) {
+  std::sort(zeros.begin(), zeros.end(), [](const PhysicalRange& a, const PhysicalRange& b) { return a.start < b.start; });
+  std::vector<layers::Segment> kept;
+  size_t first = 0;  // both sorted: one pass over each
+  for (const layers::Segment& s : lime.segments()) {
+    const uint64_t last = s.start + s.size - 1;
+    while (first < zeros.size() && zeros[first].end < s.start) ++first;
+    uint64_t at = s.start;
+    bool done = false;
+    for (size_t k = first; k < zeros.size() && zeros[k].start <= last && !done; ++k) {
+      const PhysicalRange& z = zeros[k];
+      if (z.end < at) continue;
+      if (z.start > at) kept.push_back({at, z.start - at, s.base_offset + (at - s.start)});
+      done = z.end >= last;
+      if (!done) at = z.end + 1;
+    }
+    if (!done) kept.push_back({at, last - at + 1, s.base_offset + (at - s.start)});
+  }
+  MLFX_ASSIGN(std::unique_ptr<layers::SegmentedLayer> layer,
+              layers::SegmentedLayer::create(lime.name() + " less zero-filled bytes", std::move(file), std::move(kept)));
+  return std::shared_ptr<const layers::SegmentedLayer>(std::move(layer));
+}
+
 }  // namespace
 
 Result<std::vector<PagemapRecord>> parse_pagemap(const layers::Layer& stream, uint64_t page_size) {
@@ -165,6 +192,16 @@ Result<PhysicalContext> parse_context(std::string_view text) {
   MLFX_ASSIGN(c.page_size, get_u64(*kernel, "page_size", "kernel"));
   if (c.page_size < 4096 || c.page_size > kMaxPageSize || (c.page_size & (c.page_size - 1)))
     return fail(bad_context("kernel.page_size " + std::to_string(c.page_size) + " is not a page size"));
+  if (const json::Json* zeros = get_array(doc, "zero_filled"))
+    for (size_t i = 0; i < zeros->size(); ++i) {
+      const std::string at = "zero_filled[" + std::to_string(i) + "]";
+      if (!(*zeros)[i].is_object()) return fail(bad_context(at + " is not an object"));
+      PhysicalRange r;
+      MLFX_ASSIGN(r.start, get_u64((*zeros)[i], "start", at));
+      MLFX_ASSIGN(r.end, get_u64((*zeros)[i], "end", at));
+      if (r.end < r.start) return fail(bad_context(at + " ends before it starts"));
+      c.zero_filled.push_back(r);
+    }
   if (const json::Json* procs = get_array(doc, "processes"))
     for (size_t i = 0; i < procs->size(); ++i) {
       MLFX_ASSIGN(ContextProcess p, parse_process((*procs)[i], "processes[" + std::to_string(i) + "]"));
@@ -188,7 +225,11 @@ Result<PhysicalImage> PhysicalImage::open(std::shared_ptr<const layers::Layer> m
   PhysicalImage img;
   MLFX_ASSIGN(img.context_, parse_context(context_text));
   MLFX_ASSIGN(std::unique_ptr<layers::LimeLayer> lime, layers::LimeLayer::open(memory));
-  img.physical_ = std::move(lime);
+  if (img.context_.zero_filled.empty()) {
+    img.physical_ = std::move(lime);
+  } else {
+    MLFX_ASSIGN(img.physical_, without_zero_filled(*lime, memory, img.context_.zero_filled));
+  }
   img.memory_ = std::move(memory);
   if (pagemap) {
     MLFX_ASSIGN(img.records_, parse_pagemap(*pagemap, img.context_.page_size));

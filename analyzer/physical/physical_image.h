@@ -62,10 +62,15 @@ struct ContextProcess {
   std::vector<PageSample> page_sample;
 };
 
+struct PhysicalRange {
+  uint64_t start = 0, end = 0;  // inclusive
+};
+
 struct PhysicalContext {
   std::string source;  // "lime", "kmod"
   std::string banner, release, machine;
   uint64_t page_size = 4096;
+  std::vector<PhysicalRange> zero_filled;  // in the image, but zeros the tool wrote
   std::vector<ContextProcess> processes;
   json::Json document;  // the whole context, for the report
   const ContextProcess* find(int32_t pid) const;
@@ -98,8 +103,10 @@ class PhysicalImage {
   static Result<PhysicalImage> open(std::shared_ptr<const layers::Layer> memory, std::string_view context_text,
                                     std::shared_ptr<const layers::Layer> pagemap);
 
-  const layers::LimeLayer& physical() const { return *physical_; }
-  const std::shared_ptr<const layers::LimeLayer>& physical_layer() const { return physical_; }
+  // The image's physical address space: its LiME ranges less what the context says the tool
+  // wrote as zeros instead of reading (zero_filled): those bytes are absent, not data.
+  const layers::SegmentedLayer& physical() const { return *physical_; }
+  const std::shared_ptr<const layers::SegmentedLayer>& physical_layer() const { return physical_; }
   const PhysicalContext& context() const { return context_; }
   // Processes with a captured pagemap, in the context's order.
   std::vector<int32_t> pids_with_pagemap() const;
@@ -113,7 +120,7 @@ class PhysicalImage {
 
  private:
   std::shared_ptr<const layers::Layer> memory_, pagemap_;
-  std::shared_ptr<const layers::LimeLayer> physical_;
+  std::shared_ptr<const layers::SegmentedLayer> physical_;
   PhysicalContext context_;
   std::vector<PagemapRecord> records_;
 };

@@ -178,6 +178,30 @@ TEST_F(Physical, HostilePagemapStreamsAreRefusedSayingWhat) {
   EXPECT_FALSE(img->process(4242));
 }
 
+// LiME pads a range that ends inside a page with zeros; the context lists them (zero_filled)
+// and they are absent here, not data.
+TEST_F(Physical, BytesTheToolZeroFilledAreAbsent) {
+  json::Json ctx = context(kBanner);
+  ctx["zero_filled"] = {{{"start", 0x11 * kPage + 100}, {"end", 0x11 * kPage + 199}, {"reason", "partial page"}},
+                        {{"start", 0x13 * kPage}, {"end", 0x13 * kPage + kPage - 1}, {"reason", "partial page"}}};
+  auto img = open(pagemap({{4242, 0x400000, {present(0x11), present(0x13)}}}), ctx);
+  ASSERT_TRUE(img) << img.error().to_string();
+  const layers::SegmentedLayer& phys = img->physical();
+  EXPECT_TRUE(phys.is_mapped(0x11 * kPage, 100));
+  EXPECT_FALSE(phys.is_mapped(0x11 * kPage + 100, 1));
+  EXPECT_FALSE(phys.is_mapped(0x11 * kPage + 199, 1));
+  EXPECT_TRUE(phys.is_mapped(0x11 * kPage + 200, kPage - 200));
+  EXPECT_FALSE(phys.is_mapped(0x13 * kPage, 1));
+  EXPECT_TRUE(phys.is_mapped(0x20 * kPage, 1));
+  char c = 0;
+  ASSERT_TRUE(phys.read(0x11 * kPage + 200, &c, 1));
+  EXPECT_EQ(c, 'B');
+  auto p = img->process(4242);
+  ASSERT_TRUE(p) << p.error().to_string();
+  EXPECT_EQ(p->pages.in_image, 0u);  // neither page is whole in the image any more
+  EXPECT_EQ(p->pages.not_in_image, 2u);
+}
+
 TEST_F(Physical, HostileContextsAreRefusedSayingWhich) {
   auto refusal = [&](const json::Json& ctx) {
     auto img = open(pagemap({}), ctx);
