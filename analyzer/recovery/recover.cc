@@ -711,16 +711,23 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
     json::Json input = ev.description;
     Diagnostics diag(o.limits);
     layers::ProcessImage image;
+    ImageSource src;
     if (p.pagemap) {  // captured while frozen: the exact mapping at acquisition
       MLFX_ASSIGN(physical::RebuiltProcess r, img.process(p.pid));
       input["process_source"] = "pagemap";
       input["process_pages"] = r.to_json();
+      // What the interpreter's structures may lack: say it where they are not found.
+      if (const uint64_t lost = r.pages.not_in_image + r.pages.swapped + r.pages.pfn_hidden)
+        src.missing_hint = std::to_string(lost) + " of the process's " +
+                           std::to_string(lost + r.pages.in_image) + " present or swapped pages are not in the image (" +
+                           std::to_string(r.pages.not_in_image) + " in RAM the capture did not read: see "
+                           "input.physical.unreadable; " + std::to_string(r.pages.swapped) + " swapped out)";
       image = std::move(r.image);
     } else {
       MLFX_ASSIGN(image, kernel->process_image(*p.task, diag));
       input["process_source"] = "page tables";
     }
-    return recover_process(o, dir, image, {}, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
+    return recover_process(o, dir, image, src, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
   };
   if (o.pid) {
     if (processes.empty())

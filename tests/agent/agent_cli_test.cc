@@ -229,7 +229,7 @@ TEST_F(AgentCli, HelpAndUsageErrors) {
   EXPECT_EQ(h.exit_code, 0);
   EXPECT_NE(h.output.find("--recipient"), std::string::npos);
   EXPECT_EQ(agent("capture --out x.mlfx").exit_code, 2);
-  EXPECT_EQ(agent(capture_args(1, dir / "x.mlfx") + " --source lime").exit_code, 2);
+  EXPECT_EQ(agent(capture_args(1, dir / "x.mlfx") + " --source avml").exit_code, 2);  // no such source
   EXPECT_EQ(agent(capture_args(0, dir / "x.mlfx")).exit_code, 2);
   EXPECT_FALSE(fs::exists(dir / "x.mlfx"));
 }
