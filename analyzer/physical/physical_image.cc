@@ -70,6 +70,9 @@ Result<ContextProcess> parse_process(const json::Json& p, const std::string& whe
   if (p.contains("threads")) {
     MLFX_ASSIGN(c.threads, get_u64(p, "threads", where));
   }
+  if (p.contains("pages_moved")) {
+    MLFX_ASSIGN(c.pages_moved, get_u64(p, "pages_moved", where));
+  }
   if (const json::Json* maps = get_array(p, "maps"))
     for (size_t i = 0; i < maps->size(); ++i) {
       MLFX_ASSIGN(ContextMapping m, parse_mapping((*maps)[i], where + ".maps[" + std::to_string(i) + "]"));
@@ -97,6 +100,32 @@ std::optional<uint64_t> file_offset(const std::vector<layers::Segment>& ranges, 
   if (paddr - it->start > it->size || len > it->size - (paddr - it->start)) return std::nullopt;
   return it->base_offset + (paddr - it->start);
 }
+
+// Two evidence files one after the other: [0, size of a) is a, then b. Process layers map
+// their pages onto the image and onto the pages read from the process (stream moved) alike.
+class ConcatLayer final : public layers::Layer {
+ public:
+  ConcatLayer(std::shared_ptr<const layers::Layer> a, uint64_t a_size, std::shared_ptr<const layers::Layer> b)
+      : a_(std::move(a)), b_(std::move(b)), a_size_(a_size), name_(a_->name() + " + " + b_->name()) {}
+  const std::string& name() const override { return name_; }
+  const uint8_t* view(uint64_t addr, uint64_t len) const override {
+    if (addr < a_size_) return len <= a_size_ - addr ? a_->view(addr, len) : nullptr;
+    return b_->view(addr - a_size_, len);
+  }
+  uint64_t mapped_run(uint64_t addr, uint64_t max) const override {
+    if (addr < a_size_) return a_->mapped_run(addr, std::min(max, a_size_ - addr));
+    return b_->mapped_run(addr - a_size_, max);
+  }
+  std::optional<FilePlace> file_place(uint64_t addr, uint64_t len) const override {
+    if (addr < a_size_) return len <= a_size_ - addr ? a_->file_place(addr, len) : std::nullopt;
+    return b_->file_place(addr - a_size_, len);
+  }
+
+ private:
+  std::shared_ptr<const layers::Layer> a_, b_;
+  uint64_t a_size_;
+  std::string name_;
+};
 
 uint16_t elf_machine_of(const std::string& machine) {
   if (machine == "x86_64") return EM_X86_64;
@@ -173,6 +202,34 @@ Result<std::vector<PagemapRecord>> parse_pagemap(const layers::Layer& stream, ui
   return records;
 }
 
+Result<std::vector<MovedPage>> parse_moved(const layers::Layer& stream, uint64_t page_size) {
+  const uint64_t size = stream.mapped_run(0, UINT64_MAX);
+  auto bad = [&](std::string what, uint64_t offset) {
+    return fail(Error(Errc::kBadFormat, "moved stream: " + std::move(what)).at({stream.name(), std::nullopt, offset}));
+  };
+  const uint8_t* h = stream.view(0, 16);
+  if (!h) return bad("shorter than its header", 0);
+  if (std::memcmp(h, kMovedMagic.data(), kMovedMagic.size()) != 0) return bad("no MLFXMOVD magic", 0);
+  if (load_le<uint32_t>(h + 8) != kMovedVersion)
+    return bad("version " + std::to_string(load_le<uint32_t>(h + 8)) + " (only version 1 is known)", 8);
+  const uint32_t count = load_le<uint32_t>(h + 12);
+  const uint64_t record = 16 + page_size;
+  if (count > kMovedMaxPages || count != (size - 16) / record || (size - 16) % record)
+    return bad(std::to_string(count) + " pages do not fill the stream's " + std::to_string(size) + " bytes", 12);
+  std::vector<MovedPage> pages;
+  pages.reserve(count);
+  for (uint64_t i = 0, at = 16; i < count; ++i, at += record) {
+    const uint8_t* r = stream.view(at, 16);
+    const uint32_t pid = load_le<uint32_t>(r);
+    const uint64_t vaddr = load_le<uint64_t>(r + 8);
+    if (pid == 0 || pid > INT32_MAX) return bad("page " + std::to_string(i) + ": pid out of range", at);
+    if (vaddr % page_size || vaddr > UINT64_MAX - page_size)
+      return bad("page " + std::to_string(i) + ": " + hex_address(vaddr) + " is not a page", at);
+    pages.push_back({static_cast<int32_t>(pid), vaddr, at + 16});
+  }
+  return pages;
+}
+
 const ContextProcess* PhysicalContext::find(int32_t pid) const {
   for (const auto& p : processes)
     if (p.pid == pid) return &p;
@@ -216,12 +273,15 @@ json::Json RebuiltProcess::to_json() const {
   return {{"pages_in_image", pages.in_image}, {"pages_not_in_image", pages.not_in_image},
           {"pages_swapped", pages.swapped}, {"pages_not_present", pages.not_present},
           {"pages_pfn_hidden", pages.pfn_hidden},
+          {"pages_moved_during_capture", pages_moved},
+          {"pages_moved_read_from_process", pages_moved_supplied},
           {"page_sample", {{"pages", samples_total}, {"matched", samples_checked},
                            {"not_in_image", samples_total - samples_checked}}}};
 }
 
 Result<PhysicalImage> PhysicalImage::open(std::shared_ptr<const layers::Layer> memory, std::string_view context_text,
-                                          std::shared_ptr<const layers::Layer> pagemap) {
+                                          std::shared_ptr<const layers::Layer> pagemap,
+                                          std::shared_ptr<const layers::Layer> moved) {
   PhysicalImage img;
   MLFX_ASSIGN(img.context_, parse_context(context_text));
   MLFX_ASSIGN(std::unique_ptr<layers::LimeLayer> lime, layers::LimeLayer::open(memory));
@@ -237,6 +297,15 @@ Result<PhysicalImage> PhysicalImage::open(std::shared_ptr<const layers::Layer> m
       if (!img.context_.find(r.pid))
         return fail(Errc::kBadFormat, "pagemap stream: pid " + std::to_string(r.pid) + " is not among the context's processes");
     img.pagemap_ = std::move(pagemap);
+  }
+  img.memory_size_ = img.memory_->mapped_run(0, UINT64_MAX);
+  img.evidence_ = img.memory_;
+  if (moved) {
+    MLFX_ASSIGN(img.moved_, parse_moved(*moved, img.context_.page_size));
+    for (const MovedPage& m : img.moved_)
+      if (!img.context_.find(m.pid))
+        return fail(Errc::kBadFormat, "moved stream: pid " + std::to_string(m.pid) + " is not among the context's processes");
+    img.evidence_ = std::make_shared<ConcatLayer>(img.memory_, img.memory_size_, std::move(moved));
   }
   return img;
 }
@@ -305,6 +374,11 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
         segments.push_back({vaddr, ps, *at});
     }
   }
+  for (const MovedPage& m : moved_)  // read from the frozen process: its pagemap entry was zeroed
+    if (m.pid == pid) {
+      segments.push_back({m.vaddr, ps, memory_size_ + m.data_offset});
+      ++out.pages_moved_supplied;
+    }
   if (!any)
     return fail(Errc::kNotFound, "the capture holds no pagemap for pid " + std::to_string(pid) +
                                      " (captured without --pid " + std::to_string(pid) + "?)");
@@ -314,7 +388,7 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   const size_t nsegments = segments.size();
   MLFX_ASSIGN(std::unique_ptr<layers::SegmentedLayer> layer,
               layers::SegmentedLayer::create("pid " + std::to_string(pid) + " (pagemap over " + memory_->name() + ")",
-                                             memory_, std::move(segments)));
+                                             evidence_, std::move(segments)));
 
   // The sample hashed at acquisition must hash the same here: else context and image differ.
   size_t& checked = out.samples_checked;
@@ -329,6 +403,11 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
     ++checked;
   }
   out.samples_total = cp->page_sample.size();
+  out.pages_moved = cp->pages_moved;
+  if (cp->pages_moved)
+    out.image.warnings.push_back(std::to_string(cp->pages_moved) + " page(s) of pid " + std::to_string(pid) +
+                                 " moved while the image was read (the kernel migrated them); " +
+                                 std::to_string(out.pages_moved_supplied) + " of them read from the frozen process instead");
   layers::ProcessImage& image = out.image;
   image.kind = "physical image (" + (context_.source.empty() ? std::string("LiME") : context_.source) + ") + pagemap";
   image.memory = std::move(layer);
@@ -341,7 +420,7 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   image.facts.threads = cp->threads;
   image.facts.elf_machine = elf_machine_of(context_.machine);
   image.facts.segments = nsegments;
-  image.facts.image_bytes = out.pages.in_image * ps;
+  image.facts.image_bytes = (out.pages.in_image + out.pages_moved_supplied) * ps;
   if (out.pages.not_in_image)
     image.warnings.push_back(std::to_string(out.pages.not_in_image) + " present page(s) of pid " + std::to_string(pid) +
                              " lie outside the image's ranges (not read, not zeros)");

@@ -42,6 +42,19 @@ struct PagemapRecord {
 // Every record header, checked against the stream's size; entries are read in place later.
 Result<std::vector<PagemapRecord>> parse_pagemap(const layers::Layer& stream, uint64_t page_size);
 
+// ---- the moved stream: pages the kernel moved during the capture, read from the process ----
+
+inline constexpr std::string_view kMovedMagic = "MLFXMOVD";
+inline constexpr uint32_t kMovedVersion = 1;
+inline constexpr uint32_t kMovedMaxPages = 1u << 22;
+
+struct MovedPage {
+  int32_t pid = 0;
+  uint64_t vaddr = 0;        // page-aligned
+  uint64_t data_offset = 0;  // where its page_size bytes are in the stream
+};
+Result<std::vector<MovedPage>> parse_moved(const layers::Layer& stream, uint64_t page_size);
+
 // ---- the context ----
 
 struct PageSample {
@@ -58,6 +71,7 @@ struct ContextProcess {
   int32_t pid = 0;
   std::string comm, cmdline;
   uint64_t threads = 0;
+  uint64_t pages_moved = 0;  // the kernel moved them while the image was read: zeroed in the pagemap
   std::vector<ContextMapping> maps;
   std::vector<PageSample> page_sample;
 };
@@ -94,14 +108,18 @@ struct RebuiltProcess {
   layers::ProcessImage image;
   PageCounts pages;
   size_t samples_total = 0, samples_checked = 0;  // the page sample: hashed the same here
+  uint64_t pages_moved = 0;                        // the context's: moved during the capture
+  uint64_t pages_moved_supplied = 0;               // of them, read from the process (stream moved)
   json::Json to_json() const;  // counts and the sample check, for report.json
 };
 
 class PhysicalImage {
  public:
-  // `memory`: the image stream; `pagemap` may be null (a capture without --pid).
+  // `memory`: the image stream; `pagemap` may be null (a capture without --pid), and `moved`
+  // (pages that moved during the capture, read from the frozen process) too.
   static Result<PhysicalImage> open(std::shared_ptr<const layers::Layer> memory, std::string_view context_text,
-                                    std::shared_ptr<const layers::Layer> pagemap);
+                                    std::shared_ptr<const layers::Layer> pagemap,
+                                    std::shared_ptr<const layers::Layer> moved = nullptr);
 
   // The image's physical address space: its LiME ranges less what the context says the tool
   // wrote as zeros instead of reading (zero_filled): those bytes are absent, not data.
@@ -120,6 +138,9 @@ class PhysicalImage {
 
  private:
   std::shared_ptr<const layers::Layer> memory_, pagemap_;
+  std::shared_ptr<const layers::Layer> evidence_;  // memory_, then moved: what process layers read
+  uint64_t memory_size_ = 0;
+  std::vector<MovedPage> moved_;
   std::shared_ptr<const layers::SegmentedLayer> physical_;
   PhysicalContext context_;
   std::vector<PagemapRecord> records_;

@@ -105,7 +105,7 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
       return fail(Errc::kInvalidArgument, o.input + " is a sealed bundle; give the lab key with --key");
     MLFX_ASSIGN(crypto::SecretKeyFile lab, crypto::load_secret_key_file(o.lab_key));
     MLFX_ASSIGN(evidence::DecryptedStreams d,
-                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap", "kallsyms", "btf"},
+                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap", "moved", "kallsyms", "btf"},
                                                     {o.trusted_devices_dir, o.show_progress}));
     ev.description = {{"kind", "mlfx bundle"},
                       {"path", o.input},
@@ -675,7 +675,12 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
     MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> pm, layers::FileLayer::open(f->path()));
     pagemap = std::move(pm);
   }
-  auto opened = physical::PhysicalImage::open(std::move(memory), context_text, std::move(pagemap));
+  std::shared_ptr<const layers::Layer> moved;
+  if (const File* f = d.find("moved")) {
+    MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> m, layers::FileLayer::open(f->path()));
+    moved = std::move(m);
+  }
+  auto opened = physical::PhysicalImage::open(std::move(memory), context_text, std::move(pagemap), std::move(moved));
   if (!opened) return fail(std::move(opened).error().context(o.input));
   const physical::PhysicalImage& img = *opened;
   if (auto st = img.check_banner(); !st) return fail(std::move(st).error().context(o.input));

@@ -19,12 +19,16 @@ module's image (its unplugged half listed unreadable, EAGAIN); LiME's zero-fille
 listed; the module's SHA-256; kallsyms and BTF; the banner occurs in the image; every sampled
 page of the victim, found through the captured pagemap, hashes in the image as in the context;
 and `mlfx recover --pid VICTIM` gives the victim's models bit-exactly (tests/victims/check_recovery.py).
+A third capture, with our module and without --pid (no per-process context): `mlfx recover` finds
+the victim on the kernel's task list (captured BTF and kallsyms) and reads it through its own page
+tables, bit-exactly; without --pid it tries every user process and recovers the victim alone.
 
 Exit 0 passed, 1 failed. A missing VM lab or missing headers for the guest's kernel fail it
 (packaging/setup-deps.sh installs them); with MLFX_VMLAB_OPTIONAL=1 they skip it (77).
 """
 import argparse
 import bisect
+import contextlib
 import hashlib
 import json
 import mmap
@@ -186,6 +190,22 @@ def parse_pagemap(path):
     return records
 
 
+def parse_moved(path):
+    """The moved stream: "MLFXMOVD", u32 version, u32 count; then count x {u32 pid, u32 flags,
+    u64 vaddr, one page}."""
+    with open(path, "rb") as f:
+        data = f.read()
+    expect(data[:8] == b"MLFXMOVD", "moved stream: no MLFXMOVD header")
+    version, count = struct.unpack_from("<II", data, 8)
+    expect(version == 1 and len(data) == 16 + count * (16 + PAGE), f"moved stream: version {version}, {count} pages")
+    pages = {}
+    for i in range(count):
+        at = 16 + i * (16 + PAGE)
+        pid, _, vaddr = struct.unpack_from("<IIQ", data, at)
+        pages[(pid, vaddr)] = data[at + 16:at + 16 + PAGE]
+    return pages
+
+
 def frame_of(records, pid, vaddr):
     for p, start, entries in records:
         if p == pid and start <= vaddr < start + len(entries) * PAGE:
@@ -225,10 +245,12 @@ class Lab:
         state = self.victim_state(victim)
         expect(not state.startswith("t") and not state.startswith("T"), f"{what}: the victim is left stopped: {state}")
 
-    def capture(self, source, victim, extra=""):
-        bundle = f"/mnt/out/{source}.mlfx"
+    def capture(self, source, victim, extra="", name=None, freeze=True):
+        """freeze=False: no --pid, so no per-process context (the lab walks the kernel's task list)."""
+        bundle = f"/mnt/out/{name or source}.mlfx"
         started = time.monotonic()
-        status, output = self.guest.run(self.agent(f"capture --source {source} --pid {victim} --out {bundle} "
+        pid = f"--pid {victim} " if freeze else ""
+        status, output = self.guest.run(self.agent(f"capture --source {source} {pid}--out {bundle} "
                                                    f"{self.keys} -q {extra}"), timeout=1200)
         step(f"{source}: exit {status} in {time.monotonic() - started:.0f} s\n{output.rstrip()}")
         expect(status == 0, f"capture --source {source} exited {status}", output)
@@ -290,7 +312,12 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
     with open(os.path.join(opened, "manifest.json")) as f:
         manifest = json.load(f)
     names = [s["name"] for s in manifest["streams"]]
-    expect(names == ["memory", "pagemap", "kallsyms", "btf", "context"], f"{source}: streams {names}", verify)
+    # `moved`: pages the kernel moved (khugepaged, compaction) while the image was read, read
+    # from the frozen victim instead; present only when some did.
+    expect([n for n in names if n != "moved"] == ["memory", "pagemap", "kallsyms", "btf", "context"] and
+           names.index("moved" if "moved" in names else "pagemap") == 1 + ("moved" in names),
+           f"{source}: streams {names}", verify)
+    moved = parse_moved(os.path.join(opened, "moved")) if "moved" in names else {}
     with open(os.path.join(opened, "context")) as f:
         context = json.load(f)
     memory = os.path.join(opened, "memory")
@@ -344,8 +371,13 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
         expect(len(proc["page_sample"]) >= 4, f"page sample: {proc['page_sample']}")
         listed = [(u["start"], u["end"]) for u in context["unreadable"]]
         in_image = 0
+        expect(len(moved) <= proc.get("pages_moved", 0), f"{len(moved)} moved pages, the context counts fewer")
         for s in proc["page_sample"]:
             frame = frame_of(records, victim, s["vaddr"])
+            if frame is None and (victim, s["vaddr"]) in moved:  # moved meanwhile: read from the victim
+                expect(hashlib.sha256(moved[(victim, s["vaddr"])]).hexdigest() == s["sha256"],
+                       f"moved sampled page {s['vaddr']:#x} differs from the sample")
+                continue
             expect(frame, f"sampled page {s['vaddr']:#x} is not present in the pagemap")
             page = image.read(frame * PAGE, PAGE)
             if page is None:
@@ -359,6 +391,8 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
         # The victim's present pages outside the image (LiME: those in the RAM it misses).
         outside = sum(1 for p, start, entries in records if p == victim for e in entries
                       if e >> 63 & 1 and not image.holds((e & ((1 << 55) - 1)) * PAGE))
+        step(f"{source}: {proc.get('pages_moved', 0)} of the victim's pages moved by the kernel during the capture "
+             f"(zeroed in its pagemap)")
         step(f"{source}: {len(proc['page_sample'])} sampled pages ({in_image} in the image); "
              f"{outside} of the victim's present pages outside the image")
         expect(source == "lime" or outside == 0, f"our module's image lacks {outside} of the victim's pages")
@@ -391,6 +425,31 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
     shutil.rmtree(opened, ignore_errors=True)
 
 
+def check_without_context(lab, bundle, victim, gt):
+    """A capture without --pid: the victim found on the kernel's task list (captured BTF and
+    kallsyms) and read through its own page tables, bit-exactly; every user process tried."""
+    key = os.path.join(lab.tmp, "lab.key")
+    recovered = os.path.join(lab.tmp, "recovered-bare")
+    run_host(lab.args.mlfx, "recover", bundle, "--key", key, "--out", recovered, "--pid", str(victim), "-q")
+    with open(os.path.join(recovered, "report.json")) as f:
+        report = json.load(f)
+    expect(report["input"]["process_source"] == "page tables", f"process source {report['input']['process_source']}")
+    step(f"no per-process context: mlfx recover --pid {victim} through its page tables, bit-exact")
+    print(run_host(PYTHON, os.path.join(VICTIMS, "check_recovery.py"), gt, recovered).rstrip(), flush=True)
+    everyone = os.path.join(lab.tmp, "recovered-all")
+    run_host(lab.args.mlfx, "recover", bundle, "--key", key, "--out", everyone, "-q")
+    with open(os.path.join(everyone, "report.json")) as f:
+        listed = json.load(f)["processes"]
+    recovered_pids = [p["pid"] for p in listed if p["result"] == "recovered"]
+    step(f"every user process tried: {len(listed)}, recovered {recovered_pids}")
+    expect(recovered_pids == [victim], f"recovered {recovered_pids}, expected only the victim {victim}",
+           json.dumps(listed, indent=1))
+    expect(all(p["source"] == "page tables" for p in listed), "a process without pagemap not read by its page tables")
+    print(run_host(PYTHON, os.path.join(VICTIMS, "check_recovery.py"), gt,
+                   os.path.join(everyone, "processes", str(victim))).rstrip(), flush=True)
+    run_host(PYTHON, os.path.join(ROOT, "tests", "docs", "outputs_spec_test.py"), everyone)
+
+
 def wait_for(path, seconds, guest, spawned):
     deadline = time.monotonic() + seconds
     while not os.path.exists(path):
@@ -416,6 +475,8 @@ def run_in_guest(guest, args, tmp, out):
     lime_bundle, _ = lab.capture("lime", victim)
     check_interrupted_lime(lab, victim)
     kmod_bundle, _ = lab.capture("kmod", victim, "--module /mnt/out/mlfx_mem.ko")
+    step("kmod without --pid: no per-process context in the bundle, the victim not frozen")
+    bare_bundle, _ = lab.capture("kmod", victim, "--module /mnt/out/mlfx_mem.ko", name="kmod-bare", freeze=False)
 
     step("the victim runs on: heartbeat, and its outputs recomputed after the captures")
     with open(os.path.join(gt, "heartbeat")) as f:
@@ -429,7 +490,8 @@ def run_in_guest(guest, args, tmp, out):
 
     lime_sha = sha256_file(f"/lib/modules/{guest.kernel_version}/updates/dkms/lime.ko")
     kmod_sha = sha256_file(os.path.join(out, "mlfx_mem.ko"))
-    return [("lime", lime_bundle, victim, lime_sha, gt), ("kmod", kmod_bundle, victim, kmod_sha, gt)]
+    return [("lime", lime_bundle, victim, lime_sha, gt), ("kmod", kmod_bundle, victim, kmod_sha, gt)], \
+        (bare_bundle, victim, gt)
 
 
 def unavailable(reason):
@@ -456,7 +518,12 @@ def main(argv):
     if not os.path.exists(f"/lib/modules/{kernel}/updates/dkms/lime.ko"):
         return unavailable(f"lime-forensics-dkms is not built for {kernel} (packaging/setup-deps.sh)")
 
-    with tempfile.TemporaryDirectory(prefix="mlfx-physical-vm-") as tmp:
+    # MLFX_VMLAB_KEEP=1 keeps the bundles and outputs for a look after a failure.
+    keep = os.environ.get("MLFX_VMLAB_KEEP") == "1"
+    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="mlfx-physical-vm-")) if keep
+          else tempfile.TemporaryDirectory(prefix="mlfx-physical-vm-")) as tmp:
+        if keep:
+            print(f"keeping {tmp}", flush=True)
         try:
             out = os.path.join(tmp, "out")
             os.makedirs(out)
@@ -472,11 +539,12 @@ def main(argv):
                 raise Failed(f"building mlfx_mem.ko for {kernel}: {e}")
             with vmlab.Guest(kernel_version=kernel, memory_mib=1024, cpus=2, out_dir=out, append=APPEND,
                              qemu_args=VIRTIO_MEM, extra_modules=["virtio_mem"], host_cache="loose") as guest:
-                bundles = run_in_guest(guest, args, tmp, out)
+                bundles, bare = run_in_guest(guest, args, tmp, out)
                 # The guest is powered off before the host-side checks: the bundles stay in `out`.
                 guest.poweroff()
             for checks in bundles:
                 check_bundle(Lab(None, args, tmp, out), *checks)
+            check_without_context(Lab(None, args, tmp, out), *bare)
         except Failed as e:
             print(f"FAIL {e}")
             return 1

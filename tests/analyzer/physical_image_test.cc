@@ -202,6 +202,52 @@ TEST_F(Physical, BytesTheToolZeroFilledAreAbsent) {
   EXPECT_EQ(p->pages.not_in_image, 2u);
 }
 
+// A page the kernel moved while the image was read: its pagemap entry is zeroed and its bytes,
+// read from the frozen process, come in the moved stream; hostile moved streams are refused.
+TEST_F(Physical, PagesMovedDuringTheCaptureComeFromTheMovedStream) {
+  std::string moved = "MLFXMOVD";
+  auto add = [&](uint32_t pid, uint64_t vaddr, char c) {
+    put(moved, pid, 4), put(moved, 0, 4), put(moved, vaddr, 8);
+    moved += page_of(c);
+  };
+  put(moved, 1, 4), put(moved, 1, 4);
+  add(4242, 0x401000, 'M');
+  json::Json ctx = context(kBanner);
+  ctx["processes"][0]["pages_moved"] = 1;
+  auto img = PhysicalImage::open(file(image()), ctx.dump(), file(pagemap({{4242, 0x400000, {present(0x11), 0, present(0x10)}}})),
+                                 file(moved));
+  ASSERT_TRUE(img) << img.error().to_string();
+  auto p = img->process(4242);
+  ASSERT_TRUE(p) << p.error().to_string();
+  std::string got(3 * kPage, '\0');
+  ASSERT_TRUE(p->image.memory->read(0x400000, got.data(), got.size()));
+  EXPECT_EQ(got, page_of('B') + page_of('M') + page_of('A'));
+  EXPECT_EQ(p->pages_moved, 1u);
+  EXPECT_EQ(p->pages_moved_supplied, 1u);
+  EXPECT_EQ(p->image.facts.image_bytes, 3 * kPage);
+
+  auto refusal = [&](const std::string& m) {
+    auto i = PhysicalImage::open(file(image()), ctx.dump(), file(pagemap({{4242, 0x400000, {present(0x11)}}})), file(m));
+    return i ? std::string() : i.error().to_string();
+  };
+  EXPECT_NE(refusal("MLFXMOVX" + moved.substr(8)).find("no MLFXMOVD magic"), std::string::npos);
+  EXPECT_NE(refusal(moved.substr(0, moved.size() - 1)).find("do not fill"), std::string::npos);
+  std::string lying = moved;
+  lying[12] = 9;
+  EXPECT_NE(refusal(lying).find("do not fill"), std::string::npos);
+  std::string stranger = moved;
+  stranger[16] = 7;  // pid 4242 -> another
+  EXPECT_NE(refusal(stranger).find("not among the context's processes"), std::string::npos);
+  std::string unaligned = moved;
+  unaligned[24] = 1;
+  EXPECT_NE(refusal(unaligned).find("is not a page"), std::string::npos);
+  // A moved page where the pagemap still maps one: the overlap is refused when rebuilding.
+  auto both = PhysicalImage::open(file(image()), ctx.dump(),
+                                  file(pagemap({{4242, 0x400000, {present(0x11), present(0x12)}}})), file(moved));
+  ASSERT_TRUE(both);
+  EXPECT_FALSE(both->process(4242));
+}
+
 TEST_F(Physical, HostileContextsAreRefusedSayingWhich) {
   auto refusal = [&](const json::Json& ctx) {
     auto img = open(pagemap({}), ctx);

@@ -1,9 +1,9 @@
 // Fuzzes what the lab reads of a whole-memory capture (protocol/doc/physical-capture.md): the
 // LiME image, the raw pagemap stream and the capture context, and the process rebuilt from them.
 //
-// The input is three parts: u32 n, then n bytes of LiME image; u32 m, then m bytes of pagemap
-// stream (none when m is 0); the rest is the context's JSON (a length past the end takes what
-// is left). Each part
+// The input is four parts: u32 n, then n bytes of LiME image; u32 m, then m bytes of pagemap
+// stream (none when m is 0); u32 k, then k bytes of moved stream (pages read from the process,
+// none when k is 0); the rest is the context's JSON (a length past the end takes what is left). Each part
 // is written to its own memfd and opened with FileLayer, as recovery opens decrypted streams.
 // LimeLayer::open alone, then PhysicalImage::open, check_banner, and process() of every pid
 // with a pagemap (and of one without); a rebuilt process is read at every segment boundary,
@@ -63,7 +63,7 @@ std::pair<const uint8_t*, size_t> take(const uint8_t*& data, size_t& size) {
   return {part, n};
 }
 
-void check_process(const physical::PhysicalImage& img, int32_t pid) {
+void check_process(const physical::PhysicalImage& img, int32_t pid, uint64_t memory_size) {
   auto p = img.process(pid);
   if (!p) return;
   const auto* mem = dynamic_cast<const layers::SegmentedLayer*>(p->image.memory.get());
@@ -74,9 +74,13 @@ void check_process(const physical::PhysicalImage& img, int32_t pid) {
   for (const layers::Segment& s : mem->segments()) {
     mapped += s.size;
     if (s.size % ps || s.start % ps) fuzz::invariant_failed("a rebuilt process maps whole pages", hex_address(s.start));
-    // Its first byte is the image's byte at some frame: the same bytes through both layers.
+    // Its first byte is the image's byte at some frame (or a moved page's): the same bytes.
     const uint8_t* v = mem->view(s.start, 1);
     bool found = false;
+    if (s.base_offset >= memory_size) {  // a page of the moved stream, which follows the image
+      if (s.size != ps) fuzz::invariant_failed("a moved page is one page", hex_address(s.start));
+      continue;
+    }
     for (const layers::Segment& r : img.physical().segments())
       if (s.base_offset >= r.base_offset && s.base_offset + s.size <= r.base_offset + r.size) {
         const uint8_t* w = img.physical().view(r.start + (s.base_offset - r.base_offset), 1);
@@ -84,7 +88,7 @@ void check_process(const physical::PhysicalImage& img, int32_t pid) {
       }
     if (!found) fuzz::invariant_failed("a rebuilt page lies within one of the image's ranges", hex_address(s.start));
   }
-  if (mapped != p->pages.in_image * ps)
+  if (mapped != (p->pages.in_image + p->pages_moved_supplied) * ps)
     fuzz::invariant_failed("a rebuilt process maps exactly the pages it counts as in the image",
                            std::to_string(mapped) + " vs " + std::to_string(p->pages.in_image));
   Diagnostics diag;
@@ -97,15 +101,17 @@ void check_process(const physical::PhysicalImage& img, int32_t pid) {
 void run(const uint8_t* data, size_t size) {
   auto [lime, lime_size] = take(data, size);
   auto [pagemap, pagemap_size] = take(data, size);
+  auto [moved, moved_size] = take(data, size);
   const std::string context(reinterpret_cast<const char*>(data), size);
   std::shared_ptr<const layers::Layer> image = part_as_layer(0, lime, lime_size);
   if (auto alone = layers::LimeLayer::open(image)) fuzz::check_segments(**alone);
   // An empty part 2: a capture without --pid has no pagemap stream.
-  auto img = physical::PhysicalImage::open(image, context, pagemap_size ? part_as_layer(1, pagemap, pagemap_size) : nullptr);
+  auto img = physical::PhysicalImage::open(image, context, pagemap_size ? part_as_layer(1, pagemap, pagemap_size) : nullptr,
+                                           moved_size ? part_as_layer(2, moved, moved_size) : nullptr);
   if (!img) return;
   fuzz::check_segments(img->physical());
   (void)img->check_banner();
-  for (int32_t pid : img->pids_with_pagemap()) check_process(*img, pid);
+  for (int32_t pid : img->pids_with_pagemap()) check_process(*img, pid, lime_size);
   (void)img->process(1);
 }
 

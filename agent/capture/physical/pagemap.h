@@ -22,6 +22,12 @@ inline constexpr uint64_t kPagemapPresent = uint64_t{1} << 63;
 inline constexpr uint64_t kPagemapSwapped = uint64_t{1} << 62;
 inline constexpr uint64_t kPagemapPfnMask = (uint64_t{1} << 55) - 1;
 
+// The `moved` stream: pages of a frozen process that the kernel moved while the image was read,
+// read through /proc/PID/mem. "MLFXMOVD", u32 version 1, u32 count; then count x {u32 pid,
+// u32 flags (0), u64 vaddr, page_size bytes}.
+inline constexpr char kMovedMagic[8] = {'M', 'L', 'F', 'X', 'M', 'O', 'V', 'D'};
+inline constexpr uint32_t kMovedVersion = 1;
+
 // The mappings whose pagemap is recorded: readable ones, the [vsyscall] page excepted (it is
 // not in the page tables; reading its pagemap gives nothing useful).
 bool pagemap_recorded(const process::MapEntry& m);

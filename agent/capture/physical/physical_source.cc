@@ -64,6 +64,7 @@ Status PhysicalSource::read(bundle::BundleWriter& bundle, bool show_progress) {
   Status released = release_module();
   if (!st) return st;
   MLFX_TRY(released);
+  MLFX_TRY(targets_.settle(kernel_.page_size));  // still frozen: pages the kernel moved meanwhile
   if (bar) bar->finish();
   image_read_ = true;
   t_image_done_ = Clock::now();
@@ -90,6 +91,13 @@ Status PhysicalSource::write_side_streams(bundle::BundleWriter& bundle) {
     MLFX_TRY(bundle.begin_stream("pagemap", source));
     MLFX_TRY(bundle.write(targets_.pagemap_stream()));
     MLFX_TRY(bundle.end_stream());
+    if (!targets_.moved_stream().empty()) {
+      std::string mem;
+      for (pid_t pid : targets_.pids()) mem += (mem.empty() ? "" : ",") + ("/proc/" + std::to_string(pid) + "/mem");
+      MLFX_TRY(bundle.begin_stream("moved", mem));
+      MLFX_TRY(bundle.write(targets_.moved_stream()));
+      MLFX_TRY(bundle.end_stream());
+    }
   }
   if (std::optional<std::string> kallsyms = read_kallsyms(&kallsyms_why_not_)) {
     MLFX_TRY(bundle.begin_stream("kallsyms", kKallsymsPath));

@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <optional>
 #include <cstdio>
 
 #include "capture/process/procfs.h"
@@ -28,6 +31,13 @@ std::string dev_text(const process::MapEntry& m) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%02x:%02x", m.dev_major, m.dev_minor);
   return buf;
+}
+
+template <class T>
+void append_le(Bytes& b, T v) {
+  const size_t n = b.size();
+  b.resize(n + sizeof(T));
+  store_le<T>(b.data() + n, v);
 }
 
 // Private writable memory: the heap and anonymous mappings where tensors are.
@@ -141,6 +151,58 @@ Result<TargetRecord> TargetProcesses::record_one(pid_t pid, uint64_t page_size, 
   return r;
 }
 
+Status TargetProcesses::settle(uint64_t page_size) {
+  if (pagemap_.size() < 16) return {};
+  constexpr uint64_t kBatch = 1u << 16;  // entries read at a time
+  std::vector<uint8_t> now(kBatch * 8);
+  Bytes moved, page(page_size);
+  uint32_t moved_pages = 0;
+  size_t at = 16;
+  std::optional<File> pm, mem;
+  pid_t open_pid = 0;
+  while (at + 24 <= pagemap_.size()) {
+    const pid_t pid = static_cast<pid_t>(load_le<uint32_t>(pagemap_.data() + at));
+    const uint64_t start = load_le<uint64_t>(pagemap_.data() + at + 8), pages = load_le<uint64_t>(pagemap_.data() + at + 16);
+    at += 24;
+    if (!pm || open_pid != pid) {
+      MLFX_ASSIGN(File f, File::open_read(process::proc_path(pid, "pagemap")));
+      MLFX_ASSIGN(File m, File::open_read(process::proc_path(pid, "mem")));
+      pm.emplace(std::move(f));
+      mem.emplace(std::move(m));
+      open_pid = pid;
+    }
+    auto record = std::find_if(records_.begin(), records_.end(), [&](const TargetRecord& r) { return r.pid == pid; });
+    for (uint64_t done = 0; done < pages;) {
+      const uint64_t n = std::min(kBatch, pages - done);
+      MLFX_TRY(pm->pread_exact((start / page_size + done) * 8, now.data(), n * 8));
+      uint8_t* stored = pagemap_.data() + at + done * 8;
+      for (uint64_t i = 0; i < n; ++i) {
+        if (std::memcmp(stored + i * 8, now.data() + i * 8, 8) == 0) continue;
+        const bool was_present = load_le<uint64_t>(stored + i * 8) & kPagemapPresent;
+        std::memset(stored + i * 8, 0, 8);
+        if (record != records_.end()) ++record->pages_moved;
+        const uint64_t vaddr = start + (done + i) * page_size;
+        if (!was_present || !mem->pread_exact(vaddr, page.data(), page.size())) continue;
+        append_le<uint32_t>(moved, static_cast<uint32_t>(pid));
+        append_le<uint32_t>(moved, 0);
+        append_le<uint64_t>(moved, vaddr);
+        moved.insert(moved.end(), page.begin(), page.end());
+        ++moved_pages;
+      }
+      done += n;
+    }
+    at += pages * 8;
+  }
+  moved_.clear();
+  if (moved_pages) {
+    moved_.insert(moved_.end(), kMovedMagic, kMovedMagic + sizeof kMovedMagic);
+    append_le<uint32_t>(moved_, kMovedVersion);
+    append_le<uint32_t>(moved_, moved_pages);
+    moved_.insert(moved_.end(), moved.begin(), moved.end());
+  }
+  return {};
+}
+
 json::Json TargetProcesses::processes_json() const {
   json::Json all = json::Json::array();
   for (const TargetRecord& r : records_) {
@@ -152,7 +214,8 @@ json::Json TargetProcesses::processes_json() const {
     for (const PageSample& s : r.page_sample) sample.push_back({{"vaddr", s.vaddr}, {"sha256", s.sha256}});
     all.push_back({{"pid", r.pid}, {"comm", r.comm}, {"cmdline", r.cmdline}, {"threads", r.threads},
                    {"maps", std::move(maps)},
-                   {"pagemap_records", r.pagemap_records}, {"page_sample", std::move(sample)}});
+                   {"pagemap_records", r.pagemap_records}, {"page_sample", std::move(sample)},
+                   {"pages_moved", r.pages_moved}});
   }
   return all;
 }

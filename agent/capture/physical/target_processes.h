@@ -34,6 +34,7 @@ struct TargetRecord {
   std::vector<process::MapEntry> maps;
   uint32_t pagemap_records = 0;
   std::vector<PageSample> page_sample;
+  uint64_t pages_moved = 0;  // entries that changed while the image was read (settle())
 };
 
 // `count` of the candidates, evenly spread over them (all when there are fewer).
@@ -49,6 +50,13 @@ class TargetProcesses {
   Status freeze(std::chrono::milliseconds stop_timeout);
   // While frozen: the records and the pagemap stream.
   Status record(uint64_t page_size);
+  // While still frozen, after the image was read: a stopped process's pages can still move
+  // (khugepaged collapsing them into a huge page, compaction, migration), so the image may hold
+  // a page at its old frame, its new one, or neither. Every entry that changed since record()
+  // is zeroed in the pagemap stream and counted in pages_moved; the page itself, if it was
+  // present, is read through /proc/PID/mem (the process is still stopped: the same bytes) into
+  // the `moved` stream.
+  Status settle(uint64_t page_size);
   // Releases every target. Idempotent.
   Status thaw();
 
@@ -57,6 +65,8 @@ class TargetProcesses {
   const std::vector<TargetRecord>& records() const { return records_; }
   // The `pagemap` stream (after record()); empty without targets.
   const Bytes& pagemap_stream() const { return pagemap_; }
+  // The `moved` stream (after settle()); empty when no page moved.
+  const Bytes& moved_stream() const { return moved_; }
   json::Json processes_json() const;
 
  private:
@@ -66,6 +76,7 @@ class TargetProcesses {
   std::vector<process::ThreadFreezer> frozen_;
   std::vector<TargetRecord> records_;
   Bytes pagemap_;
+  Bytes moved_;
 };
 
 }  // namespace mlfx::agent::physical
