@@ -1,4 +1,5 @@
-# The analyzer's parsing core: address-space layers and the frontends that read through them.
+# The analyzer's parsing core: address-space layers, the frontends that read through them and
+# the kernel structures of whole-memory images (mlfx_kernel).
 # Included by analyzer/CMakeLists.txt and, in MLFX_FUZZ builds (which skip the rest of the
 # analyzer: CLI, exporters, recovery), by the top-level CMakeLists.txt for tests/fuzz.
 set(_mlfx_analyzer_dir ${CMAKE_CURRENT_LIST_DIR})
@@ -22,3 +23,10 @@ add_library(mlfx_frontends ${_mlfx_analyzer_dir}/frontends/elf/loaded_elf.cc
             ${_mlfx_analyzer_dir}/frontends/torch/tensor_reader.cc
             ${_mlfx_analyzer_dir}/frontends/torch/module_walker.cc)
 target_link_libraries(mlfx_frontends PUBLIC mlfx_layers)
+
+# Processes in a whole-memory image from the captured BTF and kallsyms alone: BTF, kallsyms,
+# x86-64 page tables, the kernel's task list and VMAs (mlfx ps, mlfx maps).
+add_library(mlfx_kernel ${_mlfx_analyzer_dir}/kernel/btf.cc ${_mlfx_analyzer_dir}/kernel/kallsyms.cc
+            ${_mlfx_analyzer_dir}/kernel/page_table.cc ${_mlfx_analyzer_dir}/kernel/kernel_space.cc
+            ${_mlfx_analyzer_dir}/kernel/tasks.cc ${_mlfx_analyzer_dir}/kernel/listing.cc)
+target_link_libraries(mlfx_kernel PUBLIC mlfx_layers)

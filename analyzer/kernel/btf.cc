@@ -254,8 +254,12 @@ Result<uint64_t> Btf::size_of(uint32_t id, int depth) const {
   return fail(Errc::kInvalidArgument, "BTF: " + describe(id) + " has no size");
 }
 
-Result<MemberLocation> Btf::find_member(uint32_t struct_id, std::string_view name, int depth) const {
+Result<MemberLocation> Btf::find_member(uint32_t struct_id, std::string_view name, int depth, uint64_t& visits) const {
   if (depth > kBtfMaxDepth) return fail(bad("anonymous members nested deeper than " + std::to_string(kBtfMaxDepth)));
+  visits += type(struct_id).vlen;
+  if (visits > kBtfMaxMemberVisits)
+    return fail(bad("looking up '" + std::string(name) + "' visits more than " + std::to_string(kBtfMaxMemberVisits) +
+                    " members of anonymous structs and unions (a hostile BTF?)"));
   const std::vector<BtfMember> ms = members(struct_id);
   for (const BtfMember& m : ms)
     if (m.name == name) return MemberLocation{m.bit_offset, m.bitfield_size, m.type};
@@ -263,13 +267,14 @@ Result<MemberLocation> Btf::find_member(uint32_t struct_id, std::string_view nam
     if (!m.name.empty()) continue;
     MLFX_ASSIGN(uint32_t inner, resolve(m.type));
     if (!is_composite(type(inner).kind)) continue;
-    auto found = find_member(inner, name, depth + 1);
+    auto found = find_member(inner, name, depth + 1, visits);
     if (found) {
       found->bit_offset += m.bit_offset;
       return found;
     }
     if (found.error().code() != Errc::kNotFound) return found;
   }
+  if (depth > 0) return fail(Errc::kNotFound, "BTF: not in this anonymous member");  // the caller searches on
   return fail(Errc::kNotFound, "BTF: " + describe(struct_id) + " has no member '" + std::string(name) + "'");
 }
 
@@ -284,7 +289,8 @@ Result<MemberLocation> Btf::member(uint32_t struct_id, std::string_view path) co
                                               (type(cur).kind == BtfKind::kPtr ? " (a pointer: read it first)" : ""));
     const size_t dot = rest.find('.');
     const std::string_view name = rest.substr(0, dot);
-    MLFX_ASSIGN(MemberLocation m, find_member(cur, name, 0));
+    uint64_t visits = 0;
+    MLFX_ASSIGN(MemberLocation m, find_member(cur, name, 0, visits));
     total.bit_offset += m.bit_offset;
     total.bitfield_size = m.bitfield_size;
     total.type = m.type;

@@ -25,6 +25,11 @@ inline constexpr uint16_t kBtfMagic = 0xeB9F;
 inline constexpr uint32_t kBtfMaxTypes = 1u << 22;
 inline constexpr uint32_t kBtfMaxVlen = 0xffff;  // vlen is 16 bits
 inline constexpr int kBtfMaxDepth = 32;           // typedef chains, nested anonymous members
+// Members one lookup may look at, across the anonymous structs and unions it searches: a
+// kernel's lookups look at a few hundred (at most 272, for any member of any struct of a
+// 6.18 vmlinux); a hostile BTF that nests anonymous members widely (16 of the next struct in each
+// of 8) would otherwise take 16^8 steps.
+inline constexpr uint64_t kBtfMaxMemberVisits = uint64_t{1} << 14;
 
 enum class BtfKind : uint8_t {
   kVoid = 0, kInt = 1, kPtr = 2, kArray = 3, kStruct = 4, kUnion = 5, kEnum = 6, kFwd = 7, kTypedef = 8,
@@ -92,7 +97,7 @@ class Btf {
   bool has_member(std::string_view struct_name, std::string_view path) const;
 
  private:
-  Result<MemberLocation> find_member(uint32_t struct_id, std::string_view name, int depth) const;
+  Result<MemberLocation> find_member(uint32_t struct_id, std::string_view name, int depth, uint64_t& visits) const;
   Result<uint64_t> size_of(uint32_t id, int depth) const;
   std::string describe(uint32_t id) const;
 

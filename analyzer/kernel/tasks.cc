@@ -6,6 +6,8 @@
 #include <optional>
 #include <unordered_set>
 
+#include "layers/segmented_layer.h"
+
 namespace mlfx::kernel {
 namespace {
 
@@ -26,12 +28,27 @@ constexpr uint16_t kEmX86_64 = 62;
 
 // Maple tree encodings (include/linux/maple_tree.h, lib/maple_tree.c).
 constexpr uint64_t kMapleNodeMask = 255;
-enum MapleType { kMapleDense = 0, kMapleLeaf64 = 1, kMapleRange64 = 2, kMapleArange64 = 3 };
+// uint8_t underneath: a hostile node pointer holds any of 16 types (a plain enum of 0-3 cannot).
+enum MapleType : uint8_t { kMapleDense = 0, kMapleLeaf64 = 1, kMapleRange64 = 2, kMapleArange64 = 3 };
 constexpr size_t kMapleNodeSize = 256;
 constexpr int kMapleMaxHeight = 31;
 // xa_is_node(): an internal entry (low bits 10) above 4096.
 bool maple_is_node(uint64_t entry) { return (entry & 3) == 2 && entry > 4096; }
 bool xa_is_internal(uint64_t entry) { return (entry & 3) == 2; }
+
+// How many pages from the frame at `phys` on (at most max_pages) surely lie outside the image,
+// given that `phys` itself does: up to the next range of a segmented image at once, so that
+// a large page far outside the image is not looked at 4 KiB by 4 KiB (a 1 GiB page is
+// 262,144 of them). One page for other layers.
+uint64_t pages_before_image(const layers::Layer& physical, uint64_t phys, uint64_t max_pages) {
+  const auto* image = dynamic_cast<const layers::SegmentedLayer*>(&physical);
+  if (!image) return 1;
+  const auto& segs = image->segments();
+  auto next = std::upper_bound(segs.begin(), segs.end(), phys,
+                               [](uint64_t a, const layers::Segment& s) { return a < s.start; });
+  if (next == segs.end()) return max_pages;
+  return std::clamp<uint64_t>((next->start - phys + kPageSize - 1) / kPageSize, 1, max_pages);
+}
 
 }  // namespace
 
@@ -525,7 +542,8 @@ PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start,
       c.not_present += (end - v + kPageSize - 1) / kPageSize;
       break;
     }
-    const uint64_t stop = std::min(end, t->vstart + t->size);
+    // Where the translation ends (it may end the address space: vstart + size wraps to 0).
+    const uint64_t stop = end - t->vstart <= t->size ? end : t->vstart + t->size;
     const uint64_t pages = (stop - v + kPageSize - 1) / kPageSize;
     switch (t->state) {
       case PageState::kNotPresent: c.not_present += pages; break;
@@ -535,7 +553,10 @@ PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start,
         for (uint64_t p = v; p < stop; p += kPageSize) {
           const uint64_t run = space.physical().mapped_run(t->physical_of(p), stop - p);
           if (run == 0) {
-            ++c.not_in_image;
+            const uint64_t left = (stop - p + kPageSize - 1) / kPageSize;
+            const uint64_t outside = pages_before_image(space.physical(), t->physical_of(p), left);
+            c.not_in_image += outside;
+            p += (outside - 1) * kPageSize;
             continue;
           }
           const uint64_t whole = (run + kPageSize - 1) / kPageSize;

@@ -2,7 +2,7 @@
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
 //               [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]
-//               [--physical DIR]
+//               [--physical DIR] [--btf DIR] [--kernel DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -23,6 +23,11 @@
 //                context JSON): scattered and contiguous frames, swapped, untouched and
 //                out-of-image pages, a page sample, a capture without pagemap; each opened and
 //                its process rebuilt before it is kept;
+// btf:           the reduced BTF of synthetic_kernel.h (6.x with the maple tree, 5.x with the
+//                VMA list) and the synthetic kernels' kallsyms texts (the target parses both);
+// kernel:        synthetic kernels (synthetic_kernel.h) as kernel_fuzz reads them (LiME image,
+//                kallsyms, BTF, banner): 4- and 5-level paging, maple tree or VMA list; each
+//                opened, its tasks, VMAs and process rebuilt and checked before it is kept;
 // safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
 //                empty tensors, metadata), each read back before it is kept.
 //
@@ -57,7 +62,9 @@
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "hostile_shapes.h"
+#include "kernel/tasks.h"
 #include "synthetic_image.h"
+#include "synthetic_kernel.h"
 
 namespace {
 
@@ -467,6 +474,73 @@ std::map<std::string, std::string> physical_seeds() {
   return seeds;
 }
 
+// ---- kernel structures (btf, kernel) --------------------------------------------------------
+
+struct KernelVariant {
+  std::string name;
+  int levels;
+  bool maple_tree;
+};
+const std::vector<KernelVariant> kKernelVariants = {
+    {"maple-4level", 4, true}, {"maple-5level", 5, true}, {"list-4level", 4, false}};
+
+// Each synthetic kernel must be found and walked as the scene intends: the four tasks, the
+// python3 process's four VMAs with their names, its pages and its command line.
+void check_kernel_seed(const std::string& name, const fuzz::KernelSeed& seed) {
+  auto fail = [&](const std::string& why) { die("kernel seed " + name + ": " + why); };
+  auto file = std::make_shared<fuzz::MemoryLayer>(std::vector<uint8_t>(seed.lime.begin(), seed.lime.end()));
+  auto image = must(layers::LimeLayer::open(file), "kernel seed " + name + ": LiME image");
+  auto k = must(kernel::KernelImage::open(std::shared_ptr<const layers::SegmentedLayer>(std::move(image)), seed.kallsyms,
+                                          seed.btf, seed.banner),
+                "kernel seed " + name + " does not open");
+  Diagnostics diag;
+  const std::vector<kernel::Task> tasks = k->tasks(diag);
+  if (tasks.size() != 4 || tasks[0].comm != "swapper/0" || tasks[3].pid != fuzz::kSeedPid || tasks[3].comm != "python3" ||
+      tasks[3].uid != 1000 || tasks[3].threads != 3 || tasks[3].ppid != 0)
+    fail("the task list is not init, systemd, kthreadd, python3");
+  const std::vector<kernel::Vma> vmas = k->vmas(tasks[3], diag);
+  if (vmas.size() != 4 || vmas[0].path != "/usr/bin/python3" || vmas[1].path != "[heap]" || !vmas[2].path.empty() ||
+      vmas[3].path != "[stack]")
+    fail("python3's VMAs are not text, heap, anonymous and stack");
+  auto p = must(k->process_image(tasks[3], diag), "kernel seed " + name + ": process");
+  if (p.facts.args != "python3 victim.py" || p.facts.image_bytes != 6 * kernel::kPageSize || p.warnings.size() != 2)
+    fail("python3's pages or command line are not as built");
+  const auto* space = dynamic_cast<const kernel::PageTableLayer*>(p.memory.get());
+  const kernel::PageCounts huge = kernel::KernelImage::count_pages(*space, vmas[2].start, vmas[2].end, diag);
+  if (huge.in_image != 2 || huge.not_in_image != 510) fail("the 2 MiB page is not two 4 KiB frames in the image");
+  if (!diag.warnings().empty()) fail("warnings: " + diag.warnings().front());
+  std::string elf(4, '\0');
+  if (!p.memory->read(0x400000, elf.data(), 4) || elf != "\x7f" "ELF") fail("the text page does not read back");
+}
+
+std::map<std::string, std::string> kernel_seeds() {
+  std::map<std::string, std::string> seeds;
+  for (const KernelVariant& v : kKernelVariants) {
+    const fuzz::KernelSeed seed = fuzz::SyntheticKernel(v.levels, v.maple_tree).seed();
+    check_kernel_seed(v.name, seed);
+    const std::string input = fuzz::kernel_input(seed);
+    if (input.size() >= 256 * 1024) die("kernel seed " + v.name + " is too large");
+    seeds[v.name + ".kern"] = input;
+  }
+  return seeds;
+}
+
+std::map<std::string, std::string> btf_seeds() {
+  std::map<std::string, std::string> seeds;
+  for (const KernelVariant& v : kKernelVariants) {
+    const fuzz::KernelSeed seed = fuzz::SyntheticKernel(v.levels, v.maple_tree).seed();
+    const std::string kallsyms = "kallsyms-" + std::to_string(v.levels) + "level.txt";
+    must(kernel::Kallsyms::parse(seed.kallsyms), "btf seed " + kallsyms);
+    seeds[kallsyms] = seed.kallsyms;  // the same for both 4-level kernels
+    if (v.levels == 4) {
+      auto btf = must(kernel::Btf::parse(seed.btf), "btf seed " + v.name);
+      must(btf.offset_of("task_struct", "comm"), "btf seed " + v.name);
+      seeds[(v.maple_tree ? "vmlinux-maple" : "vmlinux-list") + std::string(".btf")] = seed.btf;
+    }
+  }
+  return seeds;
+}
+
 int main(int argc, char** argv) {
   std::map<std::string, fs::path> dirs;
   for (int i = 1; i < argc; ++i) {
@@ -474,11 +548,12 @@ int main(int argc, char** argv) {
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
          a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors" ||
-         a == "--physical")) {
+         a == "--physical" || a == "--btf" || a == "--kernel")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
           " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR] [--physical DIR]"
+          " [--btf DIR] [--kernel DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -552,6 +627,10 @@ int main(int argc, char** argv) {
   for (const auto& [name, file] : safetensors_seeds()) put("safetensors", name, file);
   if (dirs.count("physical"))
     for (const auto& [name, input] : physical_seeds()) put("physical", name, input);
+  if (dirs.count("btf"))
+    for (const auto& [name, input] : btf_seeds()) put("btf", name, input);
+  if (dirs.count("kernel"))
+    for (const auto& [name, input] : kernel_seeds()) put("kernel", name, input);
 
   std::printf("make_corpus: wrote %zu seed files\n", files);
   return 0;
