@@ -403,13 +403,15 @@ void put_le(std::string& s, uint64_t v, int n) {
   for (int i = 0; i < n; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-// physical_fuzz's input: u32-length-prefixed LiME image and pagemap, then the context.
-std::string physical_input(const std::string& lime, const std::string& pagemap, const std::string& context) {
+// physical_fuzz's input: u32-length-prefixed LiME image, pagemap and moved streams, then the context.
+std::string physical_input(const std::string& lime, const std::string& pagemap, const std::string& context,
+                           const std::string& moved = "") {
   std::string s;
-  put_le(s, lime.size(), 4);
-  s += lime;
-  put_le(s, pagemap.size(), 4);
-  return s + pagemap + context;
+  for (const std::string* part : {&lime, &pagemap, &moved}) {
+    put_le(s, part->size(), 4);
+    s += *part;
+  }
+  return s + context;
 }
 
 std::map<std::string, std::string> physical_seeds() {
@@ -450,6 +452,14 @@ std::map<std::string, std::string> physical_seeds() {
       context.dump());
   seeds["holes.phys"] = physical_input(
       lime, pagemap({{0x400000, {kPresent | 0x11, kPresent | 0x99, kPresent, 0}}}), context.dump());
+  {  // a page that moved during the capture: zeroed in the pagemap, its bytes in the moved stream
+    std::string moved = "MLFXMOVD";
+    put_le(moved, 1, 4), put_le(moved, 1, 4), put_le(moved, 4242, 4), put_le(moved, 0, 4), put_le(moved, 0x401000, 8);
+    moved += std::string(kPage, 'M');
+    json::Json c = context;
+    c["processes"][0]["pages_moved"] = 1;
+    seeds["moved.phys"] = physical_input(lime, pagemap({{0x400000, {kPresent | 0x11, 0, kPresent | 0x10}}}), c.dump(), moved);
+  }
   json::Json no_pid = context;
   no_pid["processes"] = json::Json::array();
   seeds["no-pagemap.phys"] = physical_input(lime, "", no_pid.dump());
@@ -457,7 +467,7 @@ std::map<std::string, std::string> physical_seeds() {
   for (const auto& seed : seeds) {
     const std::string &name = seed.first, &input = seed.second;  // (clang 14 cannot capture bindings)
     const uint8_t* d = reinterpret_cast<const uint8_t*>(input.data());
-    const size_t n = load_le<uint32_t>(d), m = load_le<uint32_t>(d + 4 + n);
+    const size_t n = load_le<uint32_t>(d), m = load_le<uint32_t>(d + 4 + n), k = load_le<uint32_t>(d + 8 + n + m);
     auto layer = [&](size_t at, size_t len) -> std::shared_ptr<const layers::Layer> {
       if (len == 0) return nullptr;
       auto f = File::create_memory("seed");
@@ -466,10 +476,12 @@ std::map<std::string, std::string> physical_seeds() {
       if (!l) die("physical seed " + name + ": " + l.error().to_string());
       return std::shared_ptr<const layers::Layer>(std::move(*l));
     };
-    auto img = physical::PhysicalImage::open(layer(4, n), input.substr(8 + n + m), layer(8 + n, m));
+    auto img = physical::PhysicalImage::open(layer(4, n), input.substr(12 + n + m + k), layer(8 + n, m),
+                                             layer(12 + n + m, k));
     if (!img) die("physical seed " + name + " does not open: " + img.error().to_string());
     if (!img->check_banner()) die("physical seed " + name + ": banner not found");
     if (m && !img->process(4242)) die("physical seed " + name + ": process not rebuilt");
+    if (k && img->process(4242)->pages_moved_supplied != 1) die("physical seed " + name + ": moved page not used");
   }
   return seeds;
 }
