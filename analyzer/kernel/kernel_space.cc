@@ -7,12 +7,6 @@
 namespace mlfx::kernel {
 namespace {
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
 // Physical addresses p (p ≡ offset mod kPhysicalAlign) where the image holds `text`.
 std::vector<uint64_t> banner_candidates(const layers::SegmentedLayer& physical, uint64_t offset, std::string_view text) {
   std::vector<uint64_t> found;
@@ -42,7 +36,7 @@ int guess_levels(const layers::Layer& physical, const Kallsyms& symbols, uint64_
     }
   }
   if (page_offset_base != 0) {
-    why = "page_offset_base " + hex(page_offset_base) + " is " +
+    why = "page_offset_base " + hex_address(page_offset_base) + " is " +
           (page_offset_base < 0xffff800000000000ull ? "below" : "in") + " the 4-level kernel half";
     return page_offset_base < 0xffff800000000000ull ? 5 : 4;
   }
@@ -74,12 +68,12 @@ Result<KernelSpace> KernelSpace::locate(std::shared_ptr<const layers::SegmentedL
     KernelSpace ks;
     ks.physical_ = physical;
     ks.phys_base_ = phys_base;
-    ks.notes_.push_back("phys_base " + hex(phys_base) + ": linux_banner (" + hex(banner_va) + ") holds the banner at " +
-                        hex(banner_pa));
+    ks.notes_.push_back("phys_base " + hex_address(phys_base) + ": linux_banner (" + hex_address(banner_va) + ") holds the banner at " +
+                        hex_address(banner_pa));
     if (auto sym = symbols.find("phys_base")) {
       auto v = physical->read_u64(ks.image_to_physical(*sym));
       if (!v || *v != phys_base) {
-        tried += " " + hex(banner_pa) + " (the kernel's phys_base variable disagrees)";
+        tried += " " + hex_address(banner_pa) + " (the kernel's phys_base variable disagrees)";
         continue;
       }
       ks.notes_.push_back("the kernel's phys_base variable agrees");
@@ -92,11 +86,11 @@ Result<KernelSpace> KernelSpace::locate(std::shared_ptr<const layers::SegmentedL
       if (!t || t->state != PageState::kPresent || t->physical_of(banner_va) != banner_pa) continue;
       ks.notes_.push_back(std::to_string(levels) + "-level paging (" + why +
                           (levels == guessed ? ")" : "; but only " + std::to_string(levels) + " levels walk to the banner)"));
-      ks.notes_.push_back("root init_top_pgt at " + hex(layer->root()) + " maps linux_banner to the banner");
+      ks.notes_.push_back("root init_top_pgt at " + hex_address(layer->root()) + " maps linux_banner to the banner");
       ks.kernel_ = std::move(layer);
       return ks;
     }
-    tried += " " + hex(banner_pa) + " (init_top_pgt does not map linux_banner there)";
+    tried += " " + hex_address(banner_pa) + " (init_top_pgt does not map linux_banner there)";
   }
   return fail(Errc::kNotFound, "the kernel banner is in the image but no candidate kernel load address checks out:" + tried);
 }

@@ -7,15 +7,10 @@
 #include <unordered_set>
 
 #include "layers/segmented_layer.h"
+#include "mlfx/base/bytes.h"
 
 namespace mlfx::kernel {
 namespace {
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 uint64_t u64_at(const uint8_t* p) {
   uint64_t v;
@@ -265,7 +260,7 @@ std::vector<Task> KernelImage::tasks(Diagnostics& diag) const {
   const layers::Layer& k = space_.kernel();
   auto first = read_task(init_task_);
   if (!first) {
-    diag.warn("init_task at " + hex(init_task_) + " cannot be read: " + first.error().to_string());
+    diag.warn("init_task at " + hex_address(init_task_) + " cannot be read: " + first.error().to_string());
     return out;
   }
   out.push_back(std::move(*first));
@@ -277,7 +272,7 @@ std::vector<Task> KernelImage::tasks(Diagnostics& diag) const {
     const uint64_t node = *next;
     if (!diag.in_time("walking the task list")) break;
     if (!seen.insert(node).second) {
-      diag.warn("the task list loops back to " + hex(node) + " without returning to init_task: walk stopped");
+      diag.warn("the task list loops back to " + hex_address(node) + " without returning to init_task: walk stopped");
       return out;
     }
     if (out.size() >= kMaxTasks || !diag.spend(sizeof(Task) + 64, "walking the task list")) {
@@ -286,11 +281,11 @@ std::vector<Task> KernelImage::tasks(Diagnostics& diag) const {
     }
     auto back = k.read_u64(node + l.list_prev);
     if (!back || *back != prev)
-      diag.warn("task list entry " + hex(node) + " does not point back to the previous one (changing while "
+      diag.warn("task list entry " + hex_address(node) + " does not point back to the previous one (changing while "
                 "captured?)");
     auto task = read_task(node - l.task_tasks);
     if (!task) {
-      diag.warn("task at " + hex(node - l.task_tasks) + " cannot be read: " + task.error().to_string() +
+      diag.warn("task at " + hex_address(node - l.task_tasks) + " cannot be read: " + task.error().to_string() +
                 "; walk stopped");
       return out;
     }
@@ -298,7 +293,7 @@ std::vector<Task> KernelImage::tasks(Diagnostics& diag) const {
     prev = node;
     next = k.read_u64(node);
   }
-  if (!next) diag.warn("the task list breaks after " + hex(prev) + ": " + next.error().to_string());
+  if (!next) diag.warn("the task list breaks after " + hex_address(prev) + ": " + next.error().to_string());
   return out;
 }
 
@@ -313,9 +308,9 @@ Result<Vma> KernelImage::read_vma(uint64_t address, const Task& task) const {
   MLFX_ASSIGN(v.pgoff, k.read_u64(address + l.vma_pgoff));
   MLFX_ASSIGN(v.file, k.read_u64(address + l.vma_file));
   MLFX_ASSIGN(uint64_t mm, k.read_u64(address + l.vma_mm));
-  if (mm != task.mm) return fail(Errc::kCorrupt, "vm_area_struct " + hex(address) + " belongs to mm " + hex(mm) + ", not " + hex(task.mm));
+  if (mm != task.mm) return fail(Errc::kCorrupt, "vm_area_struct " + hex_address(address) + " belongs to mm " + hex_address(mm) + ", not " + hex_address(task.mm));
   if (v.start >= v.end || (v.start | v.end) % kPageSize != 0)
-    return fail(Errc::kCorrupt, "vm_area_struct " + hex(address) + " has a bad range " + hex(v.start) + "-" + hex(v.end));
+    return fail(Errc::kCorrupt, "vm_area_struct " + hex_address(address) + " has a bad range " + hex_address(v.start) + "-" + hex_address(v.end));
   if (v.file) {
     auto path = file_path(v.file);
     v.path = path ? *path : "(path unreadable: " + path.error().message() + ")";
@@ -358,7 +353,7 @@ Result<std::string> KernelImage::file_path(uint64_t file) const {
     }
     MLFX_ASSIGN(uint32_t len, k.read_value<uint32_t>(dentry + *l.dentry_name_len));
     MLFX_ASSIGN(uint64_t name_ptr, k.read_u64(dentry + *l.dentry_name_ptr));
-    if (len == 0 || len > 255) return fail(Errc::kCorrupt, "dentry " + hex(dentry) + " has a name of " + std::to_string(len) + " bytes");
+    if (len == 0 || len > 255) return fail(Errc::kCorrupt, "dentry " + hex_address(dentry) + " has a name of " + std::to_string(len) + " bytes");
     std::string name(len, '\0');
     MLFX_TRY(k.read(name_ptr, name.data(), len));
     bytes += len + 1;
@@ -387,7 +382,7 @@ void KernelImage::maple_walk(uint64_t enode, uint64_t min, uint64_t max, int dep
   if (w.stop) return;
   const uint64_t node = enode & ~kMapleNodeMask;
   const auto type = static_cast<MapleType>((enode >> 3) & 0xf);
-  const std::string where = "maple node " + hex(node) + " of pid " + std::to_string(w.task.pid);
+  const std::string where = "maple node " + hex_address(node) + " of pid " + std::to_string(w.task.pid);
   if (depth > kMapleMaxHeight || type > kMapleArange64) {
     w.diag.warn(where + ": " + (depth > kMapleMaxHeight ? "tree deeper than the kernel allows" : "unknown node type") + "; skipped");
     return;
@@ -423,7 +418,7 @@ void KernelImage::maple_walk(uint64_t enode, uint64_t min, uint64_t max, int dep
   for (uint32_t i = 0; i <= end; ++i) {
     const uint64_t hi = type == kMapleDense ? lo : i < m.pivots ? pivot(i) : max;
     if (hi < lo || hi > max) {
-      w.diag.warn(where + ": pivot " + std::to_string(i) + " (" + hex(hi) + ") outside " + hex(lo) + "-" + hex(max) + "; rest of node skipped");
+      w.diag.warn(where + ": pivot " + std::to_string(i) + " (" + hex_address(hi) + ") outside " + hex_address(lo) + "-" + hex_address(max) + "; rest of node skipped");
       return;
     }
     const uint64_t s = slot(i);
@@ -457,12 +452,12 @@ std::vector<Vma> KernelImage::vmas_from_maple_tree(const Task& task, Diagnostics
   for (const auto& e : w.entries) {
     auto v = read_vma(e.value, task);
     if (!v) {
-      diag.warn("pid " + std::to_string(task.pid) + ": maple tree entry " + hex(e.value) + ": " + v.error().to_string());
+      diag.warn("pid " + std::to_string(task.pid) + ": maple tree entry " + hex_address(e.value) + ": " + v.error().to_string());
       continue;
     }
     if (v->start != e.min || v->end - 1 != e.max) {
-      diag.warn("pid " + std::to_string(task.pid) + ": VMA " + hex(e.value) + " (" + hex(v->start) + "-" + hex(v->end) +
-                ") is not the range its maple slot holds (" + hex(e.min) + "-" + hex(e.max) + "); skipped");
+      diag.warn("pid " + std::to_string(task.pid) + ": VMA " + hex_address(e.value) + " (" + hex_address(v->start) + "-" + hex_address(v->end) +
+                ") is not the range its maple slot holds (" + hex_address(e.min) + "-" + hex_address(e.max) + "); skipped");
       continue;
     }
     out.push_back(std::move(*v));
@@ -517,7 +512,7 @@ std::vector<Vma> KernelImage::vmas(const Task& task, Diagnostics& diag) const {
   std::sort(out.begin(), out.end(), [](const Vma& a, const Vma& b) { return a.start < b.start; });
   for (size_t i = 1; i < out.size(); ++i)
     if (out[i].start < out[i - 1].end)
-      diag.warn("pid " + std::to_string(task.pid) + ": VMAs at " + hex(out[i - 1].start) + " and " + hex(out[i].start) + " overlap");
+      diag.warn("pid " + std::to_string(task.pid) + ": VMAs at " + hex_address(out[i - 1].start) + " and " + hex_address(out[i].start) + " overlap");
   label_anonymous(task, out);
   return out;
 }
@@ -525,7 +520,7 @@ std::vector<Vma> KernelImage::vmas(const Task& task, Diagnostics& diag) const {
 Result<std::shared_ptr<const PageTableLayer>> KernelImage::user_space(const Task& task) const {
   if (task.mm == 0) return fail(Errc::kInvalidArgument, "pid " + std::to_string(task.pid) + " is a kernel thread: it has no user address space");
   if (task.pgd_physical == 0)
-    return fail(Errc::kInvalidAddress, "pid " + std::to_string(task.pid) + ": its page-table root mm->pgd (" + hex(task.pgd) +
+    return fail(Errc::kInvalidAddress, "pid " + std::to_string(task.pid) + ": its page-table root mm->pgd (" + hex_address(task.pgd) +
                                            ") is not mapped in the kernel's address space");
   MLFX_ASSIGN(auto layer, PageTableLayer::create("pid " + std::to_string(task.pid), space_.physical(), task.pgd_physical,
                                                  space_.levels(), PageTableLayer::user_top(space_.levels())));

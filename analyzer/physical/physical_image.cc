@@ -273,6 +273,7 @@ json::Json RebuiltProcess::to_json() const {
   return {{"pages_in_image", pages.in_image}, {"pages_not_in_image", pages.not_in_image},
           {"pages_swapped", pages.swapped}, {"pages_not_present", pages.not_present},
           {"pages_pfn_hidden", pages.pfn_hidden},
+          {"file_pages_not_present", pages.file_not_present},
           {"pages_moved_during_capture", pages_moved},
           {"pages_moved_read_from_process", pages_moved_supplied},
           {"page_sample", {{"pages", samples_total}, {"matched", samples_checked},
@@ -343,12 +344,16 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   for (const PagemapRecord& r : records_) {
     if (r.pid != pid) continue;
     any = true;
+    const bool file_backed = std::any_of(cp->maps.begin(), cp->maps.end(), [&](const ContextMapping& m) {
+      return m.start == r.start && m.inode != 0 && !m.path.empty() && m.path.front() == '/';
+    });
     const uint8_t* entries = pagemap_->view(r.entries_offset, r.pages * 8);
     if (!entries) return fail(Errc::kBadFormat, "pagemap stream: the entries of pid " + std::to_string(pid) + " cannot be read");
     for (uint64_t i = 0; i < r.pages; ++i) {
       const uint64_t e = load_le<uint64_t>(entries + i * 8);
       if (!(e & kPagePresent)) {
         ++((e & kPageSwapped) ? out.pages.swapped : out.pages.not_present);
+        if (file_backed && !(e & kPageSwapped)) ++out.pages.file_not_present;
         continue;
       }
       const uint64_t pfn = e & kPfnMask;

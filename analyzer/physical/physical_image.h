@@ -102,6 +102,7 @@ struct PageCounts {
   uint64_t swapped = 0;
   uint64_t not_present = 0;   // never touched, or a file page not in the page cache
   uint64_t pfn_hidden = 0;    // present, but the pagemap was read without CAP_SYS_ADMIN
+  uint64_t file_not_present = 0;  // of not_present, pages of mapped files (not in the page cache)
 };
 
 struct RebuiltProcess {

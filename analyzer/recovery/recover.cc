@@ -727,6 +727,10 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
                            std::to_string(lost + r.pages.in_image) + " present or swapped pages are not in the image (" +
                            std::to_string(r.pages.not_in_image) + " in RAM the capture did not read: see "
                            "input.physical.unreadable; " + std::to_string(r.pages.swapped) + " swapped out)";
+      if (r.pages.file_not_present)  // clean file pages the kernel had dropped: on disk, not in RAM
+        src.missing_hint += (src.missing_hint.empty() ? "" : "; ") + std::to_string(r.pages.file_not_present) +
+                            " pages of its mapped files (the interpreter's symbol tables among them, perhaps) were "
+                            "not in memory at the capture: a physical image holds only what was in RAM";
       image = std::move(r.image);
     } else {
       MLFX_ASSIGN(image, kernel->process_image(*p.task, diag));
