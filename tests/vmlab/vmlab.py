@@ -153,8 +153,12 @@ ip link set lo up
 for m in $(cat /etc/vmlab-modules); do insmod "/lib/vmlab/$m" || fail "insmod $m"; done
 
 hostcache=loose
+tree=
 for word in $(cat /proc/cmdline); do
-  case "$word" in vmlab.hostcache=*) hostcache=${word#*=} ;; esac
+  case "$word" in
+    vmlab.hostcache=*) hostcache=${word#*=} ;;
+    vmlab.tree=*) tree=${word#*=} ;;
+  esac
 done
 P9="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o "$P9,ro,cache=$hostcache" hostroot /mnt/host || fail "cannot mount the host root (9p tag hostroot)"
@@ -175,6 +179,11 @@ mount --bind /tmp $H/tmp || fail "mount $H/tmp"
 if [ -d $H/mnt ]; then
   mount -t tmpfs -o mode=755 mnt $H/mnt && mkdir -p $H/mnt/out && mount --bind /mnt/out $H/mnt/out
   [ -d /mnt/disk ] && mkdir -p $H/mnt/disk && mount --bind /mnt/disk $H/mnt/disk
+fi
+# The source tree (and its build) where the mounts above hide it (a clone under /tmp): its own
+# read-only share at the same path.
+if [ -n "$tree" ]; then
+  mkdir -p "$H$tree" && mount -t 9p -o "$P9,ro,cache=$hostcache" tree "$H$tree" || fail "cannot mount the tree at $H$tree"
 fi
 
 port=
@@ -411,13 +420,24 @@ class Guest:
         self._finish(failed=exc_type is not None)
         return False
 
+    def hidden_tree(self):
+        """The source tree, when it lies where the guest mounts its own file systems over the host's
+        (/tmp, /run, /mnt...): then it is shared again at its path. None otherwise."""
+        tree = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+        hidden = ("/tmp", "/run", "/mnt", "/dev", "/proc", "/sys")
+        return tree if any(tree == h or tree.startswith(h + "/") for h in hidden) and " " not in tree else None
+
     def qemu_command(self, initrd, socket_path):
         share = "security_model=none,multidevs=remap"
+        tree = self.hidden_tree()
+        tree_args = ["-fsdev", f"local,id=tree,path={tree},readonly=on,{share}",
+                     "-device", "virtio-9p-pci,fsdev=tree,mount_tag=tree"] if tree else []
         return [QEMU, "-accel", "tcg", "-machine", "pc", "-cpu", self.cpu,
                 "-m", str(self.memory_mib), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
                 "-kernel", f"/boot/vmlinuz-{self.kernel_version}", "-initrd", initrd,
-                "-append", f"{KERNEL_CMDLINE} vmlab.hostcache={self.host_cache} {self.append}".strip(),
+                "-append", f"{KERNEL_CMDLINE} vmlab.hostcache={self.host_cache}"
+                           f"{f' vmlab.tree={tree}' if tree else ''} {self.append}".strip(),
                 "-chardev", f"file,id=console,path={self.console_log}", "-serial", "chardev:console",
                 "-chardev", f"socket,id=cmd,path={socket_path}",
                 "-device", "virtio-serial-pci", "-device", f"virtserialport,chardev=cmd,name={COMMAND_PORT}",
@@ -425,7 +445,7 @@ class Guest:
                 "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
                 "-fsdev", f"local,id=out,path={self.out_dir},{share}",
                 "-device", "virtio-9p-pci,fsdev=out,mount_tag=out",
-                *self._disk_args(), *self.qemu_args]
+                *tree_args, *self._disk_args(), *self.qemu_args]
 
     def _disk_args(self):
         if not self.disk_image:
