@@ -55,15 +55,15 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
     CaptureSource& s = *sources[i];
     if (auto st = s.read(w, show_progress); !st) return fail(std::move(st).error().context(s.name() + " source"));
     if (i + 1 < sources.size()) {  // one stream at a time in the writer
-      MLFX_TRY(w.end_stream());
-      s.stream_sealed();
+      MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
+      s.stream_sealed(sealed);
     }
   }
   w.add_context(merged(sources, &CaptureSource::manifest_context));
   MLFX_TRY(frozen.thaw());
   policy.set_background(false);
-  MLFX_TRY(w.end_stream());
-  sources.back()->stream_sealed();
+  MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
+  sources.back()->stream_sealed(sealed);
 
   CaptureOutcome outcome;
   for (CaptureSource* s : sources) {

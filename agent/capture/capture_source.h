@@ -33,8 +33,8 @@ class CaptureSource {
   virtual Status read(bundle::BundleWriter& bundle, bool show_progress) = 0;
   // Lets the target run again. Idempotent; the destructor thaws too, on every failure path.
   virtual Status thaw() = 0;
-  // Its evidence stream is sealed (the time goes into the context).
-  virtual void stream_sealed() = 0;
+  // Its evidence stream is sealed, as the manifest lists it (the time goes into the context).
+  virtual void stream_sealed(const bundle::StreamInfo& stream) = 0;
   // After the thaw and the sealing of every evidence stream, before the context: further
   // streams of this source, each begun and ended here, one at a time (a whole-memory capture
   // adds pagemap, kallsyms, btf). None by default.

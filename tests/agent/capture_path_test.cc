@@ -44,7 +44,7 @@ class RecordingSource final : public CaptureSource {
     if (fail_at == "thaw") return fail(Errc::kIo, "cannot release it");
     return {};
   }
-  void stream_sealed() override { log_.push_back("sealed " + name_); }
+  void stream_sealed(const bundle::StreamInfo&) override { log_.push_back("sealed " + name_); }
   json::Json manifest_context() const override { return {{"bytes", data_.size()}}; }
   std::string context_stream() const override { return name_ + "-context"; }
   std::string context_stream_source() const override { return "test"; }

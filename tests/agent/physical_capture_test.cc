@@ -577,7 +577,7 @@ class SideStreamSource final : public CaptureSource {
     thawed_ = true;
     return {};
   }
-  void stream_sealed() override { log.push_back("sealed"); }
+  void stream_sealed(const bundle::StreamInfo&) override { log.push_back("sealed"); }
   Status write_side_streams(bundle::BundleWriter& w) override {
     log.push_back("side");
     for (const char* name : {"pagemap", "kallsyms"}) {

@@ -14,7 +14,6 @@
 
 #include "capture/physical/lime_format.h"
 #include "capture/process/procfs.h"
-#include "mlfx/crypto/hash.h"
 
 namespace mlfx::agent::physical {
 
@@ -131,9 +130,7 @@ class LoaderThread {
 
 // What LiME sent, checked and hashed as it arrives, into the bundle's chunk buffers.
 struct Received {
-  explicit Received(crypto::Hasher h) : sha(std::move(h)) {}
   LimeStreamChecker checker;
-  crypto::Hasher sha;
   bool eof = false;
 };
 
@@ -155,7 +152,6 @@ Status drain(File& fifo, bundle::BundleWriter& w, Received& r, Progress* progres
       return {};
     }
     const ByteView got(room.data(), static_cast<size_t>(n));
-    r.sha.update(got);
     MLFX_TRY(r.checker.feed(got));
     MLFX_TRY(w.commit(got.size()));
     if (progress) progress->advance(got.size());
@@ -206,7 +202,8 @@ Result<std::unique_ptr<LimeSource>> LimeSource::create(PhysicalOptions options) 
 
 std::string LimeSource::method() const {
   return "stock LiME (" + module_.name + ") loaded with finit_module, format=lime digest=sha256 timeout=0, "
-         "its output read from a private FIFO into the sealer (no file), checked and hashed as it streamed";
+         "its output read from a private FIFO into the sealer (no file), checked as it streamed, its digest compared "
+         "with the sealed stream's";
 }
 
 Status LimeSource::read_image(bundle::BundleWriter& w, Progress* progress) {
@@ -224,8 +221,7 @@ Status LimeSource::read_image(bundle::BundleWriter& w, Progress* progress) {
                                   "LiME stays loaded after a dump (its exit function does nothing): if no capture "
                                   "is running, remove it with 'rmmod " + module_.name + "' and try again"));
 
-  MLFX_ASSIGN(crypto::Hasher sha, crypto::Hasher::create(crypto::HashAlg::kSha256));
-  Received r(std::move(sha));
+  Received r;
   Status streamed;
   while (streamed) {
     if (cancelled()) {
@@ -266,9 +262,7 @@ Status LimeSource::read_image(bundle::BundleWriter& w, Progress* progress) {
   loaded_ = true;
   footprint_ = module_sysfs_facts(module_.name);
   MLFX_TRY(r.checker.finish());
-  tool_sha256_ = read_digest(digest);
-  MLFX_ASSIGN(Bytes ours, r.sha.finish());
-  sha256_ = to_hex(ours);
+  tool_sha256_ = read_digest(digest);  // compared with the sealed stream's SHA-256 (source_context)
   count_image(r.checker.stream_bytes(), r.checker.data_bytes(), r.checker.ranges().size());
   account_for_what_lime_left_out(r.checker.ranges());
   return {};
@@ -310,8 +304,8 @@ Status LimeSource::release_module() {
 
 json::Json LimeSource::source_context() const {
   json::Json c = {{"module", {{"footprint", footprint_}}}};
-  if (!sha256_.empty())
-    c["digest"] = {{"sha256", sha256_},
+  if (!image_sha256_.empty())
+    c["digest"] = {{"sha256", image_sha256_},
                    {"tool_sha256", tool_sha256_.empty() ? json::Json(nullptr) : json::Json(tool_sha256_)},
                    {"match", digest_matches()}};
   return c;

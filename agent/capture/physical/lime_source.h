@@ -36,10 +36,8 @@ class LimeSource final : public PhysicalSource {
   static Result<std::unique_ptr<LimeSource>> create(PhysicalOptions options);
 
   std::string name() const override { return "lime"; }
-  // LiME's own digest of its output, compared with the agent's of what it received.
-  bool digest_matches() const { return tool_sha256_ == sha256_; }
-  const std::string& tool_sha256() const { return tool_sha256_; }
-  const std::string& sha256() const { return sha256_; }
+  // LiME's own digest of its output, compared with the SHA-256 of the sealed stream.
+  bool digest_matches() const { return tool_sha256_ == image_sha256_; }
 
  protected:
   Status read_image(bundle::BundleWriter& bundle, Progress* progress) override;
@@ -54,7 +52,7 @@ class LimeSource final : public PhysicalSource {
   void account_for_what_lime_left_out(const std::vector<PhysRange>& written);
 
   std::string parameters_;
-  std::string sha256_, tool_sha256_;
+  std::string tool_sha256_;
   bool loaded_ = false;  // by us: unload it
   json::Json footprint_ = json::Json::object();
 };

@@ -82,7 +82,10 @@ Status PhysicalSource::thaw() {
   return released;
 }
 
-void PhysicalSource::stream_sealed() { t_sealed_ = Clock::now(); }
+void PhysicalSource::stream_sealed(const bundle::StreamInfo& stream) {
+  t_sealed_ = Clock::now();
+  image_sha256_ = stream.sha256;
+}
 
 Status PhysicalSource::write_side_streams(bundle::BundleWriter& bundle) {
   if (!targets_.empty()) {

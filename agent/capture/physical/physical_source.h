@@ -49,7 +49,7 @@ class PhysicalSource : public CaptureSource {
   Status freeze() override;
   Status read(bundle::BundleWriter& bundle, bool show_progress) override;
   Status thaw() override;
-  void stream_sealed() override;
+  void stream_sealed(const bundle::StreamInfo& stream) override;
   Status write_side_streams(bundle::BundleWriter& bundle) override;
   json::Json manifest_context() const override;
   std::string context_stream() const override { return "context"; }
@@ -96,6 +96,7 @@ class PhysicalSource : public CaptureSource {
   std::vector<PhysRange> image_ranges_;     // merged: what the image covers
   std::vector<MissingRange> unreadable_;    // RAM not in the image, and why
   std::vector<MissingRange> zero_filled_;   // in the image, but zeros written by the tool
+  std::string image_sha256_;                // of the sealed `memory` stream (hex), once sealed
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -50,7 +50,7 @@ Status ProcessSource::read(bundle::BundleWriter& bundle, bool show_progress) {
 
 Status ProcessSource::thaw() { return capture_ ? capture_->thaw() : Status{}; }
 
-void ProcessSource::stream_sealed() {
+void ProcessSource::stream_sealed(const bundle::StreamInfo&) {
   if (capture_) capture_->note_core_sealed();
 }
 

@@ -18,7 +18,7 @@ class ProcessSource final : public CaptureSource {
   Status freeze() override;
   Status read(bundle::BundleWriter& bundle, bool show_progress) override;
   Status thaw() override;
-  void stream_sealed() override;
+  void stream_sealed(const bundle::StreamInfo&) override;
   json::Json manifest_context() const override;
   std::string context_stream() const override { return "context"; }
   std::string context_stream_source() const override;

@@ -381,7 +381,7 @@ Status BundleWriter::write_from(File& in, Progress* progress) {
   }
 }
 
-Status BundleWriter::end_stream() {
+Result<StreamInfo> BundleWriter::end_stream() {
   Impl& s = *impl_;
   if (!s.in_stream) return fail(Errc::kInvalidArgument, "no stream begun");
   // The last chunk: the pending full one when nothing followed it, else the current one
@@ -415,7 +415,7 @@ Status BundleWriter::end_stream() {
   MLFX_TRY(s.write_record(h, payload));
   s.manifest.streams.push_back(s.stream);
   s.in_stream = false;
-  return {};
+  return s.stream;
 }
 
 Result<Manifest> BundleWriter::finish(json::Json acquisition) {

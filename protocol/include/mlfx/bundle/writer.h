@@ -70,7 +70,8 @@ class BundleWriter {
   Status commit(size_t n);
   // Reads `in` to its end into the current stream, without an intermediate copy.
   Status write_from(File& in, Progress* progress);
-  Status end_stream();
+  // The ended stream as the manifest will list it (size, SHA-256 of the plaintext, ...).
+  Result<StreamInfo> end_stream();
 
   // Writes manifest, signature, custody log (acquired + sealed events, signed by the device
   // key) and the end record, then fsyncs. `acquisition` goes into the acquired event.
