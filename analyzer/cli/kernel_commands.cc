@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "evidence/bundle_check.h"
+#include "kernel/captured_kernel.h"
 #include "kernel/listing.h"
 #include "layers/file_layer.h"
 #include "mlfx/base/file.h"
@@ -16,7 +17,7 @@
 namespace mlfx::cli {
 namespace {
 
-constexpr size_t kMaxKallsyms = size_t{256} << 20, kMaxBtf = size_t{256} << 20, kMaxContext = size_t{256} << 20;
+constexpr size_t kMaxContext = size_t{256} << 20;
 
 struct KernelArgs {
   std::string input, key, trusted;
@@ -48,18 +49,14 @@ Result<OpenKernel> open_kernel(const KernelArgs& a) {
     return fail(Errc::kBadFormat, a.input + " is not a whole-memory capture (no 'memory' stream); for a process "
                                             "capture use mlfx recover");
   MLFX_ASSIGN(std::string context, read_stream(o.streams, a.input, "context", kMaxContext, "it records the kernel banner"));
-  MLFX_ASSIGN(std::string kallsyms, read_stream(o.streams, a.input, "kallsyms", kMaxKallsyms,
-                                                "/proc/kallsyms was not readable at capture: without it the kernel's "
-                                                "structures cannot be found; use the captured pagemaps (mlfx recover)"));
-  MLFX_ASSIGN(std::string btf, read_stream(o.streams, a.input, "btf", kMaxBtf,
-                                           "the kernel had no /sys/kernel/btf/vmlinux: its structures cannot be laid "
-                                           "out; use the captured pagemaps (mlfx recover)"));
   MLFX_ASSIGN(std::unique_ptr<layers::FileLayer> memory, layers::FileLayer::open(o.streams.find("memory")->path()));
   auto image = physical::PhysicalImage::open(std::move(memory), context, nullptr);
   if (!image) return fail(std::move(image).error().context(a.input));
   o.banner = image->context().banner;
-  auto k = kernel::KernelImage::open(image->physical_layer(), kallsyms, btf, o.banner);
+  std::string why_not;
+  auto k = kernel::open_captured_kernel(o.streams, *image, why_not);
   if (!k) return fail(std::move(k).error().context(a.input));
+  if (!*k) return fail(Errc::kNotFound, a.input + ": " + why_not + "; use the captured pagemaps (mlfx recover)");
   o.kernel = std::move(*k);
   return o;
 }

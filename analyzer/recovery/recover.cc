@@ -25,7 +25,7 @@
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "layers/lime_layer.h"
-#include "kernel/tasks.h"
+#include "kernel/captured_kernel.h"
 #include "physical/physical_image.h"
 #include "layers/sysroot_layer.h"
 #include "mlfx/base/clock.h"
@@ -637,22 +637,6 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
 
 namespace {
 
-// The kernel of a whole-memory capture, found from its captured kallsyms and BTF alone; null
-// when the capture holds neither (the why goes into `why_not`).
-Result<std::unique_ptr<kernel::KernelImage>> open_kernel(const evidence::DecryptedStreams& d,
-                                                         const physical::PhysicalImage& img, std::string& why_not) {
-  const File* kallsyms = d.find("kallsyms");
-  const File* btf = d.find("btf");
-  if (!kallsyms || !btf) {
-    why_not = std::string("the capture holds no '") + (kallsyms ? "btf" : "kallsyms") +
-              "' stream, so the kernel's task list cannot be walked";
-    return std::unique_ptr<kernel::KernelImage>();
-  }
-  MLFX_ASSIGN(std::string symbols, read_small_file(kallsyms->path(), 256u << 20));
-  MLFX_ASSIGN(std::string types, read_small_file(btf->path(), 256u << 20));
-  return kernel::KernelImage::open(img.physical_layer(), symbols, types, img.context().banner);
-}
-
 // One process to recover from a whole-memory capture, and how its address space is rebuilt:
 // from the pagemap captured while it was frozen, else from its own page tables.
 struct PhysicalProcess {
@@ -692,7 +676,7 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
 
   // The processes: the kernel's task list where it can be walked, and every captured pagemap.
   std::string no_kernel;
-  auto kernel_or = open_kernel(d, img, no_kernel);
+  auto kernel_or = kernel::open_captured_kernel(d, img, no_kernel);
   if (!kernel_or) no_kernel = "the kernel could not be found in the image: " + kernel_or.error().to_string();
   const std::unique_ptr<kernel::KernelImage> kernel = kernel_or ? std::move(*kernel_or) : nullptr;
   std::vector<PhysicalProcess> processes;

@@ -11,8 +11,9 @@
 //
 // Everything is deterministic: the seeds are the same on every host (the host's own BTF is
 // not used). The kernel's objects are laid out from the BTF written here (Btf::offset_of), so
-// the image follows the BTF by construction. As tests/analyzer/kernel_tasks_test.cc, whose
-// scene this is, in fewer pages (a seed is about 90 KiB).
+// the image follows the BTF by construction, and the same scene can be laid out with another
+// BTF (a host's vmlinux, as tests/analyzer/kernel_tasks_test.cc does). The unit test also damages
+// the scene's objects (scene(), put64()) before the walk.
 #pragma once
 
 #include <array>
@@ -386,23 +387,45 @@ class SyntheticKernel {
   static constexpr uint64_t kTextVa = 0xffffffff9a000000ull;  // a KASLR'd _text
   static constexpr uint64_t kTextPa = 0x1000000;              // 16 MiB: phys_base "wraps below zero"
 
-  SyntheticKernel(int levels, bool maple_tree) : levels_(levels), maple_(maple_tree) {
-    btf_blob_ = kernel_btf(maple_tree);
+  SyntheticKernel(int levels, bool maple_tree) : SyntheticKernel(levels, kernel_btf(maple_tree)) {}
+  // The scene laid out with another BTF (a host's vmlinux): VMAs in a maple tree when its
+  // mm_struct has one, else on the mm->mmap list.
+  SyntheticKernel(int levels, std::string btf_blob) : levels_(levels), btf_blob_(std::move(btf_blob)) {
     auto parsed = kernel::Btf::parse(btf_blob_);
     if (!parsed) throw std::logic_error("synthetic BTF: " + parsed.error().to_string());
     btf_ = std::move(*parsed);
+    maple_ = btf_.has_member("mm_struct", "mm_mt");
     dm_ = levels == 5 ? 0xff11000000000000ull : 0xffff888000000000ull;
     SyntheticPageTables kernel(mem_, levels, kTextPa + 0x2000, next_table_);  // init_top_pgt
     kernel.map(kTextVa, kTextPa, 2 << 20, kPtePresentRw);
     kernel.map(dm_, 0, 1ull << 30, kPtePresentRw);  // the direct map: RAM below 1 GiB
     mem_.put(pa_of(sym("linux_banner")), std::string(kSeedBanner) + '\0');
-    mem_.put64(pa_of(sym("phys_base")), kTextPa - (kTextVa - kernel::kStartKernelMap));
+    mem_.put64(pa_of(sym("phys_base")), phys_base());
     mem_.put64(pa_of(sym("page_offset_base")), dm_);
     if (levels == 5) mem_.put32(pa_of(sym("__pgtable_l5_enabled")), 1);
     build();
   }
 
   KernelSeed seed() const { return {mem_.lime(), kallsyms(), btf_blob_, kSeedBanner}; }
+
+  // The scene's objects (kernel virtual addresses unless said otherwise).
+  struct Scene {
+    uint64_t init = 0, systemd = 0, kthreadd = 0, python = 0, mm = 0;
+    uint64_t text = 0, heap = 0, huge = 0, stack = 0;  // python3's VMAs, in address order
+    uint64_t leaf2 = 0;                                 // the maple leaf of heap, huge and stack (encoded)
+    uint64_t user_pgd_physical = 0;                     // python3's page tables
+  };
+  const Scene& scene() const { return scene_; }
+  bool maple_tree() const { return maple_; }
+  uint64_t phys_base() const { return kTextPa - (kTextVa - kernel::kStartKernelMap); }
+  // The offset of a member (a dotted path) in the BTF the scene is laid out with.
+  uint64_t off(const char* s, const char* path) const {
+    auto o = btf_.offset_of(s, path);
+    if (!o) throw std::logic_error("synthetic BTF: " + o.error().to_string());
+    return *o;
+  }
+  // Writes into the kernel's memory at a kernel virtual address (image or direct map).
+  void put64(uint64_t va, uint64_t v) { mem_.put64(pa_of(va), v); }
 
   uint64_t sym(const std::string& name) const {
     static const std::map<std::string, uint64_t> at = {{"linux_banner", 0x1000}, {"init_top_pgt", 0x2000},
@@ -424,11 +447,6 @@ class SyntheticKernel {
     return buf;
   }
   uint64_t pa_of(uint64_t va) const { return va >= kernel::kStartKernelMap ? va - kTextVa + kTextPa : va - dm_; }
-  uint64_t off(const char* s, const char* path) const {
-    auto o = btf_.offset_of(s, path);
-    if (!o) throw std::logic_error("synthetic BTF: " + o.error().to_string());
-    return *o;
-  }
   uint64_t size(const char* s) const {
     auto n = btf_.size_of(std::string_view(s));
     if (!n) throw std::logic_error("synthetic BTF: " + n.error().to_string());
@@ -442,7 +460,6 @@ class SyntheticKernel {
     mem_.touch(pa, n);
     return dm_ + pa;
   }
-  void put64(uint64_t va, uint64_t v) { mem_.put64(pa_of(va), v); }
   void put32(uint64_t va, uint32_t v) { mem_.put32(pa_of(va), v); }
   void put(uint64_t va, const std::string& s) { mem_.put(pa_of(va), s); }
   uint64_t string(const std::string& s) {
@@ -518,16 +535,17 @@ class SyntheticKernel {
 
   // init_task, pid 1 (an mm without VMAs), kthreadd, and python3 with its mappings.
   void build() {
-    const uint64_t init = task(sym("init_task"), 0, "swapper/0", 0);
+    Scene& s = scene_;
+    s.init = task(sym("init_task"), 0, "swapper/0", 0);
     const uint64_t empty_mm = kalloc(size("mm_struct"));
-    const uint64_t systemd = task(kalloc(size("task_struct")), 1, "systemd", empty_mm);
-    const uint64_t kthreadd = task(kalloc(size("task_struct")), 2, "kthreadd", 0);
-    const uint64_t mm = kalloc(size("mm_struct"));
-    const uint64_t python = task(kalloc(size("task_struct")), kSeedPid, "python3", mm);
-    link({init, systemd, kthreadd, python});
+    s.systemd = task(kalloc(size("task_struct")), 1, "systemd", empty_mm);
+    s.kthreadd = task(kalloc(size("task_struct")), 2, "kthreadd", 0);
+    const uint64_t mm = s.mm = kalloc(size("mm_struct"));
+    s.python = task(kalloc(size("task_struct")), kSeedPid, "python3", mm);
+    link({s.init, s.systemd, s.kthreadd, s.python});
 
     // The process's page tables, reached through mm->pgd (a direct-map address).
-    const uint64_t root = next_table_;
+    const uint64_t root = s.user_pgd_physical = next_table_;
     next_table_ += 4096;
     SyntheticPageTables user(mem_, levels_, root, next_table_);
     put64(mm + off("mm_struct", "pgd"), dm_ + root);
@@ -552,16 +570,17 @@ class SyntheticKernel {
     put64(mm + off("mm_struct", "brk"), 0x604000);
     put64(mm + off("mm_struct", "start_stack"), 0x7ffd1f00);
 
-    const uint64_t text = vma(mm, 0x400000, 0x402000, 0x5 | 0x70, file());
-    const uint64_t heap = vma(mm, 0x600000, 0x604000, 0x3 | 0x70);
-    const uint64_t huge = vma(mm, kSeedHugeVma, kSeedHugeVma + (2 << 20), 0x3 | 0x70);
-    const uint64_t stack = vma(mm, 0x7ffd0000, 0x7ffd2000, 0x3 | 0x70);
+    const uint64_t text = s.text = vma(mm, 0x400000, 0x402000, 0x5 | 0x70, file());
+    const uint64_t heap = s.heap = vma(mm, 0x600000, 0x604000, 0x3 | 0x70);
+    const uint64_t huge = s.huge = vma(mm, kSeedHugeVma, kSeedHugeVma + (2 << 20), 0x3 | 0x70);
+    const uint64_t stack = s.stack = vma(mm, 0x7ffd0000, 0x7ffd2000, 0x3 | 0x70);
     if (maple_) {
       const uint64_t stale = vma(mm, 0x900000, 0x901000, 0x3);  // beyond the leaf's end: not a VMA
       const uint64_t leaf1 = maple_node(1, 0, {0x3fffff, 0x401fff, 0x5fffff}, {0, text, 0}, 2);
       const uint64_t huge_last = kSeedHugeVma + (2 << 20) - 1;
-      const uint64_t leaf2 = maple_node(1, 0, {0x603fff, kSeedHugeVma - 1, huge_last, 0x7ffcffff, 0x7ffd1fff, ~0ull},
-                                        {heap, 0, huge, 0, stack, 0, stale}, 5);
+      const uint64_t leaf2 = s.leaf2 =
+          maple_node(1, 0, {0x603fff, kSeedHugeVma - 1, huge_last, 0x7ffcffff, 0x7ffd1fff, ~0ull},
+                     {heap, 0, huge, 0, stack, 0, stale}, 5);
       const uint64_t top = maple_node(3, mm | 1, {0x5fffff, ~0ull}, {leaf1, leaf2}, 1);
       put64(mm + off("mm_struct", "mm_mt.ma_root"), top | 2);  // mt_mk_root
     } else {
@@ -573,8 +592,9 @@ class SyntheticKernel {
   }
 
   int levels_;
-  bool maple_;
+  bool maple_ = true;
   std::string btf_blob_;
+  Scene scene_;
   kernel::Btf btf_;
   SparsePhysical mem_;
   uint64_t dm_ = 0, next_table_ = 0x200000, heap_ = 0x280000;
