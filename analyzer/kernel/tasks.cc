@@ -527,7 +527,8 @@ Result<std::shared_ptr<const PageTableLayer>> KernelImage::user_space(const Task
   return std::shared_ptr<const PageTableLayer>(std::move(layer));
 }
 
-PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start, uint64_t end, Diagnostics& diag) {
+PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start, uint64_t end, Diagnostics& diag,
+                                    std::vector<layers::AddressRange>* declared) {
   PageCounts c;
   uint64_t v = start & ~(kPageSize - 1);
   while (v < end) {
@@ -540,6 +541,10 @@ PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start,
     // Where the translation ends (it may end the address space: vstart + size wraps to 0).
     const uint64_t stop = end - t->vstart <= t->size ? end : t->vstart + t->size;
     const uint64_t pages = (stop - v + kPageSize - 1) / kPageSize;
+    if (declared && t->state != PageState::kNotPresent) {
+      if (!declared->empty() && declared->back().end == v) declared->back().end = stop;
+      else declared->push_back({v, stop});
+    }
     switch (t->state) {
       case PageState::kNotPresent: c.not_present += pages; break;
       case PageState::kSwapped: c.swapped += pages; break;
@@ -572,9 +577,13 @@ Result<layers::ProcessImage> KernelImage::process_image(const Task& task, Diagno
   const std::vector<Vma> vmas = this->vmas(task, diag);
   PageCounts pages;
   for (const Vma& v : vmas) {
-    pages += count_pages(*memory, v.start, v.end, diag);
+    pages += count_pages(*memory, v.start, v.end, diag, &p.declared);
     if (v.file) p.mapped_files.push_back({v.start, v.end, v.pgoff * kPageSize, v.path});
+    // Writable mappings may hold private changes, unreadable ones are guards: never a file's bytes.
+    const std::string perms = v.perms();
+    if (perms[1] == 'w' || perms[0] != 'r') p.declared.push_back({v.start, v.end});
   }
+  p.declared = layers::normalized(std::move(p.declared));
   p.facts.pid = task.tgid;
   p.facts.command = task.comm;
   p.facts.threads = task.threads > 0 ? static_cast<size_t>(task.threads) : 1;

@@ -89,7 +89,10 @@ class KernelImage {
   // The task's user address space: its page tables over the physical image, the lower half only.
   Result<std::shared_ptr<const PageTableLayer>> user_space(const Task& task) const;
   // Pages of [start, end) in `space`, by state.
-  static PageCounts count_pages(const PageTableLayer& space, uint64_t start, uint64_t end, Diagnostics& diag);
+  // `declared`, when given, gets the ranges the page tables speak for (every page that is not
+  // simply absent: present, swapped, or behind a table outside the image), in order.
+  static PageCounts count_pages(const PageTableLayer& space, uint64_t start, uint64_t end, Diagnostics& diag,
+                                std::vector<layers::AddressRange>* declared = nullptr);
   // The task as the recovery engine sees a process: its user address space, its file
   // mappings, and facts (pid, comm, command line read from its stack, threads).
   Result<layers::ProcessImage> process_image(const Task& task, Diagnostics& diag) const;

@@ -148,7 +148,7 @@ Result<std::unique_ptr<ElfCoreLayer>> ElfCoreLayer::open(std::shared_ptr<const L
   return layer;
 }
 
-ProcessImage ElfCoreLayer::process_image(std::shared_ptr<const ElfCoreLayer> core, std::shared_ptr<const Layer> memory) {
+ProcessImage ElfCoreLayer::process_image(std::shared_ptr<const ElfCoreLayer> core) {
   const CoreInfo& info = core->info();
   ProcessImage image;
   image.kind = "ELF core";
@@ -161,7 +161,15 @@ ProcessImage ElfCoreLayer::process_image(std::shared_ptr<const ElfCoreLayer> cor
   image.facts.elf_machine = info.machine;
   image.facts.segments = info.loads.size();
   for (const auto& l : info.loads) image.facts.image_bytes += l.filesz;
-  image.memory = memory ? std::move(memory) : std::shared_ptr<const Layer>(std::move(core));
+  // The core declares its data (present or not: bytes a truncated core lost may have differed
+  // from the file), and whole mappings writable (private changes) or unreadable (guards).
+  auto end_of = [](uint64_t start, uint64_t len) { return len > UINT64_MAX - start ? UINT64_MAX : start + len; };
+  for (const LoadSegment& l : info.loads) {
+    if (l.filesz) image.declared.push_back({l.vaddr, end_of(l.vaddr, l.filesz)});
+    if (l.memsz && ((l.flags & PF_W) || !(l.flags & PF_R))) image.declared.push_back({l.vaddr, end_of(l.vaddr, l.memsz)});
+  }
+  image.declared = normalized(std::move(image.declared));
+  image.memory = std::move(core);
   return image;
 }
 

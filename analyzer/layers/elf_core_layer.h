@@ -41,9 +41,8 @@ class ElfCoreLayer : public SegmentedLayer {
   static Result<std::unique_ptr<ElfCoreLayer>> open(std::shared_ptr<const Layer> file);
   const CoreInfo& info() const { return info_; }
   // The process as the frontends see it: this layer's memory and mapped files, with no
-  // ELF-core types. `memory` may be a layer over `core` (sysroot); null: the core itself.
-  static ProcessImage process_image(std::shared_ptr<const ElfCoreLayer> core,
-                                    std::shared_ptr<const Layer> memory = nullptr);
+  // ELF-core types.
+  static ProcessImage process_image(std::shared_ptr<const ElfCoreLayer> core);
 
  private:
   ElfCoreLayer() = default;

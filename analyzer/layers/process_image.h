@@ -4,7 +4,9 @@
 // another. Frontends and the recovery engine use only this: no ELF-core types.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +19,21 @@ struct MappedFile {  // one file mapping, as the kernel listed it
   uint64_t start = 0, end = 0, file_offset = 0;  // file_offset in bytes
   std::string path;
 };
+
+struct AddressRange {
+  uint64_t start = 0, end = 0;  // [start, end)
+};
+// Sorted, with ranges that overlap or touch merged; empty ones dropped.
+inline std::vector<AddressRange> normalized(std::vector<AddressRange> ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const AddressRange& a, const AddressRange& b) { return a.start < b.start; });
+  std::vector<AddressRange> merged;
+  for (const AddressRange& r : ranges) {
+    if (r.end <= r.start) continue;
+    if (!merged.empty() && r.start <= merged.back().end) merged.back().end = std::max(merged.back().end, r.end);
+    else merged.push_back(r);
+  }
+  return merged;
+}
 
 struct ProcessFacts {  // what the evidence says about the process itself
   int32_t pid = 0;
@@ -34,6 +51,14 @@ struct ProcessImage {
   std::vector<MappedFile> mapped_files;
   ProcessFacts facts;
   std::vector<std::string> warnings;    // damage found and tolerated (a truncated core, ...)
+  // Where the evidence speaks for the address space: bytes it holds or lost, pages swapped out
+  // or outside the image, whole mappings that may hold private changes (writable) or must not
+  // be read (guard regions). The rest of a file mapping is the file's own bytes, which a
+  // sysroot may supply (sysroot_layer.h). Sorted, disjoint.
+  std::vector<AddressRange> declared;
+  // GNU build-ids (hex) of mapped files, by path, as the agent read them at acquisition: what a
+  // sysroot file must match where the evidence holds no copy of the file's ELF header.
+  std::map<std::string, std::string> build_ids;
 };
 
 }  // namespace mlfx::layers

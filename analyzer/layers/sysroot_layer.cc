@@ -21,31 +21,8 @@ constexpr uint64_t kMaxPhdrs = 4096;
 constexpr uint64_t kMaxNoteBytes = 1u << 20;
 constexpr std::string_view kDeleted = " (deleted)";  // the kernel's suffix for unlinked files
 
-struct Interval {
-  uint64_t start = 0, end = 0;  // [start, end)
-};
 
-uint64_t end_of(uint64_t start, uint64_t len) { return len > UINT64_MAX - start ? UINT64_MAX : start + len; }
-
-// Where the core says something about memory: its declared data (present or not: bytes a
-// truncated core lost may have differed from the file), and whole mappings it declares
-// writable (they may hold private changes) or unreadable (guard regions). Sorted, merged.
-std::vector<Interval> blocked_ranges(const CoreInfo& info) {
-  std::vector<Interval> v;
-  for (const LoadSegment& l : info.loads) {
-    if (l.filesz) v.push_back({l.vaddr, end_of(l.vaddr, l.filesz)});
-    if (l.memsz && ((l.flags & PF_W) || !(l.flags & PF_R))) v.push_back({l.vaddr, end_of(l.vaddr, l.memsz)});
-  }
-  std::sort(v.begin(), v.end(), [](const Interval& a, const Interval& b) { return a.start < b.start; });
-  std::vector<Interval> merged;
-  for (const Interval& i : v) {
-    if (!merged.empty() && i.start <= merged.back().end) merged.back().end = std::max(merged.back().end, i.end);
-    else merged.push_back(i);
-  }
-  return merged;
-}
-
-// Why an NT_FILE path must not be joined to a sysroot, or empty when it may.
+// Why a mapped path must not be joined to a sysroot, or empty when it may.
 std::string unsafe_path(const std::string& path) {
   if (path.empty() || path[0] != '/') return "is not absolute";
   if (path.size() > kMaxPath) return "is too long";
@@ -57,18 +34,18 @@ std::string unsafe_path(const std::string& path) {
   return {};
 }
 
-// Counts skipped entries per reason; details for the first few only (hostile notes may hold
-// a million entries).
+// Counts skipped mappings per reason; details for the first few only (hostile evidence may
+// list a million).
 class SkipLog {
  public:
   explicit SkipLog(std::vector<std::string>& out) : out_(out) {}
   void skip(const std::string& reason, const std::string& detail) {
-    if (++counts_[reason] <= kMaxDetailWarnings) out_.push_back("NT_FILE entry " + detail + " skipped: " + reason);
+    if (++counts_[reason] <= kMaxDetailWarnings) out_.push_back("file mapping " + detail + " skipped: " + reason);
   }
   ~SkipLog() {
     for (const auto& [reason, n] : counts_)
       if (n > kMaxDetailWarnings)
-        out_.push_back(std::to_string(n - kMaxDetailWarnings) + " more NT_FILE entries skipped: " + reason);
+        out_.push_back(std::to_string(n - kMaxDetailWarnings) + " more file mappings skipped: " + reason);
   }
 
  private:
@@ -120,19 +97,18 @@ ElfIdentity elf_identity(const Layer& mem, uint64_t base, uint64_t limit) {
 
 }  // namespace
 
-MissingFileData missing_file_data(const ElfCoreLayer& core) {
+MissingFileData missing_file_data(const ProcessImage& image) {
   MissingFileData out;
-  const CoreInfo& info = core.info();
-  const std::vector<Interval> blocked = blocked_ranges(info);
-  std::vector<size_t> order(info.files.size());
+  const std::vector<MappedFile>& files = image.mapped_files;
+  const std::vector<AddressRange>& blocked = image.declared;
+  std::vector<size_t> order(files.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return info.files[a].start < info.files[b].start; });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return files[a].start < files[b].start; });
   std::unordered_map<std::string, size_t> seen;
   SkipLog skipped(out.warnings);
   uint64_t covered = 0;  // entries may not overlap: the first one claims an address
   for (size_t i : order) {
-    const MappedFile& f = info.files[i];
+    const MappedFile& f = files[i];
     const std::string where = hex_address(f.start) + "-" + hex_address(f.end) + " " + f.path;
     if (f.end <= f.start) {
       skipped.skip("its range is empty or reversed", where);
@@ -154,7 +130,7 @@ MissingFileData missing_file_data(const ElfCoreLayer& core) {
     covered = f.end;
     // Subtract the blocked ranges from [from, f.end).
     auto it = std::upper_bound(blocked.begin(), blocked.end(), from,
-                               [](uint64_t a, const Interval& b) { return a < b.end; });
+                               [](uint64_t a, const AddressRange& b) { return a < b.end; });
     while (from < f.end) {
       uint64_t to = f.end;
       if (it != blocked.end() && it->start <= from) {
@@ -172,8 +148,36 @@ MissingFileData missing_file_data(const ElfCoreLayer& core) {
   return out;
 }
 
-Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(std::shared_ptr<const ElfCoreLayer> core,
-                                                         const std::string& sysroot) {
+namespace {
+
+// The build-id the evidence holds for `path`: from its own copy of the file's ELF header (the
+// mapping at file offset 0), else the one the agent recorded at acquisition.
+struct WantedIdentity {
+  ElfIdentity id;
+  std::string by;     // "ELF header in the evidence", "recorded at acquisition"; empty: none
+  std::string error;  // both exist and differ
+};
+WantedIdentity wanted_identity(const ProcessImage& image, const MappedFile* header, const std::string& path) {
+  WantedIdentity w;
+  if (header && image.memory->is_mapped(header->start, sizeof(Elf64_Ehdr))) {
+    w.id = elf_identity(*image.memory, header->start, header->end - header->start);
+    w.by = "ELF header in the evidence";
+  }
+  auto recorded = image.build_ids.find(path);
+  if (recorded == image.build_ids.end()) return w;
+  if (w.by.empty()) {
+    w.id = {true, from_hex(recorded->second)};
+    w.by = "recorded at acquisition";
+  } else if (w.id.build_id && to_hex(*w.id.build_id) != recorded->second) {
+    w.error = "refused: the evidence's copy of its ELF header has build-id " + to_hex(*w.id.build_id) +
+              " but " + recorded->second + " was recorded at acquisition";
+  }
+  return w;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(const ProcessImage& image, const std::string& sysroot) {
   struct stat st;
   if (stat(sysroot.c_str(), &st) != 0)
     return fail(Errc::kNotFound, "sysroot " + sysroot + ": " + errno_text(errno));
@@ -183,14 +187,13 @@ Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(std::shared_ptr<const E
 
   std::unique_ptr<SysrootLayer> layer(new SysrootLayer);
   layer->sysroot_ = sysroot;
-  layer->name_ = core->name() + " + sysroot " + sysroot;
-  MissingFileData missing = missing_file_data(*core);
+  layer->name_ = image.memory->name() + " + sysroot " + sysroot;
+  MissingFileData missing = missing_file_data(image);
   layer->warnings_ = std::move(missing.warnings);
-  const CoreInfo& info = core->info();
 
-  // The core's own view of each file's first page: the mapping at file offset 0.
+  // The evidence's own view of each file's first page: the mapping at file offset 0.
   std::unordered_map<std::string, const MappedFile*> header;
-  for (const MappedFile& f : info.files)
+  for (const MappedFile& f : image.mapped_files)
     if (f.file_offset == 0 && f.end > f.start) {
       auto [it, fresh] = header.emplace(f.path, &f);
       if (!fresh && f.start < it->second->start) it->second = &f;
@@ -225,39 +228,45 @@ Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(std::shared_ptr<const E
     const ElfIdentity have = elf_identity(**file, 0, (*file)->size());
     if (have.build_id) f.build_id = to_hex(*have.build_id);
     // Only the very build the process mapped is read: a file is attached when its GNU build-id
-    // equals the one in the core's copy of its ELF header. Anything else (an NT_FILE entry may
-    // name any lab-side path) is refused with the reason.
+    // equals the one the evidence holds for it. Anything else (a mapped path may name any
+    // lab-side file) is refused with the reason.
     auto h = header.find(path);
-    const bool core_has_header = h != header.end() && core->is_mapped(h->second->start, sizeof(Elf64_Ehdr));
-    const ElfIdentity want = core_has_header ? elf_identity(*core, h->second->start, h->second->end - h->second->start)
-                                             : ElfIdentity{};
+    const WantedIdentity w = wanted_identity(image, h == header.end() ? nullptr : h->second, path);
+    const ElfIdentity& want = w.id;
     f.refused = true;
-    if (!core_has_header) {
-      f.detail = "refused: the core holds no copy of its first page, so its build-id cannot be checked";
+    if (!w.error.empty()) {
+      f.detail = w.error;
+      continue;
+    }
+    if (w.by.empty()) {
+      f.detail = "refused: the evidence holds no copy of its first page and no build-id recorded at acquisition, "
+                 "so its build-id cannot be checked";
       continue;
     }
     if (want.elf && !have.elf) {
-      f.detail = "refused: the core maps an ELF object here but this file is not one";
+      f.detail = "refused: the evidence maps an ELF object here but this file is not one";
       continue;
     }
     if (!want.build_id) {
-      f.detail = want.elf ? "refused: the core holds its ELF header but no build-id note to check this file against"
-                          : "refused: not an ELF object in the core, nothing to check this file against";
+      f.detail = want.elf ? "refused: the evidence holds its ELF header but no build-id note to check this file against"
+                          : "refused: not an ELF object in the evidence, nothing to check this file against";
       continue;
     }
     if (!have.build_id || *have.build_id != *want.build_id) {
       f.detail = "refused: build-id " + (have.build_id ? f.build_id : std::string("(none)")) +
-                 " differs from the core's " + to_hex(*want.build_id) + " (a different build of this file)";
+                 " differs from the evidence's " + to_hex(*want.build_id) + " (" + w.by +
+                 "; a different build of this file)";
       continue;
     }
     f.refused = false;
     f.verified = true;
+    f.verified_by = w.by;
     f.attached = true;
     mapped = std::move(*file);
   }
 
   for (const FileGap& g : missing.gaps) {
-    auto it = index.find(info.files[g.file].path);
+    auto it = index.find(image.mapped_files[g.file].path);
     if (it == index.end() || !layer->files_[it->second].attached) continue;
     // Past the end of the file the process would fault (or read the zeroed rest of a page).
     const uint64_t size = layer->mapped_[it->second]->size();
@@ -267,7 +276,7 @@ Result<std::unique_ptr<SysrootLayer>> SysrootLayer::open(std::shared_ptr<const E
     layer->files_[it->second].bytes += n;
   }
   layer->used_.assign(layer->files_.size(), 0);
-  layer->core_ = std::move(core);
+  layer->evidence_ = image.memory;
   return layer;
 }
 
@@ -280,7 +289,7 @@ const SysrootLayer::Fill* SysrootLayer::find(uint64_t addr) const {
 }
 
 const uint8_t* SysrootLayer::view(uint64_t addr, uint64_t len) const {
-  if (core_->mapped_run(addr, 1)) return core_->view(addr, len);
+  if (evidence_->mapped_run(addr, 1)) return evidence_->view(addr, len);
   const Fill* f = find(addr);
   if (!f || len > f->size - (addr - f->start)) return nullptr;
   const uint8_t* p = mapped_[f->file]->view(f->file_offset + (addr - f->start), len);
@@ -289,12 +298,12 @@ const uint8_t* SysrootLayer::view(uint64_t addr, uint64_t len) const {
 }
 
 std::optional<FilePlace> SysrootLayer::file_place(uint64_t addr, uint64_t len) const {
-  if (core_->mapped_run(addr, 1)) return core_->file_place(addr, len);
+  if (evidence_->mapped_run(addr, 1)) return evidence_->file_place(addr, len);
   return std::nullopt;
 }
 
 uint64_t SysrootLayer::mapped_run(uint64_t addr, uint64_t max) const {
-  if (uint64_t run = core_->mapped_run(addr, max)) return run;
+  if (uint64_t run = evidence_->mapped_run(addr, max)) return run;
   const Fill* f = find(addr);
   return f ? std::min(max, f->size - (addr - f->start)) : 0;
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "mlfx/base/bytes.h"
 #include "mlfx/crypto/hash.h"
@@ -56,6 +57,13 @@ Result<ContextMapping> parse_mapping(const json::Json& m, const std::string& whe
     MLFX_ASSIGN(c.inode, get_u64(m, "inode", where));
   }
   c.path = opt_string(m, "path");
+  if (m.contains("build_id")) {
+    MLFX_ASSIGN(c.build_id, get_string(m, "build_id", where, 128));
+    const bool hex = !c.build_id.empty() && c.build_id.size() % 2 == 0 &&
+                     std::all_of(c.build_id.begin(), c.build_id.end(),
+                                 [](char ch) { return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'); });
+    if (!hex) return fail(bad_context(where + ".build_id is not a build-id in lowercase hex"));
+  }
   return c;
 }
 
@@ -340,6 +348,7 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   const std::vector<layers::Segment>& ranges = physical_->segments();
   RebuiltProcess out;
   std::vector<layers::Segment> segments;
+  std::vector<layers::AddressRange> declared;
   bool any = false;
   for (const PagemapRecord& r : records_) {
     if (r.pid != pid) continue;
@@ -351,6 +360,11 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
     if (!entries) return fail(Errc::kBadFormat, "pagemap stream: the entries of pid " + std::to_string(pid) + " cannot be read");
     for (uint64_t i = 0; i < r.pages; ++i) {
       const uint64_t e = load_le<uint64_t>(entries + i * 8);
+      if (e & (kPagePresent | kPageSwapped)) {  // the evidence speaks for it, held or not
+        const uint64_t v = r.start + i * ps;
+        if (!declared.empty() && declared.back().end == v) declared.back().end = v + ps;
+        else declared.push_back({v, v + ps});
+      }
       if (!(e & kPagePresent)) {
         ++((e & kPageSwapped) ? out.pages.swapped : out.pages.not_present);
         if (file_backed && !(e & kPageSwapped)) ++out.pages.file_not_present;
@@ -382,6 +396,7 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   for (const MovedPage& m : moved_)  // read from the frozen process: its pagemap entry was zeroed
     if (m.pid == pid) {
       segments.push_back({m.vaddr, ps, memory_size_ + m.data_offset});
+      declared.push_back({m.vaddr, m.vaddr + ps});
       ++out.pages_moved_supplied;
     }
   if (!any)
@@ -416,9 +431,23 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
   layers::ProcessImage& image = out.image;
   image.kind = "physical image (" + (context_.source.empty() ? std::string("LiME") : context_.source) + ") + pagemap";
   image.memory = std::move(layer);
-  for (const ContextMapping& m : cp->maps)
-    if (m.inode != 0 && !m.path.empty() && m.path.front() == '/')
+  std::set<std::string> ambiguous;  // two build-ids for one path: neither is used
+  for (const ContextMapping& m : cp->maps) {
+    if (m.inode != 0 && !m.path.empty() && m.path.front() == '/') {
       image.mapped_files.push_back({m.start, m.end, m.offset, m.path});
+      if (!m.build_id.empty() && !image.build_ids.emplace(m.path, m.build_id).second &&
+          image.build_ids[m.path] != m.build_id)
+        ambiguous.insert(m.path);
+    }
+    // Writable mappings may hold private changes, unreadable ones are guards: never a file's bytes.
+    if (m.perms.size() >= 2 && (m.perms[1] == 'w' || m.perms[0] != 'r')) declared.push_back({m.start, m.end});
+  }
+  image.declared = layers::normalized(std::move(declared));
+  for (const std::string& path : ambiguous) {
+    image.build_ids.erase(path);
+    image.warnings.push_back("the context records two build-ids for " + path + " (pid " + std::to_string(pid) +
+                             "): neither is used");
+  }
   image.facts.pid = pid;
   image.facts.command = cp->comm;
   image.facts.args = cp->cmdline;

@@ -65,6 +65,7 @@ struct PageSample {
 struct ContextMapping {
   uint64_t start = 0, end = 0, offset = 0, inode = 0;
   std::string perms, path;
+  std::string build_id;  // of the mapped file, lowercase hex, read by the agent; empty: none
 };
 
 struct ContextProcess {

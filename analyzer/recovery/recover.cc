@@ -465,7 +465,7 @@ json::Json cycle_findings(const frontends::torch::ModuleWalker& walker, const st
   return out;
 }
 
-// Why the sysroot could not fill the core's gaps, for an error message: the refused files
+// Why the sysroot could not fill the evidence's gaps, for an error message: the refused files
 // first (another build), then the missing ones; empty when every file was attached.
 std::string sysroot_problems(const layers::SysrootLayer& sysroot) {
   std::vector<const layers::SysrootFile*> bad;
@@ -474,7 +474,7 @@ std::string sysroot_problems(const layers::SysrootLayer& sysroot) {
   if (bad.empty()) return {};
   std::stable_partition(bad.begin(), bad.end(), [](const layers::SysrootFile* f) { return f->refused; });
   std::string out = "sysroot " + sysroot.sysroot() + " lacks " + std::to_string(bad.size()) + " of the " +
-                    std::to_string(sysroot.files().size()) + " mapped files the core left out";
+                    std::to_string(sysroot.files().size()) + " mapped files the evidence lacks data of";
   for (size_t i = 0; i < bad.size() && i < 3; ++i) out += (i ? "; " : ": ") + bad[i]->path + " " + bad[i]->detail;
   return out + (bad.size() > 3 ? "; ..." : "");
 }
@@ -490,13 +490,13 @@ json::Json sysroot_report(const layers::SysrootLayer& sysroot, Diagnostics& diag
     read += was_read;
     if (was_read)
       diag.warn("sysroot: read " + f.path + " from " + f.host_path + " (" +
-                (f.verified ? "build-id " + f.build_id + " matches the core" : f.detail) + ")");
+                (f.verified ? "build-id " + f.build_id + " matches the " + f.verified_by : f.detail) + ")");
     files.push_back({{"path", f.path}, {"host_path", f.host_path}, {"attached", f.attached}, {"read", was_read},
-                     {"verified", f.verified}, {"refused", f.refused}, {"build_id", f.build_id},
-                     {"bytes", f.bytes}, {"detail", f.detail}});
+                     {"verified", f.verified}, {"verified_by", f.verified ? json::Json(f.verified_by) : json::Json(nullptr)},
+                     {"refused", f.refused}, {"build_id", f.build_id}, {"bytes", f.bytes}, {"detail", f.detail}});
   }
   diag.warn("sysroot " + sysroot.sysroot() + ": " + std::to_string(attached) + " of " +
-            std::to_string(sysroot.files().size()) + " mapped files lacking data in the core were available, " +
+            std::to_string(sysroot.files().size()) + " mapped files lacking data in the evidence were available, " +
             std::to_string(read) + " were read");
   return {{"path", sysroot.sysroot()}, {"files", files}};
 }
@@ -533,12 +533,34 @@ RecoverResult summarize(json::Json report) {
 
 namespace {
 
-// What the evidence adds to the analysis of its process image: for a core, the mapped files'
-// data it left out (a hint) or read from a sysroot.
+// What the evidence adds to the analysis of its process image: the mapped files' data it
+// lacks (a hint), or read from a sysroot.
 struct ImageSource {
   std::string missing_hint;
   std::shared_ptr<const layers::SysrootLayer> sysroot;
 };
+
+// With --sysroot: the file data the evidence lacks read from the lab's copy of the captured
+// host's files (build-id checked), on top of `image`'s memory. Without: a hint of what
+// `evidence` ("the core") lacks and why, for the case that recovery stops for want of it.
+Result<ImageSource> attach_file_data(const RecoverOptions& o, layers::ProcessImage& image, const std::string& evidence,
+                                     const std::string& why_lacking, Diagnostics& diag) {
+  ImageSource src;
+  if (!o.sysroot.empty()) {
+    MLFX_ASSIGN(src.sysroot, layers::SysrootLayer::open(image, o.sysroot));
+    for (const auto& w : src.sysroot->warnings()) diag.warn(w);
+    for (const auto& f : src.sysroot->files())
+      if (!f.attached) diag.warn("sysroot: " + f.path + " not read from " + f.host_path + ": " + f.detail);
+    image.memory = src.sysroot;
+  } else if (auto missing = layers::missing_file_data(image); missing.bytes) {
+    src.missing_hint = evidence + " lacks " +
+                       human_bytes(double(missing.bytes)) + " of file-backed memory in " +
+                       std::to_string(missing.paths.size()) + " mapped file(s) (" + missing.paths.front() +
+                       (missing.paths.size() > 1 ? ", ..." : "") + "): " + why_lacking +
+                       "; rerun with --sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
+  }
+  return src;
+}
 
 // Every model of one process image into `out_dir` (new or empty), with its report.json.
 Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string& out_dir, const layers::ProcessImage& image,
@@ -700,26 +722,27 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
     json::Json input = ev.description;
     Diagnostics diag(o.limits);
     layers::ProcessImage image;
-    ImageSource src;
+    std::string lost_pages;  // what the interpreter's structures may lack: said where they are not found
     if (p.pagemap) {  // captured while frozen: the exact mapping at acquisition
       MLFX_ASSIGN(physical::RebuiltProcess r, img.process(p.pid));
       input["process_source"] = "pagemap";
       input["process_pages"] = r.to_json();
-      // What the interpreter's structures may lack: say it where they are not found.
       if (const uint64_t lost = r.pages.not_in_image + r.pages.swapped + r.pages.pfn_hidden)
-        src.missing_hint = std::to_string(lost) + " of the process's " +
-                           std::to_string(lost + r.pages.in_image) + " present or swapped pages are not in the image (" +
-                           std::to_string(r.pages.not_in_image) + " in RAM the capture did not read: see "
-                           "input.physical.unreadable; " + std::to_string(r.pages.swapped) + " swapped out)";
-      if (r.pages.file_not_present)  // clean file pages the kernel had dropped: on disk, not in RAM
-        src.missing_hint += (src.missing_hint.empty() ? "" : "; ") + std::to_string(r.pages.file_not_present) +
-                            " pages of its mapped files (the interpreter's symbol tables among them, perhaps) were "
-                            "not in memory at the capture: a physical image holds only what was in RAM";
+        lost_pages = std::to_string(lost) + " of the process's " + std::to_string(lost + r.pages.in_image) +
+                     " present or swapped pages are not in the image (" + std::to_string(r.pages.not_in_image) +
+                     " in RAM the capture did not read: see input.physical.unreadable; " +
+                     std::to_string(r.pages.swapped) + " swapped out)";
       image = std::move(r.image);
     } else {
       MLFX_ASSIGN(image, kernel->process_image(*p.task, diag));
       input["process_source"] = "page tables";
     }
+    // Clean file pages the kernel had dropped (or never read) are on disk, not in RAM.
+    MLFX_ASSIGN(ImageSource src, attach_file_data(o, image, "the image",
+                                                  "a physical image holds only the file pages that were in the page "
+                                                  "cache (the interpreter's symbol tables may have been dropped)",
+                                                  diag));
+    if (!lost_pages.empty()) src.missing_hint = lost_pages + (src.missing_hint.empty() ? "" : "; ") + src.missing_hint;
     return recover_process(o, dir, image, src, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
   };
   if (o.pid) {
@@ -792,26 +815,14 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   auto opened = layers::ElfCoreLayer::open(ev.file);
   if (!opened) return fail(std::move(opened).error().context(o.input));
   std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
-  // gdb's sysroot over the core: file-backed memory the core left out, read from lab files.
-  std::shared_ptr<const layers::SysrootLayer> sysroot;
-  std::string missing_hint;  // without --sysroot: what the core lacks, and what to do
-  if (!o.sysroot.empty()) {
-    MLFX_ASSIGN(sysroot, layers::SysrootLayer::open(core, o.sysroot));
-    for (const auto& w : sysroot->warnings()) diag.warn(w);
-    for (const auto& f : sysroot->files())
-      if (!f.attached) diag.warn("sysroot: " + f.path + " not read from " + f.host_path + ": " + f.detail);
-  } else if (auto missing = layers::missing_file_data(*core); missing.bytes) {
-    missing_hint = "the core lacks " + human_bytes(double(missing.bytes)) + " of file-backed memory in " +
-                   std::to_string(missing.paths.size()) + " mapped file(s) (" + missing.paths.front() +
-                   (missing.paths.size() > 1 ? ", ..." : "") +
-                   "): gcore and kernel cores leave out read-only file data such as type names; rerun with "
-                   "--sysroot / on the captured host, or --sysroot DIR holding a copy of its files";
-  }
   // From here on only the process image: its memory and mapped files, no ELF-core types.
-  const layers::ProcessImage image = layers::ElfCoreLayer::process_image(core, sysroot);
-  core.reset();
+  layers::ProcessImage image = layers::ElfCoreLayer::process_image(std::move(core));
+  // gdb's sysroot over the core: file-backed memory the core left out, read from lab files.
+  MLFX_ASSIGN(ImageSource src, attach_file_data(o, image, "the core",
+                                                "gcore and kernel cores leave out read-only file data such as type names",
+                                                diag));
   timings["open_ms"] = ms_since(t0);
-  return recover_process(o, o.out_dir, image, {missing_hint, sysroot}, std::move(ev.description), diag, std::move(timings), t0);
+  return recover_process(o, o.out_dir, image, src, std::move(ev.description), diag, std::move(timings), t0);
 }
 
 }  // namespace mlfx::recovery

@@ -1,5 +1,6 @@
 // SysrootLayer: file-backed memory a core left out, read from a sysroot directory; the core
 // always wins, a different build of a file is refused, hostile NT_FILE notes are survived.
+#include "layers/elf_core_layer.h"
 #include "layers/sysroot_layer.h"
 
 #include <sys/stat.h>
@@ -36,7 +37,7 @@ class Sysroot : public ::testing::Test {
   }
 
   std::unique_ptr<SysrootLayer> sysroot(std::shared_ptr<const ElfCoreLayer> c) {
-    auto s = SysrootLayer::open(std::move(c), root.path());
+    auto s = SysrootLayer::open(ElfCoreLayer::process_image(std::move(c)), root.path());
     EXPECT_TRUE(s) << s.error().to_string();
     return std::move(*s);
   }
@@ -145,7 +146,7 @@ TEST_F(Sysroot, RefusesAFileWithAnotherBuildId) {
   EXPECT_FALSE(f.verified);
   EXPECT_TRUE(f.refused);
   EXPECT_EQ(f.bytes, 0u);
-  EXPECT_NE(f.detail.find("refused: build-id " + std::string(40, '2') + " differs from the core's " +
+  EXPECT_NE(f.detail.find("refused: build-id " + std::string(40, '2') + " differs from the evidence's " +
                           std::string(40, '1')),
             std::string::npos)
       << f.detail;
@@ -220,14 +221,14 @@ TEST_F(Sysroot, MissingOddAndShortFiles) {
   EXPECT_NE(s->files()[3].detail.find("first page"), std::string::npos);
   EXPECT_FALSE(s->is_mapped(kBase + 0x30000, 1));
 
-  EXPECT_FALSE(SysrootLayer::open(core(b), root / "usr/lib/short.dat"));
-  EXPECT_FALSE(SysrootLayer::open(core(b), root / "nowhere"));
+  EXPECT_FALSE(SysrootLayer::open(ElfCoreLayer::process_image(core(b)), root / "usr/lib/short.dat"));
+  EXPECT_FALSE(SysrootLayer::open(ElfCoreLayer::process_image(core(b)), root / "nowhere"));
 }
 
 TEST_F(Sysroot, MissingFileDataWithoutASysroot) {
   const std::string lib = testing::elf_object(kIdA, 0x5000, 3);
   auto c = core(library_core(lib));
-  MissingFileData m = missing_file_data(*c);
+  MissingFileData m = missing_file_data(ElfCoreLayer::process_image(c));
   EXPECT_EQ(m.bytes, 0x3000u);
   EXPECT_EQ(m.paths, std::vector<std::string>{kLib});
   ASSERT_EQ(m.gaps.size(), 2u);
@@ -276,7 +277,7 @@ TEST_F(Sysroot, HostileNtFileEntries) {
   EXPECT_TRUE(oc->info().files.empty());
   ASSERT_FALSE(oc->info().warnings.empty());
   EXPECT_NE(oc->info().warnings[0].find("3 entries"), std::string::npos) << oc->info().warnings[0];
-  EXPECT_EQ(missing_file_data(*oc).bytes, 0u);
+  EXPECT_EQ(missing_file_data(ElfCoreLayer::process_image(oc)).bytes, 0u);
 
   // An impossible count: the note is refused, not allocated for.
   CoreBuilder n;

@@ -88,7 +88,7 @@ const std::string& fuzz_sysroot() {
   return s.dir;
 }
 
-void check_sysroot(const layers::ElfCoreLayer& core, const layers::SysrootLayer& sys) {
+void check_sysroot(const layers::ElfCoreLayer& core, const layers::ProcessImage& image, const layers::SysrootLayer& sys) {
   uint8_t a[64], b[64];
   for (const layers::Segment& s : core.segments()) {
     const std::string where = "segment at " + std::to_string(s.start);
@@ -96,7 +96,7 @@ void check_sysroot(const layers::ElfCoreLayer& core, const layers::SysrootLayer&
         sys.mapped_run(s.start, UINT64_MAX) != core.mapped_run(s.start, UINT64_MAX))
       fuzz::invariant_failed("the sysroot layer shows the core's bytes unchanged", where);
   }
-  const layers::MissingFileData missing = layers::missing_file_data(core);
+  const layers::MissingFileData missing = layers::missing_file_data(image);
   size_t checked = 0;
   for (size_t i = 0; i < missing.gaps.size(); ++i) {
     const layers::FileGap& g = missing.gaps[i];
@@ -128,9 +128,10 @@ void run(const std::string& path) {
   if (!opened) return;
   std::shared_ptr<const layers::ElfCoreLayer> core = std::move(*opened);
   fuzz::check_segments(*core);
-  auto sys = layers::SysrootLayer::open(core, fuzz_sysroot());
+  const layers::ProcessImage image = layers::ElfCoreLayer::process_image(core);
+  auto sys = layers::SysrootLayer::open(image, fuzz_sysroot());
   if (!sys) fuzz::invariant_failed("the sysroot opens", sys.error().to_string());
-  check_sysroot(*core, **sys);
+  check_sysroot(*core, image, **sys);
   const layers::SysrootLayer& mem = **sys;
 
   Diagnostics diag;

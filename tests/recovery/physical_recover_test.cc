@@ -7,8 +7,11 @@
 // in a VM on Debian's kernel: tests/agent/test_physical_capture_vm.py.)
 #include <gtest/gtest.h>
 
+#include <elf.h>
+
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -79,8 +82,10 @@ class PhysicalLayout {
     o << banner_page;
   }
 
-  // The raw pagemap stream: one record per loaded segment.
-  void write_pagemap(const std::string& path, int32_t pid) const {
+  // The raw pagemap stream: one record per loaded segment; pages `evicted` says so of are not
+  // present (a file page the kernel dropped from its page cache).
+  void write_pagemap(const std::string& path, int32_t pid,
+                     const std::function<bool(uint64_t)>& evicted = [](uint64_t) { return false; }) const {
     std::ofstream o(path, std::ios::binary);
     std::vector<const layers::LoadSegment*> loads;
     for (const auto& s : core_.info().loads)
@@ -90,15 +95,27 @@ class PhysicalLayout {
     for (const layers::LoadSegment* s : loads) {
       const uint64_t pages = s->filesz / kPage;
       put(o, pid, 4), put(o, 0, 4), put(o, s->vaddr, 8), put(o, pages, 8);
-      for (uint64_t i = 0; i < pages; ++i) put(o, (1ull << 63) | pfn(s->vaddr + i * kPage), 8);
+      for (uint64_t i = 0; i < pages; ++i)
+        put(o, evicted(s->vaddr + i * kPage) ? 0 : (1ull << 63) | pfn(s->vaddr + i * kPage), 8);
     }
   }
 
-  json::Json context(int32_t pid) const {
+  // The permissions of the mapping at `vaddr`, as /proc/PID/maps prints them.
+  std::string perms(uint64_t vaddr) const {
+    for (const layers::LoadSegment& s : core_.info().loads)
+      if (vaddr >= s.vaddr && vaddr - s.vaddr < s.memsz)
+        return std::string(s.flags & PF_R ? "r" : "-") + (s.flags & PF_W ? "w" : "-") + (s.flags & PF_X ? "x" : "-") + "p";
+    return "---p";
+  }
+
+  json::Json context(int32_t pid, const std::map<std::string, std::string>& build_ids = {}) const {
     json::Json maps = json::Json::array();
-    for (const layers::MappedFile& f : core_.info().files)
-      maps.push_back({{"start", f.start}, {"end", f.end}, {"perms", "r--p"}, {"offset", f.file_offset},
-                      {"inode", 1}, {"path", f.path}});
+    for (const layers::MappedFile& f : core_.info().files) {
+      json::Json m = {{"start", f.start}, {"end", f.end}, {"perms", perms(f.start)}, {"offset", f.file_offset},
+                      {"inode", 1}, {"path", f.path}};
+      if (auto id = build_ids.find(f.path); id != build_ids.end()) m["build_id"] = id->second;
+      maps.push_back(std::move(m));
+    }
     json::Json sample = json::Json::array();
     for (size_t k = 0; k < 6; ++k) {
       const size_t i = k * (pages_.size() - 1) / 5;
@@ -232,6 +249,92 @@ TEST_F(PhysicalRecovery, ScatteredFramesRecoverBitExactlyAndHolesAreMissingNotZe
   EXPECT_EQ(s.exit_code, 1) << s.output;
   EXPECT_NE(s.output.find("hashed at acquisition differs"), std::string::npos) << s.output;
   EXPECT_FALSE(fs::exists(dir / "s/report.json"));
+}
+
+// File pages that were not in the page cache at the capture (the interpreter's symbol tables,
+// read once at start-up) are not in a physical image: recovery says so and names --sysroot;
+// with --sysroot / they are read from this host's files, only from a file whose build-id
+// equals the evidence's: its own copy of the ELF header, else the build-id the agent recorded.
+TEST_F(PhysicalRecovery, FilePagesTheImageLacksComeFromTheSysrootWithTheirBuildIdChecked) {
+  const std::string gt = dir / "gt", core_path = dir / "core.elf";
+  Victim v(kPython + " " + kVictims + "/torch_victim.py cnn " + gt, gt);
+  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
+  auto c = run(agent_bin() + " core --pid " + std::to_string(v.pid()) + " --out " + core_path);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  testing::write_file(gt + "/stop", "1");
+  auto file = layers::FileLayer::open(core_path);
+  ASSERT_TRUE(file);
+  auto core = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
+  ASSERT_TRUE(core) << core.error().to_string();
+  PhysicalLayout layout(**core);
+
+  // The interpreter: the mapped file holding the ELF header the process was started from.
+  std::string python;
+  uint64_t header_page = 0;
+  for (const layers::MappedFile& f : (*core)->info().files)
+    if (f.file_offset == 0 && fs::path(f.path).filename().string().rfind("python3", 0) == 0) {
+      python = f.path;
+      header_page = f.start;
+    }
+  ASSERT_FALSE(python.empty());
+  auto readelf = run("readelf -n " + python);
+  const size_t at = readelf.output.find("Build ID: ");
+  ASSERT_NE(at, std::string::npos) << readelf.output;
+  const std::string build_id = readelf.output.substr(at + 10, readelf.output.find('\n', at) - at - 10);
+  // Every read-only page of the interpreter evicted: but for its first page, or with it.
+  auto read_only_python_page = [&](uint64_t vaddr) {
+    for (const layers::MappedFile& f : (*core)->info().files)
+      if (f.path == python && vaddr >= f.start && vaddr < f.end) return layout.perms(vaddr)[1] != 'w';
+    return false;
+  };
+  const std::string image = dir / "memory.lime";
+  layout.write_image(image);
+  const std::string kept_header = dir / "kept-header.pagemap", no_header = dir / "no-header.pagemap";
+  layout.write_pagemap(kept_header, v.pid(), [&](uint64_t p) { return p != header_page && read_only_python_page(p); });
+  layout.write_pagemap(no_header, v.pid(), read_only_python_page);
+
+  // Without --sysroot: what is lacking, and what to do.
+  const std::string bundle = seal("evicted", image, kept_header, layout.context(v.pid()));
+  const std::string pid = " --pid " + std::to_string(v.pid());
+  auto without = recover(bundle, dir / "without", pid);
+  EXPECT_EQ(without.exit_code, 1) << without.output;
+  EXPECT_NE(without.output.find("the image lacks"), std::string::npos) << without.output;
+  EXPECT_NE(without.output.find("--sysroot"), std::string::npos) << without.output;
+
+  auto sysroot_entry = [&](const std::string& out) {
+    auto report = json::parse(read_file(out + "/report.json"), "report");
+    EXPECT_TRUE(report);
+    for (const auto& f : (*report)["input"]["sysroot"]["files"])
+      if (f["path"] == python) return f;
+    return json::Json();
+  };
+  // With --sysroot /: checked against the ELF header the image holds; bit-exact.
+  const std::string with = dir / "with";
+  auto r = recover(bundle, with, pid + " --sysroot /");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + with).exit_code, 0);
+  json::Json f = sysroot_entry(with);
+  EXPECT_TRUE(f.value("read", false)) << f.dump();
+  EXPECT_EQ(f.value("verified_by", ""), "ELF header in the evidence") << f.dump();
+  EXPECT_EQ(f.value("build_id", ""), build_id) << f.dump();
+  auto spec = run(kPython + " " + std::string(MLFX_SOURCE_DIR) + "/tests/docs/outputs_spec_test.py " + with);
+  EXPECT_EQ(spec.exit_code, 0) << spec.output;
+
+  // The header page evicted too: nothing to check the file against unless the agent recorded
+  // its build-id; a wrong one refuses the file.
+  auto refused = recover(seal("no-header", image, no_header, layout.context(v.pid())), dir / "refused", pid + " --sysroot /");
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find("no build-id recorded at acquisition"), std::string::npos) << refused.output;
+  const std::string recorded = dir / "recorded";
+  r = recover(seal("recorded", image, no_header, layout.context(v.pid(), {{python, build_id}})), recorded,
+              pid + " --sysroot /");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(run(kPython + " " + kVictims + "/check_recovery.py " + gt + " " + recorded).exit_code, 0);
+  EXPECT_EQ(sysroot_entry(recorded).value("verified_by", ""), "recorded at acquisition");
+  auto wrong = recover(seal("wrong", image, no_header, layout.context(v.pid(), {{python, std::string(40, 'a')}})),
+                       dir / "wrong", pid + " --sysroot /");
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.output;
+  EXPECT_NE(wrong.output.find("differs from the evidence's " + std::string(40, 'a')), std::string::npos) << wrong.output;
 }
 
 }  // namespace

@@ -77,6 +77,7 @@ Status PhysicalSource::thaw() {
   if (frozen_) {
     frozen_ = false;
     t_thawed_ = Clock::now();
+    if (st && image_read_) targets_.read_build_ids();
   }
   MLFX_TRY(st);
   return released;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <cstdio>
 
+#include "capture/process/elf_build_id.h"
 #include "capture/process/procfs.h"
 #include "mlfx/base/file.h"
 #include "mlfx/crypto/hash.h"
@@ -102,6 +103,10 @@ Status TargetProcesses::thaw() {
     if (auto st = it->thaw(); !st && first) first = fail(std::move(st).error().context("thawing pid " + std::to_string(it->pid())));
   frozen_.clear();
   return first;
+}
+
+void TargetProcesses::read_build_ids() {
+  for (TargetRecord& r : records_) r.build_ids = process::mapped_build_ids(r.pid, r.maps);
 }
 
 Status TargetProcesses::record(uint64_t page_size) {
@@ -207,9 +212,13 @@ json::Json TargetProcesses::processes_json() const {
   json::Json all = json::Json::array();
   for (const TargetRecord& r : records_) {
     json::Json maps = json::Json::array();
-    for (const process::MapEntry& m : r.maps)
-      maps.push_back({{"start", m.start}, {"end", m.end}, {"perms", m.perms}, {"offset", m.offset},
-                      {"dev", dev_text(m)}, {"inode", m.inode}, {"path", m.path}});
+    for (size_t i = 0; i < r.maps.size(); ++i) {
+      const process::MapEntry& m = r.maps[i];
+      json::Json j = {{"start", m.start}, {"end", m.end}, {"perms", m.perms}, {"offset", m.offset},
+                      {"dev", dev_text(m)}, {"inode", m.inode}, {"path", m.path}};
+      if (i < r.build_ids.size() && r.build_ids[i]) j["build_id"] = *r.build_ids[i];
+      maps.push_back(std::move(j));
+    }
     json::Json sample = json::Json::array();
     for (const PageSample& s : r.page_sample) sample.push_back({{"vaddr", s.vaddr}, {"sha256", s.sha256}});
     all.push_back({{"pid", r.pid}, {"comm", r.comm}, {"cmdline", r.cmdline}, {"threads", r.threads},

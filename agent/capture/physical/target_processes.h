@@ -32,6 +32,7 @@ struct TargetRecord {
   std::string comm, cmdline;
   uint64_t threads = 0;  // stopped
   std::vector<process::MapEntry> maps;
+  std::vector<std::optional<std::string>> build_ids;  // parallel to maps, after the thaw
   uint32_t pagemap_records = 0;
   std::vector<PageSample> page_sample;
   uint64_t pages_moved = 0;  // entries that changed while the image was read (settle())
@@ -59,6 +60,9 @@ class TargetProcesses {
   Status settle(uint64_t page_size);
   // Releases every target. Idempotent.
   Status thaw();
+  // After the thaw: the GNU build-id of every mapped file (the lab checks its own copies of
+  // files the image lacks against them). Not while frozen: opening files lengthens the freeze.
+  void read_build_ids();
 
   bool empty() const { return pids_.empty(); }
   const std::vector<pid_t>& pids() const { return pids_; }

@@ -1,9 +1,14 @@
 #include "elf_build_id.h"
 
 #include <elf.h>
+#include <sys/stat.h>
 
 #include <cstring>
+#include <map>
+#include <tuple>
 #include <vector>
+
+#include "procfs.h"
 
 namespace mlfx::agent::process {
 namespace {
@@ -94,6 +99,38 @@ Result<std::optional<std::string>> read_gnu_build_id(const File& f) {
     if (auto id = find_build_id(notes, ph.align)) return id;
   }
   return std::optional<std::string>();
+}
+
+bool stat_mapped_file(pid_t pid, const MapEntry& m, struct stat& st) {
+  return stat(proc_path(pid, "map_files/" + m.range_name()).c_str(), &st) == 0 ||
+         stat((proc_path(pid, "root") + m.path).c_str(), &st) == 0;
+}
+
+Result<File> open_mapped_file(pid_t pid, const MapEntry& m) {
+  if (auto f = File::open_read(proc_path(pid, "map_files/" + m.range_name()))) return f;
+  return File::open_read(proc_path(pid, "root") + m.path);
+}
+
+std::vector<std::optional<std::string>> mapped_build_ids(pid_t pid, const std::vector<MapEntry>& maps) {
+  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, std::optional<std::string>> ids;
+  std::vector<std::optional<std::string>> out(maps.size());
+  for (size_t i = 0; i < maps.size(); ++i) {
+    const MapEntry& e = maps[i];
+    if (!e.file_backed()) continue;
+    auto key = std::make_tuple(e.dev_major, e.dev_minor, e.inode, e.path);
+    auto it = ids.find(key);
+    if (it == ids.end()) {
+      std::optional<std::string> id;
+      // Regular files only: opening a device node would run its driver.
+      struct stat st;
+      if (stat_mapped_file(pid, e, st) && S_ISREG(st.st_mode))
+        if (auto f = open_mapped_file(pid, e))
+          if (auto r = read_gnu_build_id(*f)) id = *r;
+      it = ids.emplace(key, std::move(id)).first;
+    }
+    out[i] = it->second;
+  }
+  return out;
 }
 
 }  // namespace mlfx::agent::process

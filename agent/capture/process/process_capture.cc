@@ -160,19 +160,6 @@ std::string trim_newline(std::string s) {
   return s;
 }
 
-// The mapped file as the target sees it: map_files names the exact inode (even a deleted
-// one) but needs CAP_SYS_ADMIN; /proc/PID/root resolves the path in the target's mount
-// namespace (containers).
-bool stat_mapped_file(pid_t pid, const MapEntry& m, struct stat& st) {
-  return stat(proc_path(pid, "map_files/" + m.range_name()).c_str(), &st) == 0 ||
-         stat((proc_path(pid, "root") + m.path).c_str(), &st) == 0;
-}
-
-Result<File> open_mapped_file(pid_t pid, const MapEntry& m) {
-  if (auto f = File::open_read(proc_path(pid, "map_files/" + m.range_name()))) return f;
-  return File::open_read(proc_path(pid, "root") + m.path);
-}
-
 // No process any more, or only its zombie: nothing left to read.
 bool target_is_gone(pid_t pid) {
   auto text = read_proc_file(proc_path(pid, "stat"), 4096);
@@ -220,26 +207,7 @@ struct ProcessCapture::State {
 
 // The GNU build-id of every mapped file, once per file. Read after the thaw: the core does not
 // need them, only the context, and opening a hundred files would lengthen the freeze.
-void ProcessCapture::State::read_build_ids() {
-  std::map<std::tuple<uint32_t, uint32_t, uint64_t, std::string>, std::optional<std::string>> ids;
-  build_ids.assign(maps.size(), std::nullopt);
-  for (size_t i = 0; i < maps.size(); ++i) {
-    const MapEntry& e = maps[i];
-    if (!e.file_backed()) continue;
-    auto key = std::make_tuple(e.dev_major, e.dev_minor, e.inode, e.path);
-    auto it = ids.find(key);
-    if (it == ids.end()) {
-      std::optional<std::string> id;
-      // Regular files only: opening a device node would run its driver.
-      struct stat st;
-      if (stat_mapped_file(pid, e, st) && S_ISREG(st.st_mode))
-        if (auto f = open_mapped_file(pid, e))
-          if (auto r = read_gnu_build_id(*f)) id = *r;
-      it = ids.emplace(key, std::move(id)).first;
-    }
-    build_ids[i] = it->second;
-  }
-}
+void ProcessCapture::State::read_build_ids() { build_ids = mapped_build_ids(pid, maps); }
 
 Status ProcessCapture::State::check_target() {
   const std::string who = "pid " + std::to_string(pid);
