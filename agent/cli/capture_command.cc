@@ -193,6 +193,15 @@ int report_physical(const CaptureArgs& a, const CaptureOutcome& r, const std::st
   if (!c["zero_filled"].empty())
     std::printf("  %zu partial page(s) written as zeros by %s (listed in the context)\n", c["zero_filled"].size(),
                 a.source.c_str());
+  const json::Json& khugepaged = c["smear_reduction"]["khugepaged"];
+  if (khugepaged.value("restored", false))
+    std::printf("  khugepaged was paused while the image was read (transparent_hugepage %s -> never -> %s)\n",
+                khugepaged["was"].get<std::string>().c_str(), khugepaged["was"].get<std::string>().c_str());
+  if (khugepaged.contains("restore_error"))
+    std::fprintf(stderr, "mlfx-agent: capture: warning: transparent_hugepage stays 'never': %s; restore it with: "
+                         "echo %s > %s\n",
+                 khugepaged["restore_error"].get<std::string>().c_str(), khugepaged["was"].get<std::string>().c_str(),
+                 khugepaged["setting"].get<std::string>().c_str());
   bool digest_ok = true;
   if (c.contains("digest") && c["digest"].contains("tool_sha256")) {
     const json::Json& d = c["digest"];

@@ -24,6 +24,7 @@
 #include "capture/physical/iomem.h"
 #include "capture/physical/kernel_facts.h"
 #include "capture/physical/kernel_module.h"
+#include "capture/physical/khugepaged_pause.h"
 #include "capture/physical/kmod_source.h"
 #include "capture/physical/lime_format.h"
 #include "capture/physical/lime_source.h"
@@ -353,6 +354,62 @@ std::string installed_lime() {
     if (std::filesystem::exists(p)) return p;
   }
   return "";
+}
+
+// ---- khugepaged paused while the image is read ----
+
+TEST(KhugepagedPause, SelectedChoiceOfASysfsList) {
+  EXPECT_EQ(selected_choice("always [madvise] never\n"), "madvise");
+  EXPECT_EQ(selected_choice("[always] madvise never"), "always");
+  EXPECT_EQ(selected_choice("always madvise never"), "");
+  EXPECT_EQ(selected_choice("]always [madvise"), "");
+}
+
+// On a stand-in for transparent_hugepage/enabled: "never" written, then the old mode back.
+TEST(KhugepagedPause, WritesNeverThenThePreviousModeAndRecordsBoth) {
+  testing::TempDir dir;
+  const std::string setting = dir / "enabled";
+  testing::write_file(setting, "always [madvise] never\n");
+  {
+    KhugepagedPause p(setting);
+    p.pause();
+    EXPECT_TRUE(p.paused());
+    EXPECT_EQ(testing::read_file(setting).substr(0, 5), "never");
+    ASSERT_TRUE(p.resume());
+    EXPECT_EQ(testing::read_file(setting).substr(0, 7), "madvise");
+    const json::Json j = p.to_json();
+    EXPECT_EQ(j["was"], "madvise");
+    EXPECT_TRUE(j["paused"].get<bool>());
+    EXPECT_TRUE(j["restored"].get<bool>());
+    EXPECT_TRUE(p.resume());  // idempotent
+  }
+  // Restoring fails (the setting vanished): an error that says how to restore it, recorded.
+  testing::write_file(setting, "[always] madvise never\n");
+  KhugepagedPause p(setting);
+  p.pause();
+  ASSERT_TRUE(p.paused());
+  std::filesystem::remove(setting);
+  std::filesystem::create_directory(setting);
+  auto st = p.resume();
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("echo always > " + setting), std::string::npos) << st.error().to_string();
+  EXPECT_TRUE(p.to_json().contains("restore_error"));
+  EXPECT_FALSE(p.to_json()["restored"].get<bool>());
+}
+
+TEST(KhugepagedPause, NothingToPauseIsSaidNotFailed) {
+  testing::TempDir dir;
+  KhugepagedPause absent(dir / "absent");
+  absent.pause();
+  EXPECT_FALSE(absent.paused());
+  EXPECT_NE(absent.to_json().value("not_paused", "").find("not available"), std::string::npos) << absent.to_json().dump();
+  testing::write_file(dir / "off", "always madvise [never]\n");
+  KhugepagedPause off(dir / "off");
+  off.pause();
+  EXPECT_FALSE(off.paused());
+  EXPECT_NE(off.to_json().value("not_paused", "").find("off already"), std::string::npos);
+  EXPECT_EQ(testing::read_file(dir / "off"), "always madvise [never]\n");  // untouched
+  EXPECT_TRUE(off.resume());
 }
 
 TEST(KernelModule, ReadsModinfoOfTheInstalledLime) {

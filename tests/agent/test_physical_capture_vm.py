@@ -11,7 +11,8 @@ In it, the agent (this build, through chroot /mnt/host):
   - captures with stock LiME (the DKMS module, default path) and --pid VICTIM;
   - is interrupted (SIGINT) during a LiME capture: exit 1, LiME unloaded, no bundle, victim running;
   - captures with our mlfx_mem.ko (built here for the guest's kernel) and --pid VICTIM;
-  - leaves no module loaded, no FIFO or image file behind, and the victim running and answering.
+  - leaves no module loaded, no FIFO or image file behind, transparent_hugepage as it was
+    (khugepaged is paused while the image is read), and the victim running and answering.
 On the host, each bundle: `mlfx bundle verify` (attributed: exit 0); opened, its `memory` parsed
 by a LiME reader written here from the format's documentation; LiME's digest equals the agent's
 and the SHA-256 of the image; the nested virtio-mem RAM is listed as missed by LiME and is in our
@@ -22,6 +23,8 @@ and `mlfx recover --pid VICTIM` gives the victim's models bit-exactly (tests/vic
 A third capture, with our module and without --pid (no per-process context): `mlfx recover` finds
 the victim on the kernel's task list (captured BTF and kallsyms) and reads it through its own page
 tables, bit-exactly; without --pid it tries every user process and recovers the victim alone.
+The same with the LiME image sealed again without its per-process context. The context records
+the build-id of the victim's interpreter, as readelf reads it here.
 
 Exit 0 passed, 1 failed. A missing VM lab or missing headers for the guest's kernel fail it
 (packaging/setup-deps.sh installs them); with MLFX_VMLAB_OPTIONAL=1 they skip it (77).
@@ -33,6 +36,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -98,6 +102,12 @@ for exp in json.load(open(os.path.join(gt_dir, "models.json"))):
 
 class Failed(Exception):
     pass
+
+
+def gnu_build_id(path):
+    out = subprocess.run(["readelf", "-n", path], stdout=subprocess.PIPE, text=True, check=True).stdout
+    match = re.search(r"Build ID: ([0-9a-f]+)", out)
+    return match.group(1) if match else None
 
 
 def expect(ok, what, detail=""):
@@ -222,6 +232,10 @@ class Lab:
     def __init__(self, guest, args, tmp, out):
         self.guest, self.args, self.tmp, self.out = guest, args, tmp, out
         self.keys = f"--device-key /mnt/out/dev.key --recipient /mnt/out/lab.pub --device-id {DEVICE_ID}"
+        self.thp = self.transparent_hugepage() if guest else None
+
+    def transparent_hugepage(self):
+        return self.guest.check("cat /sys/kernel/mm/transparent_hugepage/enabled").strip()
 
     def agent(self, cmd):
         return f"chroot /mnt/host {self.args.agent} {cmd}"
@@ -244,6 +258,9 @@ class Lab:
         expect(self.leftovers() == [], f"{what}: files left behind", " ".join(self.leftovers()))
         state = self.victim_state(victim)
         expect(not state.startswith("t") and not state.startswith("T"), f"{what}: the victim is left stopped: {state}")
+        # khugepaged is paused while the image is read (less smear), and the mode written back.
+        expect(self.transparent_hugepage() == self.thp, f"{what}: transparent_hugepage is "
+                                                        f"'{self.transparent_hugepage()}', was '{self.thp}'")
 
     def capture(self, source, victim, extra="", name=None, freeze=True):
         """freeze=False: no --pid, so no per-process context (the lab walks the kernel's task list)."""
@@ -302,7 +319,24 @@ def check_interrupted_lime(lab, victim):
     lab.after_capture("interrupted lime", victim)
 
 
+def reseal_without_context(lab, opened, name):
+    """The image of a capture with --pid sealed again without what --pid adds (the pagemap, the
+    moved pages, the processes in the context): what a capture without --pid holds."""
+    with open(os.path.join(opened, "context")) as f:
+        context = json.load(f)
+    context["processes"] = []
+    with open(os.path.join(opened, "context.bare"), "w") as f:
+        json.dump(context, f)
+    bundle = os.path.join(lab.tmp, f"{name}.mlfx")
+    run_host(lab.args.mlfx, "bundle", "seal", "-q", *(os.path.join(opened, n) for n in
+                                                      ("memory", "context.bare", "kallsyms", "btf")),
+             "--name", "memory", "--name", "context", "--name", "kallsyms", "--name", "btf", "--out", bundle,
+             "--device-key", os.path.join(lab.tmp, "dev.key"), "--recipient", os.path.join(lab.tmp, "lab.pub"))
+    return bundle
+
+
 def check_bundle(lab, source, bundle, victim, module_sha256, gt):
+    """Returns the image sealed again without its per-process context (LiME), else None."""
     step(f"{source}: verify, open, check the image against the context")
     trusted = os.path.join(lab.tmp, "trusted")
     verify = run_host(lab.args.mlfx, "bundle", "verify", "-q", "--trusted-devices", trusted, bundle)
@@ -318,12 +352,16 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
            names.index("moved" if "moved" in names else "pagemap") == 1 + ("moved" in names),
            f"{source}: streams {names}", verify)
     moved = parse_moved(os.path.join(opened, "moved")) if "moved" in names else {}
+    bare = reseal_without_context(lab, opened, f"{source}-bare") if source == "lime" else None
     with open(os.path.join(opened, "context")) as f:
         context = json.load(f)
     memory = os.path.join(opened, "memory")
     image = LimeImage(memory)
     try:
         expect(context["source"] == source, f"context source {context['source']}")
+        khugepaged = context["smear_reduction"]["khugepaged"]
+        expect(khugepaged["was"] == "never" or (khugepaged["paused"] and khugepaged["restored"]),
+               f"{source}: khugepaged not paused and restored: {khugepaged}")
         expect([tuple((r["start"], r["end"])) for r in context["ranges"]] == image.merged(),
                f"{source}: the context's ranges are not the image's", f"{context['ranges']}\n{image.merged()}")
         expect(context["module"]["sha256"] == module_sha256, f"{source}: module sha256 {context['module']['sha256']}")
@@ -369,6 +407,12 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
         proc = next(p for p in context["processes"] if p["pid"] == victim)
         expect(proc["pagemap_records"] == len([r for r in records if r[0] == victim]), "pagemap record count")
         expect(len(proc["page_sample"]) >= 4, f"page sample: {proc['page_sample']}")
+        # The build-id of each mapped ELF file (the guest runs this host's files), for --sysroot.
+        interpreter = [m for m in proc["maps"] if os.path.basename(m["path"]).startswith("python3")]
+        expect(interpreter, "the victim's interpreter is not among its maps")
+        for m in interpreter:
+            expect(m.get("build_id") == gnu_build_id(m["path"]),
+                   f"{m['path']}: build-id {m.get('build_id')} recorded, readelf says {gnu_build_id(m['path'])}")
         listed = [(u["start"], u["end"]) for u in context["unreadable"]]
         in_image = 0
         expect(len(moved) <= proc.get("pages_moved", 0), f"{len(moved)} moved pages, the context counts fewer")
@@ -409,7 +453,7 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
                  f"{proc.stdout.strip()}")
             expect(proc.returncode == 1, f"recover exited {proc.returncode}", proc.stdout)
             shutil.rmtree(opened, ignore_errors=True)
-            return
+            return bare
     else:
         run_host(*recover)
     with open(os.path.join(recovered, "report.json")) as f:
@@ -423,20 +467,21 @@ def check_bundle(lab, source, bundle, victim, module_sha256, gt):
         step(f"{source}: mlfx recover --pid {victim}: what is exported is exact, what is not is listed missing")
         print(run_host(PYTHON, "-c", NOTHING_INVENTED, gt, recovered).rstrip(), flush=True)
     shutil.rmtree(opened, ignore_errors=True)
+    return bare
 
 
-def check_without_context(lab, bundle, victim, gt):
+def check_without_context(lab, name, bundle, victim, gt):
     """A capture without --pid: the victim found on the kernel's task list (captured BTF and
     kallsyms) and read through its own page tables, bit-exactly; every user process tried."""
     key = os.path.join(lab.tmp, "lab.key")
-    recovered = os.path.join(lab.tmp, "recovered-bare")
+    recovered = os.path.join(lab.tmp, f"recovered-{name}")
     run_host(lab.args.mlfx, "recover", bundle, "--key", key, "--out", recovered, "--pid", str(victim), "-q")
     with open(os.path.join(recovered, "report.json")) as f:
         report = json.load(f)
     expect(report["input"]["process_source"] == "page tables", f"process source {report['input']['process_source']}")
-    step(f"no per-process context: mlfx recover --pid {victim} through its page tables, bit-exact")
+    step(f"{name}, no per-process context: mlfx recover --pid {victim} through its page tables, bit-exact")
     print(run_host(PYTHON, os.path.join(VICTIMS, "check_recovery.py"), gt, recovered).rstrip(), flush=True)
-    everyone = os.path.join(lab.tmp, "recovered-all")
+    everyone = os.path.join(lab.tmp, f"recovered-{name}-all")
     run_host(lab.args.mlfx, "recover", bundle, "--key", key, "--out", everyone, "-q")
     with open(os.path.join(everyone, "report.json")) as f:
         listed = json.load(f)["processes"]
@@ -542,9 +587,13 @@ def main(argv):
                 bundles, bare = run_in_guest(guest, args, tmp, out)
                 # The guest is powered off before the host-side checks: the bundles stay in `out`.
                 guest.poweroff()
+            without_context = [("kmod-bare", *bare)]  # captured without --pid
             for checks in bundles:
-                check_bundle(Lab(None, args, tmp, out), *checks)
-            check_without_context(Lab(None, args, tmp, out), *bare)
+                resealed = check_bundle(Lab(None, args, tmp, out), *checks)
+                if resealed:
+                    without_context.append((f"{checks[0]}-bare", resealed, *bare[1:]))  # resealed without it
+            for checks in without_context:
+                check_without_context(Lab(None, args, tmp, out), *checks)
         except Failed as e:
             print(f"FAIL {e}")
             return 1

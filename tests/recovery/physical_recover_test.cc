@@ -13,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "layers/elf_core_layer.h"
@@ -150,24 +151,34 @@ class PhysicalRecovery : public ::testing::Test {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return bundle;
   }
+  // A real torch victim and its core by mlfx-agent, its ground truth in `gt`; the victim is
+  // told to stop once the core is taken.
+  void capture_victim() {
+    victim.emplace(kPython + " " + kVictims + "/torch_victim.py cnn " + gt, gt);
+    ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << victim->stderr_text();
+    const std::string core_path = dir / "core.elf";
+    auto c = run(agent_bin() + " core --pid " + std::to_string(victim->pid()) + " --out " + core_path);
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    testing::write_file(gt + "/stop", "1");
+    auto file = layers::FileLayer::open(core_path);
+    ASSERT_TRUE(file);
+    auto opened = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
+    ASSERT_TRUE(opened) << opened.error().to_string();
+    core = std::move(*opened);
+  }
   CommandResult recover(const std::string& bundle, const std::string& out, const std::string& extra = "") {
     return run(mlfx_bin() + " recover " + bundle + " --key " + (dir / "lab.key") + " --out " + out + " -q" + extra);
   }
   TempDir dir;
+  const std::string gt = dir / "gt";
+  std::optional<Victim> victim;
+  std::shared_ptr<const layers::ElfCoreLayer> core;
 };
 
 TEST_F(PhysicalRecovery, ScatteredFramesRecoverBitExactlyAndHolesAreMissingNotZeros) {
-  const std::string gt = dir / "gt", core_path = dir / "core.elf";
-  Victim v(kPython + " " + kVictims + "/torch_victim.py cnn " + gt, gt);
-  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
-  auto c = run(agent_bin() + " core --pid " + std::to_string(v.pid()) + " --out " + core_path);
-  ASSERT_EQ(c.exit_code, 0) << c.output;
-  testing::write_file(gt + "/stop", "1");
-  auto file = layers::FileLayer::open(core_path);
-  ASSERT_TRUE(file);
-  auto core = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
-  ASSERT_TRUE(core) << core.error().to_string();
-  PhysicalLayout layout(**core);
+  ASSERT_NO_FATAL_FAILURE(capture_victim());
+  const Victim& v = *victim;
+  PhysicalLayout layout(*core);
   ASSERT_GT(layout.pages().size(), 1000u);
 
   const std::string image = dir / "memory.lime", pagemap = dir / "pagemap.bin";
@@ -256,22 +267,14 @@ TEST_F(PhysicalRecovery, ScatteredFramesRecoverBitExactlyAndHolesAreMissingNotZe
 // with --sysroot / they are read from this host's files, only from a file whose build-id
 // equals the evidence's: its own copy of the ELF header, else the build-id the agent recorded.
 TEST_F(PhysicalRecovery, FilePagesTheImageLacksComeFromTheSysrootWithTheirBuildIdChecked) {
-  const std::string gt = dir / "gt", core_path = dir / "core.elf";
-  Victim v(kPython + " " + kVictims + "/torch_victim.py cnn " + gt, gt);
-  ASSERT_TRUE(wait_for(gt + "/ready", 180)) << "victim did not start: " << v.stderr_text();
-  auto c = run(agent_bin() + " core --pid " + std::to_string(v.pid()) + " --out " + core_path);
-  ASSERT_EQ(c.exit_code, 0) << c.output;
-  testing::write_file(gt + "/stop", "1");
-  auto file = layers::FileLayer::open(core_path);
-  ASSERT_TRUE(file);
-  auto core = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
-  ASSERT_TRUE(core) << core.error().to_string();
-  PhysicalLayout layout(**core);
+  ASSERT_NO_FATAL_FAILURE(capture_victim());
+  const Victim& v = *victim;
+  PhysicalLayout layout(*core);
 
   // The interpreter: the mapped file holding the ELF header the process was started from.
   std::string python;
   uint64_t header_page = 0;
-  for (const layers::MappedFile& f : (*core)->info().files)
+  for (const layers::MappedFile& f : core->info().files)
     if (f.file_offset == 0 && fs::path(f.path).filename().string().rfind("python3", 0) == 0) {
       python = f.path;
       header_page = f.start;
@@ -283,7 +286,7 @@ TEST_F(PhysicalRecovery, FilePagesTheImageLacksComeFromTheSysrootWithTheirBuildI
   const std::string build_id = readelf.output.substr(at + 10, readelf.output.find('\n', at) - at - 10);
   // Every read-only page of the interpreter evicted: but for its first page, or with it.
   auto read_only_python_page = [&](uint64_t vaddr) {
-    for (const layers::MappedFile& f : (*core)->info().files)
+    for (const layers::MappedFile& f : core->info().files)
       if (f.path == python && vaddr >= f.start && vaddr < f.end) return layout.perms(vaddr)[1] != 'w';
     return false;
   };

@@ -46,6 +46,7 @@ uint64_t PhysicalSource::expected_bytes() const { return total(all_system_ram(io
 
 Status PhysicalSource::freeze() {
   t_freeze_ = Clock::now();
+  khugepaged_.pause();  // before the pagemaps are read: fewer pages move while the image is read
   MLFX_TRY(before_freeze());
   if (!targets_.empty()) MLFX_TRY(targets_.freeze(options_.stop_timeout));
   frozen_ = true;
@@ -79,6 +80,8 @@ Status PhysicalSource::thaw() {
     t_thawed_ = Clock::now();
     if (st && image_read_) targets_.read_build_ids();
   }
+  // Not a failed capture: the context records it, and the CLI says how to restore the mode.
+  (void)khugepaged_.resume();
   MLFX_TRY(st);
   return released;
 }
@@ -146,6 +149,7 @@ json::Json PhysicalSource::context() const {
       {"module", {{"path", module_.path}, {"sha256", module_.sha256}, {"name", module_.name},
                   {"vermagic", module_.vermagic}, {"size", module_.size}, {"parameters", module_parameters()}}},
       {"processes", targets_.processes_json()},
+      {"smear_reduction", {{"khugepaged", khugepaged_.to_json()}}},
       {"timings", {{"freeze_ms", ms_between(t_freeze_, t_frozen_)},
                    {"record_ms", ms_between(t_frozen_, t_recorded_)},
                    {"capture_ms", ms_between(t_recorded_, t_image_done_)},

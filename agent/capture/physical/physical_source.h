@@ -4,9 +4,10 @@
 // they are frozen), `kallsyms`, `btf`, and the `context` document. Two backends share it:
 // stock LiME (lime_source.h) and our own module mlfx_mem.ko (kmod_source.h).
 //
-//   create (checks: pids exist, module file, /proc/iomem) ─► freeze (kmod: load the module;
-//   then stop every --pid process) ─► read (record the processes; the image into `memory`;
-//   unload the module) ─► thaw ─► side streams (pagemap, kallsyms, btf) ─► context
+//   create (checks: pids exist, module file, /proc/iomem) ─► freeze (pause khugepaged; kmod:
+//   load the module; then stop every --pid process) ─► read (record the processes; the image
+//   into `memory`; unload the module) ─► thaw (and resume khugepaged) ─► side streams (pagemap,
+//   kallsyms, btf) ─► context
 #pragma once
 
 #include <sys/types.h>
@@ -21,6 +22,7 @@
 #include "capture/physical/iomem.h"
 #include "capture/physical/kernel_facts.h"
 #include "capture/physical/kernel_module.h"
+#include "capture/physical/khugepaged_pause.h"
 #include "capture/physical/target_processes.h"
 #include "mlfx/base/progress.h"
 
@@ -93,6 +95,7 @@ class PhysicalSource : public CaptureSource {
   std::vector<IomemEntry> iomem_;
   ModuleFile module_;
   TargetProcesses targets_;
+  KhugepagedPause khugepaged_;  // from the freeze to the thaw
   std::vector<PhysRange> image_ranges_;     // merged: what the image covers
   std::vector<MissingRange> unreadable_;    // RAM not in the image, and why
   std::vector<MissingRange> zero_filled_;   // in the image, but zeros written by the tool
