@@ -123,18 +123,27 @@ def check(mlfx, la57):
         expect(ps["kernel"]["levels"] == levels, f"{ps['kernel']['levels']} levels found, {levels} expected")
         walked = {p["pid"]: p for p in ps["processes"]}
         guest_view = guest_processes(out)
-        transient = {p for p in guest_view if p not in walked}  # the shells that listed /proc
+        # The task list changes while LiME reads the RAM: the shells that listed /proc are gone,
+        # the capture's own commands have come, and the kernel starts and ends worker threads
+        # (kthreadd's children, pid 2) for its I/O. Every other task must be there as listed.
+        def kernel_thread(task):
+            return task["ppid"] == 2
+        transient = {p for p in guest_view if p not in walked}
         for pid in transient:
-            expect(guest_view[pid]["comm"] in ("sh", "cat", "grep", "tr"), f"pid {pid} ({guest_view[pid]}) missing")
+            expect(guest_view[pid]["comm"] in ("sh", "cat", "grep", "tr") or kernel_thread(guest_view[pid]),
+                   f"pid {pid} ({guest_view[pid]}) missing")
         extra = {p for p in walked if p not in guest_view} - {0}
         for pid in extra:
-            expect(walked[pid]["comm"] in ("insmod", "sh", "dd"), f"pid {pid} ({walked[pid]['comm']}) invented?")
+            expect(walked[pid]["comm"] in ("insmod", "sh", "dd") or kernel_thread(walked[pid]),
+                   f"pid {pid} ({walked[pid]['comm']}) invented?")
         same = 0
         for pid, g in guest_view.items():
             if pid in transient:
                 continue
             w = walked[pid]
             got = {"ppid": w["ppid"], "uid": w["uid"], "threads": w["threads"], "comm": w["comm"]}
+            if kernel_thread(g) and got["uid"] == -1 and got["comm"] == g["comm"]:
+                continue  # a kernel thread ending during the capture: its credentials already freed
             expect(got == g, f"pid {pid}: walked {got}, the guest said {g}")
             same += 1
         print(f"ps: {same} processes as the guest listed them ({len(ps['processes'])} walked)")

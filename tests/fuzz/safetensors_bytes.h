@@ -29,7 +29,9 @@ inline std::optional<exporters::TensorRecord> contiguous_tensor(std::string key,
     t.strides[i] = stride;
     if (__builtin_mul_overflow(stride, std::max<int64_t>(t.shape[i], 1), &stride)) return std::nullopt;
   }
-  t.storage = {storage_id, data, data.size()};
+  t.storage.id = storage_id;
+  t.storage.data = data;
+  t.storage.size_bytes = data.size();
   return t;
 }
 
