@@ -541,10 +541,7 @@ PageCounts KernelImage::count_pages(const PageTableLayer& space, uint64_t start,
     // Where the translation ends (it may end the address space: vstart + size wraps to 0).
     const uint64_t stop = end - t->vstart <= t->size ? end : t->vstart + t->size;
     const uint64_t pages = (stop - v + kPageSize - 1) / kPageSize;
-    if (declared && t->state != PageState::kNotPresent) {
-      if (!declared->empty() && declared->back().end == v) declared->back().end = stop;
-      else declared->push_back({v, stop});
-    }
+    if (declared && t->state != PageState::kNotPresent) layers::append_range(*declared, v, stop);
     switch (t->state) {
       case PageState::kNotPresent: c.not_present += pages; break;
       case PageState::kSwapped: c.swapped += pages; break;
@@ -579,9 +576,7 @@ Result<layers::ProcessImage> KernelImage::process_image(const Task& task, Diagno
   for (const Vma& v : vmas) {
     pages += count_pages(*memory, v.start, v.end, diag, &p.declared);
     if (v.file) p.mapped_files.push_back({v.start, v.end, v.pgoff * kPageSize, v.path});
-    // Writable mappings may hold private changes, unreadable ones are guards: never a file's bytes.
-    const std::string perms = v.perms();
-    if (perms[1] == 'w' || perms[0] != 'r') p.declared.push_back({v.start, v.end});
+    if (layers::declared_whole(v.perms())) p.declared.push_back({v.start, v.end});
   }
   p.declared = layers::normalized(std::move(p.declared));
   p.facts.pid = task.tgid;

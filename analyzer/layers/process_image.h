@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "layers/layer.h"
@@ -23,6 +24,17 @@ struct MappedFile {  // one file mapping, as the kernel listed it
 struct AddressRange {
   uint64_t start = 0, end = 0;  // [start, end)
 };
+// Appends [start, end), joined to the last range when it continues it (callers go in order).
+inline void append_range(std::vector<AddressRange>& ranges, uint64_t start, uint64_t end) {
+  if (!ranges.empty() && ranges.back().end == start) ranges.back().end = end;
+  else ranges.push_back({start, end});
+}
+// A mapping with these permissions ("r-xp", as /proc/PID/maps prints them) is declared whole:
+// a writable one may hold private changes, an unreadable one is a guard; never a file's bytes.
+inline bool declared_whole(std::string_view perms) {
+  return perms.size() >= 2 && (perms[1] == 'w' || perms[0] != 'r');
+}
+
 // Sorted, with ranges that overlap or touch merged; empty ones dropped.
 inline std::vector<AddressRange> normalized(std::vector<AddressRange> ranges) {
   std::sort(ranges.begin(), ranges.end(), [](const AddressRange& a, const AddressRange& b) { return a.start < b.start; });

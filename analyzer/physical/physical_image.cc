@@ -360,11 +360,8 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
     if (!entries) return fail(Errc::kBadFormat, "pagemap stream: the entries of pid " + std::to_string(pid) + " cannot be read");
     for (uint64_t i = 0; i < r.pages; ++i) {
       const uint64_t e = load_le<uint64_t>(entries + i * 8);
-      if (e & (kPagePresent | kPageSwapped)) {  // the evidence speaks for it, held or not
-        const uint64_t v = r.start + i * ps;
-        if (!declared.empty() && declared.back().end == v) declared.back().end = v + ps;
-        else declared.push_back({v, v + ps});
-      }
+      if (e & (kPagePresent | kPageSwapped))  // the evidence speaks for it, held or not
+        layers::append_range(declared, r.start + i * ps, r.start + (i + 1) * ps);
       if (!(e & kPagePresent)) {
         ++((e & kPageSwapped) ? out.pages.swapped : out.pages.not_present);
         if (file_backed && !(e & kPageSwapped)) ++out.pages.file_not_present;
@@ -439,8 +436,7 @@ Result<RebuiltProcess> PhysicalImage::process(int32_t pid) const {
           image.build_ids[m.path] != m.build_id)
         ambiguous.insert(m.path);
     }
-    // Writable mappings may hold private changes, unreadable ones are guards: never a file's bytes.
-    if (m.perms.size() >= 2 && (m.perms[1] == 'w' || m.perms[0] != 'r')) declared.push_back({m.start, m.end});
+    if (layers::declared_whole(m.perms)) declared.push_back({m.start, m.end});
   }
   image.declared = layers::normalized(std::move(declared));
   for (const std::string& path : ambiguous) {

@@ -93,15 +93,16 @@ void PhysicalSource::stream_sealed(const bundle::StreamInfo& stream) {
 
 Status PhysicalSource::write_side_streams(bundle::BundleWriter& bundle) {
   if (!targets_.empty()) {
-    std::string source;
-    for (pid_t pid : targets_.pids()) source += (source.empty() ? "" : ",") + ("/proc/" + std::to_string(pid) + "/pagemap");
-    MLFX_TRY(bundle.begin_stream("pagemap", source));
+    auto proc_files = [this](const char* leaf) {  // the stream's source: "/proc/PID/LEAF,..."
+      std::string files;
+      for (pid_t pid : targets_.pids()) files += (files.empty() ? "" : ",") + ("/proc/" + std::to_string(pid) + "/" + leaf);
+      return files;
+    };
+    MLFX_TRY(bundle.begin_stream("pagemap", proc_files("pagemap")));
     MLFX_TRY(bundle.write(targets_.pagemap_stream()));
     MLFX_TRY(bundle.end_stream());
     if (!targets_.moved_stream().empty()) {
-      std::string mem;
-      for (pid_t pid : targets_.pids()) mem += (mem.empty() ? "" : ",") + ("/proc/" + std::to_string(pid) + "/mem");
-      MLFX_TRY(bundle.begin_stream("moved", mem));
+      MLFX_TRY(bundle.begin_stream("moved", proc_files("mem")));
       MLFX_TRY(bundle.write(targets_.moved_stream()));
       MLFX_TRY(bundle.end_stream());
     }
