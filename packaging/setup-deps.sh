@@ -8,6 +8,8 @@ packages=(
   build-essential cmake ninja-build pkg-config git ccache
   # libraries
   libssl-dev openssl nlohmann-json3-dev libcli11-dev libexpected-dev libisal-dev libboost-dev
+  # the armed daemon: its TOML config, eBPF triggers (libbpf CO-RE skeletons), journald logging
+  libtomlplusplus-dev libbpf-dev libsystemd-dev
   # rehost and white-box scans (libtorch), the report's pictures (libpng)
   libtorch-dev libpng-dev
   # victims and their inspection: real Python + PyTorch processes, gdb to check cores

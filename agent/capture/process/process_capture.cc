@@ -332,7 +332,8 @@ Result<ProcessCapture> ProcessCapture::freeze(const ProcessCaptureOptions& optio
   s->pid = options.pid;
   MLFX_TRY(s->check_target());
   s->t_start = Clock::now();
-  auto f = ThreadFreezer::freeze(s->pid, {options.stop_timeout});
+  auto f = options.freeze_threads ? options.freeze_threads(s->pid)
+                                  : ThreadFreezer::freeze(s->pid, {options.stop_timeout});
   if (!f) {
     if (f.error().code() == Errc::kNotFound)
       return fail(Errc::kNotFound, "pid " + std::to_string(s->pid) + " exited before it could be frozen");

@@ -17,10 +17,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "elf_core_writer.h"
+#include "thread_freezer.h"
 #include "mlfx/base/json.h"
 #include "mlfx/bundle/writer.h"
 
@@ -32,6 +34,9 @@ struct ProcessCaptureOptions {
   // Set (e.g. from a signal handler) to abandon the capture between read blocks; the target
   // is thawed and the caller removes the incomplete bundle.
   const std::atomic<bool>* cancel = nullptr;
+  // Freezes the target instead of ThreadFreezer::freeze (the daemon, which already traces
+  // its armed targets, hands over threads it has stopped: ThreadFreezer::adopt).
+  std::function<Result<ThreadFreezer>(pid_t)> freeze_threads;
 };
 
 // One capture, step by step; the destructor thaws the target if it is still frozen.

@@ -48,6 +48,13 @@ Result<Bytes> get_regset(pid_t tid, uint32_t type, size_t max_size) {
   return buf;
 }
 
+// The order threads() promises: the main thread first, then the others by ascending id.
+void sort_main_first(std::vector<FrozenThread>& threads, pid_t pid) {
+  std::sort(threads.begin(), threads.end(), [pid](const FrozenThread& a, const FrozenThread& b) {
+    return (a.tid == pid) != (b.tid == pid) ? a.tid == pid : a.tid < b.tid;
+  });
+}
+
 }  // namespace
 
 std::string ptrace_refused_advice(pid_t pid) {
@@ -71,6 +78,14 @@ Result<ThreadFreezer> ThreadFreezer::freeze(pid_t pid, Options options) {
   ThreadFreezer f(pid);
   // On failure `f` goes out of scope here and releases what it seized.
   MLFX_TRY(f.seize_all(options));
+  return f;
+}
+
+ThreadFreezer ThreadFreezer::adopt(pid_t pid, std::vector<FrozenThread> stopped, Release release) {
+  ThreadFreezer f(pid);
+  f.threads_ = std::move(stopped);
+  f.release_ = std::move(release);
+  sort_main_first(f.threads_, pid);
   return f;
 }
 
@@ -110,9 +125,7 @@ Status ThreadFreezer::seize_all(Options options) {
   }
   if (threads_.empty())
     return fail(Errc::kNotFound, "process " + std::to_string(pid_) + " exited while being frozen");
-  std::sort(threads_.begin(), threads_.end(), [this](const FrozenThread& a, const FrozenThread& b) {
-    return (a.tid == pid_) != (b.tid == pid_) ? a.tid == pid_ : a.tid < b.tid;
-  });
+  sort_main_first(threads_, pid_);
   return {};
 }
 
@@ -183,6 +196,11 @@ Status ThreadFreezer::read_registers() {
 }
 
 Status ThreadFreezer::thaw() {
+  if (release_) {
+    Status st = threads_.empty() ? Status{} : release_(threads_);
+    threads_.clear();
+    return st;
+  }
   Status result;
   for (auto& t : threads_) {
     if (!t.stopped) {
@@ -205,7 +223,8 @@ Status ThreadFreezer::thaw() {
   return result;
 }
 
-ThreadFreezer::ThreadFreezer(ThreadFreezer&& o) noexcept : pid_(o.pid_), threads_(std::move(o.threads_)) {
+ThreadFreezer::ThreadFreezer(ThreadFreezer&& o) noexcept
+    : pid_(o.pid_), threads_(std::move(o.threads_)), release_(std::move(o.release_)) {
   o.threads_.clear();
 }
 

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "mlfx/base/bytes.h"
@@ -44,6 +45,12 @@ class ThreadFreezer {
   // refused (the message says what to do).
   static Result<ThreadFreezer> freeze(pid_t pid, Options options);
 
+  // Threads that the caller already traces and has stopped (the daemon's holder of armed
+  // targets, daemon/ptrace_holder.h). Registers are read the same way (from the caller's
+  // thread: the tracer's); thaw() hands them back to `release` instead of detaching.
+  using Release = std::function<Status(std::vector<FrozenThread>&)>;
+  static ThreadFreezer adopt(pid_t pid, std::vector<FrozenThread> stopped, Release release);
+
   ThreadFreezer(ThreadFreezer&& o) noexcept;
   ThreadFreezer& operator=(ThreadFreezer&&) = delete;
   ThreadFreezer(const ThreadFreezer&) = delete;
@@ -66,6 +73,7 @@ class ThreadFreezer {
 
   pid_t pid_ = 0;
   std::vector<FrozenThread> threads_;
+  Release release_;  // adopted threads: how to hand them back
 };
 
 // The message for a refused PTRACE_SEIZE: who may trace, and how to get there.
