@@ -1,10 +1,58 @@
 #include "capture/capture.h"
 
+#include <time.h>
+
+#include <map>
+
 #include "io/capture_io_policy.h"
 
 namespace mlfx::agent {
 
+int64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
 namespace {
+
+// The moments of a triggered capture, each in ms after the trigger (CLOCK_MONOTONIC).
+class Timeline {
+ public:
+  explicit Timeline(const CaptureTrigger* trigger) : trigger_(trigger) {}
+  void mark(const std::string& event, const std::string& source = {}, int64_t at_ns = 0) {
+    if (!trigger_) return;
+    if (!at_ns) at_ns = monotonic_ns();
+    json::Json e = {{"event", event}, {"at_ms", ms_after_trigger(at_ns)}};
+    if (!source.empty()) e["source"] = source;
+    events_.push_back(std::move(e));
+    ns_[event + "/" + source] = at_ns;
+  }
+  json::Json to_json() const {
+    if (!trigger_) return nullptr;
+    json::Json t = {{"clock", "CLOCK_MONOTONIC"}, {"trigger_monotonic_ns", trigger_->monotonic_ns},
+                    {"events", events_}};
+    auto at = [&](const std::string& key) { auto it = ns_.find(key); return it == ns_.end() ? int64_t{0} : it->second; };
+    const int64_t frozen = at("frozen/"), thawed = at("thawed/");
+    if (frozen) t["trigger_to_frozen_ms"] = ms_after_trigger(frozen);
+    if (frozen && thawed) t["frozen_ms"] = double(thawed - frozen) / 1e6;
+    // How far apart the sources' reads began: their evidence is from moments this far apart.
+    int64_t first = 0, last = 0;
+    for (const auto& [key, ns] : ns_)
+      if (key.rfind("read_start/", 0) == 0) {
+        first = first ? std::min(first, ns) : ns;
+        last = std::max(last, ns);
+      }
+    if (first) t["skew_ms"] = double(last - first) / 1e6;
+    return t;
+  }
+
+ private:
+  double ms_after_trigger(int64_t ns) const { return double(ns - trigger_->monotonic_ns) / 1e6; }
+  const CaptureTrigger* trigger_;
+  json::Json events_ = json::Json::array();
+  std::map<std::string, int64_t> ns_;
+};
 
 // Thaws every source on the way out, whatever happened; a failed thaw is reported only when
 // nothing failed before it.
@@ -36,8 +84,11 @@ json::Json merged(const std::vector<CaptureSource*>& sources, json::Json (Captur
 Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sources, File out,
                                          const crypto::SigningKey& device,
                                          const std::vector<crypto::BoxPublicKey>& recipients,
-                                         bundle::SealParams params, bool show_progress) {
+                                         bundle::SealParams params, bool show_progress,
+                                         const CaptureTrigger* trigger) {
   if (sources.empty()) return fail(Errc::kInvalidArgument, "a capture needs at least one source");
+  Timeline timeline(trigger);
+  timeline.mark("capture_start");
   io::CaptureIoPolicy policy;  // outlives the writer
   params.policy = &policy;
   MLFX_ASSIGN(bundle::BundleWriter w,
@@ -49,11 +100,15 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
 
   policy.set_background(true);  // while frozen, reading comes first; sealing uses what is left
   Frozen frozen(sources);
+  if (trigger && trigger->frozen_ns) timeline.mark("frozen", {}, trigger->frozen_ns);  // held before
   for (CaptureSource* s : sources)
     if (auto st = s->freeze(); !st) return fail(std::move(st).error().context(s->name() + " source"));
+  if (!(trigger && trigger->frozen_ns)) timeline.mark("frozen");
   for (size_t i = 0; i < sources.size(); ++i) {
     CaptureSource& s = *sources[i];
+    timeline.mark("read_start", s.name());
     if (auto st = s.read(w, show_progress); !st) return fail(std::move(st).error().context(s.name() + " source"));
+    timeline.mark("read_end", s.name());
     if (i + 1 < sources.size()) {  // one stream at a time in the writer
       MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
       s.stream_sealed(sealed);
@@ -61,9 +116,11 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   }
   w.add_context(merged(sources, &CaptureSource::manifest_context));
   MLFX_TRY(frozen.thaw());
+  timeline.mark("thawed");
   policy.set_background(false);
   MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
   sources.back()->stream_sealed(sealed);
+  timeline.mark("sealed");
 
   CaptureOutcome outcome;
   for (CaptureSource* s : sources) {
@@ -75,6 +132,11 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
     MLFX_TRY(w.end_stream());
   }
   json::Json acquisition = merged(sources, &CaptureSource::acquisition);
+  if (trigger) {
+    outcome.timeline = timeline.to_json();
+    w.add_context({{"trigger", trigger->evidence}, {"timeline", outcome.timeline}});
+    acquisition["trigger"] = trigger->evidence;
+  }
   MLFX_ASSIGN(outcome.manifest, w.finish(std::move(acquisition)));
   MLFX_TRY(policy.finish_writes());
   return outcome;

@@ -23,13 +23,29 @@ struct CaptureOutcome {
   bundle::Manifest manifest;
   std::vector<json::Json> contexts;  // one per source, in order
   bool complete = true;              // every source read everything
+  json::Json timeline;               // as in the manifest's context (a triggered capture only)
 };
+
+// What set off a capture (the daemon's triggers). The manifest's context records "trigger"
+// (the evidence) and "timeline" (the trigger, the freeze, each source's read, the thaw, each
+// in ms after the trigger on CLOCK_MONOTONIC, eBPF's clock); the custody 'acquired' event
+// records "trigger" too.
+struct CaptureTrigger {
+  json::Json evidence = json::Json::object();  // rule, kind, pid, comm, signal or event, kernel stack
+  int64_t monotonic_ns = 0;  // when it happened
+  int64_t frozen_ns = 0;     // when the target was already stopped before the capture began
+                             // (held at a fatal signal); 0 otherwise
+};
+
+// CLOCK_MONOTONIC now in nanoseconds: the clock of bpf_ktime_get_ns() and of the timeline.
+int64_t monotonic_ns();
 
 // Seals the sources' streams into a new bundle on `out` (an empty new file; the caller removes
 // it on failure), signed with `device`, encrypted to `recipients`.
 Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sources, File out,
                                          const crypto::SigningKey& device,
                                          const std::vector<crypto::BoxPublicKey>& recipients,
-                                         bundle::SealParams params, bool show_progress);
+                                         bundle::SealParams params, bool show_progress,
+                                         const CaptureTrigger* trigger = nullptr);
 
 }  // namespace mlfx::agent

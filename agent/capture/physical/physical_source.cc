@@ -48,7 +48,7 @@ Status PhysicalSource::freeze() {
   t_freeze_ = Clock::now();
   khugepaged_.pause();  // before the pagemaps are read: fewer pages move while the image is read
   MLFX_TRY(before_freeze());
-  if (!targets_.empty()) MLFX_TRY(targets_.freeze(options_.stop_timeout));
+  if (!targets_.empty()) MLFX_TRY(targets_.freeze(options_.stop_timeout, options_.freeze_threads));
   frozen_ = true;
   t_frozen_ = Clock::now();
   return {};

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,8 @@ struct PhysicalOptions {
   // Set (e.g. from a signal handler) to abandon the capture; the module is unloaded and the
   // targets thawed, and the caller removes the incomplete bundle.
   const std::atomic<bool>* cancel = nullptr;
+  // Freezes one of `pids` instead of ThreadFreezer::freeze (the daemon's held targets).
+  std::function<Result<process::ThreadFreezer>(pid_t)> freeze_threads;
 };
 
 // A range of System RAM that is not in the image (or is, but as zeros), and why.

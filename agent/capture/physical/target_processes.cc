@@ -85,9 +85,10 @@ Status TargetProcesses::check() const {
   return {};
 }
 
-Status TargetProcesses::freeze(std::chrono::milliseconds stop_timeout) {
+Status TargetProcesses::freeze(std::chrono::milliseconds stop_timeout,
+                               const std::function<Result<process::ThreadFreezer>(pid_t)>& freeze_threads) {
   for (pid_t pid : pids_) {
-    auto f = process::ThreadFreezer::freeze(pid, {stop_timeout});
+    auto f = freeze_threads ? freeze_threads(pid) : process::ThreadFreezer::freeze(pid, {stop_timeout});
     if (!f) {
       (void)thaw();
       return fail(std::move(f).error().context("freezing pid " + std::to_string(pid)));

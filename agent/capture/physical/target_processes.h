@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,7 +49,10 @@ class TargetProcesses {
   // Each pid checked (check_target_pid); nothing is frozen.
   Status check() const;
   // Stops every thread of every target; on failure those already stopped are released.
-  Status freeze(std::chrono::milliseconds stop_timeout);
+  // `freeze_threads`, when set, freezes a process instead of ThreadFreezer::freeze (the daemon
+  // hands over processes it already holds).
+  Status freeze(std::chrono::milliseconds stop_timeout,
+                const std::function<Result<process::ThreadFreezer>(pid_t)>& freeze_threads = {});
   // While frozen: the records and the pagemap stream.
   Status record(uint64_t page_size);
   // While still frozen, after the image was read: a stopped process's pages can still move
