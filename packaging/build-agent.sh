@@ -51,14 +51,17 @@ triplet=aarch64-linux-gnu
 
 # --- Dependencies: the agent's own, nothing of the analyzer's ---------------------------------
 
-packages=(cmake ninja-build binutils file nlohmann-json3-dev libcli11-dev libexpected-dev libboost-dev)
+packages=(cmake ninja-build binutils file nlohmann-json3-dev libcli11-dev libexpected-dev libboost-dev
+          libtomlplusplus-dev)
 if [ "$cross" = 1 ]; then
   packages+=("g++-$triplet" libssl-dev:arm64)
   # GoogleTest for arm64, and the C++ runtime the tests run on under qemu-user: the arm64
   # packages' own (with the libc6:arm64 that libssl3:arm64 brings), one consistent glibc.
   [ "$run_tests" = 1 ] && packages+=(libgtest-dev:arm64 libstdc++6:arm64 python3)
 else
-  packages+=(g++ libssl-dev)
+  # The eBPF triggers: clang and bpftool compile them against this kernel's BTF; libbpf, libelf and
+  # zlib are linked statically.
+  packages+=(g++ libssl-dev clang bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config)
   [ "$run_tests" = 1 ] && packages+=(libgtest-dev python3)
 fi
 
@@ -140,7 +143,9 @@ tests=OFF
 [ "$run_tests" = 1 ] && tests=ON
 config=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLFX_BUILD_AGENT=ON -DMLFX_BUILD_ANALYZER=OFF
         -DMLFX_WITH_LIBTORCH=OFF -DMLFX_BUILD_TESTS="$tests")
-[ "$cross" = 1 ] && config+=(-DCMAKE_TOOLCHAIN_FILE="$root/packaging/toolchain-arm64.cmake")
+# A cross build has no eBPF triggers yet (its BPF object would need the target kernel's BTF and
+# arm64 libbpf): its daemon arms fatal signals (ptrace), on-demand and app-anomaly triggers.
+[ "$cross" = 1 ] && config+=(-DCMAKE_TOOLCHAIN_FILE="$root/packaging/toolchain-arm64.cmake" -DMLFX_AGENT_EBPF=OFF)
 
 started=$SECONDS
 cmake -S "$root" -B "$build" "${config[@]}" "${compiler_cache[@]}" "${cmake_args[@]}" > "$build/configure.log" ||

@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <map>
 
 #include "io/capture_io_policy.h"
@@ -30,8 +31,10 @@ class Timeline {
   }
   json::Json to_json() const {
     if (!trigger_) return nullptr;
-    json::Json t = {{"clock", "CLOCK_MONOTONIC"}, {"trigger_monotonic_ns", trigger_->monotonic_ns},
-                    {"events", events_}};
+    json::Json events = events_;  // a freeze before the capture began is marked out of order
+    std::stable_sort(events.begin(), events.end(),
+                     [](const json::Json& a, const json::Json& b) { return a["at_ms"].get<double>() < b["at_ms"].get<double>(); });
+    json::Json t = {{"clock", "CLOCK_MONOTONIC"}, {"trigger_monotonic_ns", trigger_->monotonic_ns}, {"events", events}};
     auto at = [&](const std::string& key) { auto it = ns_.find(key); return it == ns_.end() ? int64_t{0} : it->second; };
     const int64_t frozen = at("frozen/"), thawed = at("thawed/");
     if (frozen) t["trigger_to_frozen_ms"] = ms_after_trigger(frozen);

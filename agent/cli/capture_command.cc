@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "capture/capture.h"
+#include "capture/spooled_capture.h"
 #include "capture/physical/kmod_source.h"
 #include "capture/physical/lime_source.h"
 #include "capture/process/process_capture.h"
@@ -89,6 +90,10 @@ std::string pids_text(const std::vector<pid_t>& pids) {
   return t;
 }
 
+std::string what_was_captured(const CaptureArgs& a) {
+  return physical(a) ? "capturing physical memory (" + a.source + ")" : "capturing pid " + std::to_string(a.pids.front());
+}
+
 // `final_path` receives where the bundle ended up: --out, or its name in the spool's queue.
 Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
   // Keys first: a typo fails before anything is created or frozen.
@@ -110,34 +115,20 @@ Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
     p.tool_parameters["pid"] = a.pids.front();
   }
   MLFX_ASSIGN(std::unique_ptr<CaptureSource> source, make_source(a));
-  std::optional<Spool> spool;
-  std::optional<IncomingFile> incoming;  // in the spool: written locked, then queued
-  File out;
   if (!a.spool.empty()) {
-    MLFX_ASSIGN(spool, open_spool(a.spool, a.spool_quota));
-    // The bundle grows to about the source's size: refuse before freezing anything when the
-    // spool has no room for that.
-    MLFX_TRY(spool->check_room(source->expected_bytes()));
+    MLFX_ASSIGN(Spool spool, open_spool(a.spool, a.spool_quota));
     const std::string what = physical(a) ? a.source : std::to_string(a.pids.front());
-    MLFX_ASSIGN(incoming, spool->create_incoming("capture-" + what + "-" + std::to_string(getpid()) + ".mlfx"));
-    out = std::move(incoming->file);
-  } else {
-    MLFX_ASSIGN(out, File::create_new(a.out, 0640));
+    auto r = capture_into_spool(spool, "capture-" + what + "-" + std::to_string(getpid()) + ".mlfx", {source.get()},
+                                keys, std::move(p), !a.quiet);
+    if (!r) return fail(std::move(r).error().context(what_was_captured(a)));
+    *final_path = r->entry.path;
+    return std::move(r->outcome);
   }
-  Rollback incomplete([&] {  // a failure removes the incomplete bundle
-    if (incoming) spool->discard_incoming(*incoming);
-    else ::unlink(a.out.c_str());
-  });
+  MLFX_ASSIGN(File out, File::create_new(a.out, 0640));
+  Rollback incomplete = remove_unless_committed(a.out);
   auto r = capture_to_bundle({source.get()}, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
-  if (!r)
-    return fail(std::move(r).error().context(physical(a) ? "capturing physical memory (" + a.source + ")"
-                                                         : "capturing pid " + std::to_string(a.pids.front())));
-  if (spool) {
-    MLFX_ASSIGN(SpoolEntry e, spool->add_incoming(*incoming));
-    *final_path = e.path;
-  } else {
-    *final_path = a.out;
-  }
+  if (!r) return fail(std::move(r).error().context(what_was_captured(a)));
+  *final_path = a.out;
   incomplete.commit();
   return r;
 }

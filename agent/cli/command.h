@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "mlfx/base/json.h"
 #include "mlfx/base/result.h"
 #include "upload/spool.h"
 
@@ -41,9 +42,14 @@ class Registry {
 // The spool, with what it did on opening (torn captures removed or queued) told to the operator.
 Result<Spool> open_spool(const std::string& dir, std::optional<uint64_t> quota = std::nullopt);
 
+// The spool's state as JSON (`status`), and printed for a person.
+Result<json::Json> spool_status(const std::string& dir);
+void print_spool_status(const json::Json& status);
+
 // The command groups, one file each.
 void add_capture_commands(CLI::App& app, Registry& registry);
 void add_spool_commands(CLI::App& app, Registry& registry);
 void add_ship_command(CLI::App& app, Registry& registry);
+void add_daemon_commands(CLI::App& app, Registry& registry);
 
 }  // namespace mlfx::agent::cli

@@ -22,5 +22,6 @@ int main(int argc, char** argv) {
   agent::cli::add_capture_commands(app, registry);
   agent::cli::add_spool_commands(app, registry);
   agent::cli::add_ship_command(app, registry);
+  agent::cli::add_daemon_commands(app, registry);
   return registry.parse_and_run(app, argc, argv);
 }

@@ -1,4 +1,4 @@
-// mlfx-agent spool add / status: the store-and-forward queue of sealed bundles.
+// mlfx-agent spool add: the store-and-forward queue of sealed bundles (its status: daemon_commands.cc).
 #include <cstdio>
 #include <memory>
 
@@ -28,44 +28,42 @@ int run_spool_add(const SpoolArgs& a) {
   return 0;
 }
 
-int run_status(const SpoolArgs& a) {
-  auto spool = open_spool(a.dir);
-  if (!spool) return report_error("status", spool.error());
-  auto queue = spool->queue();
-  auto rejected = spool->rejected();
-  auto used = spool->used_bytes();
-  auto receipts = spool->receipt_count();
-  if (!queue || !rejected || !used || !receipts)
-    return report_error("status", !queue ? queue.error() : !rejected ? rejected.error() : !used ? used.error() : receipts.error());
-  const bool shipping = spool->shipper_running();
-  uint64_t queued_bytes = 0;
-  for (const auto& e : *queue) queued_bytes += e.file_size;
-  if (a.json) {
-    json::Json q = json::Json::array(), r = json::Json::array();
-    for (const auto& e : *queue) q.push_back(e.to_json());
-    for (const auto& e : *rejected) r.push_back(e.to_json());
-    json::Json j = {{"spool", a.dir}, {"quota_bytes", spool->quota()}, {"used_bytes", *used},
-                    {"shipper_running", shipping}, {"queue", q}, {"rejected", r}, {"receipts", *receipts}};
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-  std::printf("spool %s: %s used of a %s quota; shipper %s\n", a.dir.c_str(), human_bytes(double(*used)).c_str(),
-              human_bytes(double(spool->quota())).c_str(), shipping ? "running" : "not running");
-  std::printf("queue: %zu bundle(s), %s\n", queue->size(), human_bytes(double(queued_bytes)).c_str());
-  for (const auto& e : *queue) {
-    std::printf("  %s  %10s  added %s  attempts %u\n", e.name.c_str(), human_bytes(double(e.file_size)).c_str(),
-                e.added_utc.c_str(), e.attempts);
-    if (!e.last_error.empty()) std::printf("      last try %s: %s\n", e.last_attempt_utc.c_str(), e.last_error.c_str());
-  }
-  if (!rejected->empty()) {
-    std::printf("rejected by the intake (kept for an operator): %zu\n", rejected->size());
-    for (const auto& e : *rejected) std::printf("  %s  %s\n", e.name.c_str(), e.rejected_reason.c_str());
-  }
-  std::printf("receipts: %zu bundle(s) shipped\n", *receipts);
-  return 0;
+}  // namespace
+
+Result<json::Json> spool_status(const std::string& dir) {
+  MLFX_ASSIGN(Spool spool, open_spool(dir));
+  MLFX_ASSIGN(auto queue, spool.queue());
+  MLFX_ASSIGN(auto rejected, spool.rejected());
+  MLFX_ASSIGN(uint64_t used, spool.used_bytes());
+  MLFX_ASSIGN(size_t receipts, spool.receipt_count());
+  json::Json q = json::Json::array(), r = json::Json::array();
+  for (const auto& e : queue) q.push_back(e.to_json());
+  for (const auto& e : rejected) r.push_back(e.to_json());
+  return json::Json{{"spool", dir}, {"quota_bytes", spool.quota()}, {"used_bytes", used},
+                    {"shipper_running", spool.shipper_running()}, {"queue", q}, {"rejected", r}, {"receipts", receipts}};
 }
 
-}  // namespace
+void print_spool_status(const json::Json& s) {
+  uint64_t queued_bytes = 0;
+  for (const auto& e : s["queue"]) queued_bytes += e["file_size"].get<uint64_t>();
+  std::printf("spool %s: %s used of a %s quota; shipper %s\n", s["spool"].get<std::string>().c_str(),
+              human_bytes(s["used_bytes"].get<double>()).c_str(), human_bytes(s["quota_bytes"].get<double>()).c_str(),
+              s["shipper_running"].get<bool>() ? "running" : "not running");
+  std::printf("queue: %zu bundle(s), %s\n", s["queue"].size(), human_bytes(double(queued_bytes)).c_str());
+  for (const auto& e : s["queue"]) {
+    std::printf("  %s  %10s  added %s  attempts %u\n", e["name"].get<std::string>().c_str(),
+                human_bytes(e["file_size"].get<double>()).c_str(), e["added_utc"].get<std::string>().c_str(),
+                e["attempts"].get<unsigned>());
+    if (e.contains("last_error") && !e["last_error"].get<std::string>().empty())
+      std::printf("      last try %s: %s\n", e.value("last_attempt_utc", "").c_str(), e["last_error"].get<std::string>().c_str());
+  }
+  if (!s["rejected"].empty()) {
+    std::printf("rejected by the intake (kept for an operator): %zu\n", s["rejected"].size());
+    for (const auto& e : s["rejected"])
+      std::printf("  %s  %s\n", e["name"].get<std::string>().c_str(), e.value("rejected_reason", "").c_str());
+  }
+  std::printf("receipts: %zu bundle(s) shipped\n", s["receipts"].get<size_t>());
+}
 
 void add_spool_commands(CLI::App& app, Registry& registry) {
   auto args = std::make_shared<SpoolArgs>();
@@ -77,12 +75,7 @@ void add_spool_commands(CLI::App& app, Registry& registry) {
   spool_add->add_option("--quota", sp.quota, "spool disk quota, e.g. 20G (kept for later runs)")
       ->transform(CLI::AsSizeValue(false));
 
-  auto* status = app.add_subcommand("status", "show the spool: queued, rejected and shipped bundles");
-  status->add_option("--spool", sp.dir, "spool directory")->required();
-  status->add_flag("--json", sp.json, "print as JSON");
-
   registry.add(spool_add, [args] { return run_spool_add(*args); });
-  registry.add(status, [args] { return run_status(*args); });
 }
 
 }  // namespace mlfx::agent::cli

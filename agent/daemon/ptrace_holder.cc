@@ -59,7 +59,10 @@ struct PtraceHolder::Process {
 };
 
 process::ThreadFreezer PtraceHolder::Stopped::freezer() const {
-  return process::ThreadFreezer::adopt(pid_, threads_, [](std::vector<process::FrozenThread>&) { return Status{}; });
+  return process::ThreadFreezer::adopt(pid_, threads_, [resume = resume_](std::vector<process::FrozenThread>&) {
+    if (resume) resume();
+    return Status{};
+  });
 }
 
 Result<std::unique_ptr<PtraceHolder>> PtraceHolder::start(OnFatal on_fatal, OnGone on_gone) {
@@ -127,7 +130,13 @@ Status PtraceHolder::Jobs::with_stopped(pid_t pid, const std::function<void(cons
   if (it == h_.processes_.end()) return fail(Errc::kNotFound, "pid " + std::to_string(pid) + " is not held");
   Process& p = *it->second;
   Status st = h_.stop_all(p, monotonic_ns() + kStopTimeoutNs);
-  if (st) fn(h_.stopped_view(p));
+  if (st) {
+    Stopped stopped = h_.stopped_view(p);
+    stopped.resume_ = [this, pid] {  // on the holder thread (a capture's thaw)
+      if (auto it = h_.processes_.find(pid); it != h_.processes_.end()) h_.resume_all(*it->second, false);
+    };
+    fn(stopped);
+  }
   // The process may have died meanwhile (SIGKILL): then there is nothing left to resume.
   if (auto again = h_.processes_.find(pid); again != h_.processes_.end()) h_.resume_all(*again->second, false);
   return st;

@@ -53,14 +53,16 @@ class PtraceHolder {
   class Stopped {
    public:
     pid_t pid() const { return pid_; }
-    // A freezer over the stopped threads for ProcessCaptureOptions::freeze_threads; its
-    // thaw() leaves the threads stopped: the holder continues them after the job.
+    // A freezer over the stopped threads for ProcessCaptureOptions::freeze_threads. Its thaw()
+    // lets the process run on at once in a job (sealing finishes while it runs); at a fatal
+    // signal it does nothing: the process stays stopped until the capture is done, then dies.
     process::ThreadFreezer freezer() const;
 
    private:
     friend class PtraceHolder;
     pid_t pid_ = 0;
     std::vector<process::FrozenThread> threads_;
+    std::function<void()> resume_;  // set in jobs: continue the threads now
   };
   using OnFatal = std::function<void(const FatalSignal&, const Stopped&)>;
   // A held process is gone (exited, or exec'd into something else: `how` says which).

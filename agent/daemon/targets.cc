@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "capture/process/procfs.h"
+#include "mlfx/base/file.h"
 
 namespace mlfx::agent::daemon {
 namespace {
@@ -67,8 +68,11 @@ Result<ProcessFacts> read_process_facts(pid_t pid) {
   MLFX_ASSIGN(std::string comm, process::read_proc_file(process::proc_path(pid, "comm"), 64));
   f.comm = comm.substr(0, comm.find('\n'));
   f.exe = read_link(process::proc_path(pid, "exe"));
-  if (auto cmdline = process::read_proc_file(process::proc_path(pid, "cmdline"), 4096)) {
-    f.cmdline = std::move(*cmdline);
+  // The first 4 KiB of the command line: a bound on what the regex walks (a process chooses it).
+  if (auto file = File::open_read(process::proc_path(pid, "cmdline"))) {
+    f.cmdline.resize(4096);
+    auto n = file->read_full(reinterpret_cast<uint8_t*>(f.cmdline.data()), f.cmdline.size());
+    f.cmdline.resize(n ? *n : 0);
     while (!f.cmdline.empty() && f.cmdline.back() == '\0') f.cmdline.pop_back();
     std::replace(f.cmdline.begin(), f.cmdline.end(), '\0', ' ');
   }
