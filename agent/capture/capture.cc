@@ -136,9 +136,11 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   }
   json::Json acquisition = merged(sources, &CaptureSource::acquisition);
   if (trigger) {
+    json::Json evidence = trigger->evidence;
+    if (trigger->complete_evidence) trigger->complete_evidence(evidence);
     outcome.timeline = timeline.to_json();
-    w.add_context({{"trigger", trigger->evidence}, {"timeline", outcome.timeline}});
-    acquisition["trigger"] = trigger->evidence;
+    w.add_context({{"trigger", evidence}, {"timeline", outcome.timeline}});
+    acquisition["trigger"] = evidence;
   }
   MLFX_ASSIGN(outcome.manifest, w.finish(std::move(acquisition)));
   MLFX_TRY(policy.finish_writes());

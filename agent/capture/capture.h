@@ -9,6 +9,7 @@
 // the last is sealed to its end before the next source reads, the last one after the thaw.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct CaptureTrigger {
   int64_t monotonic_ns = 0;  // when it happened
   int64_t frozen_ns = 0;     // when the target was already stopped before the capture began
                              // (held at a fatal signal); 0 otherwise
+  // Evidence that takes time to gather (kernel symbols): added after the thaw, before the
+  // manifest is signed, so that it does not lengthen the freeze.
+  std::function<void(json::Json& evidence)> complete_evidence;
 };
 
 // CLOCK_MONOTONIC now in nanoseconds: the clock of bpf_ktime_get_ns() and of the timeline.

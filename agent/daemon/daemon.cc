@@ -125,6 +125,7 @@ struct TriggerRecord {
   int64_t monotonic_ns = 0;
   std::string utc;
   json::Json evidence = json::Json::object();  // what happened, who did it
+  std::vector<uint64_t> kernel_stack;          // return addresses; symbolized after the thaw
   std::vector<RuleSpec> rules;                  // the rules it set off within their budget
   std::string outcome = "pending";  // queued, captured, partial, failed, suppressed
   std::string detail;               // the bundle, or why not
@@ -149,6 +150,7 @@ struct Armed {
 struct SignalEvidence {
   int64_t ktime_ns = 0;
   json::Json fields;
+  std::vector<uint64_t> kernel_stack;
 };
 
 struct Daemon::State {
@@ -198,7 +200,9 @@ struct Daemon::State {
   bool admit(TriggerRecord& t);  // under mu
   void finish(TriggerRecord& t, const Result<SpooledCapture>& r, int reply_fd);
   void on_fatal(const FatalSignal& f, const PtraceHolder::Stopped& stopped);
-  Result<SpooledCapture> capture(TriggerRecord& t, const PtraceHolder::Stopped* stopped, int64_t frozen_ns);
+  using FreezeThreads = std::function<Result<process::ThreadFreezer>(pid_t)>;
+  // `freeze`: how to freeze a process the holder holds (empty: ThreadFreezer::freeze).
+  Result<SpooledCapture> capture(TriggerRecord& t, const FreezeThreads& freeze, int64_t frozen_ns);
 
   // ---- sockets ----
   void accept(const File& listener, bool anomaly_socket);
@@ -376,13 +380,14 @@ void Daemon::State::fire(TriggerRecord t, int reply_fd) {
       std::lock_guard lock(mu);
       --queued;
     }
-    Result<SpooledCapture> r = fail(Errc::kNotFound, "not captured");
-    if (jobs.held(t.pid)) {
-      Status st = jobs.with_stopped(t.pid, [&](const PtraceHolder::Stopped& s) { r = capture(t, &s, 0); });
-      if (!st) r = fail(std::move(st).error());
-    } else {
-      r = capture(t, nullptr, 0);
-    }
+    // A held target is stopped by its tracer, this thread, when the capture freezes it.
+    std::function<Result<process::ThreadFreezer>(pid_t)> freeze;
+    if (jobs.held(t.pid))
+      freeze = [&jobs, held = t.pid](pid_t pid) {
+        return pid == held ? jobs.freeze(pid) : process::ThreadFreezer::freeze(pid, {});
+      };
+    auto r = capture(t, freeze, 0);
+    if (jobs.held(t.pid)) jobs.resume(t.pid);
     finish(t, r, reply_fd);
   });
 }
@@ -402,6 +407,7 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
       if (rec.id == t.id) {
         rec.outcome = t.outcome;
         rec.detail = t.detail;
+        rec.evidence = t.evidence;
       }
   }
   json::Json fields = {{"id", t.id}, {"kind", std::string(trigger_kind_name(t.kind))}, {"pid", t.pid},
@@ -419,8 +425,7 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
   }
 }
 
-Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const PtraceHolder::Stopped* stopped,
-                                              int64_t frozen_ns) {
+Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const FreezeThreads& freeze, int64_t frozen_ns) {
   std::shared_ptr<const bundle::SealingKeys> k;
   std::string device_id;
   {
@@ -432,12 +437,6 @@ Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const PtraceHold
   // The sources of every rule it set off, once each: GPU first, then process or whole memory.
   std::set<SourceKind> kinds;
   for (const RuleSpec& r : t.rules) kinds.insert(r.sources.begin(), r.sources.end());
-  std::function<Result<process::ThreadFreezer>(pid_t)> freeze;
-  if (stopped)
-    freeze = [stopped](pid_t pid) -> Result<process::ThreadFreezer> {
-      if (pid == stopped->pid()) return stopped->freezer();
-      return process::ThreadFreezer::freeze(pid, {});
-    };
   std::vector<std::unique_ptr<CaptureSource>> owned;
   json::Json skipped = json::Json::array();
   const bool has_process = kinds.count(SourceKind::kProcess);
@@ -490,6 +489,11 @@ Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const PtraceHold
   trigger.evidence = t.to_json();
   trigger.evidence.erase("outcome");
   trigger.evidence.erase("detail");
+  if (!t.kernel_stack.empty())
+    trigger.complete_evidence = [&t](json::Json& evidence) {
+      t.evidence["kernel_stack"] = symbolize(t.kernel_stack);
+      evidence["evidence"]["kernel_stack"] = t.evidence["kernel_stack"];
+    };
   cancel = false;
   capture_started_ns = monotonic_ns();
   auto r = capture_into_spool(*spool, "trigger-" + std::to_string(t.id) + "-" + std::to_string(t.pid) + ".mlfx",
@@ -522,6 +526,7 @@ void Daemon::State::on_fatal(const FatalSignal& f, const PtraceHolder::Stopped& 
         t.monotonic_ns = e->second.ktime_ns;
         for (auto field = e->second.fields.begin(); field != e->second.fields.end(); ++field)
           t.evidence[field.key()] = *field;
+        t.kernel_stack = e->second.kernel_stack;
         fatal_evidence.erase(e);
       }
     }
@@ -536,7 +541,10 @@ void Daemon::State::on_fatal(const FatalSignal& f, const PtraceHolder::Stopped& 
   json::Json fields = t.to_json();
   fields.erase("evidence");
   log.info("trigger", fields);
-  auto r = capture(t, &stopped, f.frozen_ns);
+  auto held = [&stopped](pid_t pid) -> Result<process::ThreadFreezer> {
+    return pid == stopped.pid() ? stopped.freezer() : process::ThreadFreezer::freeze(pid, {});
+  };
+  auto r = capture(t, held, f.frozen_ns);
   finish(t, r, -1);
 }
 
@@ -560,9 +568,9 @@ void Daemon::State::on_bpf_event(const mlfx_trigger_event& e) {
     return;
   }
   json::Json ev = {{"actor_pid", e.actor_tgid}, {"actor_tid", e.actor_tid},
-                   {"actor_comm", fixed_string(e.actor_comm, sizeof e.actor_comm)},
-                   {"kernel_stack", symbolize(kernel_stack(e))}, {"ktime_ns", e.ktime_ns}};
+                   {"actor_comm", fixed_string(e.actor_comm, sizeof e.actor_comm)}, {"ktime_ns", e.ktime_ns}};
   TriggerRecord t;
+  t.kernel_stack = kernel_stack(e);
   t.pid = pid;
   t.monotonic_ns = static_cast<int64_t>(e.ktime_ns);
   t.comm = fixed_string(e.target_comm, sizeof e.target_comm);
@@ -585,7 +593,7 @@ void Daemon::State::on_bpf_event(const mlfx_trigger_event& e) {
       ev["si_code"] = e.si_code;
       if (held) {  // the holder captures it; this is its evidence
         std::lock_guard lock(mu);
-        fatal_evidence[{static_cast<pid_t>(e.target_tid), e.signal}] = {static_cast<int64_t>(e.ktime_ns), ev};
+        fatal_evidence[{static_cast<pid_t>(e.target_tid), e.signal}] = {static_cast<int64_t>(e.ktime_ns), ev, t.kernel_stack};
         if (fatal_evidence.size() > 256) fatal_evidence.erase(fatal_evidence.begin());
         evidence_arrived.notify_all();
         return;

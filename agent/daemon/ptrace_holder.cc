@@ -125,20 +125,29 @@ Status PtraceHolder::release(pid_t pid) {
 
 bool PtraceHolder::Jobs::held(pid_t pid) const { return h_.processes_.count(pid) != 0; }
 
+Result<process::ThreadFreezer> PtraceHolder::Jobs::freeze(pid_t pid) {
+  auto it = h_.processes_.find(pid);
+  if (it == h_.processes_.end()) return fail(Errc::kNotFound, "pid " + std::to_string(pid) + " is not held");
+  if (auto st = h_.stop_all(*it->second, monotonic_ns() + kStopTimeoutNs); !st) {
+    resume(pid);
+    return fail(std::move(st).error());
+  }
+  Stopped stopped = h_.stopped_view(*it->second);
+  stopped.resume_ = [this, pid] { resume(pid); };  // on the holder thread (a capture's thaw)
+  return stopped.freezer();
+}
+
+void PtraceHolder::Jobs::resume(pid_t pid) {
+  // The process may have died meanwhile (SIGKILL): then there is nothing left to resume.
+  if (auto it = h_.processes_.find(pid); it != h_.processes_.end()) h_.resume_all(*it->second, false);
+}
+
 Status PtraceHolder::Jobs::with_stopped(pid_t pid, const std::function<void(const Stopped&)>& fn) {
   auto it = h_.processes_.find(pid);
   if (it == h_.processes_.end()) return fail(Errc::kNotFound, "pid " + std::to_string(pid) + " is not held");
-  Process& p = *it->second;
-  Status st = h_.stop_all(p, monotonic_ns() + kStopTimeoutNs);
-  if (st) {
-    Stopped stopped = h_.stopped_view(p);
-    stopped.resume_ = [this, pid] {  // on the holder thread (a capture's thaw)
-      if (auto it = h_.processes_.find(pid); it != h_.processes_.end()) h_.resume_all(*it->second, false);
-    };
-    fn(stopped);
-  }
-  // The process may have died meanwhile (SIGKILL): then there is nothing left to resume.
-  if (auto again = h_.processes_.find(pid); again != h_.processes_.end()) h_.resume_all(*again->second, false);
+  Status st = h_.stop_all(*it->second, monotonic_ns() + kStopTimeoutNs);
+  if (st) fn(h_.stopped_view(*h_.processes_.at(pid)));
+  resume(pid);
   return st;
 }
 

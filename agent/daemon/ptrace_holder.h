@@ -73,6 +73,10 @@ class PtraceHolder {
     // Stops every thread of held process `pid` and runs `fn` with it; continues them after.
     // kNotFound if `pid` is not held.
     Status with_stopped(pid_t pid, const std::function<void(const Stopped&)>& fn);
+    // Stops every thread of held process `pid` now, for ProcessCaptureOptions::freeze_threads:
+    // the freezer's thaw() continues them (resume() too, for a capture that failed before).
+    Result<process::ThreadFreezer> freeze(pid_t pid);
+    void resume(pid_t pid);
     bool held(pid_t pid) const;
 
    private:

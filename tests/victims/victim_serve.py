@@ -5,8 +5,11 @@ Ground truth (GROUND_TRUTH_DIR): NAME.pt (each model's state_dict), models.json 
 state_dict file) and outputs_before.pt. The serving loop writes `ready` (the pid) and a
 `heartbeat`; when the test creates `check` it writes outputs_after.pt (the outputs after the
 capture, to show the capture left the process intact) and `checked`; `stop` ends it.
+For the armed daemon's tests: `crash` makes it die of a real fault (SIGSEGV reading address 8),
+and `anomaly` makes it raise an anomaly through packaging/examples/mlfx_anomaly.py with the
+socket path the file holds (the agent's reply goes to `anomaly_reply`).
 """
-import json, os, threading, time
+import ctypes, json, os, sys, threading, time
 
 import torch
 
@@ -39,6 +42,16 @@ def serve(gt, outputs):
         beat += 1
         with open(os.path.join(gt, "heartbeat"), "w") as f:
             f.write(str(beat))
+        if os.path.exists(os.path.join(gt, "crash")):
+            ctypes.string_at(8)  # a real segmentation fault, in the interpreter's own code
+        anomaly = os.path.join(gt, "anomaly")
+        if os.path.exists(anomaly) and not os.path.exists(os.path.join(gt, "anomaly_reply")):
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "packaging", "examples"))
+            import mlfx_anomaly
+            with open(anomaly) as f:
+                reply = mlfx_anomaly.raise_anomaly("victim says: outputs drifted", socket_path=f.read().strip())
+            with open(os.path.join(gt, "anomaly_reply"), "w") as f:
+                json.dump(reply, f)
         if os.path.exists(os.path.join(gt, "check")) and not os.path.exists(os.path.join(gt, "checked")):
             torch.save(outputs(), os.path.join(gt, "outputs_after.pt"))
             with open(os.path.join(gt, "checked"), "w") as f:
