@@ -26,6 +26,7 @@
 #include "capture/spooled_capture.h"
 #include "daemon/capture_budget.h"
 #include "daemon/control.h"
+#include "daemon/pressure.h"
 #include "daemon/ptrace_holder.h"
 #include "daemon/targets.h"
 #include "mlfx/base/clock.h"
@@ -161,11 +162,17 @@ struct Daemon::State {
   // Owned by the main thread.
   File control, anomaly;
   std::optional<gid_t> control_gid;
-  int epoll = -1, signals = -1, rescan_timer = -1;
+  int epoll = -1, signals = -1, rescan_timer = -1, pressure_timer = -1;
   std::optional<bpf::BpfTriggers> bpf;
   std::vector<bpf::Hook> hooks;
   std::string bpf_unavailable;  // why there are no eBPF triggers at all
   std::map<int, std::pair<Peer, bool>> connections;  // fd -> (peer, anomaly socket)
+  struct Pressure {
+    PressureWatch watch;
+    PressureThreshold threshold;
+    std::set<pid_t> pids;  // the armed targets it covers
+  };
+  std::map<std::string, Pressure> pressure;  // by file and threshold
   bool stop = false;
 
   // Owned by the capture thread (the holder's jobs).
@@ -203,6 +210,14 @@ struct Daemon::State {
   using FreezeThreads = std::function<Result<process::ThreadFreezer>(pid_t)>;
   // `freeze`: how to freeze a process the holder holds (empty: ThreadFreezer::freeze).
   Result<SpooledCapture> capture(TriggerRecord& t, const FreezeThreads& freeze, int64_t frozen_ns);
+
+  // ---- memory pressure (main thread) ----
+  void watch_pressure(const TargetProcess& tp);
+  void unwatch_pressure(pid_t pid);
+  void update_pressure_timer();
+  void sample_pressure();
+  void on_pressure(int fd);
+  void pressure_crossed(Pressure& p);
 
   // ---- sockets ----
   void accept(const File& listener, bool anomaly_socket);
@@ -255,6 +270,105 @@ void Daemon::State::arm(const TargetProcess& tp) {
     armed[tp.pid] = Armed{tp, kinds, held, utc_timestamp()};
   }
   log.info("armed", fields);
+  if (kinds.count(TriggerKind::kMemoryPressure)) watch_pressure(tp);
+}
+
+void Daemon::State::watch_pressure(const TargetProcess& tp) {
+  PressureThreshold threshold;
+  {
+    std::lock_guard lock(mu);
+    auto rules = config.rules_for(tp.target, TriggerKind::kMemoryPressure);
+    if (rules.empty()) return;
+    threshold = rules.front()->pressure;  // the first rule's: one watch per cgroup and threshold
+  }
+  auto source = pressure_source_of(tp.pid);
+  if (!source) {
+    log.warn("pressure_unavailable", {{"pid", tp.pid}, {"target", tp.target}, {"error", source.error().message()}});
+    return;
+  }
+  const std::string key = source->file + " " + std::to_string(threshold.stall.count()) + "/" +
+                          std::to_string(threshold.window.count());
+  auto it = pressure.find(key);
+  if (it == pressure.end()) {
+    auto w = PressureWatch::open(*source, threshold);
+    if (!w) {
+      log.warn("pressure_unavailable", {{"pid", tp.pid}, {"target", tp.target}, {"error", w.error().message()}});
+      return;
+    }
+    if (!w->sampled()) {
+      epoll_event ev{};
+      ev.events = EPOLLPRI;
+      ev.data.fd = w->fd();
+      ::epoll_ctl(epoll, EPOLL_CTL_ADD, w->fd(), &ev);
+    }
+    log.info("pressure_watch", {{"file", source->file}, {"scope", source->scope}, {"mode", w->mode()},
+                                {"stall_us", threshold.stall.count()}, {"window_us", threshold.window.count()}});
+    it = pressure.emplace(key, Pressure{std::move(*w), threshold, {}}).first;
+    update_pressure_timer();
+  }
+  it->second.pids.insert(tp.pid);
+}
+
+void Daemon::State::unwatch_pressure(pid_t pid) {
+  for (auto it = pressure.begin(); it != pressure.end();) {
+    it->second.pids.erase(pid);
+    if (it->second.pids.empty()) {
+      if (!it->second.watch.sampled()) ::epoll_ctl(epoll, EPOLL_CTL_DEL, it->second.watch.fd(), nullptr);
+      it = pressure.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  update_pressure_timer();
+}
+
+void Daemon::State::update_pressure_timer() {
+  // Sampled watches are read four times a window (the shortest one); none: the timer is off.
+  int64_t period_ns = 0;
+  for (const auto& [key, p] : pressure)
+    if (p.watch.sampled()) {
+      const int64_t quarter = std::chrono::nanoseconds(p.threshold.window).count() / 4;
+      period_ns = period_ns ? std::min(period_ns, quarter) : quarter;
+    }
+  itimerspec t{};
+  t.it_interval = t.it_value = {static_cast<time_t>(period_ns / 1'000'000'000), static_cast<long>(period_ns % 1'000'000'000)};
+  ::timerfd_settime(pressure_timer, 0, &t, nullptr);
+}
+
+void Daemon::State::sample_pressure() {
+  const int64_t now = monotonic_ns();
+  for (auto& [key, p] : pressure)
+    if (p.watch.sampled() && p.watch.sample(now)) pressure_crossed(p);
+}
+
+void Daemon::State::on_pressure(int fd) {
+  for (auto& [key, p] : pressure)
+    if (!p.watch.sampled() && p.watch.fd() == fd) return pressure_crossed(p);
+}
+
+void Daemon::State::pressure_crossed(Pressure& p) {
+  {
+    const int64_t now = monotonic_ns();
+    json::Json ev = {{"psi_file", p.watch.source().file}, {"scope", p.watch.source().scope},
+                     {"threshold", "some " + std::to_string(p.threshold.stall.count()) + " us stalled within " +
+                                       std::to_string(p.threshold.window.count()) + " us"},
+                     {"figures", p.watch.figures()}, {"mode", p.watch.mode()}};
+    for (pid_t pid : std::set<pid_t>(p.pids)) {
+      TriggerRecord t;
+      t.kind = TriggerKind::kMemoryPressure;
+      t.pid = pid;
+      t.monotonic_ns = now;
+      t.evidence = ev;
+      {
+        std::lock_guard lock(mu);
+        auto a = armed.find(pid);
+        if (a == armed.end()) continue;
+        t.target = a->second.process.target;
+        t.comm = a->second.process.facts.comm;
+      }
+      fire(std::move(t), -1);
+    }
+  }
 }
 
 void Daemon::State::disarm(pid_t pid, const std::string& why) {
@@ -269,6 +383,7 @@ void Daemon::State::disarm(pid_t pid, const std::string& why) {
     armed.erase(it);
   }
   if (bpf) (void)bpf->disarm(pid);
+  unwatch_pressure(pid);
   if (held && why != "exited") (void)holder->release(pid);
   log.info("disarmed", {{"pid", pid}, {"target", target}, {"why", why}});
 }
@@ -779,7 +894,7 @@ Daemon::~Daemon() {
   s_->cancel = true;
   s_->holder.reset();  // finishes the capture in progress, releases every held process
   for (auto& [fd, c] : s_->connections) ::close(fd);
-  for (int fd : {s_->epoll, s_->signals, s_->rescan_timer})
+  for (int fd : {s_->epoll, s_->signals, s_->rescan_timer, s_->pressure_timer})
     if (fd >= 0) ::close(fd);
   if (s_->bpf) s_->bpf.reset();
   ::unlink(s_->config.agent.control_socket.c_str());
@@ -834,7 +949,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
   s->rescan_timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
   itimerspec every{{kRescanSeconds, 0}, {kRescanSeconds, 0}};
   ::timerfd_settime(s->rescan_timer, 0, &every, nullptr);
-  std::vector<int> fds = {s->signals, s->rescan_timer, s->control.fd(), s->anomaly.fd()};
+  s->pressure_timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  std::vector<int> fds = {s->signals, s->rescan_timer, s->pressure_timer, s->control.fd(), s->anomaly.fd()};
   if (s->bpf) fds.push_back(s->bpf->ring_fd());
   for (int fd : fds) {
     epoll_event ev{};
@@ -877,6 +993,10 @@ int Daemon::run() {
         uint64_t ticks;
         (void)!::read(fd, &ticks, sizeof ticks);
         s.rescan();
+      } else if (fd == s.pressure_timer) {
+        uint64_t ticks;
+        (void)!::read(fd, &ticks, sizeof ticks);
+        s.sample_pressure();
       } else if (fd == s.control.fd()) {
         s.accept(s.control, false);
       } else if (fd == s.anomaly.fd()) {
@@ -886,6 +1006,8 @@ int Daemon::run() {
           s.log.error("ebpf_read_failed", {{"error", st.error().message()}});
       } else if (s.connections.count(fd)) {
         s.on_message(fd);
+      } else {
+        s.on_pressure(fd);
       }
     }
     // A capture that runs past capture_timeout is abandoned (its target thawed, its bundle removed).

@@ -22,6 +22,8 @@ sockets under a temporary directory:
   killed       the daemon SIGKILLed in the middle of a capture: the target is not left stopped
                or traced and keeps running
   oom          a victim in a 64 MiB memory cgroup allocating past it: the OOM kill triggers
+  pressure     a victim thrashing its page cache in a 64 MiB memory cgroup: the memory pressure
+               (PSI of its cgroup) triggers a capture while it lives
 """
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, textwrap, time
 
@@ -429,35 +431,52 @@ OOM = textwrap.dedent("""\
     """)
 
 
-def memory_cgroup(name):
-    """A new memory cgroup with a 64 MiB limit: v2 where it has the memory controller, else v1."""
-    v2 = "/sys/fs/cgroup"
-    for base in (v2, "/sys/fs/cgroup/unified"):
-        ctl = os.path.join(base, "cgroup.controllers")
-        if os.path.exists(ctl) and "memory" in open(ctl).read().split():
+class LimitedCgroup:
+    """A 64 MiB memory limit for a process: cgroup v2 memory.max where v2 has the memory controller;
+    else the v1 memory controller plus a v2 cgroup of the same name (hybrid hierarchies), where
+    the kernel reports the process's memory pressure."""
+
+    def __init__(self, name, limit=64 << 20):
+        self.dirs = []
+        for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+            ctl = os.path.join(base, "cgroup.controllers")
+            if not os.path.exists(ctl):
+                continue
             path = os.path.join(base, name)
             os.makedirs(path, exist_ok=True)
-            open(os.path.join(path, "memory.max"), "w").write(str(64 << 20))
-            open(os.path.join(path, "memory.swap.max"), "w").write("0") if os.path.exists(
-                os.path.join(path, "memory.swap.max")) else None
-            return path
-    path = os.path.join("/sys/fs/cgroup/memory", name)
-    os.makedirs(path, exist_ok=True)
-    open(os.path.join(path, "memory.limit_in_bytes"), "w").write(str(64 << 20))
-    return path
+            self.dirs.append(path)
+            if "memory" in open(ctl).read().split():
+                open(os.path.join(path, "memory.max"), "w").write(str(limit))
+                return
+            break
+        path = os.path.join("/sys/fs/cgroup/memory", name)
+        os.makedirs(path, exist_ok=True)
+        open(os.path.join(path, "memory.limit_in_bytes"), "w").write(str(limit))
+        self.dirs.append(path)
+
+    def add(self, pid):
+        for d in self.dirs:
+            open(os.path.join(d, "cgroup.procs"), "w").write(str(pid))
+
+    def remove(self):
+        for d in self.dirs:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 def case_oom(args, tmp):
     step("oom: a victim in a 64 MiB memory cgroup is OOM-killed: the trigger fires")
     root = os.path.join(tmp, "oom")
     d = Daemon(args, root, torch_target("hog", "mlfx-oom-victim"), rule("oom", ["oom-kill"])).start()
-    cg = memory_cgroup(f"mlfx-daemon-test-{os.getpid()}")
+    cg = LimitedCgroup(f"mlfx-daemon-oom-{os.getpid()}")
     victim = None
     try:
         victim = subprocess.Popen([PYTHON, "-c", OOM, "mlfx-oom-victim"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
         pid = int(victim.stdout.readline())
-        open(os.path.join(cg, "cgroup.procs"), "w").write(str(pid))
+        cg.add(pid)
         wait_for("armed", lambda: d.armed(pid), 30)
         victim.stdin.write("go\n")
         victim.stdin.flush()
@@ -470,14 +489,58 @@ def case_oom(args, tmp):
         if victim and victim.poll() is None:
             victim.kill()
         d.stop()
-        try:
-            os.rmdir(cg)
-        except OSError:
-            pass
+        cg.remove()
+
+
+THRASH = textwrap.dedent("""\
+    import os, sys, time
+    sys.stdout.write("%d\\n" % os.getpid()); sys.stdout.flush()
+    sys.stdin.readline()
+    # Page cache charged to this cgroup, then anonymous memory up to near the limit: re-reading
+    # the file refaults pages it just lost: the tasks stall on memory (PSI), nothing is killed.
+    path = sys.argv[2]
+    with open(path, "wb") as f:
+        f.write(os.urandom(32 << 20))
+    hog = bytearray(44 << 20)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+    while True:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    """)
+
+
+def case_pressure(args, tmp):
+    step("pressure: a victim thrashing in a 64 MiB memory cgroup: the memory pressure triggers while it lives")
+    root = os.path.join(tmp, "pressure")
+    d = Daemon(args, root, torch_target("thrash", "mlfx-pressure-victim"),
+               rule("pressure", ["memory-pressure"], 'memory_pressure = { stall = "50ms", window = "1s" }\n'))
+    cg = LimitedCgroup(f"mlfx-daemon-psi-{os.getpid()}")
+    victim = subprocess.Popen([PYTHON, "-c", THRASH, "mlfx-pressure-victim", os.path.join(root, "thrash.bin")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(victim.stdout.readline())
+        cg.add(pid)  # before the daemon starts: it finds the process in its cgroup
+        d.start()
+        wait_for("armed", lambda: d.armed(pid), 30)
+        watch = d.events("pressure_watch")
+        expect(watch and watch[-1].get("scope", "").startswith("cgroup"), "the victim's own cgroup is watched", watch)
+        victim.stdin.write("go\n")
+        victim.stdin.flush()
+        t = d.finished("memory-pressure", pid, 120)
+        step(f"pressure: trigger {t['id']} ({t['evidence'].get('figures', '')[:60]}): {t['outcome']}")
+        expect(t["outcome"] == "captured", "the thrashing victim was captured alive", t)
+        expect(victim.poll() is None, "the victim lives on")
+    finally:
+        victim.kill()
+        victim.wait()
+        d.stop()
+        cg.remove()
 
 
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
-         "reload": case_reload, "killed": case_killed, "oom": case_oom}
+         "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure}
 
 
 def main():
