@@ -8,10 +8,9 @@
 #include <thread>
 
 #include "cli/command.h"
-#include "mlfx/base/host.h"
 #include "mlfx/base/json.h"
 #include "mlfx/base/progress.h"
-#include "mlfx/crypto/keys.h"
+#include "upload/intake_target.h"
 #include "upload/uploader.h"
 
 namespace mlfx::agent::cli {
@@ -25,23 +24,8 @@ struct ShipArgs {
 };
 
 Result<IntakeTarget> ship_target(const ShipArgs& a) {
-  IntakeTarget t;
-  MLFX_ASSIGN(HostPort hp, parse_host_port(a.server, "--server", false));
-  t.host = hp.host;
-  t.port = hp.port;
-  t.tls = {a.ca, a.cert, a.key, a.crl};
-  if (!a.intake_key.empty()) {
-    if (a.intake_key.rfind("sha256:", 0) == 0) {
-      t.intake_key_fingerprint = a.intake_key;
-    } else {
-      MLFX_ASSIGN(crypto::PublicKeyFile pub, crypto::load_public_key_file(a.intake_key));
-      if (!pub.verify) return fail(Errc::kInvalidArgument, a.intake_key + " holds no signing key");
-      t.intake_key_fingerprint = pub.verify->fingerprint();
-    }
-  }
-  t.bandwidth = a.bandwidth;
-  t.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
-  return t;
+  return intake_target({a.server, a.ca, a.cert, a.key, a.crl, a.intake_key, a.bandwidth,
+                        std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000))});
 }
 
 void print_upload(const UploadOutcome& u, bool as_json) {

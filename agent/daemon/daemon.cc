@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "bpf/bpf_triggers.h"
 #include "capture/physical/kmod_source.h"
@@ -24,6 +25,8 @@
 #include "capture/process/procfs.h"
 #include "capture/process/process_source.h"
 #include "capture/spooled_capture.h"
+#include "upload/intake_target.h"
+#include "upload/uploader.h"
 #include "daemon/capture_budget.h"
 #include "daemon/control.h"
 #include "daemon/pressure.h"
@@ -218,6 +221,14 @@ struct Daemon::State {
   void sample_pressure();
   void on_pressure(int fd);
   void pressure_crossed(Pressure& p);
+
+  // ---- shipping: its own thread, when [upload] is configured ----
+  std::thread shipper;
+  std::mutex ship_mu;
+  std::condition_variable ship_wake;
+  bool ship_stop = false, ship_now = false;
+  void ship_loop();
+  void kick_shipper();
 
   // ---- sockets ----
   void accept(const File& listener, bool anomaly_socket);
@@ -532,8 +543,12 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
     if (r->outcome.timeline.contains("trigger_to_frozen_ms"))
       fields["trigger_to_frozen_ms"] = r->outcome.timeline["trigger_to_frozen_ms"];
   }
-  if (r) log.info("captured", fields);
-  else log.error("capture_failed", fields);
+  if (r) {
+    log.info("captured", fields);
+    kick_shipper();
+  } else {
+    log.error("capture_failed", fields);
+  }
   if (reply_fd >= 0) {
     (void)send_message(reply_fd, {{"ok", true}, {"trigger", t.to_json()}});
     ::close(reply_fd);
@@ -751,6 +766,69 @@ void Daemon::State::on_bpf_event(const mlfx_trigger_event& e) {
   fire(std::move(t), -1);
 }
 
+// ---------------------------------------------------------------- shipping
+
+void Daemon::State::kick_shipper() {
+  std::lock_guard lock(ship_mu);
+  ship_now = true;
+  ship_wake.notify_all();
+}
+
+// Uploads the spool to the intake after every capture and every `poll` seconds, with backoff
+// after failures; the bundles leave the spool only with the intake's verified receipt.
+void Daemon::State::ship_loop() {
+  std::optional<Spool> own;  // its own view of the spool: the capture thread has another
+  std::optional<File> shipping_lock;
+  unsigned failures = 0;
+  while (true) {
+    std::optional<UploadSpec> up;
+    std::string dir;
+    std::optional<uint64_t> quota;
+    {
+      std::lock_guard lock(mu);
+      up = config.upload;
+      dir = config.spool.dir;
+      quota = config.spool.quota;
+    }
+    std::chrono::milliseconds wait = up ? std::chrono::milliseconds(up->poll) : std::chrono::milliseconds(60'000);
+    if (up) {
+      if (!own || own->dir() != dir) {
+        shipping_lock.reset();
+        auto s = Spool::open(dir, quota);
+        if (s) own.emplace(std::move(*s));
+        else log.error("ship_failed", {{"error", s.error().message()}});
+      }
+      if (own && !shipping_lock) {
+        auto l = own->lock_shipping();
+        if (l) shipping_lock.emplace(std::move(*l));
+        else log.error("ship_failed", {{"error", l.error().message()}, {"consequence", "bundles stay in the spool"}});
+      }
+      auto target = intake_target({up->server, up->ca, up->cert, up->key, up->crl.value_or(""),
+                                   up->intake_key.value_or(""), up->bandwidth.value_or(0),
+                                   std::chrono::milliseconds(60'000), "[upload] server"});
+      if (!target) {
+        log.error("ship_failed", {{"error", target.error().message()}});
+      } else if (own && shipping_lock) {
+        PassReport pass = ship_pass(*own, *target, [&](const UploadOutcome& u) {
+          json::Json fields = {{"bundle", u.bundle_id}, {"name", u.name}, {"result", u.result}, {"sent_bytes", u.sent_bytes}};
+          if (!u.error.empty()) fields["error"] = u.error;
+          log.write(u.result == "stored" || u.result == "duplicate" ? Level::kInfo : Level::kWarning, "uploaded", fields);
+        });
+        if (pass.ok) {
+          failures = 0;
+        } else {
+          log.warn("ship_pass_failed", {{"error", pass.error}});
+          wait = backoff_delay(failures++, std::chrono::seconds(1), std::chrono::seconds(300));
+        }
+      }
+    }
+    std::unique_lock lock(ship_mu);
+    ship_wake.wait_for(lock, wait, [&] { return ship_stop || ship_now; });
+    if (ship_stop) return;
+    ship_now = false;
+  }
+}
+
 // ---------------------------------------------------------------- sockets
 
 void Daemon::State::close_connection(int fd) {
@@ -893,6 +971,12 @@ Daemon::~Daemon() {
   if (!s_) return;
   s_->cancel = true;
   s_->holder.reset();  // finishes the capture in progress, releases every held process
+  {
+    std::lock_guard lock(s_->ship_mu);
+    s_->ship_stop = true;
+    s_->ship_wake.notify_all();
+  }
+  if (s_->shipper.joinable()) s_->shipper.join();
   for (auto& [fd, c] : s_->connections) ::close(fd);
   for (int fd : {s_->epoll, s_->signals, s_->rescan_timer, s_->pressure_timer})
     if (fd >= 0) ::close(fd);
@@ -960,6 +1044,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
       return fail(Errc::kIo, "cannot set up the daemon's event loop: " + process::errno_name(errno));
   }
   s->rescan();
+  s->shipper = std::thread([st] { st->ship_loop(); });
   return std::unique_ptr<Daemon>(new Daemon(std::move(s)));
 }
 
