@@ -260,6 +260,14 @@ class Section {
     return out;
   }
 
+  Result<std::optional<bool>> boolean(std::string_view key) const {
+    const toml::node* n = node(key);
+    if (!n) return std::optional<bool>();
+    const auto* b = n->as_boolean();
+    if (!b) return type_error(key, *n, "true or false");
+    return std::optional<bool>(b->get());
+  }
+
   Result<std::optional<int64_t>> integer(std::string_view key) const {
     const toml::node* n = node(key);
     if (!n) return std::optional<int64_t>();
@@ -382,7 +390,7 @@ class ConfigParser {
                                 "(the lab keys bundles are encrypted to)");
     Section s(refuse_, *table, "[agent]",
               {"device_id", "device_key", "recipients", "control_socket", "control_group", "anomaly_socket",
-               "log_format", "capture_timeout"});
+               "log_format", "capture_timeout", "ebpf"});
     MLFX_TRY(s.known_keys());
     AgentSpec& a = config_.agent;
     MLFX_ASSIGN(auto device_id, s.string("device_id"));
@@ -405,6 +413,8 @@ class ConfigParser {
     }
     MLFX_ASSIGN(auto timeout, s.whole_seconds("capture_timeout", seconds(1)));
     if (timeout) a.capture_timeout = *timeout;
+    MLFX_ASSIGN(auto ebpf, s.boolean("ebpf"));
+    if (ebpf) a.ebpf = *ebpf;
     return {};
   }
 

@@ -99,6 +99,9 @@ struct AgentSpec {
   std::string anomaly_socket = "/run/mlfx-agent/anomaly.sock";
   std::string log_format = "journal";    // "journal" (<N> priority prefixes), "json", "text"
   std::chrono::seconds capture_timeout{600};
+  // false: no eBPF program is loaded (fatal signals are still held with ptrace; PSI, on-demand,
+  // app-anomaly and lab requests still trigger); for kernels where eBPF must stay off.
+  bool ebpf = true;
 };
 
 struct DaemonConfig {

@@ -41,6 +41,7 @@ namespace {
 constexpr size_t kRecentTriggers = 64;      // kept for status
 constexpr size_t kMaxQueuedCaptures = 8;    // admitted captures waiting for the capture thread
 constexpr int kRescanSeconds = 30;          // /proc read again for targets the exec events missed
+constexpr int kRescanSecondsWithoutExecEvents = 2;  // without eBPF no exec is reported
 constexpr int64_t kEvidenceWaitNs = 50'000'000;  // a held fatal signal waits this long for its eBPF record
 
 std::string signal_name(int sig) {
@@ -1011,7 +1012,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
   bpf::BpfTriggers::Options bo;
   bo.exec = true;
   bo.module_load = module_load;
-  auto triggers = bpf::BpfTriggers::open(bo);
+  auto triggers = s->config.agent.ebpf
+                      ? bpf::BpfTriggers::open(bo)
+                      : Result<bpf::BpfTriggers>(fail(Errc::kUnsupported, "eBPF is off in the configuration (ebpf = false)"));
   if (triggers) {
     s->bpf.emplace(std::move(*triggers));
     s->hooks = s->bpf->hooks();
@@ -1022,7 +1025,10 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
   } else {
     s->bpf_unavailable = triggers.error().message();
     log.warn("ebpf_unavailable", {{"error", s->bpf_unavailable},
-                                  {"still_armed", "fatal signals (ptrace), on-demand and app-anomaly triggers"}});
+                                  {"still_armed", "fatal-signal (held with ptrace), memory-pressure, on-demand, "
+                                                  "app-anomaly, lab-request"},
+                                  {"unavailable", "oom-kill, ptrace-attach, memory-write, module-load; new targets "
+                                                  "are found by a /proc rescan every 2 s instead of at exec"}});
   }
 
   s->epoll = ::epoll_create1(EPOLL_CLOEXEC);
@@ -1031,7 +1037,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
   for (int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&set, sig);
   s->signals = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   s->rescan_timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-  itimerspec every{{kRescanSeconds, 0}, {kRescanSeconds, 0}};
+  const time_t rescan = s->bpf ? kRescanSeconds : kRescanSecondsWithoutExecEvents;
+  itimerspec every{{rescan, 0}, {rescan, 0}};
   ::timerfd_settime(s->rescan_timer, 0, &every, nullptr);
   s->pressure_timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
   std::vector<int> fds = {s->signals, s->rescan_timer, s->pressure_timer, s->control.fd(), s->anomaly.fd()};

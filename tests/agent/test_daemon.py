@@ -22,6 +22,8 @@ sockets under a temporary directory:
   killed       the daemon SIGKILLed in the middle of a capture: the target is not left stopped
                or traced and keeps running
   oom          a victim in a 64 MiB memory cgroup allocating past it: the OOM kill triggers
+  no-ebpf      eBPF off in the configuration: status and the log say what is lost, and a
+               fatal signal is still held (ptrace) and captured
   pressure     a victim thrashing its page cache in a 64 MiB memory cgroup: the memory pressure
                (PSI of its cgroup) triggers a capture while it lives
 """
@@ -539,8 +541,48 @@ def case_pressure(args, tmp):
         cg.remove()
 
 
+CRASHER = textwrap.dedent("""\
+    import ctypes, os, sys, threading, time
+    threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
+    sys.stdout.write("%d\\n" % os.getpid()); sys.stdout.flush()
+    sys.stdin.readline()
+    ctypes.string_at(8)
+    """)
+
+
+def case_no_ebpf(args, tmp):
+    step("no-ebpf: with eBPF off the daemon says what it lacks, and a fatal signal is still held and captured")
+    root = os.path.join(tmp, "no-ebpf")
+    d = Daemon(args, root, torch_target("crasher", "mlfx-noebpf-victim"),
+               rule("crash", ["fatal-signal"]) + rule("tamper", ["ptrace-attach"]))
+    with open(d.config) as f:
+        text = f.read()
+    with open(d.config, "w") as f:
+        f.write(text.replace("[agent]\n", "[agent]\nebpf = false\n", 1))
+    d.start()
+    try:
+        st = d.status()
+        expect("ebpf = false" in st["ebpf"]["unavailable"], "status says eBPF is off and why", st["ebpf"])
+        warn = d.events("ebpf_unavailable")
+        expect(warn and "ptrace-attach" in warn[0].get("unavailable", ""), "the log names the triggers lost", warn)
+        victim = subprocess.Popen([PYTHON, "-c", CRASHER, "mlfx-noebpf-victim"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        pid = int(victim.stdout.readline())
+        armed = wait_for("armed by the /proc rescan", lambda: d.armed(pid), 30)
+        expect(armed["held"], "held against fatal signals without eBPF", armed)
+        victim.stdin.write("go\n")
+        victim.stdin.flush()
+        rc = victim.wait(60)
+        expect(rc == -signal.SIGSEGV, f"it died of SIGSEGV ({rc})")
+        t = d.finished("fatal-signal", pid)
+        expect(t["outcome"] == "captured" and t["evidence"].get("held") is True, "captured while held", t)
+    finally:
+        d.stop()
+
+
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
-         "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure}
+         "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure,
+         "no-ebpf": case_no_ebpf}
 
 
 def main():
