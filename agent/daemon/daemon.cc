@@ -206,6 +206,8 @@ struct Daemon::State {
   Status reload();
 
   // ---- triggers ----
+  // The target name and comm of t.pid, if it is (still) armed.
+  bool name_target(TriggerRecord& t);
   void on_bpf_event(const mlfx_trigger_event& e);
   void fire(TriggerRecord t, int reply_fd);
   bool admit(TriggerRecord& t);  // under mu
@@ -371,14 +373,7 @@ void Daemon::State::pressure_crossed(Pressure& p) {
       t.pid = pid;
       t.monotonic_ns = now;
       t.evidence = ev;
-      {
-        std::lock_guard lock(mu);
-        auto a = armed.find(pid);
-        if (a == armed.end()) continue;
-        t.target = a->second.process.target;
-        t.comm = a->second.process.facts.comm;
-      }
-      fire(std::move(t), -1);
+      if (name_target(t)) fire(std::move(t), -1);
     }
   }
 }
@@ -452,6 +447,15 @@ Status Daemon::State::reload() {
 }
 
 // ---------------------------------------------------------------- triggers
+
+bool Daemon::State::name_target(TriggerRecord& t) {
+  std::lock_guard lock(mu);
+  auto a = armed.find(t.pid);
+  if (a == armed.end()) return false;
+  t.target = a->second.process.target;
+  t.comm = a->second.process.facts.comm;
+  return true;
+}
 
 bool Daemon::State::admit(TriggerRecord& t) {
   t.id = next_id++;
@@ -749,14 +753,7 @@ void Daemon::State::on_bpf_event(const mlfx_trigger_event& e) {
         m.kind = TriggerKind::kModuleLoad;
         m.pid = p;
         m.evidence = ev;
-        {
-          std::lock_guard lock(mu);
-          auto it = armed.find(p);
-          if (it == armed.end()) continue;
-          m.target = it->second.process.target;
-          m.comm = it->second.process.facts.comm;
-        }
-        fire(std::move(m), -1);
+        if (name_target(m)) fire(std::move(m), -1);
       }
       return;
     }
@@ -902,12 +899,7 @@ void Daemon::State::on_message(int fd) {
     t.kind = op == "anomaly" ? TriggerKind::kAppAnomaly : TriggerKind::kOnDemand;
     t.pid = pid;
     t.monotonic_ns = monotonic_ns();
-    {
-      std::lock_guard lock(mu);
-      const Armed& a = armed[pid];
-      t.target = a.process.target;
-      t.comm = a.process.facts.comm;
-    }
+    if (!name_target(t)) continue;  // exited since it was checked
     t.evidence = {{"reason", reason}, {"requester_pid", peer.pid}, {"requester_uid", peer.uid}};
     if (wait) {  // the connection is the job's now: it replies when the capture is done
       ::epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nullptr);
