@@ -21,11 +21,12 @@ namespace {
 class Timeline {
  public:
   explicit Timeline(const CaptureTrigger* trigger) : trigger_(trigger) {}
-  void mark(const std::string& event, const std::string& source = {}, int64_t at_ns = 0) {
+  void mark(const std::string& event, const std::string& source = {}, int64_t at_ns = 0, const std::string& note = {}) {
     if (!trigger_) return;
     if (!at_ns) at_ns = monotonic_ns();
     json::Json e = {{"event", event}, {"at_ms", ms_after_trigger(at_ns)}};
     if (!source.empty()) e["source"] = source;
+    if (!note.empty()) e["note"] = note;
     events_.push_back(std::move(e));
     ns_[event + "/" + source] = at_ns;
   }
@@ -119,7 +120,7 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   }
   w.add_context(merged(sources, &CaptureSource::manifest_context));
   MLFX_TRY(frozen.thaw());
-  timeline.mark("thawed");
+  timeline.mark("thawed", {}, 0, trigger ? trigger->thaw_note : std::string());
   policy.set_background(false);
   MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
   sources.back()->stream_sealed(sealed);

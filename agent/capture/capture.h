@@ -36,6 +36,9 @@ struct CaptureTrigger {
   int64_t monotonic_ns = 0;  // when it happened
   int64_t frozen_ns = 0;     // when the target was already stopped before the capture began
                              // (held at a fatal signal); 0 otherwise
+  // Said of the "thawed" event when thawing does not let the target run (held at a fatal
+  // signal: it stays stopped until the capture is complete, then dies of the signal).
+  std::string thaw_note;
   // Evidence that takes time to gather (kernel symbols): added after the thaw, before the
   // manifest is signed, so that it does not lengthen the freeze.
   std::function<void(json::Json& evidence)> complete_evidence;

@@ -86,20 +86,30 @@ Result<gid_t> group_id(const std::string& name) {
   return found->gr_gid;
 }
 
-Status send_message(int fd, const json::Json& message) {
+void make_room_for_replies(int fd) {
+  // A datagram must fit the sender's buffer whole; root may exceed net.core.wmem_max.
+  const int bytes = static_cast<int>(2 * kMaxReply);
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0)
+    (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+}
+
+Status send_message(int fd, const json::Json& message, size_t max) {
   const std::string text = message.dump(-1, ' ', false, json::Json::error_handler_t::replace);
-  if (text.size() > kMaxMessage) return fail(Errc::kInvalidArgument, "message longer than 64 KiB");
+  if (text.size() > max)
+    return fail(Errc::kInvalidArgument, "message of " + std::to_string(text.size()) + " bytes, more than " +
+                                            std::to_string(max));
   ssize_t n = ::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
   if (n != static_cast<ssize_t>(text.size())) return fail(Errc::kIo, "send: " + errno_name(errno));
   return {};
 }
 
-Result<json::Json> receive_message(int fd) {
-  std::string text(kMaxMessage + 1, '\0');
+Result<json::Json> receive_message(int fd, size_t max) {
+  std::string text(max + 1, '\0');
   ssize_t n = ::recv(fd, text.data(), text.size(), MSG_TRUNC);
   if (n < 0) return fail(Errc::kIo, "recv: " + errno_name(errno));
   if (n == 0) return fail(Errc::kIo, "the other side closed the connection");
-  if (static_cast<size_t>(n) > kMaxMessage) return fail(Errc::kBadFormat, "message longer than 64 KiB");
+  if (static_cast<size_t>(n) > max)
+    return fail(Errc::kBadFormat, "message longer than " + std::to_string(max) + " bytes");
   text.resize(static_cast<size_t>(n));
   json::Json j = json::Json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return fail(Errc::kBadFormat, "message is not a JSON object");
@@ -125,7 +135,7 @@ Result<json::Json> request(const std::string& path, const json::Json& req, std::
   pollfd p{fd, POLLIN, 0};
   int rc = ::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(timeout).count()));
   if (rc == 0) return fail(Errc::kIo, "no reply from the daemon within " + std::to_string(timeout.count()) + " s");
-  return receive_message(fd);
+  return receive_message(fd, kMaxReply);
 }
 
 }  // namespace mlfx::agent::daemon

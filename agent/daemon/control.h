@@ -1,5 +1,6 @@
 // The daemon's local sockets: SOCK_SEQPACKET Unix sockets carrying one JSON object per message
-// each way (at most kMaxMessage bytes; the peer is local but not trusted beyond its identity).
+// each way: a request at most kMaxRequest bytes (the peer is local but not trusted beyond its
+// identity), a reply at most kMaxReply (status with its recent triggers).
 //
 //   control socket (mlfx-agent trigger / status; root or the control group):
 //     {"op":"status"}                                        -> {"ok":true,"status":{...}}
@@ -24,7 +25,8 @@
 
 namespace mlfx::agent::daemon {
 
-inline constexpr size_t kMaxMessage = 64 * 1024;
+inline constexpr size_t kMaxRequest = 64 * 1024;
+inline constexpr size_t kMaxReply = 1024 * 1024;
 
 struct Peer {
   pid_t pid = 0;
@@ -43,9 +45,11 @@ bool in_group(const Peer& peer, gid_t group);
 // A group's id by name.
 Result<gid_t> group_id(const std::string& name);
 
-Status send_message(int fd, const json::Json& message);
-// One message; kBadFormat when it is not a JSON object or is too long.
-Result<json::Json> receive_message(int fd);
+// Replies up to kMaxReply need a send buffer that large: set on accepted connections.
+void make_room_for_replies(int fd);
+Status send_message(int fd, const json::Json& message, size_t max = kMaxRequest);
+// One message; kBadFormat when it is not a JSON object or is longer than `max`.
+Result<json::Json> receive_message(int fd, size_t max = kMaxRequest);
 
 // The client side: connects to `path`, sends `request`, waits up to `timeout` for the reply.
 Result<json::Json> request(const std::string& path, const json::Json& request, std::chrono::seconds timeout);

@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -500,7 +501,7 @@ void Daemon::State::fire(TriggerRecord t, int reply_fd) {
     // A storm is counted, not logged line by line: the first of each rule's run, then every 100th.
     if (budget.suppressed_total() % 100 == 1 || t.detail.rfind("no rule", 0) == 0) log.info("trigger_suppressed", fields);
     if (reply_fd >= 0) {
-      (void)send_message(reply_fd, {{"ok", true}, {"trigger", t.to_json()}});
+      (void)send_message(reply_fd, {{"ok", true}, {"trigger", t.to_json()}}, kMaxReply);
       close_connection(reply_fd);
     }
     return;
@@ -548,6 +549,8 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
     if (r->outcome.timeline.contains("trigger_to_frozen_ms"))
       fields["trigger_to_frozen_ms"] = r->outcome.timeline["trigger_to_frozen_ms"];
   }
+  // The capture's buffers are free again: hand them back, so that the idle daemon is small again.
+  malloc_trim(0);
   if (r) {
     log.info("captured", fields);
     kick_shipper();
@@ -555,7 +558,7 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
     log.error("capture_failed", fields);
   }
   if (reply_fd >= 0) {
-    (void)send_message(reply_fd, {{"ok", true}, {"trigger", t.to_json()}});
+    (void)send_message(reply_fd, {{"ok", true}, {"trigger", t.to_json()}}, kMaxReply);
     ::close(reply_fd);
   }
 }
@@ -621,6 +624,8 @@ Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const FreezeThre
   CaptureTrigger trigger;
   trigger.monotonic_ns = t.monotonic_ns;
   trigger.frozen_ns = frozen_ns;
+  if (t.kind == TriggerKind::kFatalSignal && frozen_ns)
+    trigger.thaw_note = "held at its fatal signal: stopped until the capture is complete, then it dies of the signal";
   trigger.evidence = t.to_json();
   trigger.evidence.erase("outcome");
   trigger.evidence.erase("detail");
@@ -846,6 +851,7 @@ void Daemon::State::accept(const File& listener, bool anomaly_socket) {
       ::close(fd);
       continue;
     }
+    make_room_for_replies(fd);
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -866,7 +872,8 @@ void Daemon::State::on_message(int fd) {
   const std::string op = msg->value("op", "");
   if (anomaly_socket && op != "anomaly") return reply_error("the anomaly socket takes only {\"op\":\"anomaly\",\"reason\":\"…\"}");
   if (op == "status") {
-    (void)send_message(fd, {{"ok", true}, {"status", status()}});
+    if (auto st = send_message(fd, {{"ok", true}, {"status", status()}}, kMaxReply); !st)
+      (void)send_message(fd, {{"ok", false}, {"error", "status: " + st.error().message()}});
     return close_connection(fd);
   }
   std::string reason = (*msg)["reason"].is_string() ? (*msg)["reason"].get<std::string>() : "";
@@ -915,7 +922,7 @@ void Daemon::State::on_message(int fd) {
     for (size_t i = recent.size() >= pids.size() ? recent.size() - pids.size() : 0; i < recent.size(); ++i)
       recent_json.push_back(recent[i].to_json());
   }
-  (void)send_message(fd, {{"ok", true}, {"triggers", recent_json}});
+  (void)send_message(fd, {{"ok", true}, {"triggers", recent_json}}, kMaxReply);
   close_connection(fd);
 }
 

@@ -343,7 +343,8 @@ def case_storm(args, tmp):
         expect(len(st["recent_triggers"]) <= 64, "the recent list is bounded")
         expect(d.proc.poll() is None, "the daemon is alive")
         rss = int(proc_field(d.proc.pid, "VmRSS").split()[0])
-        step(f"storm: the daemon's RSS after the storm {rss} KiB")
+        step(f"storm: the daemon's RSS after the storm and its captures {rss} KiB")
+        expect(rss <= 16 * 1024, f"the idle daemon is back within 16 MiB after its captures ({rss} KiB)")
         b = beats(beat)
         wait_for("the victim to run on", lambda: beats(beat) > b, 10)
     finally:
