@@ -24,6 +24,7 @@ sockets under a temporary directory:
   oom          a victim in a 64 MiB memory cgroup allocating past it: the OOM kill triggers
   no-ebpf      eBPF off in the configuration: status and the log say what is lost, and a
                fatal signal is still held (ptrace) and captured
+  upload       with [upload], each capture is shipped to a real `mlfx serve` over mutual TLS
   pressure     a victim thrashing its page cache in a 64 MiB memory cgroup: the memory pressure
                (PSI of its cgroup) triggers a capture while it lives
 """
@@ -581,9 +582,79 @@ def case_no_ebpf(args, tmp):
         d.stop()
 
 
+class Intake:
+    """A lab CA, a device certificate for the test's device key, and `mlfx serve` on loopback."""
+
+    def __init__(self, args, root, device_id):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        mlfx = args.mlfx
+        run = lambda *a: subprocess.run([mlfx, *a], check=True, stdout=subprocess.DEVNULL, cwd=root)
+        run("ca", "init", "--out", "ca")
+        run("ca", "issue", "--ca", "ca", "--device", os.path.join(args.keys, "dev.pub"), "--id", device_id,
+            "--out", "device.pem")
+        run("keys", "gen", "--kind", "device", "--out", "intake")
+        run("ca", "issue", "--ca", "ca", "--server", "--key", "intake.pub", "--name", "127.0.0.1", "--out", "intake.pem")
+        self.log = open(os.path.join(root, "intake.log"), "w")
+        self.proc = subprocess.Popen([mlfx, "serve", "--listen", "127.0.0.1:0", "--port-file", "intake.port",
+                                      "--store", "store", "--ca-dir", "ca", "--cert", "intake.pem", "--key", "intake.key"],
+                                     cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
+        port_file = os.path.join(root, "intake.port")
+        wait_for("the intake", lambda: os.path.exists(port_file) and open(port_file).read().strip(), 30)
+        self.port = int(open(port_file).read())
+        self.store = os.path.join(root, "store")
+
+    def upload_config(self, args):
+        r = self.root
+        return textwrap.dedent(f"""\
+            [upload]
+            server = "127.0.0.1:{self.port}"
+            ca = "{r}/ca/ca.pem"
+            cert = "{r}/device.pem"
+            key = "{args.keys}/dev.key"
+            intake_key = "{r}/intake.pub"
+            poll = "1s"
+            """)
+
+    def stored(self):
+        d = os.path.join(self.store, "objects")
+        return sorted(f for f in os.listdir(d) if f.endswith(".mlfx")) if os.path.isdir(d) else []
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def case_upload(args, tmp):
+    step("upload: with [upload] the daemon ships each capture to a real intake over mutual TLS")
+    root = os.path.join(tmp, "upload")
+    intake = Intake(args, os.path.join(root, "lab"), socket.gethostname())
+    d = Daemon(args, root, torch_target("plain", "mlfx-upload-victim"), rule("manual", ["on-demand"]),
+               extra=intake.upload_config(args))
+    victim = None
+    try:
+        d.start()
+        victim, pid, _, _ = start_sleeper(root, "mlfx-upload-victim")
+        wait_for("armed", lambda: d.armed(pid), 30)
+        out = d.agent("trigger", "--socket", d.socket, "--pid", str(pid), "--reason", "ship it").stdout
+        bundle_name = os.path.basename(out.split("captured: ", 1)[1].strip())
+        stored = wait_for("the bundle at the intake", lambda: intake.stored(), 60)
+        uploaded = wait_for("the upload in the log", lambda: d.events("uploaded"), 30)
+        step(f"upload: {bundle_name} stored by the intake as {stored[0]} ({uploaded[0].get('result')})")
+        expect(uploaded[0].get("result") == "stored", "the upload was stored", uploaded)
+        wait_for("the spool to empty", lambda: not [f for f in os.listdir(os.path.join(d.spool, "queue"))
+                                                   if f.endswith(".mlfx")], 30)
+    finally:
+        if victim:
+            victim.kill()
+        d.stop()
+        intake.stop()
+
+
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
          "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure,
-         "no-ebpf": case_no_ebpf}
+         "no-ebpf": case_no_ebpf, "upload": case_upload}
 
 
 def main():
@@ -592,6 +663,7 @@ def main():
     ap.add_argument("--mlfx", required=True)
     ap.add_argument("cases", nargs="*", default=list(CASES))
     args = ap.parse_args()
+    args.agent, args.mlfx = os.path.abspath(args.agent), os.path.abspath(args.mlfx)
     if os.geteuid() != 0:
         print("SKIP: the armed daemon's tests load eBPF programs and trace other processes: run as root")
         return 77
