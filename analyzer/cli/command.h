@@ -66,5 +66,6 @@ void add_recover_command(CLI::App& app, Registry& registry);
 void add_serve_command(CLI::App& app, Registry& registry);
 void add_report_command(CLI::App& app, Registry& registry);
 void add_kernel_commands(CLI::App& app, Registry& registry);  // ps, maps
+void add_request_commands(CLI::App& app, Registry& registry);  // capture requests to devices
 
 }  // namespace mlfx::cli

@@ -1,4 +1,5 @@
-// mlfx keys gen: device keys (sign evidence) and lab keys (receive it).
+// mlfx keys gen: device keys (sign evidence), lab keys (receive it) and lab request keys (sign
+// capture requests to devices: an Ed25519 key alone, like a device key).
 #include <cstdio>
 #include <memory>
 
@@ -20,6 +21,8 @@ int run_keys_gen(const KeysGenArgs& a) {
   std::printf("wrote %s.key (private, mode 0600) and %s.pub\n", a.out.c_str(), a.out.c_str());
   if (pub->box) std::printf("recipient key: %s\n", pub->box->fingerprint().c_str());
   std::printf("signing key:   %s\n", pub->verify->fingerprint().c_str());
+  if (a.kind == "request")
+    std::printf("devices honour requests it signs when its .pub is among their [lab_requests] signers\n");
   return 0;
 }
 
@@ -29,8 +32,9 @@ void add_keys_commands(CLI::App& app, Registry& registry) {
   auto* keys = app.add_subcommand("keys", "manage device and lab keys")->require_subcommand(1);
   auto a = std::make_shared<KeysGenArgs>();
   auto* gen = keys->add_subcommand("gen", "generate a key pair: PREFIX.key (0600) and PREFIX.pub");
-  gen->add_option("--kind", a->kind, "device (signs evidence) or lab (receives evidence)")
-      ->required()->check(CLI::IsMember({"device", "lab"}));
+  gen->add_option("--kind", a->kind, "device (signs evidence), lab (receives evidence) or request (signs capture "
+                                     "requests to devices)")
+      ->required()->check(CLI::IsMember({"device", "lab", "request"}));
   gen->add_option("--out", a->out, "output prefix")->required();
   registry.add(gen, [a] { return run_keys_gen(*a); });
 }

@@ -23,5 +23,6 @@ int main(int argc, char** argv) {
   cli::add_torch_commands(app, registry, nullptr);
   cli::add_report_command(app, registry);
   cli::add_kernel_commands(app, registry);
+  cli::add_request_commands(app, registry);
   return registry.parse_and_run(app, argc, argv);
 }

@@ -63,6 +63,11 @@ int run_serve(const ServeArgs& a) {
   auto store = intake::EvidenceStore::open(a.store, *key_file->signing, actor, limits);
   if (!store) return report_error("serve", store.error());
 
+  // The lab's capture requests in the same store, handed to the devices they name.
+  auto requests = intake::RequestQueue::open(a.store);
+  if (!requests) return report_error("serve", requests.error());
+  opt.requests = &*requests;
+
   std::mutex log_mu;
   intake::EventLog log = [&](const json::Json& event) {
     json::Json line = event;

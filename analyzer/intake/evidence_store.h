@@ -7,7 +7,8 @@
 //   DIR/objects/<digest>.custody.jsonl   its custody log + 'received' (the bundle is not touched)
 //   DIR/objects/<digest>.receipt.json    the signed receipt; written last, so it marks "stored"
 //   DIR/partial/<device>/<bundle>-<digest>.part / .meta.json   uploads in progress
-//   DIR/journal.jsonl                     the store's own signed notes (expired uploads)
+//   DIR/journal.jsonl                     the store's own signed notes (expired uploads, delivered
+//                                         capture requests)
 // <digest> is the bundle digest (bundle-format.md §18), which names the whole file.
 // An upload holds no reserved space until its metadata verifies (signature, device binding,
 // digest); one whose metadata never verified is not kept once its connection lets go of it.
@@ -201,6 +202,9 @@ class EvidenceStore {
   std::vector<json::Json> expire_partials();
   // The largest bundle this intake can take from one device now and then (for WELCOME).
   uint64_t max_bundle() const;
+  // Appends a note signed by the intake key to DIR/journal.jsonl (wire-protocol.md §7a),
+  // chained to the note before, fsynced.
+  Status journal(const std::string& type, json::Json details);
 
  private:
   friend class PartialUpload;
@@ -220,7 +224,6 @@ class EvidenceStore {
   // A connection let go of `p`: kept when verified, else removed.
   void release(PartialUpload& p);
   void remove_partial_files(const std::string& key);
-  Status journal(const std::string& type, json::Json details);
   std::string object_path(const std::string& sha, const char* suffix) const;
   Status open_partial(const Uploader& who, const wire::Offer& offer, const std::string& key,
                       PartialUpload& upload);

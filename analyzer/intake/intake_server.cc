@@ -234,7 +234,7 @@ struct IntakeServer::Impl {
     } give_back{slots, who.key_fingerprint};
     log({{"event", "connected"}, {"peer", peer}, {"device_id", who.device_id},
          {"device_key_fingerprint", who.key_fingerprint}});
-    IntakeSession session(store, who, opt.max_record, &budget);
+    IntakeSession session(store, who, opt.max_record, &budget, opt.requests);
     std::string end = "closed by the device";
     for (;;) {
       // HELLO is due by the handshake deadline; each later frame within the idle limit.
@@ -257,6 +257,10 @@ struct IntakeServer::Impl {
       home.busy_since.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
       SessionReply reply = session.handle(frame->type, frame->body, &channel.buffer());
       home.busy_since.store(0, std::memory_order_relaxed);
+      for (json::Json& event : session.take_events()) {
+        event["peer"] = peer;
+        log(event);
+      }
       bool sent = true;
       for (const Bytes& f : reply.frames) {
         deadline.expire_in(opt.idle_timeout);

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "intake/evidence_store.h"
+#include "intake/request_queue.h"
 #include "mlfx/transport/tls.h"
 
 namespace mlfx::intake {
@@ -31,6 +32,7 @@ struct ServerOptions {
   uint64_t upload_memory = uint64_t(2) << 30;  // record buffers of all uploads; a quarter per device
   uint32_t max_record = (64u << 20) + 56;
   unsigned threads = 0;  // io threads (each with its own io_context); 0: one per core, at least 2
+  RequestQueue* requests = nullptr;  // the lab's capture requests to hand to devices (§12); none without
 };
 
 // One JSON line per event (connections, uploads, refusals) goes to this sink.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 
 #include "mlfx/base/clock.h"
 #include "mlfx/base/version.h"
@@ -15,8 +16,9 @@ using wire::WireError;
 // checked, one being written, two spares (PartialUpload).
 constexpr uint64_t kChunkBuffers = 5;
 
-IntakeSession::IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget)
-    : store_(store), who_(std::move(who)), max_record_(max_record), budget_(budget) {}
+IntakeSession::IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget,
+                             RequestQueue* requests)
+    : store_(store), who_(std::move(who)), max_record_(max_record), budget_(budget), requests_(requests) {}
 
 IntakeSession::~IntakeSession() {
   claim_.reset();  // the upload's buffers go first
@@ -105,6 +107,9 @@ SessionReply IntakeSession::dispatch(FrameType type, ByteView body, transport::F
     case FrameType::kRecord:
       if (state_ == State::kRecords) return on_record(body, storage);
       break;
+    case FrameType::kRequestPoll:  // between uploads, from an intake that offers requests
+      if (state_ == State::kOffer && requests_) return on_request_poll(body);
+      break;
     default:
       break;
   }
@@ -123,6 +128,7 @@ SessionReply IntakeSession::on_hello(ByteView body) {
   w.intake_key_fingerprint = store_.intake_key().fingerprint();
   w.max_record = max_record_;
   w.max_bundle = store_.max_bundle();
+  if (requests_) w.features.push_back(wire::kCaptureRequestsFeature);
   state_ = State::kOffer;
   return {{wire::encode_json_frame(FrameType::kWelcome, wire::to_json(w))}, false};
 }
@@ -178,6 +184,41 @@ SessionReply IntakeSession::on_record(ByteView body, transport::FrameBuffer* sto
   }
   if (!upload.complete()) return {};
   return store_upload();
+}
+
+// Capture requests (wire-protocol.md §12): the acknowledgements of what this session handed
+// over move those requests to delivered/ with a signed journal note; then the next ones for
+// this device, the device of the certificate, whatever the device says it is.
+SessionReply IntakeSession::on_request_poll(ByteView body) {
+  auto poll = wire::parse_request_poll(body);
+  if (!poll) return refuse({WireError::kBadFrame, poll.error().to_string()});
+  for (const wire::RequestAck& ack : poll->acks) {
+    if (offered_.erase(ack.request_id) == 0) continue;  // not handed over here: nothing to acknowledge
+    auto record = requests_->acknowledge(who_, ack);
+    if (!record) {
+      events_.push_back({{"event", "request_ack_failed"}, {"device_id", who_.device_id},
+                         {"request_id", ack.request_id}, {"error", record.error().to_string()}});
+      continue;
+    }
+    if (!*record) continue;  // another session of this device delivered it
+    json::Json event = **record;
+    if (auto st = store_.journal("request_delivered", **record); !st) event["journal_error"] = st.error().to_string();
+    event["event"] = "request_delivered";
+    events_.push_back(std::move(event));
+  }
+  wire::RequestBatch answer;
+  if (poll->max > 0) {
+    RequestQueue::Batch batch = requests_->pending_for(who_.device_id, poll->max, static_cast<int64_t>(::time(nullptr)));
+    for (json::Json& e : batch.events) events_.push_back(std::move(e));
+    for (const request::SignedCaptureRequest& s : batch.requests) {
+      offered_.insert(s.request.request_id);
+      answer.requests.push_back(request::to_json(s));
+      events_.push_back({{"event", "request_offered"}, {"device_id", who_.device_id},
+                         {"request_id", s.request.request_id}, {"requester", s.request.requester}});
+    }
+    answer.more = batch.more;
+  }
+  return {{wire::encode_json_frame(FrameType::kRequests, wire::to_json(answer))}, false};
 }
 
 // Every unit is held: store it and answer with the receipt (or the reason it failed).

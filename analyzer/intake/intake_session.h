@@ -4,11 +4,14 @@
 #pragma once
 
 #include <optional>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "intake/admission.h"
 #include "intake/evidence_store.h"
+#include "intake/request_queue.h"
 
 namespace mlfx::intake {
 
@@ -27,7 +30,10 @@ struct UploadLog {
 class IntakeSession {
  public:
   // `budget`, when given, is where the session takes the memory its record buffers may need.
-  IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget = nullptr);
+  // `requests`, when given, holds the lab's capture requests this session hands to its device
+  // (wire-protocol.md §12); without it the intake offers none.
+  IntakeSession(EvidenceStore& store, Uploader who, uint32_t max_record, MemoryBudget* budget = nullptr,
+                RequestQueue* requests = nullptr);
   IntakeSession(const IntakeSession&) = delete;
   IntakeSession& operator=(const IntakeSession&) = delete;
   ~IntakeSession();
@@ -44,12 +50,15 @@ class IntakeSession {
   const Uploader& uploader() const { return who_; }
   // HELLO was taken: the session is established.
   bool established() const { return state_ != State::kHello; }
+  // What the session did with capture requests since the last call, for the server's log.
+  std::vector<json::Json> take_events() { return std::exchange(events_, {}); }
 
  private:
   enum class State { kHello, kOffer, kRecords, kClosed };
   SessionReply on_hello(ByteView body);
   SessionReply on_offer(ByteView body);
   SessionReply on_record(ByteView body, transport::FrameBuffer* storage);
+  SessionReply on_request_poll(ByteView body);
   SessionReply store_upload();
   SessionReply dispatch(wire::FrameType type, ByteView body, transport::FrameBuffer* storage);
   SessionReply refuse(const wire::ErrorMessage& e);
@@ -69,6 +78,9 @@ class IntakeSession {
   uint64_t accepted_before_ = 0;
   std::vector<UploadLog> done_;
   std::optional<UploadLog> current_;
+  RequestQueue* requests_;
+  std::set<std::string> offered_;  // request ids handed to the device and not acknowledged yet
+  std::vector<json::Json> events_;
 };
 
 }  // namespace mlfx::intake

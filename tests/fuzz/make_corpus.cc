@@ -2,7 +2,7 @@
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
 //               [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]
-//               [--physical DIR] [--btf DIR] [--kernel DIR]
+//               [--physical DIR] [--btf DIR] [--kernel DIR] [--capture_request DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -29,7 +29,9 @@
 //                kallsyms, BTF, banner): 4- and 5-level paging, maple tree or VMA list; each
 //                opened, its tasks, VMAs and process rebuilt and checked before it is kept;
 // safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
-//                empty tensors, metadata), each read back before it is kept.
+//                empty tensors, metadata), each read back before it is kept;
+// capture_request: signed capture requests from the lab (by target, by pid, every field at its
+//                longest, non-ASCII text), signed by the fixed device key, each parsed back.
 //
 // Every bundle is read back and fully verified and decrypted before it is kept, so a seed
 // corpus never silently degrades into inputs that are rejected at the first byte. Bundle ids
@@ -48,6 +50,7 @@
 #include "mlfx/bundle/reader.h"
 #include "mlfx/bundle/writer.h"
 #include "mlfx/custody/custody_log.h"
+#include "mlfx/request/capture_request.h"
 #include "mlfx/wire/messages.h"
 #include "exporters/safetensors_reader.h"
 #include "safetensors_bytes.h"
@@ -327,6 +330,36 @@ std::map<std::string, std::string> python_object_seeds() {
   return out;
 }
 
+// Signed capture requests, as the intake hands them to a device.
+std::map<std::string, std::string> capture_request_seeds() {
+  const crypto::SigningKey& key = *fuzz::fixed_device_key().signing;
+  constexpr int64_t kIssued = 1'800'000'000;
+  struct Spec {
+    const char* file;
+    std::string target;
+    uint32_t pid;
+    std::string reason, requester;
+  };
+  const std::vector<Spec> specs = {
+      {"by-target.json", "resnet", 0, "incident 42: odd outputs", "alice@lab"},
+      {"by-pid.json", "", 4242, "triage", "bob"},
+      {"longest.json", std::string(64, 't'), 0, std::string(1024, 'r'), std::string(128, 'q')},
+      {"unicode.json", "model.v2_a-b", 0, "Anomalie: Ausgabe \u00fcberpr\u00fcfen \\ \"quoted\"", "\u00e9quipe"},
+  };
+  std::map<std::string, std::string> seeds;
+  for (const Spec& spec : specs) {
+    auto r = request::make_capture_request("car-17", spec.target, spec.pid, spec.reason, spec.requester, kIssued,
+                                           std::chrono::seconds(300));
+    if (!r) die(std::string("capture request seed ") + spec.file + ": " + r.error().to_string());
+    auto s = request::sign(*r, key);
+    if (!s) die(std::string("capture request seed ") + spec.file + ": " + s.error().to_string());
+    if (auto back = request::parse_signed_request(s->text()); !back || back->text() != s->text())
+      die(std::string("capture request seed ") + spec.file + " does not parse back");
+    seeds[spec.file] = s->text();
+  }
+  return seeds;
+}
+
 // One frame of each wire message (header and body), as a peer sends them.
 std::map<std::string, std::string> wire_frames() {
   auto frame = [](wire::FrameType t, const json::Json& body) {
@@ -350,6 +383,12 @@ std::map<std::string, std::string> wire_frames() {
       frame(wire::FrameType::kStatus, wire::to_json(wire::UploadStatus{wire::UploadState::kStored, {{0, 917987328}}, sr}));
   out["receipt.frame"] = frame(wire::FrameType::kReceipt, wire::to_json(sr));
   out["error.frame"] = frame(wire::FrameType::kError, wire::to_json(wire::ErrorMessage{wire::WireError::kBadRecord, "x"}));
+  out["request-poll.frame"] = frame(wire::FrameType::kRequestPoll,
+                                    wire::to_json(wire::RequestPoll{8, {{std::string(32, 'a'), true, ""},
+                                                                        {std::string(32, 'b'), false, "expired"}}}));
+  const std::string request = capture_request_seeds().at("by-target.json");
+  out["requests.frame"] = frame(wire::FrameType::kRequests,
+                                wire::to_json(wire::RequestBatch{{*json::parse(request, "seed")}, true}));
   Bytes rec = wire::encode_frame(wire::FrameType::kRecord, wire::encode_record_body(64, as_bytes(std::string(48, 'r'))));
   out["record.frame"] = std::string(rec.begin(), rec.end());
   return out;
@@ -560,12 +599,12 @@ int main(int argc, char** argv) {
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
          a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors" ||
-         a == "--physical" || a == "--btf" || a == "--kernel")) {
+         a == "--physical" || a == "--btf" || a == "--kernel" || a == "--capture_request")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
           " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR] [--physical DIR]"
-          " [--btf DIR] [--kernel DIR]"
+          " [--btf DIR] [--kernel DIR] [--capture_request DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -643,6 +682,8 @@ int main(int argc, char** argv) {
     for (const auto& [name, input] : btf_seeds()) put("btf", name, input);
   if (dirs.count("kernel"))
     for (const auto& [name, input] : kernel_seeds()) put("kernel", name, input);
+  if (dirs.count("capture_request"))
+    for (const auto& [name, input] : capture_request_seeds()) put("capture_request", name, input);
 
   std::printf("make_corpus: wrote %zu seed files\n", files);
   return 0;

@@ -42,6 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case wire::FrameType::kOffer: round_trip("OFFER", body, wire::parse_offer); break;
     case wire::FrameType::kReceipt: round_trip("RECEIPT", body, wire::parse_receipt); break;
     case wire::FrameType::kError: round_trip("ERROR", body, wire::parse_error); break;
+    case wire::FrameType::kRequestPoll: round_trip("REQUEST_POLL", body, wire::parse_request_poll); break;
+    case wire::FrameType::kRequests: round_trip("REQUESTS", body, wire::parse_requests); break;
     case wire::FrameType::kStatus: {
       round_trip("STATUS", body, wire::parse_status);
       if (auto s = wire::parse_status(body)) {

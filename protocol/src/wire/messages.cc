@@ -9,6 +9,7 @@ namespace {
 constexpr char kReceiptContext[] = "mlfx-intake-v1 receipt\n";
 constexpr size_t kMaxVersions = 16;
 constexpr size_t kMaxRanges = 1u << 16;  // a STATUS body stays far below kMaxControlBody anyway
+constexpr size_t kMaxFeatures = 16, kMaxFeatureLength = 64;
 
 struct TypeInfo {
   FrameType type;
@@ -18,6 +19,7 @@ constexpr TypeInfo kTypes[] = {
     {FrameType::kHello, "HELLO"},   {FrameType::kWelcome, "WELCOME"}, {FrameType::kOffer, "OFFER"},
     {FrameType::kStatus, "STATUS"}, {FrameType::kRecord, "RECORD"},   {FrameType::kReceipt, "RECEIPT"},
     {FrameType::kError, "ERROR"},   {FrameType::kPing, "PING"},       {FrameType::kPong, "PONG"},
+    {FrameType::kRequestPoll, "REQUEST_POLL"}, {FrameType::kRequests, "REQUESTS"},
 };
 
 struct ErrorInfo {
@@ -152,9 +154,11 @@ json::Json to_json(const Hello& m) {
 }
 
 json::Json to_json(const Welcome& m) {
-  return {{"version", m.version}, {"device_id", m.device_id}, {"key_fingerprint", m.key_fingerprint},
-          {"max_record", m.max_record}, {"max_bundle", m.max_bundle},
-          {"intake_key_fingerprint", m.intake_key_fingerprint}};
+  json::Json j = {{"version", m.version}, {"device_id", m.device_id}, {"key_fingerprint", m.key_fingerprint},
+                  {"max_record", m.max_record}, {"max_bundle", m.max_bundle},
+                  {"intake_key_fingerprint", m.intake_key_fingerprint}};
+  if (!m.features.empty()) j["features"] = m.features;
+  return j;
 }
 
 json::Json to_json(const Offer& m) {
@@ -187,6 +191,20 @@ json::Json to_json(const SignedReceipt& m) {
 
 json::Json to_json(const ErrorMessage& m) { return {{"code", wire_error_name(m.code)}, {"message", m.message}}; }
 
+json::Json to_json(const RequestPoll& m) {
+  json::Json acks = json::Json::array();
+  for (const RequestAck& a : m.acks) {
+    json::Json ack = {{"request_id", a.request_id}, {"result", a.accepted ? "accepted" : "refused"}};
+    if (!a.accepted) ack["reason"] = a.reason;
+    acks.push_back(std::move(ack));
+  }
+  return {{"max", m.max}, {"acks", std::move(acks)}};
+}
+
+json::Json to_json(const RequestBatch& m) {
+  return {{"requests", m.requests}, {"more", m.more}};
+}
+
 Result<Hello> parse_hello(ByteView body) {
   const std::string where = "HELLO";
   MLFX_ASSIGN(json::Json j, parse_body(body, FrameType::kHello));
@@ -217,6 +235,18 @@ Result<Welcome> parse_welcome(ByteView body) {
   MLFX_ASSIGN(w.max_record, get_u32(j, "max_record", where));
   MLFX_ASSIGN(w.max_bundle, json::get_uint(j, "max_bundle", where));
   MLFX_ASSIGN(w.intake_key_fingerprint, json::get_string(j, "intake_key_fingerprint", where));
+  if (j.contains("features")) {  // newer than the first intakes: absent means none
+    MLFX_ASSIGN(const json::Json* features, json::get_array(j, "features", where));
+    if (features->size() > kMaxFeatures)
+      return fail(Errc::kBadFormat, "WELCOME lists more than " + std::to_string(kMaxFeatures) + " features");
+    for (const auto& f : *features) {
+      if (!f.is_string() || f.get_ref<const std::string&>().empty() ||
+          f.get_ref<const std::string&>().size() > kMaxFeatureLength)
+        return fail(Errc::kBadFormat, "WELCOME features must be names of 1 to " + std::to_string(kMaxFeatureLength) +
+                                          " characters");
+      w.features.push_back(f.get<std::string>());
+    }
+  }
   return w;
 }
 
@@ -274,6 +304,54 @@ Result<ErrorMessage> parse_error(ByteView body) {
   e.code = wire_error_from_name(code).value_or(WireError::kInternal);
   MLFX_ASSIGN(e.message, json::get_string(j, "message", where));
   return e;
+}
+
+Result<RequestPoll> parse_request_poll(ByteView body) {
+  const std::string where = "REQUEST_POLL";
+  MLFX_ASSIGN(json::Json j, parse_body(body, FrameType::kRequestPoll));
+  RequestPoll p;
+  MLFX_ASSIGN(p.max, get_u32(j, "max", where));
+  if (p.max > kMaxRequestsPerFrame)
+    return fail(Errc::kBadFormat, "REQUEST_POLL asks for more than " + std::to_string(kMaxRequestsPerFrame) + " requests");
+  MLFX_ASSIGN(const json::Json* acks, json::get_array(j, "acks", where));
+  if (acks->size() > kMaxRequestsPerFrame)
+    return fail(Errc::kBadFormat, "REQUEST_POLL acknowledges more than " + std::to_string(kMaxRequestsPerFrame) +
+                                      " requests");
+  for (const auto& a : *acks) {
+    const std::string in = where + ".acks[]";
+    RequestAck ack;
+    MLFX_ASSIGN(ack.request_id, get_hex_text(a, "request_id", 16, in));
+    MLFX_ASSIGN(std::string result, json::get_string(a, "result", in));
+    if (result != "accepted" && result != "refused")
+      return fail(Errc::kBadFormat, in + ": result must be 'accepted' or 'refused'");
+    ack.accepted = result == "accepted";
+    if (!ack.accepted) {
+      MLFX_ASSIGN(ack.reason, json::get_string(a, "reason", in));
+      if (ack.reason.size() > kMaxAckReason)
+        return fail(Errc::kBadFormat, in + ": reason over " + std::to_string(kMaxAckReason) + " bytes");
+    }
+    p.acks.push_back(std::move(ack));
+  }
+  return p;
+}
+
+Result<RequestBatch> parse_requests(ByteView body) {
+  const std::string where = "REQUESTS";
+  MLFX_ASSIGN(json::Json j, parse_body(body, FrameType::kRequests));
+  RequestBatch b;
+  MLFX_ASSIGN(const json::Json* requests, json::get_array(j, "requests", where));
+  if (requests->size() > kMaxRequestsPerFrame)
+    return fail(Errc::kBadFormat, "REQUESTS carries more than " + std::to_string(kMaxRequestsPerFrame) + " requests");
+  for (const auto& r : *requests) {
+    if (!r.is_object()) return fail(Errc::kBadFormat, "REQUESTS: each request must be a JSON object");
+    if (json::canonical(r).size() > kMaxRequestItem)
+      return fail(Errc::kBadFormat, "REQUESTS: a request is over " + std::to_string(kMaxRequestItem) + " bytes");
+    b.requests.push_back(r);
+  }
+  if (!j.contains("more") || !j["more"].is_boolean())
+    return fail(Errc::kBadFormat, "REQUESTS: field 'more' must be true or false");
+  b.more = j["more"].get<bool>();
+  return b;
 }
 
 Result<Record> parse_record(ByteView body) {

@@ -32,6 +32,8 @@ enum class FrameType : uint16_t {
   kError = 7,
   kPing = 8,
   kPong = 9,
+  kRequestPoll = 10,  // §12: capture requests from the lab
+  kRequests = 11,
 };
 const char* frame_type_name(FrameType t);
 
@@ -69,7 +71,10 @@ struct Welcome {
   std::string device_id, key_fingerprint, intake_key_fingerprint;
   uint32_t max_record = 0;
   uint64_t max_bundle = 0;
+  std::vector<std::string> features = {};  // what this intake offers beyond uploads (§12); absent: none
 };
+// WELCOME.features of an intake that hands capture requests to devices (§12).
+inline constexpr char kCaptureRequestsFeature[] = "capture_requests";
 struct Offer {
   std::string bundle_id;    // 32 hex digits
   uint64_t file_size = 0;
@@ -100,6 +105,26 @@ struct ErrorMessage {
   std::string message;
 };
 
+// Capture requests from the lab (§12). A REQUEST_POLL acknowledges the requests of the last
+// REQUESTS and asks for up to `max` more; REQUESTS carries signed requests
+// (protocol/doc/capture-request.md) as JSON objects, checked here for shape and size only.
+inline constexpr uint32_t kMaxRequestsPerFrame = 8;
+inline constexpr size_t kMaxRequestItem = 4096;  // canonical bytes of one signed request
+inline constexpr size_t kMaxAckReason = 512;
+struct RequestAck {
+  std::string request_id;  // 32 hex digits
+  bool accepted = false;   // the device verified it (signature, device, time, nonce)
+  std::string reason;      // why it was refused; empty when accepted
+};
+struct RequestPoll {
+  uint32_t max = kMaxRequestsPerFrame;  // 0: acknowledge only
+  std::vector<RequestAck> acks;
+};
+struct RequestBatch {
+  std::vector<json::Json> requests;  // each an object of at most kMaxRequestItem canonical bytes
+  bool more = false;                 // more are pending for this device
+};
+
 struct FrameHeader {
   FrameType type;
   uint32_t body_length;
@@ -123,6 +148,8 @@ json::Json to_json(const UploadStatus& m);
 json::Json to_json(const Receipt& m);
 json::Json to_json(const SignedReceipt& m);
 json::Json to_json(const ErrorMessage& m);
+json::Json to_json(const RequestPoll& m);
+json::Json to_json(const RequestBatch& m);
 
 // Strict: every required member present with the right type and range; unknown members are
 // ignored (§8). Each parses a frame body of its type.
@@ -132,6 +159,8 @@ Result<Offer> parse_offer(ByteView body);
 Result<UploadStatus> parse_status(ByteView body);
 Result<SignedReceipt> parse_receipt(ByteView body);
 Result<ErrorMessage> parse_error(ByteView body);
+Result<RequestPoll> parse_request_poll(ByteView body);
+Result<RequestBatch> parse_requests(ByteView body);
 Result<Record> parse_record(ByteView body);
 Bytes encode_record_body(uint64_t offset, ByteView unit);
 
