@@ -27,6 +27,7 @@
 #include "capture/process/process_source.h"
 #include "capture/spooled_capture.h"
 #include "upload/intake_target.h"
+#include "upload/lab_requests.h"
 #include "upload/uploader.h"
 #include "daemon/capture_budget.h"
 #include "daemon/control.h"
@@ -233,6 +234,7 @@ struct Daemon::State {
   bool ship_stop = false, ship_now = false;
   void ship_loop();
   void kick_shipper();
+  void on_lab_request(const LabRequest& r);
 
   // ---- sockets ----
   void accept(const File& listener, bool anomaly_socket);
@@ -782,16 +784,45 @@ void Daemon::State::kick_shipper() {
 void Daemon::State::ship_loop() {
   std::optional<Spool> own;  // its own view of the spool: the capture thread has another
   std::optional<File> shipping_lock;
+  std::optional<LabRequestPoller> requests;
+  std::string requests_for;  // the settings `requests` was made with
   unsigned failures = 0;
   while (true) {
     std::optional<UploadSpec> up;
-    std::string dir;
+    std::optional<LabRequestSpec> lab;
+    std::string dir, device_id;
     std::optional<uint64_t> quota;
     {
       std::lock_guard lock(mu);
       up = config.upload;
+      lab = config.lab_requests;
       dir = config.spool.dir;
       quota = config.spool.quota;
+      device_id = config.agent.device_id;
+    }
+    // Capture requests signed in the lab, fetched from the intake over the same mutual TLS.
+    const std::string settings = up && lab ? up->server + "|" + dir + "|" + device_id + "|" +
+                                                 std::to_string(lab->signers.size()) + "|" + std::to_string(lab->max_age.count())
+                                           : std::string();
+    if (settings != requests_for) {
+      requests.reset();  // one poller per nonce store: the old one goes first
+      requests_for = settings;
+      if (!settings.empty()) {
+        auto p = LabRequestPoller::create(*up, *lab, device_id, dir);
+        if (p) requests.emplace(std::move(*p));
+        else log.error("lab_requests_unavailable", {{"error", p.error().message()}});
+      }
+    }
+    if (requests) {
+      auto polled = requests->poll();
+      if (!polled) {
+        log.warn("lab_request_poll_failed", {{"error", polled.error().message()}});
+      } else {
+        for (const auto& r : *polled) {
+          if (r) on_lab_request(*r);
+          else log.warn("lab_request_refused", {{"error", r.error().message()}});
+        }
+      }
     }
     std::chrono::milliseconds wait = up ? std::chrono::milliseconds(up->poll) : std::chrono::milliseconds(60'000);
     if (up) {
@@ -829,6 +860,37 @@ void Daemon::State::ship_loop() {
     ship_wake.wait_for(lock, wait, [&] { return ship_stop || ship_now; });
     if (ship_stop) return;
     ship_now = false;
+  }
+}
+
+// A verified lab request: the named target's processes (or the pid, if it is an armed target),
+// each a trigger with the request, its requester and the signed request as evidence.
+void Daemon::State::on_lab_request(const LabRequest& r) {
+  json::Json signed_request = json::Json::parse(r.signed_request, nullptr, false);
+  json::Json ev = {{"request_id", r.request_id}, {"requester", r.requester}, {"signer", r.signer_fingerprint},
+                   {"reason", r.reason}, {"issued", r.issued_utc}, {"expires", r.expires_utc}, {"nonce", r.nonce},
+                   {"signed_request", signed_request.is_discarded() ? json::Json(r.signed_request) : signed_request}};
+  std::vector<pid_t> pids;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& [pid, a] : armed)
+      if (r.pid ? pid == r.pid : a.process.target == r.target) pids.push_back(pid);
+  }
+  json::Json fields = {{"request_id", r.request_id}, {"requester", r.requester}, {"target", r.target}, {"pid", r.pid}};
+  if (pids.empty()) {
+    fields["error"] = r.pid ? "pid " + std::to_string(r.pid) + " is not an armed target"
+                            : "target '" + r.target + "' has no running process";
+    log.warn("lab_request_unmet", fields);
+    return;
+  }
+  log.info("lab_request", fields);
+  for (pid_t pid : pids) {
+    TriggerRecord t;
+    t.kind = TriggerKind::kLabRequest;
+    t.pid = pid;
+    t.monotonic_ns = monotonic_ns();
+    t.evidence = ev;
+    if (name_target(t)) fire(std::move(t), -1);
   }
 }
 

@@ -25,6 +25,9 @@ sockets under a temporary directory:
   no-ebpf      eBPF off in the configuration: status and the log say what is lost, and a
                fatal signal is still held (ptrace) and captured
   upload       with [upload], each capture is shipped to a real `mlfx serve` over mutual TLS
+  lab-request  a capture request signed with a lab request key (`mlfx request capture`), queued
+               at the intake, fetched by the daemon over mutual TLS: captured once with the
+               requester in the custody log; the same request again is refused as a replay
   pressure     a victim thrashing its page cache in a 64 MiB memory cgroup: the memory pressure
                (PSI of its cgroup) triggers a capture while it lives
 """
@@ -211,7 +214,8 @@ def case_crash(args, tmp):
     root = os.path.join(tmp, "crash")
     gt = os.path.join(root, "gt")
     os.makedirs(gt)
-    d = Daemon(args, root, torch_target("model", "torch_victim.py cnn"),
+    # The victim's own ground-truth directory in the pattern: no other torch victim on the machine matches.
+    d = Daemon(args, root, torch_target("model", "torch_victim.py cnn " + gt),
                rule("crash", ["fatal-signal"], 'sources = ["process"]\n')).start()
     try:
         victim = subprocess.Popen([PYTHON, os.path.join(VICTIMS, "torch_victim.py"), "cnn", gt])
@@ -652,9 +656,67 @@ def case_upload(args, tmp):
         intake.stop()
 
 
+def case_lab_request(args, tmp):
+    step("lab-request: a capture request signed in the lab reaches the device over the intake's mutual TLS, "
+         "is captured once, and its replay is refused")
+    root = os.path.join(tmp, "lab-request")
+    intake = Intake(args, os.path.join(root, "lab"), socket.gethostname())
+    lab = intake.root
+    subprocess.run([args.mlfx, "keys", "gen", "--kind", "request", "--out", os.path.join(lab, "requests")], check=True,
+                   stdout=subprocess.DEVNULL)
+    extra = intake.upload_config(args) + f'\n[lab_requests]\nsigners = ["{lab}/requests.pub"]\nmax_age = "5m"\n'
+    d = Daemon(args, root, torch_target("plain", "mlfx-labreq-victim"), rule("lab", ["lab-request"]), extra=extra)
+    victim = None
+    try:
+        d.start()
+        victim, pid, _, _ = start_sleeper(root, "mlfx-labreq-victim")
+        wait_for("armed", lambda: d.armed(pid), 30)
+        signed = os.path.join(lab, "request.json")
+        subprocess.run([args.mlfx, "request", "capture", "--device", socket.gethostname(), "--target", "plain",
+                        "--reason", "case 42: check the model", "--key", os.path.join(lab, "requests.key"),
+                        "--requester", "analyst@lab", "--out", signed], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([args.mlfx, "request", "add", "--store", intake.store, signed], check=True,
+                       stdout=subprocess.DEVNULL)
+        t = d.finished("lab-request", pid, 90)
+        ev = t["evidence"]
+        step(f"lab-request: {ev.get('request_id')} by {ev.get('requester')}: {t['outcome']}")
+        expect(t["outcome"] == "captured", "the lab request was captured", t)
+        expect(ev.get("requester") == "analyst@lab" and ev.get("reason") == "case 42: check the model",
+               "the requester and reason are in the evidence", ev)
+        info = json.loads(subprocess.run([args.mlfx, "bundle", "info", t["detail"], "--json"], stdout=subprocess.PIPE,
+                                         check=True, text=True).stdout)
+        custody = json.dumps(info.get("custody", info))
+        expect("analyst@lab" in custody and "signed_request" in custody,
+               "the custody log records the requester and the signed request")
+        step("lab-request: the same signed request queued again is refused as a replay")
+        again = subprocess.run([args.mlfx, "request", "add", "--store", intake.store, signed],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        expect(again.returncode != 0, "the intake refuses to queue a delivered request again", again.stdout)
+        step(f"lab-request: the intake refuses it again: {again.stdout.strip()[:120]}")
+        # A hostile (or broken) intake that offers it again anyway: the device refuses the replay.
+        delivered = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(intake.store, "requests", "delivered"))
+                     for f in fs if f.endswith(".json") and ev.get("request_id", "?") in f]
+        expect(len(delivered) >= 1, "the delivered request is in the intake's store", delivered)
+        pending = os.path.join(intake.store, "requests", "pending", socket.gethostname())
+        os.makedirs(pending, exist_ok=True)
+        shutil.copy2(signed, os.path.join(pending, os.path.basename(delivered[0]) if delivered else "replay.json"))
+        refused = wait_for("the replay refused by the device", lambda: d.events("lab_request_refused"), 60)
+        expect(any("replay" in e.get("error", "").lower() or "already" in e.get("error", "").lower()
+                   or "nonce" in e.get("error", "").lower() for e in refused), "the replay is refused as such", refused)
+        step(f"lab-request: the device refuses the replay: {refused[-1].get('error', '')[:160]}")
+        lab_triggers = [x for x in d.status()["recent_triggers"] if x["kind"] == "lab-request"]
+        expect(len(lab_triggers) == 1, f"the request was honoured once ({len(lab_triggers)} triggers)")
+    finally:
+        if victim:
+            victim.kill()
+        d.stop()
+        intake.stop()
+
+
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
          "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure,
-         "no-ebpf": case_no_ebpf, "upload": case_upload}
+         "no-ebpf": case_no_ebpf, "upload": case_upload,
+         "lab-request": case_lab_request}
 
 
 def main():
