@@ -25,7 +25,9 @@
 namespace mlfx::agent::daemon {
 namespace {
 
-volatile uint64_t g_marker = 0;  // the child writes a value here; the capture must read it
+volatile uint64_t g_marker = 0;
+// Address 8: never mapped. Through a volatile pointer, so the compiler neither warns nor drops it.
+volatile int* volatile g_unmapped = reinterpret_cast<volatile int*>(8);  // the child writes a value here; the capture must read it
 volatile int g_usr1 = 0;
 
 // A child that waits for one-letter commands on `in` and answers on `out`:
@@ -46,7 +48,7 @@ struct Child {
     return nullptr;
   }
   static void* fault(void*) {
-    *reinterpret_cast<volatile int*>(8) = 1;
+    *g_unmapped = 1;
     return nullptr;
   }
   static void on_usr1(int) { g_usr1 = g_usr1 + 1; }
@@ -96,7 +98,7 @@ struct Child {
     g_marker = 0x6d6c66782d686f6cull;  // "mlfx-hol"
     char cmd;
     while (read(in, &cmd, 1) == 1) {
-      if (cmd == 'S') *reinterpret_cast<volatile int*>(8) = 1;
+      if (cmd == 'S') *g_unmapped = 1;
       if (cmd == 'A') abort();
       if (cmd == 'T') {
         pthread_t t;
@@ -104,7 +106,7 @@ struct Child {
       }
       if (cmd == 'H') {
         signal(SIGSEGV, on_segv);
-        *reinterpret_cast<volatile int*>(8) = 1;
+        *g_unmapped = 1;
       }
       if (cmd == 'U') {
         raise(SIGUSR1);
@@ -228,8 +230,12 @@ TEST_F(PtraceHolderTest, AbortAndAFaultInAThreadBornAfterTheHoldAreCaughtToo) {
     ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready) << cmd;
     FatalSignal f = fut.get();
     EXPECT_EQ(f.signal, cmd == 'A' ? SIGABRT : SIGSEGV);
-    if (cmd == 'T') EXPECT_NE(f.tid, child.pid) << "the new thread faulted";
-    if (cmd == 'A') EXPECT_LE(f.si_code, 0) << "abort() sends the signal itself";
+    if (cmd == 'T') {
+      EXPECT_NE(f.tid, child.pid) << "the new thread faulted";
+    }
+    if (cmd == 'A') {
+      EXPECT_LE(f.si_code, 0) << "abort() sends the signal itself";
+    }
     int status = child.wait_status();
     ASSERT_TRUE(WIFSIGNALED(status));
     EXPECT_EQ(WTERMSIG(status), f.signal);
