@@ -44,7 +44,8 @@ constexpr size_t kRecentTriggers = 64;      // kept for status
 constexpr size_t kMaxQueuedCaptures = 8;    // admitted captures waiting for the capture thread
 constexpr int kRescanSeconds = 30;          // /proc read again for targets the exec events missed
 constexpr int kRescanSecondsWithoutExecEvents = 2;  // without eBPF no exec is reported
-constexpr int64_t kEvidenceWaitNs = 50'000'000;  // a held fatal signal waits this long for its eBPF record
+constexpr int64_t kEvidenceWaitNs = 50'000'000;
+constexpr int64_t kForeignTracerWaitNs = 5'000'000'000;  // for a tracer that holds a target to let go  // a held fatal signal waits this long for its eBPF record
 
 std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
@@ -565,7 +566,26 @@ void Daemon::State::finish(TriggerRecord& t, const Result<SpooledCapture>& r, in
   }
 }
 
+// The process (thread group) that ptrace-traces `pid` other than this agent, or 0.
+pid_t foreign_tracer(pid_t pid) {
+  auto status = process::read_proc_file(process::proc_path(pid, "status"), 1 << 16);
+  auto tracer = status ? process::status_field(*status, "TracerPid") : std::nullopt;
+  if (!tracer || *tracer == "0") return 0;
+  auto tracer_status = process::read_proc_file("/proc/" + *tracer + "/status", 1 << 16);
+  auto tgid = tracer_status ? process::status_field(*tracer_status, "Tgid") : std::nullopt;
+  const pid_t group = tgid ? static_cast<pid_t>(std::stol(*tgid)) : static_cast<pid_t>(std::stol(*tracer));
+  return group == getpid() ? 0 : group;
+}
+
 Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const FreezeThreads& freeze, int64_t frozen_ns) {
+  // Another tracer (the very process whose ptrace attach triggered this) holds the target: ptrace
+  // allows one tracer, so wait a bounded while for it to let go, and say so.
+  if (pid_t tracer = foreign_tracer(t.pid)) {
+    const int64_t since = monotonic_ns();
+    while (foreign_tracer(t.pid) && monotonic_ns() - since < kForeignTracerWaitNs) ::usleep(20'000);
+    t.evidence["traced_by_at_capture"] = tracer;
+    t.evidence["waited_for_tracer_ms"] = double(monotonic_ns() - since) / 1e6;
+  }
   std::shared_ptr<const bundle::SealingKeys> k;
   std::string device_id;
   {

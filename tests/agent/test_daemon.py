@@ -694,12 +694,14 @@ def case_lab_request(args, tmp):
         expect(again.returncode != 0, "the intake refuses to queue a delivered request again", again.stdout)
         step(f"lab-request: the intake refuses it again: {again.stdout.strip()[:120]}")
         # A hostile (or broken) intake that offers it again anyway: the device refuses the replay.
-        delivered = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(intake.store, "requests", "delivered"))
-                     for f in fs if f.endswith(".json") and ev.get("request_id", "?") in f]
-        expect(len(delivered) >= 1, "the delivered request is in the intake's store", delivered)
+        def delivered_files():
+            return [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(intake.store, "requests", "delivered"))
+                    for f in fs if f == ev.get("request_id", "?") + ".json"]
+        # The intake marks it delivered when the device acknowledges it, on its next poll.
+        delivered = wait_for("the request delivered", delivered_files, 60)
         pending = os.path.join(intake.store, "requests", "pending", socket.gethostname())
         os.makedirs(pending, exist_ok=True)
-        shutil.copy2(signed, os.path.join(pending, os.path.basename(delivered[0]) if delivered else "replay.json"))
+        shutil.copy2(signed, os.path.join(pending, ev["request_id"] + ".json"))  # as the queue names it
         refused = wait_for("the replay refused by the device", lambda: d.events("lab_request_refused"), 60)
         expect(any("replay" in e.get("error", "").lower() or "already" in e.get("error", "").lower()
                    or "nonce" in e.get("error", "").lower() for e in refused), "the replay is refused as such", refused)
