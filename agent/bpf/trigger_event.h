@@ -14,6 +14,8 @@ enum mlfx_event_kind {
   MLFX_EV_MODULE_LOAD = 16,   /* a kernel module is loaded (not per target: always reported when on) */
   MLFX_EV_EXEC = 32,          /* a process exec'd: the daemon checks whether it is a new target */
   MLFX_EV_EXIT = 64,          /* an armed process exited (its last thread) */
+  MLFX_EV_EXEC_MAPPING = 128, /* an armed process maps a file executable (mmap PROT_EXEC): the daemon
+                                 judges whether it is an injected library */
 };
 
 /* detail of MLFX_EV_MEMORY_WRITE */
@@ -31,9 +33,11 @@ struct mlfx_trigger_event {
   __u32 actor_tid;
   __s32 signal;            /* fatal signal: its number; exit: the signal that killed it, 0 for exit() */
   __s32 si_code;           /* fatal signal: siginfo si_code (> 0: raised by the kernel, e.g. a fault) */
-  __u32 detail;            /* ptrace: the request; memory write: enum mlfx_write_vector */
+  __u32 detail;            /* ptrace: the request; memory write: enum mlfx_write_vector;
+                              executable mapping: the file descriptor it mapped */
   __u64 address;           /* memory write: remote address where known; fatal signal: the faulting
-                              address (si_addr) when the kernel raised SIGSEGV/BUS/ILL/FPE, else 0 */
+                              address (si_addr) when the kernel raised SIGSEGV/BUS/ILL/FPE, else 0;
+                              executable mapping: the address it was mapped at */
   char actor_comm[MLFX_COMM_LEN];
   char target_comm[MLFX_COMM_LEN];
   char name[56];           /* module load: the module's name */

@@ -56,6 +56,15 @@ struct {
   __uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* tid -> file descriptor of an executable mmap in flight (from its entry to its exit, where the
+ * address is known: the daemon finds the file by address, the descriptor may be closed by then). */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 4096);
+  __type(key, __u32);
+  __type(value, __u32);
+} exec_mmaps SEC(".maps");
+
 /* bpf_rdonly_cast (6.2+): a number known to be a kernel address, made a readable (untrusted)
  * pointer of a BTF type: how a void * (file->private_data) or a pointer the verifier marked as
  * maybe-not-a-pointer is read without bpf_probe_read_kernel. Weak: on an older kernel only the
@@ -413,6 +422,50 @@ SEC("tp/syscalls/sys_enter_pwritev")
 int proc_mem_pwritev(struct syscall_enter_args *args) { return proc_mem_write_at_pos(args); }
 SEC("tp/syscalls/sys_enter_pwritev2")
 int proc_mem_pwritev2(struct syscall_enter_args *args) { return proc_mem_write_at_pos(args); }
+
+/* ---- executable file mappings (library injection) -------------------------------------------- */
+
+#define PROT_EXEC_FLAG 0x4
+
+/* mmap(addr, len, prot, flags, fd, off) with PROT_EXEC of a file by an armed process: how a
+ * library comes in, dlopen or injected. Noted at entry, reported at exit with the address it got;
+ * the daemon finds the mapping's file in /proc/PID/maps and judges (a memfd, a deleted file, a
+ * world-writable directory). */
+SEC("tp/syscalls/sys_enter_mmap")
+int exec_mapping_enter(struct syscall_enter_args *args) {
+  __u64 pid_tgid = bpf_get_current_pid_tgid();
+  __u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+  if (!(armed_mask(tgid) & MLFX_EV_EXEC_MAPPING) || caused_by_agent()) return 0;
+  if (!(args->args[2] & PROT_EXEC_FLAG) || (__s64)args->args[4] < 0) return 0;
+  __u32 fd = (__u32)args->args[4];
+  bpf_map_update_elem(&exec_mmaps, &tid, &fd, BPF_ANY);
+  return 0;
+}
+
+struct syscall_exit_args {
+  __u64 common;
+  __s32 syscall_nr;
+  __u32 pad;
+  __s64 ret;
+};
+
+SEC("tp/syscalls/sys_exit_mmap")
+int exec_mapping_exit(struct syscall_exit_args *args) {
+  __u32 tid = (__u32)bpf_get_current_pid_tgid();
+  __u32 *fd = bpf_map_lookup_elem(&exec_mmaps, &tid);
+  if (!fd) return 0;
+  __u32 mapped_fd = *fd;
+  bpf_map_delete_elem(&exec_mmaps, &tid);
+  if (args->ret < 0 && args->ret > -4096) return 0; /* it failed */
+  struct mlfx_trigger_event *e = new_event(MLFX_EV_EXEC_MAPPING);
+  if (!e) return 0;
+  set_target_current(e);
+  e->detail = mapped_fd;
+  e->address = (__u64)args->ret;
+  set_kstack(args, e);
+  bpf_ringbuf_submit(e, 0);
+  return 0;
+}
 
 /* ---- module load ----------------------------------------------------------------------------- */
 

@@ -33,7 +33,7 @@ constexpr std::pair<TriggerKind, std::string_view> kTriggerNames[] = {
     {TriggerKind::kOomKill, "oom-kill"},           {TriggerKind::kPtraceAttach, "ptrace-attach"},
     {TriggerKind::kMemoryWrite, "memory-write"},   {TriggerKind::kModuleLoad, "module-load"},
     {TriggerKind::kAppAnomaly, "app-anomaly"},     {TriggerKind::kOnDemand, "on-demand"},
-    {TriggerKind::kLabRequest, "lab-request"},
+    {TriggerKind::kLabRequest, "lab-request"},     {TriggerKind::kLibraryInjection, "library-injection"},
 };
 constexpr std::pair<SourceKind, std::string_view> kSourceNames[] = {
     {SourceKind::kProcess, "process"}, {SourceKind::kLime, "lime"},

@@ -29,6 +29,8 @@ enum class TriggerKind {
   kAppAnomaly,      // "app-anomaly": the model application raises an anomaly itself (hook socket)
   kOnDemand,        // "on-demand": `mlfx-agent trigger` on the device
   kLabRequest,      // "lab-request": a capture request signed by a lab key
+  kLibraryInjection,  // "library-injection": a target maps executable code from a memfd, a deleted
+                      // file or a world-writable directory (/tmp, /var/tmp, /dev/shm, /run/user)
 };
 std::string_view trigger_kind_name(TriggerKind kind);
 std::optional<TriggerKind> parse_trigger_kind(std::string_view name);

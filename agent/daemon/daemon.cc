@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -59,6 +60,7 @@ uint32_t bpf_mask(const std::set<TriggerKind>& kinds) {
   if (kinds.count(TriggerKind::kOomKill)) mask |= MLFX_EV_OOM_KILL;
   if (kinds.count(TriggerKind::kPtraceAttach)) mask |= MLFX_EV_PTRACE_ATTACH;
   if (kinds.count(TriggerKind::kMemoryWrite)) mask |= MLFX_EV_MEMORY_WRITE;
+  if (kinds.count(TriggerKind::kLibraryInjection)) mask |= MLFX_EV_EXEC_MAPPING;
   return mask;
 }
 
@@ -89,6 +91,35 @@ json::Json symbolize(const std::vector<uint64_t>& addresses) {
     out.push_back(best[i].first ? name + off : hex_address(addresses[i]));
   }
   return out;
+}
+
+// Why an executable mapping of `path` looks injected, or "" when it does not: code from memory
+// (memfd), from a file deleted after opening, or from a directory anyone may write to.
+std::string injected_library_reason(const std::string& path) {
+  if (path.empty()) return "the mapping was gone before the agent could see its file";
+  if (path.rfind("/memfd:", 0) == 0) return "code mapped from memory (memfd_create)";
+  if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) return "code from a deleted file";
+  for (const char* dir : {"/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/", "/run/shm/"})
+    if (path.rfind(dir, 0) == 0) return std::string("code from a world-writable directory (") + dir + ")";
+  return {};
+}
+
+// The file mapped at `address` in process `pid`, from /proc/PID/maps ("" when none).
+std::string mapped_file(pid_t pid, uint64_t address) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    char* end = nullptr;
+    const uint64_t start = std::strtoull(line.c_str(), &end, 16);
+    if (!end || *end != '-') continue;
+    const uint64_t stop = std::strtoull(end + 1, &end, 16);
+    if (address < start || address >= stop) continue;
+    // start-end perms offset dev inode path: the path is what follows the fifth field.
+    size_t pos = 0;
+    for (int field = 0; field < 5 && pos != std::string::npos; ++field) pos = line.find_first_not_of(' ', line.find(' ', pos));
+    return pos == std::string::npos ? std::string() : line.substr(pos);
+  }
+  return {};
 }
 
 std::vector<uint64_t> kernel_stack(const mlfx_trigger_event& e) {
@@ -768,6 +799,18 @@ void Daemon::State::on_bpf_event(const mlfx_trigger_event& e) {
       t.kind = TriggerKind::kPtraceAttach;
       ev["request"] = e.detail == 0x4206 ? "PTRACE_SEIZE" : e.detail == 16 ? "PTRACE_ATTACH" : std::to_string(e.detail);
       break;
+    case MLFX_EV_EXEC_MAPPING: {
+      // The mapping's file, by its address: the descriptor may be closed by now (ld.so closes it).
+      const std::string file = mapped_file(pid, e.address);
+      const std::string why = injected_library_reason(file);
+      if (why.empty()) return;  // a library from where libraries live
+      t.kind = TriggerKind::kLibraryInjection;
+      ev["file"] = file;
+      ev["why"] = why;
+      ev["address"] = hex_address(e.address);
+      ev["fd"] = e.detail;
+      break;
+    }
     case MLFX_EV_MEMORY_WRITE:
       t.kind = TriggerKind::kMemoryWrite;
       ev["vector"] = e.detail == MLFX_WRITE_PROC_PID_MEM ? "/proc/PID/mem" : "process_vm_writev";

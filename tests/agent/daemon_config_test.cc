@@ -144,7 +144,7 @@ TEST(DaemonConfig, TheExampleParsesAsWritten) {
   EXPECT_EQ(tamper.name, "tamper");
   EXPECT_TRUE(tamper.targets.empty());  // every target
   EXPECT_EQ(tamper.on, (std::vector<TriggerKind>{TriggerKind::kPtraceAttach, TriggerKind::kMemoryWrite,
-                                                 TriggerKind::kModuleLoad}));
+                                                 TriggerKind::kLibraryInjection, TriggerKind::kModuleLoad}));
   EXPECT_TRUE(tamper.signals.empty());
   EXPECT_EQ(tamper.sources, (std::vector<SourceKind>{SourceKind::kProcess, SourceKind::kKmod}));
   EXPECT_EQ(tamper.max_captures, 5u);
@@ -243,7 +243,8 @@ TEST(DaemonConfig, ValueForms) {
 TEST(DaemonConfig, TriggerAndSourceNames) {
   for (TriggerKind kind : {TriggerKind::kFatalSignal, TriggerKind::kMemoryPressure, TriggerKind::kOomKill,
                            TriggerKind::kPtraceAttach, TriggerKind::kMemoryWrite, TriggerKind::kModuleLoad,
-                           TriggerKind::kAppAnomaly, TriggerKind::kOnDemand, TriggerKind::kLabRequest})
+                           TriggerKind::kAppAnomaly, TriggerKind::kOnDemand, TriggerKind::kLabRequest,
+                           TriggerKind::kLibraryInjection})
     EXPECT_EQ(parse_trigger_kind(trigger_kind_name(kind)), kind) << trigger_kind_name(kind);
   EXPECT_EQ(trigger_kind_name(TriggerKind::kMemoryWrite), "memory-write");
   EXPECT_EQ(parse_trigger_kind("oom-kill"), TriggerKind::kOomKill);

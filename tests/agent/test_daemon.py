@@ -15,6 +15,8 @@ sockets under a temporary directory:
                records the trigger, and `mlfx recover` gives the victim's models bit-exactly
   tamper       a ptrace attach and a write to /proc/PID/mem by another process each trigger,
                naming that process; the app's own anomaly hook triggers for the app itself
+  injection    an armed process maps code from /tmp and from a memfd: two library-injection
+               triggers, each captured; libc mapped from its own directory is not one
   storm        2,000 on-demand triggers in about a second: at most max_captures captures, the
                rest counted as suppressed, the daemon answering throughout
   reload       SIGHUP takes a new rule; a malformed file on SIGHUP is refused in the log and the
@@ -715,10 +717,65 @@ def case_lab_request(args, tmp):
         intake.stop()
 
 
+MAPPER = textwrap.dedent("""\
+    import mmap, os, sys
+    sys.stdout.write("%d\\n" % os.getpid()); sys.stdout.flush()
+    keep = []
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "memfd":
+            fd = os.memfd_create("payload")
+            os.write(fd, b"\\xc3" * 4096)  # ret
+        else:
+            fd = os.open(what, os.O_RDONLY)
+        keep.append(mmap.mmap(fd, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC))
+        os.close(fd)
+        sys.stdout.write("mapped\\n"); sys.stdout.flush()
+    """)
+
+
+def case_injection(args, tmp):
+    step("injection: code mapped from /tmp or a memfd triggers; a library from the system's directories does not")
+    root = os.path.join(tmp, "injection")
+    d = Daemon(args, root, torch_target("mapper", "mlfx-injection-victim"),
+               rule("inject", ["library-injection"], 'max_captures = 5\ncooldown = "0s"\n')).start()
+    victim = subprocess.Popen([PYTHON, "-c", MAPPER, "mlfx-injection-victim"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(victim.stdout.readline())
+        wait_for("armed", lambda: d.armed(pid), 30)
+        libc = next(p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6",
+                                "/usr/lib/x86_64-linux-gnu/libc.so.6") if os.path.exists(p))
+        planted = os.path.join("/tmp", f"mlfx-injected-{os.getpid()}.so")
+        shutil.copy2(libc, planted)
+        for what in (libc, planted, "memfd"):
+            victim.stdin.write(what + "\n")
+            victim.stdin.flush()
+            expect(victim.stdout.readline().strip() == "mapped", f"the victim mapped {what}")
+            if what == libc:
+                time.sleep(1.0)
+                expect(d.trigger(kind="library-injection", pid=pid) is None,
+                       "a library from the system's directories is not an injection")
+        wait_for("two injections", lambda: len([t for t in d.status()["recent_triggers"]
+                                               if t["kind"] == "library-injection" and
+                                               t["outcome"] not in ("queued", "pending")]) == 2, 60)
+        found = [t for t in d.status()["recent_triggers"] if t["kind"] == "library-injection"]
+        files = sorted(t["evidence"].get("file", "") for t in found)
+        step("injection: " + "; ".join(f"{t['evidence'].get('file')}: {t['evidence'].get('why')} -> {t['outcome']}"
+                                       for t in found))
+        expect(any(f.startswith("/memfd:payload") for f in files) and planted in files,
+               "the memfd and the planted /tmp file were reported", files)
+        expect(all(t["outcome"] == "captured" for t in found), "both were captured", found)
+        os.unlink(planted)
+    finally:
+        victim.kill()
+        d.stop()
+
+
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
          "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure,
          "no-ebpf": case_no_ebpf, "upload": case_upload,
-         "lab-request": case_lab_request}
+         "lab-request": case_lab_request, "injection": case_injection}
 
 
 def main():
