@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "io/capture_io_policy.h"
 
@@ -127,11 +128,17 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   timeline.mark("sealed");
 
   CaptureOutcome outcome;
+  std::set<std::string> context_names;
   for (CaptureSource* s : sources) {
     MLFX_TRY(s->write_side_streams(w));
     outcome.contexts.push_back(s->context());
     outcome.complete = outcome.complete && s->complete();
-    MLFX_TRY(w.begin_stream(s->context_stream(), s->context_stream_source()));
+    // In a coordinated capture two sources may both call theirs "context": the first keeps the
+    // name, a later one is "<source>.context" (e.g. "lime.context" beside the process's).
+    std::string name = s->context_stream();
+    if (!context_names.insert(name).second) name = s->name() + "." + name;
+    context_names.insert(name);
+    MLFX_TRY(w.begin_stream(name, s->context_stream_source()));
     MLFX_TRY(w.write(as_bytes(json::canonical(outcome.contexts.back()))));
     MLFX_TRY(w.end_stream());
   }

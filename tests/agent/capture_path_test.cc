@@ -21,6 +21,7 @@ class RecordingSource final : public CaptureSource {
  public:
   RecordingSource(std::string name, std::string data, Log& log) : name_(std::move(name)), data_(std::move(data)), log_(log) {}
   std::string fail_at;  // "freeze", "read" or "thaw": that step fails
+  std::string context_name;  // its context stream's name (default NAME-context)
 
   std::string name() const override { return name_; }
   uint64_t expected_bytes() const override { return data_.size(); }
@@ -46,7 +47,7 @@ class RecordingSource final : public CaptureSource {
   }
   void stream_sealed(const bundle::StreamInfo&) override { log_.push_back("sealed " + name_); }
   json::Json manifest_context() const override { return {{"bytes", data_.size()}}; }
-  std::string context_stream() const override { return name_ + "-context"; }
+  std::string context_stream() const override { return context_name.empty() ? name_ + "-context" : context_name; }
   std::string context_stream_source() const override { return "test"; }
   json::Json context() const override { return {{"source", name_}}; }
   json::Json acquisition() const override { return {{"method", "recorded"}}; }
@@ -93,6 +94,20 @@ TEST_F(CapturePathTest, FreezesEverySourceBeforeReadingAndThawsBeforeTheLastStre
   EXPECT_EQ(reader->manifest().context["gpu"]["bytes"], 3000);
   EXPECT_EQ(reader->custody().events().front()["details"]["process"]["method"], "recorded");
   EXPECT_EQ(r->contexts.size(), 2u);
+}
+
+TEST_F(CapturePathTest, TwoSourcesNamingTheirContextAlikeGetDistinctStreams) {
+  // The process source and a whole-memory source both call theirs "context" (the daemon's
+  // coordinated capture of process + lime): the second is "<source>.context".
+  RecordingSource mem("process", "core", log_), lime("lime", "image", log_);
+  mem.context_name = lime.context_name = "context";
+  auto r = run({&mem, &lime});
+  ASSERT_TRUE(r) << r.error().to_string();
+  auto reader = bundle::BundleReader::open(path_);
+  ASSERT_TRUE(reader);
+  std::vector<std::string> names;
+  for (const auto& s : reader->manifest().streams) names.push_back(s.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"process", "lime", "context", "lime.context"}));
 }
 
 TEST_F(CapturePathTest, OneSourceKeepsItsFieldsAtTheTop) {

@@ -29,7 +29,7 @@ the build-id of the victim's interpreter, as readelf reads it here.
 Exit 0 passed, 1 failed. A missing VM lab or missing headers for the guest's kernel fail it
 (packaging/setup-deps.sh installs them); with MLFX_VMLAB_OPTIONAL=1 they skip it (77).
 """
-import argparse
+import argparse, shlex
 import bisect
 import contextlib
 import hashlib
@@ -222,6 +222,73 @@ def frame_of(records, pid, vaddr):
             entry = entries[(vaddr - start) // PAGE]
             return entry & ((1 << 55) - 1) if entry >> 63 & 1 else None
     return None
+
+
+DAEMON_CONFIG = """\
+[agent]
+device_id = "{device}"
+device_key = "/mnt/out/dev.key"
+recipients = ["/mnt/out/lab.pub"]
+log_format = "json"
+
+[spool]
+dir = "/mnt/disk/spool"
+
+[[target]]
+name = "victim"
+pid = [{pid}]
+
+[[rule]]
+name = "manual"
+on = ["on-demand"]
+sources = ["process", "lime"]
+"""
+
+
+def check_daemon(lab, victim):
+    """The armed daemon on Debian's kernel: an on-demand trigger captures the victim's process and
+    the whole memory (stock LiME) under one freeze into one bundle in its spool (the scratch disk),
+    with the trigger and the timeline in the manifest; the module unloaded, the victim running."""
+    g = lab.guest
+    with open(os.path.join(lab.out, "daemon.toml"), "w") as f:
+        f.write(DAEMON_CONFIG.format(device=DEVICE_ID, pid=victim))
+    daemon = g.spawn(lab.agent("run --config /mnt/out/daemon.toml"), log="/mnt/out/daemon.log")
+    log = os.path.join(lab.out, "daemon.log")
+    deadline = time.monotonic() + 300
+    while '"event":"started"' not in (open(log).read() if os.path.exists(log) else ""):
+        if time.monotonic() > deadline or not g.running(daemon.pid):
+            raise Failed("the daemon did not start in the guest", open(log).read() if os.path.exists(log) else "")
+        time.sleep(1)
+    hooks = [json.loads(line) for line in open(log) if '"hook_' in line or "ebpf_unavailable" in line]
+    step(f"daemon: started in the guest; eBPF on Debian's {g.kernel_version}: "
+         + ("; ".join(f"{h.get('trigger', h.get('event'))}: {h.get('reason', h.get('error', ''))[:80]}" for h in hooks)
+            or "every hook attached"))
+    started = time.monotonic()
+    status, output = g.run(lab.agent("trigger --pid %d --reason 'vm lab: process and whole memory' --json" % victim),
+                           timeout=1200)
+    expect(status == 0, f"mlfx-agent trigger exited {status}", output)
+    trigger = json.loads(output[output.index("["):])[0]
+    step(f"daemon: trigger {trigger['id']}: {trigger['outcome']} in {time.monotonic() - started:.0f} s: "
+         f"{trigger['detail']}")
+    expect(trigger["outcome"] == "captured", "the daemon's coordinated capture", trigger)
+    info = json.loads(g.check(f"chroot /mnt/host {lab.args.mlfx} bundle info {shlex.quote(trigger['detail'])} --json",
+                              timeout=600))
+    streams = [s["name"] for s in info["manifest"]["streams"]]
+    ctx = info["manifest"]["context"]
+    step(f"daemon: one bundle with streams {streams}; frozen {ctx['timeline'].get('frozen_ms', 0):.0f} ms, skew "
+         f"{ctx['timeline'].get('skew_ms', 0):.0f} ms between the sources' reads")
+    expect("core" in streams and "memory" in streams and "context" in streams and "lime.context" in streams,
+           "the process core, the whole memory and each one's context in one bundle", streams)
+    reads = [e["source"] for e in ctx["timeline"]["events"] if e["event"] == "read_start"]
+    expect(reads == ["process", "lime"], f"the sources read in order under one freeze: {reads}")
+    verify = g.run(f"chroot /mnt/host {lab.args.mlfx} bundle verify -q {shlex.quote(trigger['detail'])}", timeout=900)
+    expect(verify[0] in (0, 5), f"the daemon's bundle verifies in the guest (exit {verify[0]})", verify[1])
+    g.run(f"kill -TERM {daemon.pid}")
+    deadline = time.monotonic() + 60
+    while g.running(daemon.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    expect(not g.running(daemon.pid), "the daemon stopped on SIGTERM")
+    lab.after_capture("daemon", victim)
 
 
 def iomem_virtio_mem(context):
@@ -523,6 +590,8 @@ def run_in_guest(guest, args, tmp, out):
     step("kmod without --pid: no per-process context in the bundle, the victim not frozen")
     bare_bundle, _ = lab.capture("kmod", victim, "--module /mnt/out/mlfx_mem.ko", name="kmod-bare", freeze=False)
 
+    check_daemon(lab, victim)
+
     step("the victim runs on: heartbeat, and its outputs recomputed after the captures")
     with open(os.path.join(gt, "heartbeat")) as f:
         beat = f.read()
@@ -583,7 +652,8 @@ def main(argv):
             except kmod_build.BuildError as e:
                 raise Failed(f"building mlfx_mem.ko for {kernel}: {e}")
             with vmlab.Guest(kernel_version=kernel, memory_mib=1024, cpus=2, out_dir=out, append=APPEND,
-                             qemu_args=VIRTIO_MEM, extra_modules=["virtio_mem"], host_cache="loose") as guest:
+                             qemu_args=VIRTIO_MEM, extra_modules=["virtio_mem"], host_cache="loose",
+                             disk_mib=4096) as guest:
                 bundles, bare = run_in_guest(guest, args, tmp, out)
                 # The guest is powered off before the host-side checks: the bundles stay in `out`.
                 guest.poweroff()
