@@ -1106,8 +1106,10 @@ Daemon::~Daemon() {
   for (int fd : {s_->epoll, s_->signals, s_->rescan_timer, s_->pressure_timer})
     if (fd >= 0) ::close(fd);
   if (s_->bpf) s_->bpf.reset();
-  ::unlink(s_->config.agent.control_socket.c_str());
-  ::unlink(s_->config.agent.anomaly_socket.c_str());
+  for (const std::string& path : {s_->config.agent.control_socket, s_->config.agent.anomaly_socket}) {
+    ::unlink(path.c_str());
+    ::rmdir(path.substr(0, path.rfind('/')).c_str());  // the sockets' directory, when nothing else is in it
+  }
 }
 
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
