@@ -636,7 +636,7 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
         {"segments", image.facts.segments}}},
       {"python",
        {{"version", runtime.version()}, {"binary", runtime.binary()}, {"layout", runtime.layout().name},
-        {"runtime", hex_address(runtime.runtime())}, {"gc_state", hex_address(runtime.gc_state())},
+        {"calibration", runtime.calibration()}, {"runtime", hex_address(runtime.runtime())}, {"gc_state", hex_address(runtime.gc_state())},
         {"gc_objects", tracked.size()}}},
       {"torch", {{"version", torch_version ? json::Json(*torch_version) : json::Json(nullptr)},
                  {"loaded", torch_version.has_value()},

@@ -426,12 +426,14 @@ class PythonProcess {
     version_ = b_.alloc(8);
     b_.put32(version_, 0x030B02F0);
     // _PyRuntime: interpreters.head @40; the interpreter's GC state @648 (generation0 @+96
-    // points at generations[0] @+24); sys.modules @888.
+    // points at generations[0] @+24); sys.modules @888, sys.__dict__ @904.
     runtime_ = b_.alloc(64);
     interp_ = b_.alloc(1024);
     b_.put64(runtime_ + 40, interp_);
     gc_ = interp_ + 648;
     b_.put64(gc_ + 96, gc_ + 24);
+    // sys.__dict__ @904 with sys.hexversion, which must agree with Py_Version.
+    b_.put64(interp_ + 904, py_.dict({{py_.str("hexversion"), py_.integer(0x030B02F0)}}));
   }
 
   Blob& blob() { return b_; }

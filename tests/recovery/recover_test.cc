@@ -25,24 +25,16 @@ using namespace testing;  // run, Victim, kPython, kVictims...
 class Recovery : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    keys_ = new testing::TempDir;
-    ASSERT_EQ(run(testing::mlfx_bin() + " keys gen --kind device --out " + (*keys_ / "dev")).exit_code, 0);
-    ASSERT_EQ(run(testing::mlfx_bin() + " keys gen --kind lab --out " + (*keys_ / "lab")).exit_code, 0);
+    kit_ = new CaptureKit;
+    ASSERT_TRUE(kit_->ok());
   }
-  static void TearDownTestSuite() { delete keys_; }
+  static void TearDownTestSuite() { delete kit_; }
   void SetUp() override {
     if (!torch_available()) GTEST_SKIP() << kPython << " cannot import torch (install python3-torch)";
   }
 
-  testing::CommandResult capture(pid_t pid, const std::string& bundle) {
-    return run(agent_bin() + " capture --pid " + std::to_string(pid) + " --out " + bundle +
-               " --device-key " + (*keys_ / "dev.key") + " --recipient " + (*keys_ / "lab.pub") +
-               " --case TEST -q");
-  }
-  testing::CommandResult recover(const std::string& input, const std::string& out) {
-    return run(testing::mlfx_bin() + " recover " + input + " --key " + (*keys_ / "lab.key") +
-               " --out " + out + " -q");
-  }
+  testing::CommandResult capture(pid_t pid, const std::string& bundle) { return kit_->capture(pid, bundle); }
+  testing::CommandResult recover(const std::string& input, const std::string& out) { return kit_->recover(input, out); }
   // Every member recover wrote is specified in docs/outputs.md (report.json, each
   // architecture.json, loose.json): one run of its checker.
   void expect_outputs_documented(const std::string& out) {
@@ -51,13 +43,9 @@ class Recovery : public ::testing::Test {
   }
   // Opens the bundle's core stream as a plain file, for tests that damage it.
   std::string plain_core(const std::string& bundle) {
-    std::string out = dir / "opened";
-    auto r = run(testing::mlfx_bin() + " bundle open -q " + bundle + " --key " + (*keys_ / "lab.key") +
-                 " --out " + out);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
     std::string core = dir / "core.elf";
-    testing::fs::copy_file(out + "/core", core);
-    testing::fs::permissions(core, testing::fs::perms::owner_read | testing::fs::perms::owner_write);
+    auto r = kit_->open_core(bundle, dir / "opened", core);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
     return core;
   }
 
@@ -95,10 +83,10 @@ class Recovery : public ::testing::Test {
     for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
   }
 
-  static testing::TempDir* keys_;
+  static CaptureKit* kit_;
   testing::TempDir dir;
 };
-testing::TempDir* Recovery::keys_ = nullptr;
+CaptureKit* Recovery::kit_ = nullptr;
 
 TEST_F(Recovery, SmallCnn) { scenario("cnn"); }
 TEST_F(Recovery, Mlp) { scenario("mlp"); }

@@ -77,4 +77,36 @@ class Victim {
   pid_t pid_ = -1;
 };
 
+// A device key and a lab key made once, and the commands the end-to-end tests run on a victim:
+// the agent's capture into a sealed bundle, recovery, and opening a bundle's core stream.
+class CaptureKit {
+ public:
+  CaptureKit() {
+    ok_ = run(mlfx_bin() + " keys gen --kind device --out " + (dir_ / "dev")).exit_code == 0 &&
+          run(mlfx_bin() + " keys gen --kind lab --out " + (dir_ / "lab")).exit_code == 0;
+  }
+  bool ok() const { return ok_; }
+  std::string lab_key() const { return dir_ / "lab.key"; }
+
+  CommandResult capture(pid_t pid, const std::string& bundle) const {
+    return run(agent_bin() + " capture --pid " + std::to_string(pid) + " --out " + bundle + " --device-key " +
+               (dir_ / "dev.key") + " --recipient " + (dir_ / "lab.pub") + " --case TEST -q");
+  }
+  CommandResult recover(const std::string& input, const std::string& out) const {
+    return run(mlfx_bin() + " recover " + input + " --key " + lab_key() + " --out " + out + " -q");
+  }
+  // The bundle's core stream as a plain, writable file at `core` (opened into `scratch`).
+  CommandResult open_core(const std::string& bundle, const std::string& scratch, const std::string& core) const {
+    auto r = run(mlfx_bin() + " bundle open -q " + bundle + " --key " + lab_key() + " --out " + scratch);
+    if (r.exit_code != 0) return r;
+    fs::copy_file(scratch + "/core", core);
+    fs::permissions(core, fs::perms::owner_read | fs::perms::owner_write);
+    return r;
+  }
+
+ private:
+  TempDir dir_;
+  bool ok_ = false;
+};
+
 }  // namespace mlfx::testing

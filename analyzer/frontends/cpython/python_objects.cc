@@ -17,7 +17,7 @@ constexpr uint64_t kPlainItemBytes = 16;
 // Bytes kept per cached string or type beyond their text: map node, string header.
 constexpr uint64_t kCacheEntryBytes = 96;
 // tp_flags
-constexpr uint64_t kHeapType = 1ull << 9, kManagedDict = 1ull << 4, kLongSubclass = 1ull << 24,
+constexpr uint64_t kHeapType = 1ull << 9, kManagedDict = 1ull << 4, kInlineValues = 1ull << 2, kLongSubclass = 1ull << 24,
                    kListSubclass = 1ull << 25, kTupleSubclass = 1ull << 26, kBytesSubclass = 1ull << 27,
                    kUnicodeSubclass = 1ull << 28, kDictSubclass = 1ull << 29, kTypeSubclass = 1ull << 31;
 
@@ -217,8 +217,17 @@ Result<json::Json> ObjectReader::integer(uint64_t obj) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
   if (!(t->flags & kLongSubclass)) return fail(not_a("int", obj));
   MLFX_ASSIGN(uint64_t size_raw, mem_.read_u64(obj + L_.var_size));
-  int64_t size = static_cast<int64_t>(size_raw);
-  uint64_t ndigits = size < 0 ? uint64_t(-(size + 1)) + 1 : uint64_t(size);
+  bool negative = false;
+  uint64_t ndigits = 0;
+  if (L_.long_style == LongStyle::kTagged) {  // lv_tag: digits << 3 | sign (0 +, 1 zero, 2 -)
+    if ((size_raw & 3) == 3) return fail(Errc::kBadFormat, "int at " + hex_address(obj) + " has an invalid sign");
+    negative = (size_raw & 3) == 2;
+    ndigits = size_raw >> 3;
+  } else {
+    const int64_t size = static_cast<int64_t>(size_raw);
+    negative = size < 0;
+    ndigits = size < 0 ? uint64_t(-(size + 1)) + 1 : uint64_t(size);
+  }
   if (ndigits > 2) {  // > 60 bits: keep exact, as a decimal string
     if (ndigits > 1024) return fail(Errc::kBadFormat, "int at " + hex_address(obj) + " is implausibly large");
     std::vector<uint32_t> digits(ndigits);
@@ -233,14 +242,14 @@ Result<json::Json> ObjectReader::integer(uint64_t obj) const {
       }
       dec.insert(dec.begin(), char('0' + rem));
     }
-    return json::Json((size < 0 ? "-" : "") + dec);
+    return json::Json((negative ? "-" : "") + dec);
   }
   uint64_t v = 0;
   for (uint64_t i = 0; i < ndigits; ++i) {
     MLFX_ASSIGN(uint32_t d, mem_.read_value<uint32_t>(obj + L_.long_digits + 4 * i));
     v |= uint64_t(d & 0x3fffffff) << (30 * i);
   }
-  if (size < 0) return json::Json(-static_cast<int64_t>(v));
+  if (negative) return json::Json(-static_cast<int64_t>(v));
   return json::Json(v);
 }
 
@@ -291,18 +300,79 @@ Result<std::vector<uint64_t>> ObjectReader::set_items(uint64_t obj) const {
   return items;
 }
 
-// 3.11 keys object: log2_size u8 @8, log2_index_bytes u8 @9, kind u8 @10, nentries @24,
-// indices @32, then entries: {hash, key, value} (general) or {key, value} (unicode/split).
+// The shared keys' entries paired with a split table's values, in insertion order.
+Result<Items> ObjectReader::split_entries(const uint8_t* raw, uint64_t nentries, uint64_t entry_size, uint64_t key_at,
+                                          uint64_t values) const {
+  // Where value i is, and the insertion order (indices into the entries) where one is kept.
+  uint64_t first_value = values;
+  std::vector<uint8_t> order;
+  bool has_order = false;
+  if (L_.split_values_style == SplitValuesStyle::kOrderBefore) {
+    // byte -2: count, byte -3-k: index of the k-th item
+    MLFX_ASSIGN(uint8_t used, mem_.read_value<uint8_t>(values - 2));
+    order.resize(used);
+    if (used) MLFX_TRY(mem_.read(values - 2 - used, order.data(), used));
+    std::reverse(order.begin(), order.end());
+    has_order = true;
+  } else if (L_.split_values_style == SplitValuesStyle::kHeader) {
+    // {u8 capacity, size, embedded, valid}, values[capacity], then size order bytes
+    uint8_t hdr[4];
+    MLFX_TRY(mem_.read(values, hdr, sizeof hdr));
+    const uint8_t capacity = hdr[0], used = hdr[1];
+    if (capacity < nentries)
+      return fail(Errc::kBadFormat, "split dict values at " + hex_address(values) + " hold " + std::to_string(capacity) +
+                                        " slots for " + std::to_string(nentries) + " keys");
+    first_value = values + 8;
+    order.resize(used);
+    if (used) MLFX_TRY(mem_.read(first_value + 8 * uint64_t(capacity), order.data(), used));
+    has_order = true;
+  }
+  MLFX_TRY(check_mapped(mem_, first_value, nentries * 8, "split dict values", values));
+  std::vector<uint64_t> vals(nentries);
+  MLFX_TRY(mem_.read(first_value, vals.data(), nentries * 8));
+  bool order_ok = has_order && order.size() <= nentries;
+  for (uint8_t o : order) order_ok = order_ok && o < nentries;
+  std::vector<uint64_t> idx;
+  if (order_ok) {
+    idx.assign(order.begin(), order.end());
+  } else {
+    for (uint64_t i = 0; i < nentries; ++i) idx.push_back(i);
+  }
+  Items items;
+  for (uint64_t i : idx) {
+    uint64_t k = load_le<uint64_t>(&raw[i * entry_size + key_at]);
+    if (k && vals[i]) items.emplace_back(k, vals[i]);
+  }
+  return items;
+}
+
+// The keys object's entries: {hash, key, value} (3.8-3.10, and general keys of 3.11+) or
+// {key, value} (unicode and split keys of 3.11+). `values` non-zero: a split table.
 Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool split) const {
-  uint8_t hdr[32];
-  MLFX_TRY(mem_.read(keys, hdr, sizeof hdr));
-  const uint8_t log2_size = hdr[8], log2_index_bytes = hdr[9], kind = hdr[10];
-  const uint64_t nentries = load_le<uint64_t>(hdr + 24);
-  if (log2_size > 30 || log2_index_bytes > 34 || kind > 2 || nentries > (1ull << log2_size) ||
-      nentries > kMaxItems)
-    return fail(Errc::kBadFormat, "dict keys at " + hex_address(keys) + " are implausible");
-  const uint64_t entry_size = kind == 0 ? 24 : 16, key_at = kind == 0 ? 8 : 0;
-  const uint64_t entries = keys + 32 + (1ull << log2_index_bytes);
+  uint64_t nentries = 0, entries = 0, entry_size = 24, key_at = 8;
+  if (L_.dict_keys_style == DictKeysStyle::kSized) {
+    // dk_refcnt, dk_size @8, dk_lookup, dk_usable, dk_nentries @32, indices @40 (dk_size of
+    // 1, 2, 4 or 8 bytes each), then the entries.
+    uint64_t hdr[5];
+    MLFX_TRY(mem_.read(keys, hdr, sizeof hdr));
+    const uint64_t size = hdr[1];
+    nentries = hdr[4];
+    if (size == 0 || (size & (size - 1)) || size > (1ull << 30) || nentries > size || nentries > kMaxItems)
+      return fail(Errc::kBadFormat, "dict keys at " + hex_address(keys) + " are implausible");
+    const uint64_t width = size <= 0xff ? 1 : size <= 0xffff ? 2 : size <= 0xffffffff ? 4 : 8;
+    entries = keys + 40 + size * width;
+  } else {
+    // dk_log2_size u8 @8, dk_log2_index_bytes u8 @9, dk_kind u8 @10, dk_nentries @24, indices @32
+    uint8_t hdr[32];
+    MLFX_TRY(mem_.read(keys, hdr, sizeof hdr));
+    const uint8_t log2_size = hdr[8], log2_index_bytes = hdr[9], kind = hdr[10];
+    nentries = load_le<uint64_t>(hdr + 24);
+    if (log2_size > 30 || log2_index_bytes > 34 || kind > 2 || nentries > (1ull << log2_size) ||
+        nentries > kMaxItems)
+      return fail(Errc::kBadFormat, "dict keys at " + hex_address(keys) + " are implausible");
+    if (kind != 0) entry_size = 16, key_at = 0;
+    entries = keys + 32 + (1ull << log2_index_bytes);
+  }
   MLFX_TRY(check_mapped(mem_, entries, nentries * entry_size, "dict keys", keys));
   // The entries in place when they are contiguous in the image, else a copy.
   std::vector<uint8_t> copy;
@@ -312,36 +382,12 @@ Result<Items> ObjectReader::dict_entries(uint64_t keys, uint64_t values, bool sp
     MLFX_TRY(mem_.read(entries, copy.data(), copy.size()));
     raw = copy.data();
   }
+  if (split) return split_entries(raw, nentries, entry_size, key_at, values);
   Items items;
-  if (!split) {
-    for (uint64_t i = 0; i < nentries; ++i) {
-      uint64_t k = load_le<uint64_t>(&raw[i * entry_size + key_at]);
-      uint64_t v = load_le<uint64_t>(&raw[i * entry_size + key_at + 8]);
-      if (k && v) items.emplace_back(k, v);
-    }
-    return items;
-  }
-  // Split table: values[i] pairs with entries[i].key; insertion order is kept in a byte
-  // array just before the values (byte -2: count, byte -3-k: index of the k-th item).
-  MLFX_TRY(check_mapped(mem_, values, nentries * 8, "split dict values", values));
-  std::vector<uint64_t> vals(nentries);
-  MLFX_TRY(mem_.read(values, vals.data(), nentries * 8));
-  MLFX_ASSIGN(uint8_t used, mem_.read_value<uint8_t>(values - 2));
-  std::vector<uint8_t> order(used);
-  for (uint64_t k = 0; k < used; ++k) {
-    MLFX_ASSIGN(order[k], mem_.read_value<uint8_t>(values - 3 - k));
-  }
-  bool order_ok = used <= nentries;
-  for (uint8_t o : order) order_ok = order_ok && o < nentries;
-  std::vector<uint64_t> idx;
-  if (order_ok) {
-    idx.assign(order.begin(), order.end());
-  } else {
-    for (uint64_t i = 0; i < nentries; ++i) idx.push_back(i);
-  }
-  for (uint64_t i : idx) {
+  for (uint64_t i = 0; i < nentries; ++i) {
     uint64_t k = load_le<uint64_t>(&raw[i * entry_size + key_at]);
-    if (k && vals[i]) items.emplace_back(k, vals[i]);
+    uint64_t v = load_le<uint64_t>(&raw[i * entry_size + key_at + 8]);
+    if (k && v) items.emplace_back(k, v);
   }
   return items;
 }
@@ -390,17 +436,37 @@ Result<NamedItems> ObjectReader::str_dict(uint64_t obj) const {
 
 Result<NamedItems> ObjectReader::instance_dict(uint64_t obj) const {
   MLFX_ASSIGN(const TypeInfo* t, type_info_of(obj));
-  const uint64_t type = t->addr;
-  if (t->flags & kManagedDict) {
-    // 3.11 pre-header: [values* @-32][dict* @-24][PyGC_Head @-16].
-    MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj - 24));
-    if (dict) return str_dict(dict);
-    MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj - 32));
-    if (!values) return NamedItems{};
-    MLFX_ASSIGN(uint64_t keys, mem_.read_u64(type + L_.ht_cached_keys));
+  // Values that share the class's keys (no dict object made yet).
+  auto shared_values = [&](uint64_t values) -> Result<NamedItems> {
+    MLFX_ASSIGN(uint64_t keys, mem_.read_u64(t->addr + L_.ht_cached_keys));
     if (!keys) return fail(Errc::kBadFormat, "type of " + hex_address(obj) + " has no cached keys for its values");
     MLFX_ASSIGN(Items items, dict_entries(keys, values, true));
     return named(items, obj);
+  };
+  if (L_.instance_dict_style != InstanceDictStyle::kDictOffset && (t->flags & kManagedDict)) {
+    MLFX_ASSIGN(uint64_t at24, mem_.read_u64(obj - 24));
+    switch (L_.instance_dict_style) {
+      case InstanceDictStyle::kPy311: {  // [values* @-32][dict* @-24][PyGC_Head @-16]
+        if (at24) return str_dict(at24);
+        MLFX_ASSIGN(uint64_t values, mem_.read_u64(obj - 32));
+        if (!values) return NamedItems{};
+        return shared_values(values);
+      }
+      case InstanceDictStyle::kPy312:  // a dict*, or values-1 (bit 0 set)
+        if (at24 & 1) return shared_values(at24 + 1);
+        if (at24) return str_dict(at24);
+        return NamedItems{};
+      case InstanceDictStyle::kPy313: {  // dict* @-24; inline values at obj + tp_basicsize
+        if (at24) return str_dict(at24);
+        if (!(t->flags & kInlineValues)) return NamedItems{};
+        const uint64_t values = obj + t->basicsize;
+        MLFX_ASSIGN(uint8_t valid, mem_.read_value<uint8_t>(values + 3));
+        if (!valid) return NamedItems{};
+        return shared_values(values);
+      }
+      case InstanceDictStyle::kDictOffset:
+        break;
+    }
   }
   if (t->dictoffset > 0) {
     MLFX_ASSIGN(uint64_t dict, mem_.read_u64(obj + uint64_t(t->dictoffset)));
@@ -426,8 +492,8 @@ Result<std::optional<json::Json>> ObjectReader::plain_value(uint64_t obj, int de
   const std::string& n = t->name;
   if (n == "NoneType") return Opt(json::Json(nullptr));
   if (n == "bool") {
-    MLFX_ASSIGN(uint64_t size, mem_.read_u64(obj + L_.var_size));
-    return Opt(json::Json(size != 0));
+    MLFX_ASSIGN(json::Json v, integer(obj));
+    return Opt(json::Json(!(v.is_number_unsigned() && v.get<uint64_t>() == 0)));
   }
   if (n == "int") {
     MLFX_ASSIGN(json::Json v, integer(obj));

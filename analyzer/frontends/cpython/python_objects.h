@@ -82,6 +82,8 @@ class ObjectReader {
 
  private:
   Result<Items> dict_entries(uint64_t keys, uint64_t values, bool split) const;
+  Result<Items> split_entries(const uint8_t* raw, uint64_t nentries, uint64_t entry_size, uint64_t key_at,
+                              uint64_t values) const;
   Result<std::optional<json::Json>> plain_value(uint64_t obj, int depth, uint64_t& budget) const;
   Result<const TypeInfo*> exact_builtin(uint64_t obj, const char* name) const;
   Result<const TypeInfo*> read_type(uint64_t type) const;
