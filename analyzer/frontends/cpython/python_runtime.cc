@@ -1,6 +1,7 @@
 #include "frontends/cpython/python_runtime.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <map>
 
@@ -228,27 +229,36 @@ Status PythonRuntime::apply_debug_offsets() {
   return {};
 }
 
-// A GC state at `gc`: generation0 points at the first list head (where the version has it);
-// otherwise every list head is a well-formed empty or non-empty circular list (its first
-// element's prev and its last element's next lead back to it), and one holds objects.
-bool PythonRuntime::gc_fits(uint64_t gc) const {
+// The list heads of a GC state at `gc`, if it is one. Where the version has generation0, it
+// points at the first head; otherwise every head is a well-formed empty or non-empty circular
+// list (its first element's prev and its last element's next lead back to it), and one holds
+// objects. Some builds align PyGC_Head to 4 bytes (Debian's 3.13.5: `Py_ALIGNED(4)` on its
+// typedef), which moves the generations 4 bytes down: both places are tried.
+std::optional<std::array<uint64_t, 4>> PythonRuntime::gc_heads(uint64_t gc) const {
   const Layout& L = layout_;
-  if (L.gc_generation0) {
-    auto g0 = mem_->read_u64(gc + L.gc_generation0);
-    return g0 && *g0 == gc + L.gc_lists[0];
-  }
-  bool any = false;
-  for (uint32_t off : L.gc_lists) {
-    const uint64_t h = gc + off;
+  auto well_formed = [&](uint64_t h, bool& holds) {
     auto next = mem_->read_u64(h), prev = mem_->read_u64(h + 8);
     if (!next || !prev) return false;
     const uint64_t n = *next & ~uint64_t(3), p = *prev & ~uint64_t(3);
-    if (n == h && p == h) continue;
+    if (n == h && p == h) return true;
     auto back = mem_->read_u64(n + 8), fwd = mem_->read_u64(p);
-    if (!back || !fwd || (*back & ~uint64_t(3)) != h || (*fwd & ~uint64_t(3)) != h) return false;
-    any = true;
+    holds = true;
+    return back && fwd && (*back & ~uint64_t(3)) == h && (*fwd & ~uint64_t(3)) == h;
+  };
+  for (uint64_t shift : {uint64_t(0), uint64_t(4)}) {
+    std::array<uint64_t, 4> heads;
+    for (size_t i = 0; i < 4; ++i) heads[i] = gc + L.gc_lists[i] - shift;
+    if (L.gc_generation0) {
+      heads[3] = gc + L.gc_lists[3];  // after the 8-aligned generation0 pointer either way
+      auto g0 = mem_->read_u64(gc + L.gc_generation0);
+      if (g0 && *g0 == heads[0]) return heads;
+      continue;
+    }
+    bool ok = true, holds = false;
+    for (uint64_t h : heads) ok = ok && well_formed(h, holds);
+    if (ok && holds) return heads;
   }
-  return any;
+  return std::nullopt;
 }
 
 // Self-calibration: every table value used to find the GC is checked against the image.
@@ -276,10 +286,11 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
     return fail(Errc::kUnsupported, table + " does not fit this image: interpreters.head at _PyRuntime+" +
                                         std::to_string(L.runtime_interpreters_head) + " is " + hex_address(interp_));
   gc_ = gc_base + L.gc_offset;
-  if (!gc_fits(gc_)) {
+  auto heads = gc_heads(gc_);
+  if (!heads) {
     uint64_t found = 0;
     for (uint64_t o = 0; o < kInterpScanBytes && !found; o += 8)
-      if (mem_->is_mapped(gc_base + o, 128) && gc_fits(gc_base + o)) found = gc_base + o;
+      if (mem_->is_mapped(gc_base + o, 128) && (heads = gc_heads(gc_base + o))) found = gc_base + o;
     const std::string home = L.gc_home == GcHome::kRuntime ? "_PyRuntime+" : "interp+";
     if (!found)
       return fail(Errc::kUnsupported, table + " does not fit this image: no GC state at " + home +
@@ -289,6 +300,10 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
     calibration_.push_back("GC state located by scanning at " + home + std::to_string(found - gc_base));
     gc_ = found;
   }
+  heads_ = *heads;
+  if (heads_[0] != gc_ + L.gc_lists[0])
+    calibration_.push_back("GC list heads at gc+" + std::to_string(heads_[0] - gc_) + " instead of the table's +" +
+                           std::to_string(L.gc_lists[0]) + " (PyGC_Head aligned to 4 bytes in this build)");
   return {};
 }
 
@@ -406,8 +421,7 @@ std::optional<std::string> PythonRuntime::module_string(const ObjectReader& obje
 
 std::vector<uint64_t> PythonRuntime::tracked_objects(Diagnostics& diag) const {
   const Layout& L = layout_;
-  std::vector<uint64_t> heads;
-  for (uint32_t off : L.gc_lists) heads.push_back(gc_ + off);
+  const std::vector<uint64_t> heads(heads_.begin(), heads_.end());
   std::vector<uint64_t> objects;
   AddressSet seen;
   for (size_t i = 0; i < heads.size(); ++i) {

@@ -2,6 +2,7 @@
 // collector tracks.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,7 +55,7 @@ class PythonRuntime {
   Status apply_debug_offsets();
   Status check_layout(Diagnostics& diag);
   Status check_version(Diagnostics& diag, bool version_known);
-  bool gc_fits(uint64_t gc) const;
+  std::optional<std::array<uint64_t, 4>> gc_heads(uint64_t gc) const;
   std::optional<uint64_t> find_interp_dict(const ObjectReader& objects, std::initializer_list<std::string_view> keys,
                                            uint64_t avoid) const;
 
@@ -63,6 +64,7 @@ class PythonRuntime {
   uint32_t version_hex_ = 0;
   std::string binary_;
   uint64_t runtime_ = 0, interp_ = 0, gc_ = 0, type_type_ = 0;
+  std::array<uint64_t, 4> heads_{};  // the GC lists: three generations (young, old) and the permanent one
   std::vector<std::string> calibration_;
 };
 

@@ -8,6 +8,20 @@ namespace {
 
 constexpr uint64_t kMaxDims = 64;
 
+// Every invariant a tensor read through layout L must hold beyond those read_with() checks:
+// its storage holds its extent (at least a byte per element), its data is in the image, its
+// device and dtype are in range.
+bool whole(const TensorInfo& t, const layers::Layer& mem) {
+  if (t.device_type < 0 || t.device_type > 32 || t.scalar_type > 64 || t.storage_offset < 0) return false;
+  uint64_t extent = t.numel ? 1 : 0;
+  for (size_t i = 0; i < t.sizes.size() && t.numel; ++i) {
+    if (t.strides[i] < 0) return false;
+    extent += uint64_t(t.sizes[i] - 1) * uint64_t(t.strides[i]);
+  }
+  if (t.storage_bytes < uint64_t(t.storage_offset) + extent) return false;
+  return t.storage_bytes == 0 || t.device_type != 0 || mem.is_mapped(t.data, std::min<uint64_t>(t.storage_bytes, 64));
+}
+
 }  // namespace
 
 Result<bool> TensorReader::is_tensor_type(uint64_t type) const {
@@ -21,39 +35,70 @@ Result<bool> TensorReader::is_tensor_type(uint64_t type) const {
   return false;
 }
 
-Result<uint64_t> TensorReader::impl_of(uint64_t obj) const {
-  MLFX_ASSIGN(uint64_t impl, objects_.memory().read_u64(obj + layout_->thp_impl));
-  if (!impl) return fail(Errc::kBadFormat, "tensor at " + hex_address(obj) + " has no TensorImpl");
-  return impl;
-}
-
-// Picks the first table whose back-pointer (TensorImpl's PyObject slot, tag bit 0 masked)
-// leads back to the Python object, as §3.7 prescribes; a table that does not fit is never used.
+// Picks the first table under which the tensor reads back whole; where none does, derives the
+// layout from the same invariants (§3.7 of the layout reference): the TensorImpl pointer is
+// at THPVariable+16 or +24, the PyObject slot is found by its back-pointer, the members after
+// it keep their distances, the storage and its data pointer sit after a vtable and 16 or 24
+// bytes of refcounts. A layout that does not fit is never used.
 Status TensorReader::calibrate(uint64_t obj) {
   const auto& mem = objects_.memory();
   for (const TorchLayout* l : kTorchLayouts) {
-    auto impl = mem.read_u64(obj + l->thp_impl);
-    if (!impl || !*impl) continue;
-    auto back = mem.read_u64(*impl + l->impl_pyobj);
-    if (back && (*back & ~uint64_t(1)) == obj) {
-      layout_ = l;
+    auto t = read_with(*l, obj);
+    if (t && whole(*t, mem)) {
+      layout_ = *l;
+      layout_name_ = l->name;
+      calibrated_ = true;
       return {};
     }
   }
-  return fail(Errc::kUnsupported, "no torch layout table fits the tensor at " + hex_address(obj) +
-                                      " (its TensorImpl does not point back to it): this torch "
-                                      "version is not supported yet");
+  for (uint32_t thp : {16u, 24u}) {
+    auto impl = mem.read_u64(obj + thp);
+    if (!impl || !*impl) continue;
+    for (uint32_t pyobj = 32; pyobj <= 96; pyobj += 8) {
+      auto back = mem.read_u64(*impl + pyobj);
+      if (!back || (*back & ~uint64_t(1)) != obj) continue;
+      for (uint32_t counts : {16u, 8u}) {  // refcounts after the vtable: two size_t, or packed
+        TorchLayout d{};
+        d.thp_impl = thp;
+        d.impl_storage = 8 + counts;
+        d.impl_pyobj = pyobj;
+        d.impl_sizes_and_strides = pyobj + 8;
+        d.impl_storage_offset = pyobj + 96;
+        d.impl_numel = pyobj + 104;
+        d.impl_dtype = pyobj + 112;
+        d.storage_data = 8 + counts;
+        d.storage_device = d.storage_data + 24;
+        d.storage_size_bytes = d.storage_data + 32;
+        auto t = read_with(d, obj);
+        if (!t || !whole(*t, mem)) continue;
+        layout_ = d;
+        layout_name_ = "derived from invariants (no table fits): TensorImpl* at THPVariable+" + std::to_string(thp) +
+                       ", PyObject slot at TensorImpl+" + std::to_string(pyobj) + ", storage at TensorImpl+" +
+                       std::to_string(d.impl_storage) + ", data at StorageImpl+" + std::to_string(d.storage_data);
+        layout_.name = layout_name_.c_str();
+        calibrated_ = true;
+        return {};
+      }
+    }
+  }
+  return fail(Errc::kUnsupported, "unsupported: no torch layout table fits the tensor at " + hex_address(obj) +
+                                      " and none can be derived (no TensorImpl found that points back to it and "
+                                      "reads whole): this torch build is not supported");
 }
 
 Result<TensorInfo> TensorReader::read(uint64_t obj) {
-  if (!layout_) MLFX_TRY(calibrate(obj));
-  const TorchLayout& L = *layout_;
+  if (!calibrated_) MLFX_TRY(calibrate(obj));
+  return read_with(layout_, obj);
+}
+
+Result<TensorInfo> TensorReader::read_with(const TorchLayout& L, uint64_t obj) const {
   const auto& mem = objects_.memory();
   TensorInfo t;
   t.object = obj;
   MLFX_ASSIGN(const cpython::TypeInfo* type, objects_.type_info_of(obj));
   t.python_class = type->full_name();  // a view of the reader's type cache
-  MLFX_ASSIGN(t.impl, impl_of(obj));
+  MLFX_ASSIGN(t.impl, mem.read_u64(obj + L.thp_impl));
+  if (!t.impl) return fail(Errc::kBadFormat, "tensor at " + hex_address(obj) + " has no TensorImpl");
   const std::string where = "tensor at " + hex_address(obj);
   MLFX_ASSIGN(uint64_t back, mem.read_u64(t.impl + L.impl_pyobj));
   if ((back & ~uint64_t(1)) != obj)

@@ -30,16 +30,22 @@ class TensorReader {
 
   // Whether `type` is a tensor type (its MRO holds torch's C tensor base).
   Result<bool> is_tensor_type(uint64_t type) const;
-  // Reads one tensor; the first call picks and checks the layout table.
+  // Reads one tensor; the first call picks the layout: the first table under which the tensor
+  // reads back whole (its TensorImpl points back to it, numel is the product of its sizes, its
+  // storage holds its extent), else one derived from those invariants.
   Result<TensorInfo> read(uint64_t obj);
-  const TorchLayout* layout() const { return layout_; }
+  // The layout in use (after the first read), and its name: a table's, or how it was derived.
+  const TorchLayout* layout() const { return calibrated_ ? &layout_ : nullptr; }
+  const std::string& layout_name() const { return layout_name_; }
 
  private:
-  Result<uint64_t> impl_of(uint64_t obj) const;
+  Result<TensorInfo> read_with(const TorchLayout& L, uint64_t obj) const;
   Status calibrate(uint64_t obj);
 
   const cpython::ObjectReader& objects_;
-  const TorchLayout* layout_ = nullptr;
+  TorchLayout layout_{};
+  std::string layout_name_;
+  bool calibrated_ = false;
 };
 
 }  // namespace mlfx::frontends::torch
