@@ -4,8 +4,9 @@
 // memory-backed Layer. Header (little-endian u64 words):
 //   w0..w6  object addresses to read (0: unused), e.g. a type, a str, an int, a dict
 //   w7      flags: bit 0 splits the blob into two adjacent segments at byte (w7 >> 8) & 0xffffff
-//           (reads across the boundary go through Layer::read's joining path)
-// With the CPython 3.11 layout, every address is read as a type and as every kind of object
+//           (reads across the boundary go through Layer::read's joining path); bits 1-3 pick
+//           the CPython layout table: 0 is 3.11, k > 0 the (k-1)th of all tables, oldest first
+// With that layout, every address is read as a type and as every kind of object
 // (type_info, has_base, str, integer, real, tuple/list/set items, dict items, str_dict,
 // instance_dict, plain_value), then ModuleWalker scans the header addresses plus every
 // aligned word of the blob that points into it, and the module trees and tensors are read.
@@ -79,7 +80,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!mem) fuzz::invariant_failed("the harness's segments are valid", mem.error().to_string());
   const layers::Layer& m = **mem;
 
-  const auto* layout = frontends::cpython::layout_for(0x030B0200);
+  size_t tables = 0;
+  const auto* const* all = frontends::cpython::all_layouts(tables);
+  const size_t pick = (w[7] >> 1) & 7;
+  const auto* layout = pick ? all[(pick - 1) % tables] : frontends::cpython::layout_for(0x030B0200);
   if (!layout) fuzz::invariant_failed("CPython 3.11 has a layout table", "");
   Diagnostics diag;
   ObjectReader reader(m, *layout, diag);

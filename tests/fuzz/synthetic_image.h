@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "frontends/torch/torch_layout.h"
 #include "layers/layer.h"
 
 namespace mlfx::fuzz {
@@ -302,18 +303,21 @@ struct TorchModel {
   std::vector<uint64_t> all_objects;  // what a GC walk lists (managed instances only)
 };
 
-inline uint64_t make_tensor(PyHeap& py, uint64_t tensor_type, std::vector<int64_t> sizes, bool many_dims = false) {
+// A float32 tensor laid out per `L` (the storage's data zero-filled, CPU).
+inline uint64_t make_tensor(PyHeap& py, uint64_t tensor_type, std::vector<int64_t> sizes, bool many_dims = false,
+                            const frontends::torch::TorchLayout& L = frontends::torch::kTorchUpTo22) {
   Blob& b = py.blob();
   uint64_t obj = py.object(tensor_type, 48);
-  uint64_t impl = b.alloc(192);
-  uint64_t storage = b.alloc(64);
+  uint64_t impl = b.alloc(L.impl_dtype + 16);
+  uint64_t storage = b.alloc(std::max<uint32_t>(64, L.storage_size_bytes + 16));
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   uint64_t data = b.alloc(4 * numel);
-  b.put64(obj + 24, impl);
-  b.put64(impl + 24, storage);
-  b.put64(impl + 64, obj);
-  b.put64(impl + 72, sizes.size());
+  const uint64_t dims = impl + L.impl_sizes_and_strides;
+  b.put64(obj + L.thp_impl, impl);
+  b.put64(impl + L.impl_storage, storage);
+  b.put64(impl + L.impl_pyobj, obj);
+  b.put64(dims, sizes.size());
   std::vector<int64_t> strides(sizes.size(), 1);
   for (size_t i = sizes.size(); i-- > 1;) strides[i - 1] = strides[i] * sizes[i];
   if (many_dims || sizes.size() > 5) {
@@ -322,20 +326,20 @@ inline uint64_t make_tensor(PyHeap& py, uint64_t tensor_type, std::vector<int64_
       b.put64(arr + 8 * i, sizes[i]);
       b.put64(arr + 8 * (sizes.size() + i), strides[i]);
     }
-    b.put64(impl + 80, arr);
+    b.put64(dims + 8, arr);
   } else {
     for (size_t i = 0; i < sizes.size(); ++i) {
-      b.put64(impl + 80 + 8 * i, sizes[i]);
-      b.put64(impl + 80 + 40 + 8 * i, strides[i]);
+      b.put64(dims + 8 + 8 * i, sizes[i]);
+      b.put64(dims + 8 + 40 + 8 * i, strides[i]);
     }
   }
-  b.put64(impl + 160, 0);
-  b.put64(impl + 168, numel);
-  b.put16(impl + 176, 6);  // float32
-  b.put64(storage + 24, data);
-  b.put8(storage + 48, 0);
-  b.put8(storage + 49, 0xff);
-  b.put64(storage + 56, 4 * numel);
+  b.put64(impl + L.impl_storage_offset, 0);
+  b.put64(impl + L.impl_numel, numel);
+  b.put16(impl + L.impl_dtype, 6);  // float32
+  b.put64(storage + L.storage_data, data);
+  b.put8(storage + L.storage_device, 0);
+  b.put8(storage + L.storage_device + 1, 0xff);
+  b.put64(storage + L.storage_size_bytes, 4 * numel);
   return obj;
 }
 
@@ -439,6 +443,13 @@ class PythonProcess {
   Blob& blob() { return b_; }
   PyHeap& py() { return py_; }
   uint64_t gc_state() const { return gc_; }
+  // _Py_DebugOffsets' head at _PyRuntime (cookie, version, free_threaded), and Py_Version.
+  void publish_debug_offsets(uint32_t hex, bool free_threaded) {
+    std::memcpy(b_.at(runtime_), "xdebugpy", 8);
+    b_.put64(runtime_ + 8, hex);
+    b_.put64(runtime_ + 16, free_threaded);
+    b_.put32(version_, hex);
+  }
 
   // sys.modules holding torch.version with __version__ (recover reads it).
   void import_torch(const std::string& version = "1.13.1") {
