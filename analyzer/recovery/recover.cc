@@ -640,7 +640,9 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
         {"gc_objects", tracked.size()}}},
       {"torch", {{"version", torch_version ? json::Json(*torch_version) : json::Json(nullptr)},
                  {"loaded", torch_version.has_value()},
-                 {"layout", tensors.layout() ? tensors.layout_name() : "none (no tensors read)"},
+                 {"layout", tensors.layout()                  ? tensors.layout_name()
+                            : !tensors.unsupported().empty() ? tensors.unsupported()
+                                                             : "none (no tensors read)"},
                  {"modules", walker.modules().size()}}},
       {"models", models},
       {"loose_tensors", loose},

@@ -92,8 +92,11 @@ TEST_F(TorchCalibration, ATensorWhoseInvariantsFailIsRefusedNotRead) {
   const uint64_t t = fuzz::make_tensor(py, tensor_type, {3}, false, frontends::torch::kTorch210);
   const uint64_t impl = *reinterpret_cast<uint64_t*>(blob.at(t + 16));
   blob.put64(impl + 48, t + 8);
-  auto info = reader().read(t);
+  TensorReader& refused = reader();
+  auto info = refused.read(t);
   ASSERT_FALSE(info);
+  EXPECT_EQ(refused.layout(), nullptr);
+  EXPECT_EQ(refused.unsupported().rfind("unsupported: no torch layout table fits", 0), 0u) << refused.unsupported();
   EXPECT_EQ(info.error().code(), Errc::kUnsupported);
   EXPECT_NE(info.error().to_string().find("unsupported: no torch layout table fits"), std::string::npos)
       << info.error().to_string();

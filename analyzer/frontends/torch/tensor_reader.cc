@@ -48,6 +48,7 @@ Status TensorReader::calibrate(uint64_t obj) {
       layout_ = *l;
       layout_name_ = l->name;
       calibrated_ = true;
+      unsupported_.clear();
       return {};
     }
   }
@@ -77,13 +78,15 @@ Status TensorReader::calibrate(uint64_t obj) {
                        std::to_string(d.impl_storage) + ", data at StorageImpl+" + std::to_string(d.storage_data);
         layout_.name = layout_name_.c_str();
         calibrated_ = true;
+        unsupported_.clear();
         return {};
       }
     }
   }
-  return fail(Errc::kUnsupported, "unsupported: no torch layout table fits the tensor at " + hex_address(obj) +
-                                      " and none can be derived (no TensorImpl found that points back to it and "
-                                      "reads whole): this torch build is not supported");
+  unsupported_ = "unsupported: no torch layout table fits the tensor at " + hex_address(obj) +
+                 " and none can be derived (no TensorImpl found that points back to it and reads whole): this "
+                 "torch build is not supported";
+  return fail(Errc::kUnsupported, unsupported_);
 }
 
 Result<TensorInfo> TensorReader::read(uint64_t obj) {

@@ -37,6 +37,8 @@ class TensorReader {
   // The layout in use (after the first read), and its name: a table's, or how it was derived.
   const TorchLayout* layout() const { return calibrated_ ? &layout_ : nullptr; }
   const std::string& layout_name() const { return layout_name_; }
+  // Why no layout was found, while none is: the last calibration's error ("unsupported: ...").
+  const std::string& unsupported() const { return unsupported_; }
 
  private:
   Result<TensorInfo> read_with(const TorchLayout& L, uint64_t obj) const;
@@ -44,7 +46,7 @@ class TensorReader {
 
   const cpython::ObjectReader& objects_;
   TorchLayout layout_{};
-  std::string layout_name_;
+  std::string layout_name_, unsupported_;
   bool calibrated_ = false;
 };
 
