@@ -17,6 +17,8 @@ packages=(
   # tests, fuzzing, benchmarks
   googletest libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
   coreutils util-linux bc
+  # the version matrix (tests/matrix): other Debian releases' python3 + torch in chroots
+  debootstrap debian-archive-keyring
   # the report is checked in a headless browser
   chromium
   # the VM lab: Debian's own kernel under QEMU software emulation, a busybox initramfs, stock LiME

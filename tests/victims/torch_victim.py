@@ -155,6 +155,10 @@ def image(n=2, size=16):
     return torch.randn(n, 3, size, size)
 
 
+# The model families of the recovery tests (torchvision and big left out: not in every Debian release, too slow).
+FAMILIES = ("cnn", "mlp", "resnet", "depthwise", "lstm", "training", "tied", "dtypes")
+
+
 def build(scenario):
     """Returns [(name, model, input)] and keeps anything else alive in `extra`."""
     extra = {}
@@ -201,6 +205,12 @@ def build(scenario):
         models = [("torchvision", m, image(2, 32))]
     elif scenario == "big":
         models = [("big", Big().eval(), torch.randn(2, 2048))]
+    elif scenario == "families":  # every family above in one process: one victim per matrix entry (tests/matrix)
+        models = []
+        for family in FAMILIES:
+            built, more = build(family)
+            models += built
+            extra.update({family + "." + k: v for k, v in more.items()})
     elif scenario == "cycle":  # anti-forensics (issue 11): an ownership cycle, made after the ground truth
         m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
         extra["after_save"] = lambda gt: make_cycle(m, gt)
