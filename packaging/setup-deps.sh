@@ -25,6 +25,10 @@ packages=(
   # built by DKMS for that kernel, and the headers our module builds against
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dkms lime-forensics-dkms bpftool
   cpio kmod
+  # the arm64 VM lab (tests/vmlab/vmlab_arm64.py): QEMU for aarch64 guests, qemu-user for the
+  # second stage of its arm64 userland's debootstrap (above); Debian's arm64 kernel and busybox
+  # are fetched with `apt-get download` (dpkg's arm64 architecture: packaging/build-agent.sh adds it)
+  qemu-system-arm qemu-user-static
 )
 
 missing=()

@@ -19,6 +19,9 @@ carries the exit status. The kernel console goes to console.log in the guest's w
 Any error or timeout kills QEMU; the work directory (console log, QEMU's stderr) is then kept
 and named in the error.
 
+Other architectures: Guest(platform=...) (a Platform: QEMU, machine, console, kernel, busybox and
+the directory shared at /mnt/host); vmlab_arm64.platform() is an arm64 guest with an arm64 Debian.
+
 Run as a program for a quick look: `vmlab.py run 'CMD'...` or `vmlab.py measure`.
 """
 import base64
@@ -36,6 +39,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,7 +59,33 @@ MODULES = ["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_blk", "
 
 # KASLR stays on, as on real machines. An oops panics and panic=-1 with -no-reboot ends QEMU, so
 # a crashing module fails the test at once with the oops in the console log.
-KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init"
+KERNEL_CMDLINE = "console={console} quiet panic=-1 oops=panic rdinit=/init"
+
+
+class Platform:
+    """What differs between guest architectures: QEMU and its machine, the serial console, where
+    the kernel (KERNEL_ROOT/boot/vmlinuz-V), its modules (KERNEL_ROOT/lib/modules/V) and a static
+    busybox come from, and which host directory the guest sees at /mnt/host (HOST_ROOT: the host's
+    own root, or a userland of the guest's architecture such as vmlab_arm64's)."""
+
+    def __init__(self, name, qemu, machine, console, cpu, busybox=BUSYBOX, kernel_root="/", host_root="/",
+                 setup_hint=SETUP_HINT):
+        self.name, self.qemu, self.machine, self.console, self.cpu = name, qemu, list(machine), console, cpu
+        self.busybox, self.kernel_root, self.host_root = busybox, kernel_root, host_root
+        self.setup_hint = setup_hint
+
+    def kernel_image(self, version):
+        return os.path.join(self.kernel_root, "boot", f"vmlinuz-{version}")
+
+    def modules_dir(self, version):
+        return os.path.join(self.kernel_root, "lib", "modules", version)
+
+    def __repr__(self):
+        return f"Platform({self.name}, kernel_root={self.kernel_root!r}, host_root={self.host_root!r})"
+
+
+# This machine: its own kernel package and busybox, its root at /mnt/host.
+HOST = Platform("x86_64", QEMU, ["-machine", "pc"], "ttyS0", "qemu64")
 
 
 class VmlabError(Exception):
@@ -93,41 +123,57 @@ def _version_key(version):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version)]
 
 
-def installed_kernels():
-    """Kernel versions with both /boot/vmlinuz-VERSION and /lib/modules/VERSION/modules.dep, oldest first."""
+def installed_kernels(platform=HOST):
+    """Kernel versions with both boot/vmlinuz-VERSION and lib/modules/VERSION/modules.dep under the
+    platform's kernel root (/ for this machine), oldest first."""
+    boot = os.path.join(platform.kernel_root, "boot")
     found = []
-    for name in os.listdir("/boot") if os.path.isdir("/boot") else []:
+    for name in os.listdir(boot) if os.path.isdir(boot) else []:
         if name.startswith("vmlinuz-"):
             version = name[len("vmlinuz-"):]
-            if os.path.exists(f"/lib/modules/{version}/modules.dep"):
+            if os.path.exists(os.path.join(platform.modules_dir(version), "modules.dep")):
                 found.append(version)
     return sorted(found, key=_version_key)
 
 
-def missing(kernel_version=None):
+def missing(kernel_version=None, platform=HOST):
     """Why the lab cannot run here (a sentence), or None when it can."""
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} is not installed; {SETUP_HINT}"
-    if not _is_static_busybox(BUSYBOX):
-        return f"{BUSYBOX} is missing or not statically linked; {SETUP_HINT}"
-    kernels = installed_kernels()
+    hint = platform.setup_hint
+    if shutil.which(platform.qemu) is None:
+        return f"{platform.qemu} is not installed; {hint}"
+    if not _is_static_busybox(platform.busybox):
+        return f"{platform.busybox} is missing or not statically linked; {hint}"
+    kernels = installed_kernels(platform)
+    where = f"{platform.kernel_root.rstrip('/')}/boot and {platform.kernel_root.rstrip('/')}/lib/modules"
     if kernel_version is None and not kernels:
-        return f"no kernel with modules under /boot and /lib/modules; {SETUP_HINT}"
+        return f"no kernel with modules under {where}; {hint}"
     if kernel_version is not None and kernel_version not in kernels:
-        return f"kernel {kernel_version} is not installed (have: {', '.join(kernels) or 'none'}); {SETUP_HINT}"
-    version = kernel_version or kernels[-1]
-    if not os.access(f"/boot/vmlinuz-{version}", os.R_OK):
-        return f"/boot/vmlinuz-{version} is not readable by this user"
+        return f"kernel {kernel_version} is not installed (have: {', '.join(kernels) or 'none'}); {hint}"
+    image = platform.kernel_image(kernel_version or kernels[-1])
+    if not os.access(image, os.R_OK):
+        return f"{image} is not readable by this user"
     return None
 
 
 def _is_static_busybox(path):
+    """An ELF file without a program interpreter (PT_INTERP), of either byte order's 64-bit class."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(1 << 16)
     except OSError:
         return False
-    return data[:4] == b"\x7fELF" and b"/lib64/ld-linux" not in data[:4096]
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return False
+    order = "<" if data[5] == 1 else ">"
+    phoff, = struct.unpack_from(order + "Q", data, 32)
+    phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + 4 > len(data):
+            return False
+        if struct.unpack_from(order + "I", data, at)[0] == 3:  # PT_INTERP: dynamically linked
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,9 +266,9 @@ done
 """
 
 
-def _module_closure(kernel_version, names):
-    """Module files (relative to /lib/modules/VER) in load order, dependencies first."""
-    base = f"/lib/modules/{kernel_version}"
+def _module_closure(kernel_version, names, platform=HOST):
+    """Module files (relative to lib/modules/VER) in load order, dependencies first."""
+    base = platform.modules_dir(kernel_version)
     deps = {}
     with open(f"{base}/modules.dep") as f:
         for line in f:
@@ -246,7 +292,7 @@ def _module_closure(kernel_version, names):
         if key in builtin:
             continue
         if key not in by_name:
-            raise Unavailable(f"module {name} is not in {base}/modules.dep; {SETUP_HINT}")
+            raise Unavailable(f"module {name} is not in {base}/modules.dep; {platform.setup_hint}")
         visit(by_name[key])
     return order
 
@@ -313,13 +359,13 @@ def cache_dir():
     return fallback
 
 
-def initramfs(kernel_version, extra_modules=()):
+def initramfs(kernel_version, extra_modules=(), platform=HOST):
     """Path of the cached initramfs for this kernel, built first when missing."""
-    modules = _module_closure(kernel_version, MODULES + list(extra_modules))
-    base = f"/lib/modules/{kernel_version}"
+    modules = _module_closure(kernel_version, MODULES + list(extra_modules), platform)
+    base = platform.modules_dir(kernel_version)
     key = hashlib.sha256()
     key.update(INIT_SCRIPT.encode())
-    with open(BUSYBOX, "rb") as f:
+    with open(platform.busybox, "rb") as f:
         key.update(hashlib.sha256(f.read()).digest())
     for rel in modules:
         st = os.stat(f"{base}/{rel}")
@@ -332,7 +378,7 @@ def initramfs(kernel_version, extra_modules=()):
     for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc",
               "mnt", "mnt/host", "mnt/out", "lib", "lib/vmlab"]:
         archive.directory(d)
-    with open(BUSYBOX, "rb") as f:
+    with open(platform.busybox, "rb") as f:
         archive.file("bin/busybox", f.read(), 0o755)
     archive.file("init", INIT_SCRIPT.encode(), 0o755)
     names = []
@@ -372,25 +418,27 @@ class Guest:
 
     kernel_version: a version under /boot (default: the newest with modules).
     memory_mib, cpus: the guest's RAM and vCPUs. cpu: QEMU's -cpu (e.g. "max", "qemu64,+la57" for
-    5-level paging). out_dir: host directory shared writable at /mnt/out (default: a fresh one in
-    the work directory, removed with it). append: extra kernel command-line words.
+    5-level paging; default: the platform's). out_dir: host directory shared writable at /mnt/out
+    (default: a fresh one in the work directory, removed with it). append: extra kernel command-line words.
     qemu_args: extra QEMU arguments. boot_timeout: seconds until the command port is ready.
     disk_mib: when > 0, a scratch ext4 disk of that size (sparse file in the work directory,
     guest.disk_image) mounted at /mnt/disk: a real block device for writes of small blocks,
     which over 9p cost a round trip each (LiME writes 4 KiB at a time). host_cache: the 9p
     cache mode of /mnt/host: "loose" (default) caches what the guest read, so it may not see a
     host file changed after it read it; "none" sees every change but made `import torch` about
-    3x slower here.
+    3x slower here. platform: the guest's architecture, kernel and /mnt/host (default: this
+    machine's; vmlab_arm64.platform() gives an arm64 guest with an arm64 Debian userland).
     """
 
-    def __init__(self, kernel_version=None, memory_mib=1024, cpus=2, cpu="qemu64", out_dir=None,
+    def __init__(self, kernel_version=None, memory_mib=1024, cpus=2, cpu=None, out_dir=None,
                  append="", qemu_args=(), boot_timeout=180, extra_modules=(), disk_mib=0,
-                 host_cache="loose"):
-        reason = missing(kernel_version)
+                 host_cache="loose", platform=HOST):
+        reason = missing(kernel_version, platform)
         if reason:
             raise Unavailable(reason)
-        self.kernel_version = kernel_version or installed_kernels()[-1]
-        self.memory_mib, self.cpus, self.cpu = memory_mib, cpus, cpu
+        self.platform = platform
+        self.kernel_version = kernel_version or installed_kernels(platform)[-1]
+        self.memory_mib, self.cpus, self.cpu = memory_mib, cpus, cpu or platform.cpu
         self.append, self.qemu_args = append, list(qemu_args)
         self.boot_timeout = boot_timeout
         self.extra_modules = list(extra_modules)
@@ -424,7 +472,11 @@ class Guest:
 
     def hidden_tree(self):
         """The source tree, when it lies where the guest mounts its own file systems over the host's
-        (/tmp, /run, /mnt...): then it is shared again at its path. None otherwise."""
+        (/tmp, /run, /mnt...): then it is shared again at its path. None otherwise, and None when
+        /mnt/host is not this machine's root (another architecture's userland: the tree's programs
+        would not run there)."""
+        if self.platform.host_root != "/":
+            return None
         tree = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
         hidden = ("/tmp", "/run", "/mnt", "/dev", "/proc", "/sys")
         return tree if any(tree == h or tree.startswith(h + "/") for h in hidden) and " " not in tree else None
@@ -434,16 +486,17 @@ class Guest:
         tree = self.hidden_tree()
         tree_args = ["-fsdev", f"local,id=tree,path={tree},readonly=on,{share}",
                      "-device", "virtio-9p-pci,fsdev=tree,mount_tag=tree"] if tree else []
-        return [QEMU, "-accel", "tcg", "-machine", "pc", "-cpu", self.cpu,
+        platform = self.platform
+        return [platform.qemu, "-accel", "tcg", *platform.machine, "-cpu", self.cpu,
                 "-m", str(self.memory_mib), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
-                "-kernel", f"/boot/vmlinuz-{self.kernel_version}", "-initrd", initrd,
-                "-append", f"{KERNEL_CMDLINE} vmlab.hostcache={self.host_cache}"
+                "-kernel", platform.kernel_image(self.kernel_version), "-initrd", initrd,
+                "-append", f"{KERNEL_CMDLINE.format(console=platform.console)} vmlab.hostcache={self.host_cache}"
                            f"{f' vmlab.tree={tree}' if tree else ''} {self.append}".strip(),
                 "-chardev", f"file,id=console,path={self.console_log}", "-serial", "chardev:console",
                 "-chardev", f"socket,id=cmd,path={socket_path}",
                 "-device", "virtio-serial-pci", "-device", f"virtserialport,chardev=cmd,name={COMMAND_PORT}",
-                "-fsdev", f"local,id=hostroot,path=/,readonly=on,{share}",
+                "-fsdev", f"local,id=hostroot,path={platform.host_root},readonly=on,{share}",
                 "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
                 "-fsdev", f"local,id=out,path={self.out_dir},{share}",
                 "-device", "virtio-9p-pci,fsdev=out,mount_tag=out",
@@ -464,7 +517,7 @@ class Guest:
             raise VmlabError(f"mkfs.ext4 of the scratch disk failed: {result.stderr.strip()} (e2fsprogs installed?)")
 
     def start(self):
-        initrd = initramfs(self.kernel_version, self.extra_modules)
+        initrd = initramfs(self.kernel_version, self.extra_modules, self.platform)
         if self.disk_image:
             self._make_disk()
         socket_path = os.path.join(self.workdir, "cmd.sock")
@@ -642,12 +695,12 @@ class Guest:
 # ---------------------------------------------------------------------------------------------
 # A quick look by hand
 
-def _main(argv):
+def _main(argv, make_platform=lambda: HOST, description="Boot the VM lab guest and run commands in it."):
     import argparse
-    parser = argparse.ArgumentParser(description="Boot the VM lab guest and run commands in it.")
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--memory", type=int, default=1024, help="MiB (default 1024)")
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--cpu", default="qemu64")
+    parser.add_argument("--cpu", default=None, help="QEMU -cpu (default: the platform's)")
     parser.add_argument("--kernel", default=None)
     parser.add_argument("--disk", type=int, default=0, help="scratch disk at /mnt/disk, MiB")
     parser.add_argument("--host-cache", default="loose", help="9p cache mode of /mnt/host")
@@ -656,7 +709,7 @@ def _main(argv):
     sub.add_parser("measure", help="boot-to-shell and torch-import times")
     args = parser.parse_args(argv)
     with Guest(args.kernel, args.memory, args.cpus, args.cpu, disk_mib=args.disk,
-               host_cache=args.host_cache) as guest:
+               host_cache=args.host_cache, platform=make_platform()) as guest:
         print(f"booted {guest.kernel_version} in {guest.boot_seconds:.1f} s", file=sys.stderr)
         if args.what == "run":
             for cmd in args.cmd:
