@@ -77,6 +77,7 @@ class PyHeap {
     type_type = raw_type("type", kTypeSub);
     b_.put64(type_type + 8, type_type);
     object_type = type("object", 0);
+    set_mro(type_type, {});  // (type, object), which the runtime's layout check reads
     str_type = type("str", kUnicode);
     int_type = type("int", kLong);
     bool_type = type("bool", kLong);

@@ -6,6 +6,8 @@
     chroots.py missing SUITE...     print the suites not built yet; exit 0 if any, 1 if none
     chroots.py info SUITE           print what the chroot holds (JSON)
     chroots.py run SUITE [--work DIR] -- ARGV...   run ARGV inside (e.g. python3 -c ...)
+    chroots.py command SUITE [--work DIR] -- ARGV...   print the shell command line that runs it
+                                                   (execs down to ARGV: its pid is the program's)
 
 Each chroot is `debootstrap --variant=minbase --include=python3-torch SUITE DIR MIRROR`, cached
 outside the repository in $MLFX_MATRIX_CACHE (default /var/cache/mlfx-matrix, or
@@ -333,7 +335,7 @@ def inside(host_path, work, victims=VICTIMS):
 # ---- CLI ----
 
 def main(argv):
-    if len(argv) < 1 or argv[0] not in ("build", "path", "missing", "info", "run"):
+    if len(argv) < 1 or argv[0] not in ("build", "path", "missing", "info", "run", "command"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -350,7 +352,7 @@ def main(argv):
             return 0 if missing else 1
         elif cmd == "info" and len(rest) == 1:
             print(json.dumps(info(rest[0]), indent=1))
-        elif cmd == "run" and len(rest) >= 2:
+        elif cmd in ("run", "command") and len(rest) >= 2:
             suite, rest = rest[0], rest[1:]
             work = os.getcwd()
             if rest[0] == "--work":
@@ -358,7 +360,10 @@ def main(argv):
             if rest[:1] == ["--"]:
                 rest = rest[1:]
             if not rest:
-                raise ChrootError("run: no command given")
+                raise ChrootError(cmd + ": no command given")
+            if cmd == "command":
+                print(chroot_shell_command(get(suite), work, rest))
+                return 0
             return subprocess.run(chroot_command(get(suite), work, rest)).returncode
         else:
             print(__doc__, file=sys.stderr)

@@ -1,5 +1,6 @@
-// The CPython object model on every interpreter of this machine: pyenv's 3.6-3.13 and Debian's
-// python3. Each runs tests/victims/object_graph.py (pure Python: every dict layout and plain
+// The CPython object model on every interpreter of this machine: pyenv's 3.6-3.13, Debian's
+// python3, and the version matrix's Debian trixie (3.13) and sid (3.14) chroots
+// (tests/matrix/chroots.py; built when missing, as the matrix tests do). Each runs tests/victims/object_graph.py (pure Python: every dict layout and plain
 // value type), is captured by mlfx-agent, and the analyzer's frontend reads every probe back
 // from the core: the same attributes in the same order, the same values, the same dict items,
 // compared with the ground truth the victim wrote outside the capture. Interpreters older
@@ -25,10 +26,25 @@ using frontends::cpython::ObjectReader;
 using frontends::cpython::PythonRuntime;
 
 struct Interpreter {
-  std::string path;
+  std::string path;    // the python, or the chroot's suite
   unsigned major = 0, minor = 0;
-  std::string label() const { return std::to_string(major) + "." + std::to_string(minor) + " " + path; }
+  bool chroot = false;  // path is a suite of tests/matrix/chroots.py
+  std::string label() const {
+    return std::to_string(major) + "." + std::to_string(minor) + " " + path + (chroot ? " (chroot)" : "");
+  }
+  // The shell command that runs the victim writing its truth to `gt`.
+  std::string victim(const std::string& gt) const {
+    if (!chroot) return path + " " + kVictims + "/object_graph.py " + gt;
+    const std::string err = gt + ".chroot-err";
+    auto cmd = run("(python3 " + std::string(MLFX_SOURCE_DIR) + "/tests/matrix/chroots.py command " + path +
+                   " --work " + gt + " -- /usr/bin/python3 /mnt/victims/object_graph.py /mnt/work 2>" + err + ")");
+    if (cmd.exit_code != 0) return "cat " + err + " >&2; false";  // the victim fails saying why
+    return cmd.output.substr(0, cmd.output.find_last_not_of('\n') + 1);
+  }
 };
+
+// The chroots of the version matrix whose Python the machine has nowhere else.
+constexpr std::pair<const char*, unsigned> kMatrixPythons[] = {{"trixie", 13}, {"sid", 14}};
 
 // pyenv's CPython 3 builds ($PYENV_ROOT, default ~/.pyenv) and Debian's python3, oldest first.
 std::vector<Interpreter> interpreters() {
@@ -47,6 +63,7 @@ std::vector<Interpreter> interpreters() {
   }
   auto debian = run("/usr/bin/python3 -c 'import sys; print(sys.version_info[1])'");
   if (debian.exit_code == 0) out.push_back({"/usr/bin/python3", 3, unsigned(std::stoul(debian.output))});
+  for (const auto& [suite, minor] : kMatrixPythons) out.push_back({suite, 3, minor, true});
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.minor < b.minor; });
   return out;
 }
@@ -66,8 +83,9 @@ class CpythonVersions : public ::testing::Test {
 
   // Starts the victim under `python`, captures it, and returns the core's path.
   std::string capture(const Interpreter& python, const std::string& gt) {
-    Victim v(python.path + " " + kVictims + "/object_graph.py " + gt, gt);
-    if (!wait_for(gt + "/ready", 60)) {
+    fs::create_directories(gt);
+    Victim v(python.victim(gt), gt);
+    if (!wait_for(gt + "/ready", python.chroot ? 3000 : 60)) {  // a chroot may be built first
       ADD_FAILURE() << python.label() << ": victim did not start: " << v.stderr_text();
       return "";
     }
@@ -103,7 +121,7 @@ void check_probes(const Interpreter& python, const std::string& core_path, const
   auto rt = PythonRuntime::locate(*image.memory, image.mapped_files, diag);
   ASSERT_TRUE(rt) << rt.error().to_string();
   EXPECT_EQ(rt->version_hex(), truth["hexversion"].get<uint32_t>()) << rt->version();
-  EXPECT_EQ(rt->layout().name, std::to_string(python.major) + "." + std::to_string(python.minor));
+  EXPECT_EQ(std::string(rt->layout().name), std::to_string(python.major) + "." + std::to_string(python.minor));
   ObjectReader reader(*image.memory, rt->layout(), diag);
   const std::vector<uint64_t> objects = rt->tracked_objects(diag);
   EXPECT_GT(objects.size(), 1000u);

@@ -280,6 +280,13 @@ Status PythonRuntime::check_layout(Diagnostics& diag) {
     return fail(Errc::kUnsupported, table + " does not fit this image: PyType_Type at " + hex_address(type_type_) +
                                         " does not look like a type object");
   }
+  // Its MRO is the tuple (type, object): the tuple layout reads it back.
+  MLFX_ASSIGN(uint64_t mro, mem_->read_u64(type_type_ + L.tp_mro));
+  auto mro_size = mem_->read_u64(mro + L.var_size);
+  auto mro_first = mem_->read_u64(mro + L.tuple_items);
+  if (!mro_size || *mro_size != 2 || !mro_first || *mro_first != type_type_)
+    return fail(Errc::kUnsupported, table + " does not fit this image: PyType_Type's MRO at " + hex_address(mro) +
+                                        " does not read as (type, object)");
   MLFX_ASSIGN(interp_, mem_->read_u64(runtime_ + L.runtime_interpreters_head));
   const uint64_t gc_base = L.gc_home == GcHome::kRuntime ? runtime_ : interp_;
   if (!interp_ || !mem_->is_mapped(interp_, std::max(L.interp_modules, L.interp_sysdict) + 8))
