@@ -43,6 +43,30 @@ def fail(msg):
     sys.exit(1)
 
 
+def check_modules(name, arch, truth_path):
+    """Every module's class and hyperparameters in architecture.json equal the victim's own
+    (NAME.modules.json, when the victim wrote one)."""
+    if not os.path.exists(truth_path):
+        return
+    truth = json.load(open(truth_path))
+    nodes, stack = {}, [arch]
+    while stack:
+        node = stack.pop()
+        nodes.setdefault(node["path"], node)
+        stack.extend(c for c in node.get("children", []) if c.get("path") is not None)
+    for path, want in truth.items():
+        got = nodes.get(path)
+        if got is None:
+            fail("%s: module '%s' is not in architecture.json" % (name, path))
+        if got["class"] != want["class"]:
+            fail("%s: module '%s' is %s, not %s" % (name, path, got["class"], want["class"]))
+        if got["attributes"] != want["attributes"]:
+            fail("%s: module '%s' hyperparameters differ: %s vs %s" % (name, path, got["attributes"], want["attributes"]))
+        if sorted(got["other_attributes"]) != sorted(want["other_attributes"]):
+            fail("%s: module '%s' other attributes differ: %s vs %s"
+                 % (name, path, got["other_attributes"], want["other_attributes"]))
+
+
 def main():
     gt_dir, rec_dir = sys.argv[1], sys.argv[2]
     report = json.load(open(os.path.join(rec_dir, "report.json")))
@@ -85,6 +109,7 @@ def main():
         arch = json.load(open(os.path.join(rec_dir, m["directory"], "architecture.json")))
         if arch["class"] != exp["class"]:
             fail("%s: architecture.json names class %s" % (exp["name"], arch["class"]))
+        check_modules(exp["name"], arch, os.path.join(gt_dir, exp["name"] + ".modules.json"))
         print("OK %-10s %-40s %4d tensors identical (pt and safetensors)" % (exp["name"], exp["class"], len(gt)))
     if not report["models"]:
         fail("no models recovered")
