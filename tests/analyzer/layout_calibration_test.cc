@@ -110,20 +110,26 @@ TEST_F(TorchCalibration, ATensorWhoseInvariantsFailIsRefusedNotRead) {
   EXPECT_EQ(r.layout(), nullptr);
 }
 
-// A core of a CPython that publishes _Py_DebugOffsets with free_threaded set.
-TEST(CpythonCalibration, AFreeThreadedBuildIsRefusedAsUnsupported) {
-  fuzz::PythonProcess proc;
-  proc.publish_debug_offsets(0x030D03F0, true);
+// The interpreter in the core of a synthetic process (with what locate() warned of in `diag`).
+Result<frontends::cpython::PythonRuntime> locate_in(fuzz::PythonProcess& proc, Diagnostics& diag) {
   proc.track({});
   testing::TempDir dir;
   const std::string path = dir / "core";
   testing::write_file(path, proc.core());
-  auto file = layers::FileLayer::open(path);
-  ASSERT_TRUE(file);
-  auto core = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
-  ASSERT_TRUE(core) << core.error().to_string();
+  MLFX_ASSIGN(auto file, layers::FileLayer::open(path));
+  MLFX_ASSIGN(auto core, layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(file))));
+  // The runtime reads through the core while it is used: keep the core alive with the test.
+  static std::vector<std::shared_ptr<const layers::ElfCoreLayer>> kept;
+  kept.emplace_back(std::move(core));
+  return frontends::cpython::PythonRuntime::locate(*kept.back(), kept.back()->info().files, diag);
+}
+
+// A core of a CPython that publishes _Py_DebugOffsets with free_threaded set.
+TEST(CpythonCalibration, AFreeThreadedBuildIsRefusedAsUnsupported) {
+  fuzz::PythonProcess proc;
+  proc.publish_debug_offsets(0x030D03F0, true);
   Diagnostics diag;
-  auto rt = frontends::cpython::PythonRuntime::locate(**core, (*core)->info().files, diag);
+  auto rt = locate_in(proc, diag);
   ASSERT_FALSE(rt);
   EXPECT_EQ(rt.error().code(), Errc::kUnsupported);
   EXPECT_NE(rt.error().to_string().find("unsupported: CPython 3.13 "), std::string::npos) << rt.error().to_string();
@@ -133,16 +139,8 @@ TEST(CpythonCalibration, AFreeThreadedBuildIsRefusedAsUnsupported) {
 // The same image without the flag is read, and says how it was calibrated.
 TEST(CpythonCalibration, ThePlainBuildOfTheSameImageIsRead) {
   fuzz::PythonProcess proc;
-  proc.track({});
-  testing::TempDir dir;
-  const std::string path = dir / "core";
-  testing::write_file(path, proc.core());
-  auto file = layers::FileLayer::open(path);
-  ASSERT_TRUE(file);
-  auto core = layers::ElfCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*file)));
-  ASSERT_TRUE(core);
   Diagnostics diag;
-  auto rt = frontends::cpython::PythonRuntime::locate(**core, (*core)->info().files, diag);
+  auto rt = locate_in(proc, diag);
   ASSERT_TRUE(rt) << rt.error().to_string();
   EXPECT_EQ(rt->version(), "3.11.2");
   EXPECT_EQ(rt->calibration(), (std::vector<std::string>{"version from Py_Version", "sys.hexversion agrees"}));
