@@ -1,5 +1,7 @@
 #include "recovery/recover.h"
 
+#include <elf.h>
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -562,6 +564,17 @@ Result<ImageSource> attach_file_data(const RecoverOptions& o, layers::ProcessIma
   return src;
 }
 
+// The process's architecture, by its ELF machine number.
+std::string machine_name(uint16_t machine) {
+  switch (machine) {
+    case EM_X86_64: return "x86_64";
+    case EM_AARCH64: return "aarch64";
+    case EM_386: return "i386";
+    case EM_ARM: return "arm";
+    default: return "EM " + std::to_string(machine);
+  }
+}
+
 // Every model of one process image into `out_dir` (new or empty), with its report.json.
 Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string& out_dir, const layers::ProcessImage& image,
                                       const ImageSource& src, json::Json input, Diagnostics& diag, json::Json timings,
@@ -633,7 +646,7 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
       {"process",
        {{"pid", image.facts.pid}, {"command", image.facts.command}, {"args", image.facts.args},
         {"threads", image.facts.threads}, {"mapped_files", image.mapped_files.size()},
-        {"segments", image.facts.segments}}},
+        {"segments", image.facts.segments}, {"machine", machine_name(image.facts.elf_machine)}}},
       {"python",
        {{"version", runtime.version()}, {"binary", runtime.binary()}, {"layout", runtime.layout().name},
         {"calibration", runtime.calibration()}, {"runtime", hex_address(runtime.runtime())}, {"gc_state", hex_address(runtime.gc_state())},

@@ -79,6 +79,7 @@ class Recovery : public ::testing::Test {
     auto report = json::parse(testing::read_file(out + "/report.json"), "report");
     ASSERT_TRUE(report);
     EXPECT_EQ((*report)["python"]["version"].get<std::string>().substr(0, 5), "3.11.");
+    EXPECT_EQ((*report)["process"]["machine"], "x86_64");
     EXPECT_TRUE((*report)["torch"]["loaded"].get<bool>());
     for (const auto& m : (*report)["models"]) EXPECT_TRUE(m["complete"].get<bool>()) << m.dump();
   }
