@@ -65,6 +65,20 @@ TEST_F(TorchCalibration, EachReleaseReadsThroughItsOwnTable) {
   }
 }
 
+TEST_F(TorchCalibration, ATensorWhoseDataTheImageLacksStillHasItsLayout) {
+  // Its data in a file mapping the evidence did not capture (or swapped out).
+  const auto& L = frontends::torch::kTorch23To29;
+  const uint64_t t = fuzz::make_tensor(py, tensor_type, {4, 4}, false, L);
+  const uint64_t impl = *reinterpret_cast<uint64_t*>(blob.at(t + L.thp_impl));
+  const uint64_t storage = *reinterpret_cast<uint64_t*>(blob.at(impl + L.impl_storage));
+  blob.put64(storage + L.storage_data, 0x7fff00000000);
+  TensorReader& r = reader();
+  auto info = r.read(t);
+  ASSERT_TRUE(info) << info.error().to_string();
+  EXPECT_EQ(r.layout_name(), L.name);
+  EXPECT_EQ(info->data, 0x7fff00000000u);
+}
+
 TEST_F(TorchCalibration, AnUnknownReleaseIsReadThroughALayoutDerivedFromItsInvariants) {
   // A PyObject slot 16 bytes further than any table has it (a release with a bigger slot).
   TorchLayout moved = frontends::torch::kTorch23To29;

@@ -9,9 +9,9 @@ namespace {
 constexpr uint64_t kMaxDims = 64;
 
 // Every invariant a tensor read through layout L must hold beyond those read_with() checks:
-// its storage holds its extent (at least a byte per element), its data is in the image, its
-// device and dtype are in range.
-bool whole(const TensorInfo& t, const layers::Layer& mem) {
+// its storage holds its extent (at least a byte per element), its device and dtype are in
+// range, and, with `need_data`, its data is in the image.
+bool whole(const TensorInfo& t, const layers::Layer& mem, bool need_data) {
   if (t.device_type < 0 || t.device_type > 32 || t.scalar_type > 64 || t.storage_offset < 0) return false;
   uint64_t extent = t.numel ? 1 : 0;
   for (size_t i = 0; i < t.sizes.size() && t.numel; ++i) {
@@ -19,7 +19,8 @@ bool whole(const TensorInfo& t, const layers::Layer& mem) {
     extent += uint64_t(t.sizes[i] - 1) * uint64_t(t.strides[i]);
   }
   if (t.storage_bytes < uint64_t(t.storage_offset) + extent) return false;
-  return t.storage_bytes == 0 || t.device_type != 0 || mem.is_mapped(t.data, std::min<uint64_t>(t.storage_bytes, 64));
+  return !need_data || t.storage_bytes == 0 || t.device_type != 0 ||
+         mem.is_mapped(t.data, std::min<uint64_t>(t.storage_bytes, 64));
 }
 
 }  // namespace
@@ -41,15 +42,27 @@ Result<bool> TensorReader::is_tensor_type(uint64_t type) const {
 // it keep their distances, the storage and its data pointer sit after a vtable and 16 or 24
 // bytes of refcounts. A layout that does not fit is never used.
 Status TensorReader::calibrate(uint64_t obj) {
+  // First with the data in the image (the strongest check), then without: a tensor whose pages
+  // the evidence lacks (swapped out, a file mapping not captured) still has a layout.
+  if (fits(obj, true) || fits(obj, false)) {
+    unsupported_.clear();
+    return {};
+  }
+  unsupported_ = "unsupported: no torch layout table fits the tensor at " + hex_address(obj) +
+                 " and none can be derived (no TensorImpl found that points back to it and reads whole): this "
+                 "torch build is not supported";
+  return fail(Errc::kUnsupported, unsupported_);
+}
+
+bool TensorReader::fits(uint64_t obj, bool need_data) {
   const auto& mem = objects_.memory();
   for (const TorchLayout* l : kTorchLayouts) {
     auto t = read_with(*l, obj);
-    if (t && whole(*t, mem)) {
+    if (t && whole(*t, mem, need_data)) {
       layout_ = *l;
       layout_name_ = l->name;
       calibrated_ = true;
-      unsupported_.clear();
-      return {};
+      return true;
     }
   }
   for (uint32_t thp : {16u, 24u}) {
@@ -71,22 +84,18 @@ Status TensorReader::calibrate(uint64_t obj) {
         d.storage_device = d.storage_data + 24;
         d.storage_size_bytes = d.storage_data + 32;
         auto t = read_with(d, obj);
-        if (!t || !whole(*t, mem)) continue;
+        if (!t || !whole(*t, mem, need_data)) continue;
         layout_ = d;
         layout_name_ = "derived from invariants (no table fits): TensorImpl* at THPVariable+" + std::to_string(thp) +
                        ", PyObject slot at TensorImpl+" + std::to_string(pyobj) + ", storage at TensorImpl+" +
                        std::to_string(d.impl_storage) + ", data at StorageImpl+" + std::to_string(d.storage_data);
         layout_.name = layout_name_.c_str();
         calibrated_ = true;
-        unsupported_.clear();
-        return {};
+        return true;
       }
     }
   }
-  unsupported_ = "unsupported: no torch layout table fits the tensor at " + hex_address(obj) +
-                 " and none can be derived (no TensorImpl found that points back to it and reads whole): this "
-                 "torch build is not supported";
-  return fail(Errc::kUnsupported, unsupported_);
+  return false;
 }
 
 Result<TensorInfo> TensorReader::read(uint64_t obj) {

@@ -43,6 +43,7 @@ class TensorReader {
  private:
   Result<TensorInfo> read_with(const TorchLayout& L, uint64_t obj) const;
   Status calibrate(uint64_t obj);
+  bool fits(uint64_t obj, bool need_data);  // sets the layout when one reads `obj` whole
 
   const cpython::ObjectReader& objects_;
   TorchLayout layout_{};
