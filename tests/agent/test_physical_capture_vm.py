@@ -52,7 +52,6 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "kmod"))
 import kmod_build  # noqa: E402
 import vmlab  # noqa: E402
 
-SKIP = 77
 VICTIMS = os.path.join(ROOT, "tests", "victims")
 PYTHON = "/usr/bin/python3"
 DEVICE_ID = "vmlab-guest"
@@ -608,14 +607,6 @@ def run_in_guest(guest, args, tmp, out):
         (bare_bundle, victim, gt)
 
 
-def unavailable(reason):
-    if os.environ.get("MLFX_VMLAB_OPTIONAL") == "1":
-        print(f"SKIP: {reason}")
-        return SKIP
-    print(f"FAIL: {reason} (MLFX_VMLAB_OPTIONAL=1 makes this a skip)")
-    return 1
-
-
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agent", required=True, help="the built mlfx-agent")
@@ -625,12 +616,12 @@ def main(argv):
     args.agent, args.mlfx = os.path.abspath(args.agent), os.path.abspath(args.mlfx)
     reason = vmlab.missing()
     if reason:
-        return unavailable(reason)
+        return vmlab.unavailable(reason)
     kernel = vmlab.installed_kernels()[-1]
     if kernel not in kmod_build.kernels_with_headers():
-        return unavailable(f"no headers for the guest's kernel {kernel} (packaging/setup-deps.sh installs them)")
+        return vmlab.unavailable(f"no headers for the guest's kernel {kernel} (packaging/setup-deps.sh installs them)")
     if not os.path.exists(f"/lib/modules/{kernel}/updates/dkms/lime.ko"):
-        return unavailable(f"lime-forensics-dkms is not built for {kernel} (packaging/setup-deps.sh)")
+        return vmlab.unavailable(f"lime-forensics-dkms is not built for {kernel} (packaging/setup-deps.sh)")
 
     # MLFX_VMLAB_KEEP=1 keeps the bundles and outputs for a look after a failure.
     keep = os.environ.get("MLFX_VMLAB_KEEP") == "1"

@@ -38,7 +38,6 @@ sys.path.insert(0, HERE)
 import guest_victim  # noqa: E402  (page_content: what the victim writes)
 import kmod_build  # noqa: E402
 
-SKIP = 77
 VICTIM_PAGES = 4096  # 16 MiB
 # A virtio-mem device: 256 MiB of region, 64 MiB plugged. Linux adds it a 128 MiB memory block
 # at a time, so one "System RAM (virtio_mem)" of 128 MiB appears under "virtioN", half of it
@@ -248,14 +247,6 @@ def run_in_guest(guest, reader, module, out):
     expect(guest.running(victim.pid), "the victim still runs")
 
 
-def unavailable(reason):
-    if os.environ.get("MLFX_VMLAB_OPTIONAL") == "1":
-        print(f"SKIP: {reason}")
-        return SKIP
-    print(f"FAIL: {reason} (MLFX_VMLAB_OPTIONAL=1 makes this a skip)")
-    return 1
-
-
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reader", required=True, help="the built mlfx_mem_reader")
@@ -264,11 +255,11 @@ def main(argv):
     import vmlab
     reason = vmlab.missing()
     if reason:
-        return unavailable(reason)
+        return vmlab.unavailable(reason)
     kernel = vmlab.installed_kernels()[-1]
     if kernel not in kmod_build.kernels_with_headers():
-        return unavailable(f"no headers for the guest's kernel {kernel}; install linux-headers-{kernel} "
-                           "(packaging/setup-deps.sh does)")
+        return vmlab.unavailable(f"no headers for the guest's kernel {kernel}; install linux-headers-{kernel} "
+                                 "(packaging/setup-deps.sh does)")
 
     with tempfile.TemporaryDirectory(prefix="mlfx-kmod-vm-") as tmp:
         try:

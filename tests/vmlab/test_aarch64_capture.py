@@ -35,7 +35,6 @@ sys.path.insert(0, HERE)
 import vmlab  # noqa: E402
 import vmlab_arm64  # noqa: E402
 
-SKIP = 77
 VICTIMS = os.path.join(ROOT, "tests", "victims")
 PYTHON = "/usr/bin/python3"
 EM_AARCH64 = 183
@@ -69,14 +68,6 @@ def run_host(*args, ok=(0,)):
     proc = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     expect(proc.returncode in ok, f"{' '.join(args)} exited {proc.returncode}", proc.stdout)
     return proc.stdout
-
-
-def unavailable(reason):
-    if os.environ.get("MLFX_VMLAB_OPTIONAL") == "1":
-        print(f"SKIP: {reason}")
-        return SKIP
-    print(f"FAIL: {reason} (MLFX_VMLAB_OPTIONAL=1 makes this a skip)")
-    return 1
 
 
 def build_arm64_agent(out_dir):
@@ -195,10 +186,10 @@ def main(argv):
             step("building the arm64 agent (packaging/build-agent.sh --arch arm64)")
             agent, log = build_arm64_agent(args.agent_out or os.path.join(tmp, "agent"))
             if agent is None:
-                return unavailable(f"packaging/build-agent.sh cannot install what an arm64 build needs:\n{log[-2000:]}")
+                return vmlab.unavailable(f"packaging/build-agent.sh cannot install what an arm64 build needs:\n{log[-2000:]}")
             reason = vmlab_arm64.missing()  # after the agent's build: it gives dpkg the arm64 architecture
             if reason:
-                return unavailable(reason)
+                return vmlab.unavailable(reason)
             step("the fixture: arm64 kernel, busybox, userland (built once per machine)")
             platform = vmlab_arm64.platform()
             out = os.path.join(tmp, "out")
@@ -220,7 +211,7 @@ def main(argv):
             print(f"FAIL {e}")
             return 1
         except vmlab.Unavailable as e:
-            return unavailable(str(e))
+            return vmlab.unavailable(str(e))
         except vmlab.VmlabError as e:
             print(f"FAIL the VM lab: {e}")
             return 1

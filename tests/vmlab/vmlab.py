@@ -119,6 +119,19 @@ class CommandFailed(VmlabError):
 # ---------------------------------------------------------------------------------------------
 # What is installed
 
+SKIP = 77  # ctest's SKIP_RETURN_CODE for the VM tests
+
+
+def unavailable(reason):
+    """What a VM test exits with when the lab cannot run here: a failure, or a skip (SKIP) where
+    MLFX_VMLAB_OPTIONAL=1 says the lab is optional on this machine."""
+    if os.environ.get("MLFX_VMLAB_OPTIONAL") == "1":
+        print(f"SKIP: {reason}")
+        return SKIP
+    print(f"FAIL: {reason} (MLFX_VMLAB_OPTIONAL=1 makes this a skip)")
+    return 1
+
+
 def _version_key(version):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version)]
 
