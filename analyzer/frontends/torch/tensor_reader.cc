@@ -73,6 +73,7 @@ bool TensorReader::fits(uint64_t obj, bool need_data) {
       if (!back || (*back & ~uint64_t(1)) != obj) continue;
       for (uint32_t counts : {16u, 8u}) {  // refcounts after the vtable: two size_t, or packed
         TorchLayout d{};
+        d.name = "derived from invariants";  // the offsets found are in layout_name_
         d.thp_impl = thp;
         d.impl_storage = 8 + counts;
         d.impl_pyobj = pyobj;
@@ -89,7 +90,6 @@ bool TensorReader::fits(uint64_t obj, bool need_data) {
         layout_name_ = "derived from invariants (no table fits): TensorImpl* at THPVariable+" + std::to_string(thp) +
                        ", PyObject slot at TensorImpl+" + std::to_string(pyobj) + ", storage at TensorImpl+" +
                        std::to_string(d.impl_storage) + ", data at StorageImpl+" + std::to_string(d.storage_data);
-        layout_.name = layout_name_.c_str();
         calibrated_ = true;
         return true;
       }
