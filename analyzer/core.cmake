@@ -4,12 +4,18 @@
 # analyzer: CLI, exporters, recovery), by the top-level CMakeLists.txt for tests/fuzz.
 set(_mlfx_analyzer_dir ${CMAKE_CURRENT_LIST_DIR})
 
-# Address spaces: files, segmented layers, ELF cores, LiME images, sysroot files under a core.
+# Address spaces: files, segmented layers, ELF cores, LiME images, sysroot files under a core,
+# CUDA GPU core dumps.
 add_library(mlfx_layers ${_mlfx_analyzer_dir}/layers/layer.cc ${_mlfx_analyzer_dir}/layers/file_layer.cc
             ${_mlfx_analyzer_dir}/layers/segmented_layer.cc ${_mlfx_analyzer_dir}/layers/elf_core_layer.cc
-            ${_mlfx_analyzer_dir}/layers/sysroot_layer.cc ${_mlfx_analyzer_dir}/layers/lime_layer.cc)
+            ${_mlfx_analyzer_dir}/layers/sysroot_layer.cc ${_mlfx_analyzer_dir}/layers/lime_layer.cc
+            ${_mlfx_analyzer_dir}/layers/cuda_core_layer.cc)
 target_include_directories(mlfx_layers PUBLIC ${_mlfx_analyzer_dir})
-target_link_libraries(mlfx_layers PUBLIC mlfx_base)
+# ISA-L inflates gzip-compressed GPU core dumps (about 3x zlib's speed); GLOBAL: the exporters
+# and the tests use it too.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET GLOBAL libisal)
+target_link_libraries(mlfx_layers PUBLIC mlfx_base mlfx_cudacore PRIVATE PkgConfig::ISAL)
 
 # Whole-memory captures: the physical image, its context, processes rebuilt from their pagemaps.
 add_library(mlfx_physical ${_mlfx_analyzer_dir}/physical/physical_image.cc)
