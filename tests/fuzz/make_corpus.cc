@@ -2,7 +2,7 @@
 //
 //   make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]
 //               [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR]
-//               [--physical DIR] [--btf DIR] [--kernel DIR] [--capture_request DIR]
+//               [--physical DIR] [--btf DIR] [--kernel DIR] [--capture_request DIR] [--cuda_core DIR]
 //
 // bundle_reader: small valid bundles (chunk size 4 KiB) sealed with BundleWriter, signed by
 //                the fixed device key and encrypted to the fixed lab key of fixed_keys.h;
@@ -30,6 +30,9 @@
 //                opened, its tasks, VMAs and process rebuilt and checked before it is kept;
 // safetensors:   files as safetensors_writer.h writes them (none, one, many dtypes, 0-d and
 //                empty tensors, metadata), each read back before it is kept;
+// cuda_core:     CUDA GPU core dumps per NVIDIA's public cudacoredump.h (synthetic_cuda_core.h):
+//                device rows of 72, 80 and 88 bytes, with and without metadata, extended
+//                numbering, managed memory, gzip in one and in two members; each opened first;
 // capture_request: signed capture requests from the lab (by target, by pid, every field at its
 //                longest, non-ASCII text), signed by the fixed device key, each parsed back.
 //
@@ -62,9 +65,11 @@
 #include "layers/file_layer.h"
 #include "mlfx/crypto/hash.h"
 #include "physical/physical_image.h"
+#include "layers/cuda_core_layer.h"
 #include "layers/elf_core_layer.h"
 #include "layers/file_layer.h"
 #include "hostile_shapes.h"
+#include "synthetic_cuda_core.h"
 #include "kernel/tasks.h"
 #include "synthetic_image.h"
 #include "synthetic_kernel.h"
@@ -592,6 +597,29 @@ std::map<std::string, std::string> btf_seeds() {
   return seeds;
 }
 
+// ---- CUDA GPU core dumps (cuda_core) -------------------------------------------------------
+
+std::vector<std::pair<std::string, std::string>> cuda_core_seeds() {
+  std::vector<std::pair<std::string, std::string>> seeds;
+  for (uint32_t row : {72u, 80u, 88u}) {
+    synthetic::CudaDumpSpec spec;
+    spec.device_row = row;
+    spec.meta = row == 88;
+    seeds.push_back({"rows-" + std::to_string(row) + ".nvcudmp", synthetic::cuda_dump(spec)});
+  }
+  synthetic::CudaDumpSpec extended;
+  extended.extended = true;
+  extended.filler_sections = 8;
+  seeds.push_back({"extended.nvcudmp", synthetic::cuda_dump(extended)});
+  synthetic::CudaDumpSpec skipped;
+  skipped.flags |= cudacore::kFlagSkipGlobalMemory;
+  skipped.memory.clear();
+  seeds.push_back({"skip-global.nvcudmp", synthetic::cuda_dump(skipped)});
+  seeds.push_back({"gzip.nvcudmp.gz", synthetic::gzip(synthetic::cuda_dump({}))});
+  seeds.push_back({"gzip-two-members.nvcudmp.gz", synthetic::gzip(synthetic::cuda_dump({}), 2)});
+  return seeds;
+}
+
 int main(int argc, char** argv) {
   std::map<std::string, fs::path> dirs;
   for (int i = 1; i < argc; ++i) {
@@ -599,12 +627,12 @@ int main(int argc, char** argv) {
     if (a.rfind("--", 0) == 0 && i + 1 < argc &&
         (a == "--bundle_reader" || a == "--manifest" || a == "--custody" || a == "--keys" ||
          a == "--elf_core" || a == "--python_objects" || a == "--wire" || a == "--safetensors" ||
-         a == "--physical" || a == "--btf" || a == "--kernel" || a == "--capture_request")) {
+         a == "--physical" || a == "--btf" || a == "--kernel" || a == "--capture_request" || a == "--cuda_core")) {
       dirs[a.substr(2)] = argv[++i];
     } else {
       die("usage: make_corpus [--bundle_reader DIR] [--manifest DIR] [--custody DIR] [--keys DIR]"
           " [--elf_core DIR] [--python_objects DIR] [--wire DIR] [--safetensors DIR] [--physical DIR]"
-          " [--btf DIR] [--kernel DIR] [--capture_request DIR]"
+          " [--btf DIR] [--kernel DIR] [--capture_request DIR] [--cuda_core DIR]"
           " (unexpected '" + a + "')");
     }
   }
@@ -684,6 +712,14 @@ int main(int argc, char** argv) {
     for (const auto& [name, input] : kernel_seeds()) put("kernel", name, input);
   if (dirs.count("capture_request"))
     for (const auto& [name, input] : capture_request_seeds()) put("capture_request", name, input);
+
+  if (dirs.count("cuda_core"))
+    for (const auto& [name, input] : cuda_core_seeds()) {
+      put("cuda_core", name, input);
+      auto layer = layers::FileLayer::open((dirs.at("cuda_core") / name).string());
+      if (!layer || !layers::CudaCoreLayer::open(std::shared_ptr<const layers::Layer>(std::move(*layer)), 16u << 20))
+        die("cuda_core seed " + name + " does not open");
+    }
 
   std::printf("make_corpus: wrote %zu seed files\n", files);
   return 0;
