@@ -103,17 +103,27 @@ Result<CaptureOutcome> capture_to_bundle(const std::vector<CaptureSource*>& sour
   // Page faults on the buffers are taken now, not while the targets are frozen.
   MLFX_TRY(w.prepare_buffers(expected));
 
+  // Sources that read before the freeze come first (the GPU dump, written by the target itself).
+  size_t before_freeze = 0;
+  while (before_freeze < sources.size() && sources[before_freeze]->reads_before_freeze()) ++before_freeze;
+  for (size_t i = before_freeze; i < sources.size(); ++i)
+    if (sources[i]->reads_before_freeze())
+      return fail(Errc::kInvalidArgument, "the " + sources[i]->name() + " source reads before the freeze: list it first");
+
   policy.set_background(true);  // while frozen, reading comes first; sealing uses what is left
   Frozen frozen(sources);
   if (trigger && trigger->frozen_ns) timeline.mark("frozen", {}, trigger->frozen_ns);  // held before
-  for (CaptureSource* s : sources)
-    if (auto st = s->freeze(); !st) return fail(std::move(st).error().context(s->name() + " source"));
-  if (!(trigger && trigger->frozen_ns)) timeline.mark("frozen");
   for (size_t i = 0; i < sources.size(); ++i) {
     CaptureSource& s = *sources[i];
-    timeline.mark("read_start", s.name());
+    if (i == before_freeze) {
+      for (size_t k = before_freeze; k < sources.size(); ++k)
+        if (auto st = sources[k]->freeze(); !st) return fail(std::move(st).error().context(sources[k]->name() + " source"));
+      if (!(trigger && trigger->frozen_ns)) timeline.mark("frozen");
+    }
+    const std::string note = i < before_freeze ? "before_freeze" : "";
+    timeline.mark("read_start", s.name(), 0, note);
     if (auto st = s.read(w, show_progress); !st) return fail(std::move(st).error().context(s.name() + " source"));
-    timeline.mark("read_end", s.name());
+    timeline.mark("read_end", s.name(), 0, note);
     if (i + 1 < sources.size()) {  // one stream at a time in the writer
       MLFX_ASSIGN(bundle::StreamInfo sealed, w.end_stream());
       s.stream_sealed(sealed);

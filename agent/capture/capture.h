@@ -7,6 +7,8 @@
 // agent's I/O policy, io/capture_io_policy.h): reading comes first. Several sources run under
 // one freeze (coordinated capture: GPU first, then process or whole memory); every stream but
 // the last is sealed to its end before the next source reads, the last one after the thaw.
+// The GPU source reads before the freeze (CaptureSource::reads_before_freeze: the driver writes
+// the dump from a thread inside the target), its read marked "before_freeze" in the timeline.
 #pragma once
 
 #include <functional>

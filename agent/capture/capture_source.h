@@ -4,6 +4,10 @@
 //
 //   expected_bytes (nothing frozen yet) ─► freeze ─► read into the bundle ─► thaw
 //     ─► stream_sealed ─► side streams ─► manifest_context / context / acquisition
+//
+// A source that reads_before_freeze() (the GPU core dump: the CUDA driver writes it from a
+// thread inside the target, which a ptrace stop would halt) reads, and its stream is sealed,
+// before any source freezes; such sources come first in a capture.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +25,8 @@ class CaptureSource {
 
   // "process", "lime", "kmod", "gpu": recorded in the manifest and the custody event.
   virtual std::string name() const = 0;
+  // Whether this source reads before anything is frozen (see above). False by default.
+  virtual bool reads_before_freeze() const { return false; }
   // Before anything is frozen: about how many bytes its streams will hold. Chunk buffers for
   // them are allocated and touched now, so that reading while frozen takes no page faults.
   virtual uint64_t expected_bytes() const = 0;

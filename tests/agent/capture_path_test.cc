@@ -22,8 +22,10 @@ class RecordingSource final : public CaptureSource {
   RecordingSource(std::string name, std::string data, Log& log) : name_(std::move(name)), data_(std::move(data)), log_(log) {}
   std::string fail_at;  // "freeze", "read" or "thaw": that step fails
   std::string context_name;  // its context stream's name (default NAME-context)
+  bool before_freeze = false;  // reads before the freeze, as the GPU source does
 
   std::string name() const override { return name_; }
+  bool reads_before_freeze() const override { return before_freeze; }
   uint64_t expected_bytes() const override { return data_.size(); }
   Status freeze() override {
     log_.push_back("freeze " + name_);
@@ -62,11 +64,11 @@ class RecordingSource final : public CaptureSource {
 
 class CapturePathTest : public ::testing::Test {
  protected:
-  Result<CaptureOutcome> run(const std::vector<CaptureSource*>& sources) {
+  Result<CaptureOutcome> run(const std::vector<CaptureSource*>& sources, const CaptureTrigger* trigger = nullptr) {
     auto out = File::create_new(path_, 0600);
     EXPECT_TRUE(out) << out.error().to_string();
     return capture_to_bundle(sources, std::move(*out), *keys_.device.signing, {keys_.lab.box->public_key()},
-                             bundle::SealParams{}, false);
+                             bundle::SealParams{}, false, trigger);
   }
   testing::TempDir dir_;
   std::string path_ = dir_.path() + "/b.mlfx";
@@ -143,6 +145,34 @@ TEST_F(CapturePathTest, AFailedThawFailsTheCaptureAfterThawingTheOthers) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().to_string().find("gpu source: cannot release it"), std::string::npos) << r.error().to_string();
   EXPECT_FALSE(mem.frozen());
+}
+
+// The GPU dump is written by a thread inside the target: it is read (and sealed) before the
+// process is frozen, and the timeline says so.
+TEST_F(CapturePathTest, ASourceThatReadsBeforeTheFreezeIsReadAndSealedFirst) {
+  RecordingSource gpu("gpu", "g", log_), mem("process", "p", log_);
+  gpu.before_freeze = true;
+  CaptureTrigger trigger;
+  trigger.monotonic_ns = monotonic_ns();
+  auto r = run({&gpu, &mem}, &trigger);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(log_, (Log{"read gpu", "sealed gpu", "freeze process", "read process", "thaw process", "sealed process"}));
+  std::vector<std::string> events;
+  for (const auto& e : r->timeline["events"])
+    events.push_back(e["event"].get<std::string>() + (e.contains("source") ? " " + e["source"].get<std::string>() : "") +
+                     (e.contains("note") ? " (" + e["note"].get<std::string>() + ")" : ""));
+  EXPECT_EQ(events, (std::vector<std::string>{"capture_start", "read_start gpu (before_freeze)",
+                                              "read_end gpu (before_freeze)", "frozen", "read_start process",
+                                              "read_end process", "thawed", "sealed"}));
+}
+
+TEST_F(CapturePathTest, ASourceThatReadsBeforeTheFreezeMustComeFirst) {
+  RecordingSource gpu("gpu", "g", log_), mem("process", "p", log_);
+  gpu.before_freeze = true;
+  auto r = run({&mem, &gpu});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Errc::kInvalidArgument);
+  EXPECT_TRUE(log_.empty());
 }
 
 TEST_F(CapturePathTest, NoSourceIsRefused) {
