@@ -82,6 +82,9 @@ void add_recover_command(CLI::App& app, Registry& registry) {
   recover->add_option("--sysroot", ro.sysroot,
                       "read file-backed memory the core left out (gcore and kernel cores skip read-only "
                       "file data) from DIR + the mapped path, like gdb's sysroot; '/' on the captured host");
+  recover->add_option("--gpu-core", ro.gpu_core,
+                      "a CUDA GPU core dump of the same process (the driver's or cuda-gdb's, raw or gzip) beside an "
+                      "ELF core: its CUDA tensors are read from it; a bundle brings its own");
   recover->add_flag("--json", recover_json, "print the report as JSON");
   recover->add_flag("-q,--quiet", recover_quiet, "no progress bar");
   uint64_t& recover_memory_mib = args->memory_mib;

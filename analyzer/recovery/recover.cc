@@ -13,6 +13,7 @@
 #include <future>
 #include <map>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <memory>
 
@@ -29,6 +30,7 @@
 #include "layers/lime_layer.h"
 #include "kernel/captured_kernel.h"
 #include "physical/physical_image.h"
+#include "recovery/gpu_memory.h"
 #include "layers/sysroot_layer.h"
 #include "mlfx/base/clock.h"
 #include "mlfx/base/file.h"
@@ -63,6 +65,7 @@ struct Evidence {
   json::Json description;
   // A whole-memory capture instead (protocol/doc/physical-capture.md).
   std::optional<evidence::DecryptedStreams> physical;
+  std::optional<GpuEvidence> gpu;  // the CUDA core dump beside either
 };
 
 // A live process: mlfx-agent (the one program that captures) freezes it and writes its core
@@ -107,7 +110,7 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
       return fail(Errc::kInvalidArgument, o.input + " is a sealed bundle; give the lab key with --key");
     MLFX_ASSIGN(crypto::SecretKeyFile lab, crypto::load_secret_key_file(o.lab_key));
     MLFX_ASSIGN(evidence::DecryptedStreams d,
-                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap", "moved", "kallsyms", "btf"},
+                evidence::decrypt_streams_to_memory(o.input, lab, {"core", "memory", "context", "pagemap", "moved", "kallsyms", "btf", "gpu-core", "gpu-context"},
                                                     {o.trusted_devices_dir, o.show_progress}));
     ev.description = {{"kind", "mlfx bundle"},
                       {"path", o.input},
@@ -147,28 +150,28 @@ Result<Evidence> open_evidence(const RecoverOptions& o) {
 // per range, made only when the image holds every byte and paid from the export budget.
 class StorageBytes {
  public:
-  StorageBytes(const layers::Layer& mem, uint64_t& budget) : mem_(mem), budget_(budget) {}
-  // The bytes, and where they also lie in the evidence file when they are one run of it.
-  Result<exporters::SourceBytes> get(uint64_t addr, uint64_t size) {
+  explicit StorageBytes(uint64_t& budget) : budget_(budget) {}
+  // The bytes in `mem` (the process image, or the GPU dump), and where they also lie in the
+  // evidence file when they are one run of it.
+  Result<exporters::SourceBytes> get(const layers::Layer& mem, uint64_t addr, uint64_t size) {
     if (size == 0) return exporters::SourceBytes{};
-    if (const uint8_t* p = mem_.view(addr, size))
-      return exporters::SourceBytes(ByteView(p, size), mem_.file_place(addr, size).value_or(FilePlace{}));
-    const auto key = std::make_pair(addr, size);
+    if (const uint8_t* p = mem.view(addr, size))
+      return exporters::SourceBytes(ByteView(p, size), mem.file_place(addr, size).value_or(FilePlace{}));
+    const auto key = std::make_tuple(&mem, addr, size);
     if (auto it = copies_.find(key); it != copies_.end()) return exporters::SourceBytes(ByteView(it->second));
     const std::string what = "storage of " + std::to_string(size) + " bytes at " + hex_address(addr);
-    if (!mem_.is_mapped(addr, size)) return fail(Errc::kInvalidAddress, what + " is not all in the image");
+    if (!mem.is_mapped(addr, size)) return fail(Errc::kInvalidAddress, what + " is not all in the image");
     if (size > budget_) return fail(Errc::kUnsupported, what + ": its copy would exceed the export budget");
     budget_ -= size;
     Bytes& copy = copies_[key];
     copy.resize(size);
-    MLFX_TRY(mem_.read(addr, copy.data(), size));
+    MLFX_TRY(mem.read(addr, copy.data(), size));
     return exporters::SourceBytes(ByteView(copy));
   }
 
  private:
-  const layers::Layer& mem_;
   uint64_t& budget_;
-  std::map<std::pair<uint64_t, uint64_t>, Bytes> copies_;
+  std::map<std::tuple<const layers::Layer*, uint64_t, uint64_t>, Bytes> copies_;
 };
 
 // Bytes the exports may write in all: twice the image, plus 256 MiB. Hostile tensors can claim
@@ -217,7 +220,7 @@ TrackedKinds sort_tracked(const std::vector<uint64_t>& tracked, const frontends:
 }
 
 Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tensor_objects,
-                                        frontends::torch::TensorReader& tensors, StorageBytes& storage,
+                                        frontends::torch::TensorReader& tensors, StorageBytes& storage, TensorMemory& memory,
                                         const std::set<uint64_t>& model_tensors, const std::string& out_dir,
                                         Diagnostics& diag) {
   std::vector<exporters::TensorRecord> records;
@@ -234,7 +237,8 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tensor_obje
     }
     const exporters::DtypeInfo* dtype = exporters::find_dtype(t->scalar_type);
     json::Json e = {{"name", hex_address(obj)}, {"python_class", std::string(t->python_class)},
-                    {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t->sizes}};
+                    {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t->sizes},
+                    {"device", device_name(*t)}};
     std::string skipped;
     exporters::TensorRecord r;
     r.key = hex_address(obj);
@@ -243,12 +247,13 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tensor_obje
     r.strides = t->strides;
     r.storage_offset = t->storage_offset;
     auto size = exporters::contiguous_size(r);
-    if (t->device_type != 0) skipped = "not in host memory";
+    if (t->device_type != 0 && t->device_type != 1) skipped = "not in host or GPU memory";
     else if (!dtype || dtype->safetensors_name.empty()) skipped = "dtype not expressible in safetensors";
     else if (!size || *size > kLooseTensorMaxBytes || total + *size > kLooseTotalMaxBytes) skipped = "too large";
     else if (t->storage_bytes > kLooseTotalMaxBytes) skipped = "storage too large";
     if (skipped.empty()) {
-      auto data = storage.get(t->data, t->storage_bytes);
+      auto mem = memory.layer_for(*t);
+      auto data = mem ? storage.get(**mem, t->data, t->storage_bytes) : fail(mem.error());
       r.storage = {t->storage, data ? data->bytes : ByteView{}, t->storage_bytes, "cpu",
                    data ? data->place : FilePlace{}};
       if (!data) skipped = "storage unreadable";
@@ -278,7 +283,7 @@ Result<json::Json> export_loose_tensors(const std::vector<uint64_t>& tensor_obje
 struct ModelExport {
   const frontends::torch::ModuleWalker& walker;
   frontends::torch::TensorReader& tensors;
-  const layers::Layer& mem;
+  TensorMemory& memory;  // the process image, and the GPU dump where there is one
   Diagnostics& diag;
   uint64_t& export_left;
   std::set<uint64_t>& model_tensors;  // every tensor a model names (not loose)
@@ -289,18 +294,13 @@ struct ModelExport {
 Result<exporters::TensorRecord> record_for(ModelExport& x, const frontends::torch::StateEntry& entry,
                                            const frontends::torch::TensorInfo& t, StorageBytes& storage,
                                            bool new_storage) {
-  if (t.device_type != 0)
-    return fail(Errc::kUnsupported, "tensor on device type " + std::to_string(t.device_type) +
-                                        "; its memory is not in a host memory image");
+  MLFX_ASSIGN(const layers::Layer* mem, x.memory.layer_for(t));
   exporters::TensorRecord r;
   r.key = entry.key;
   r.scalar_type = t.scalar_type;
   r.shape = t.sizes;
   r.strides = t.strides;
   r.storage_offset = t.storage_offset;
-  if (t.storage_bytes && !x.mem.is_mapped(t.data, t.storage_bytes))
-    return fail(Errc::kInvalidAddress, "its storage of " + std::to_string(t.storage_bytes) + " bytes at " +
-                                           hex_address(t.data) + " is not all in the image");
   MLFX_ASSIGN(uint64_t size, exporters::contiguous_size(r));
   // Its bytes in the safetensors file, its storage in the .pt the first time, its key in both
   // headers and its entry in architecture.json.
@@ -309,7 +309,7 @@ Result<exporters::TensorRecord> record_for(ModelExport& x, const frontends::torc
     return fail(Errc::kUnsupported, "its " + std::to_string(size) + " bytes would exceed the export budget (" +
                                         std::to_string(x.export_left) + " bytes left of twice the image + 256 MiB)");
   x.export_left -= cost;
-  MLFX_ASSIGN(exporters::SourceBytes data, storage.get(t.data, t.storage_bytes));
+  MLFX_ASSIGN(exporters::SourceBytes data, storage.get(*mem, t.data, t.storage_bytes));
   r.storage = {t.storage, data.bytes, t.storage_bytes, "cpu", data.place};
   MLFX_TRY(exporters::validate(r));
   return r;
@@ -319,7 +319,8 @@ Result<exporters::TensorRecord> record_for(ModelExport& x, const frontends::torc
 json::Json tensor_meta_of(const frontends::torch::TensorInfo& t, const frontends::torch::StateEntry& entry) {
   const exporters::DtypeInfo* dtype = exporters::find_dtype(t.scalar_type);
   return {{"python_class", std::string(t.python_class)}, {"address", hex_address(t.object)},
-          {"storage", hex_address(t.storage)}, {"data", hex_address(t.data)}, {"buffer", entry.is_buffer},
+          {"storage", hex_address(t.storage)}, {"data", hex_address(t.data)}, {"device", device_name(t)},
+          {"buffer", entry.is_buffer},
           {"dtype", dtype ? std::string(dtype->torch_name) : "unknown"}, {"shape", t.sizes}, {"stride", t.strides},
           {"storage_offset", t.storage_offset}, {"storage_bytes", t.storage_bytes}, {"persistent", entry.persistent}};
 }
@@ -396,7 +397,7 @@ Result<json::Json> export_model(ModelExport& x, size_t n, uint64_t root, const s
   const auto* m = x.walker.module(root);
   const std::string name = dir_name(n, std::string(m->class_name)), dir = models_dir + "/" + name;
   json::Json model = {{"index", n}, {"class", std::string(m->class_name)}, {"address", hex_address(root)}};
-  StorageBytes storage(x.mem, x.export_left);
+  StorageBytes storage(x.export_left);
   frontends::torch::StateDict sd;
   size_t unread = 0;  // a model met once the export budget is spent is counted, not walked
   if (x.export_left < kMinExportBytes) {
@@ -540,6 +541,7 @@ namespace {
 struct ImageSource {
   std::string missing_hint;
   std::shared_ptr<const layers::SysrootLayer> sysroot;
+  const GpuEvidence* gpu = nullptr;  // the process's GPU memory, when captured
 };
 
 // With --sysroot: the file data the evidence lacks read from the lab's copy of the captured
@@ -622,9 +624,11 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
     return fail(Errc::kIo, "cannot create " + models_dir + ": " + errno_text(errno));
 
   auto t3 = Clock::now();
-  uint64_t export_left = export_budget(image.facts);
+  uint64_t export_left = export_budget(image.facts) + (src.gpu ? 2 * (src.gpu->dump->info().global_bytes +
+                                                                       src.gpu->dump->info().managed_bytes) : 0);
   std::set<uint64_t> model_tensors;
-  ModelExport x{walker, tensors, mem, diag, export_left, model_tensors, o.input};
+  TensorMemory memory(mem, src.gpu);
+  ModelExport x{walker, tensors, memory, diag, export_left, model_tensors, o.input};
   json::Json models = json::Json::array();
   for (size_t n = 0; n < roots.size(); ++n) {
     MLFX_ASSIGN(json::Json model, export_model(x, n, roots[n], models_dir));
@@ -632,8 +636,8 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
   }
   json::Json loose = json::Json::object();
   if (torch_version) {
-    StorageBytes storage(mem, export_left);
-    MLFX_ASSIGN(loose, export_loose_tensors(kinds.tensors, tensors, storage, model_tensors, out_dir, diag));
+    StorageBytes storage(export_left);
+    MLFX_ASSIGN(loose, export_loose_tensors(kinds.tensors, tensors, storage, memory, model_tensors, out_dir, diag));
   }
   timings["export_ms"] = ms_since(t3);
   timings["total_ms"] = ms_since(t0);
@@ -659,6 +663,7 @@ Result<RecoverResult> recover_process(const RecoverOptions& o, const std::string
                  {"modules", walker.modules().size()}}},
       {"models", models},
       {"loose_tensors", loose},
+      {"gpu", memory.report()},
       {"findings", cycle_findings(walker, roots)},
       {"limits", {{"memory_bytes", diag.limits().memory_bytes}, {"seconds", diag.limits().seconds},
                   {"memory_spent_bytes", diag.spent()}, {"export_bytes_left", export_left},
@@ -758,6 +763,7 @@ Result<RecoverResult> recover_physical(const RecoverOptions& o, Evidence& ev, Cl
                                                   "cache (the interpreter's symbol tables may have been dropped)",
                                                   diag));
     if (!lost_pages.empty()) src.missing_hint = lost_pages + (src.missing_hint.empty() ? "" : "; ") + src.missing_hint;
+    if (ev.gpu && (!ev.gpu->pid || *ev.gpu->pid == p.pid)) src.gpu = &*ev.gpu;
     return recover_process(o, dir, image, src, std::move(input), diag, {{"open_ms", open_ms + ms_since(t)}}, t);
   };
   if (o.pid) {
@@ -823,6 +829,10 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   json::Json timings = json::Json::object();
   Diagnostics diag(o.limits);
   MLFX_ASSIGN(Evidence ev, open_evidence(o));
+  const evidence::DecryptedStreams* bundle = ev.decrypted ? &*ev.decrypted : ev.physical ? &*ev.physical : nullptr;
+  if (!o.gpu_core.empty() && o.input.empty())
+    return fail(Errc::kInvalidArgument, "--gpu-core goes with a captured input (an ELF core), not with a live --pid");
+  MLFX_ASSIGN(ev.gpu, open_gpu_evidence(bundle, o.gpu_core));
   if (ev.physical) return recover_physical(o, ev, t0);
   if (o.pid && !o.input.empty())
     return fail(Errc::kInvalidArgument, "--pid with an input picks a process in a whole-memory capture; " + o.input +
@@ -836,6 +846,7 @@ Result<RecoverResult> recover(const RecoverOptions& o) {
   MLFX_ASSIGN(ImageSource src, attach_file_data(o, image, "the core",
                                                 "gcore and kernel cores leave out read-only file data such as type names",
                                                 diag));
+  if (ev.gpu) src.gpu = &*ev.gpu;
   timings["open_ms"] = ms_since(t0);
   return recover_process(o, o.out_dir, image, src, std::move(ev.description), diag, std::move(timings), t0);
 }

@@ -28,6 +28,9 @@ struct RecoverOptions {
   // gdb's sysroot: where the mapped files the core left out are read from ("/" on the
   // captured host); empty: only the core.
   std::string sysroot;
+  // A CUDA GPU core dump of the same process beside an ELF core (the driver's or cuda-gdb's);
+  // a bundle brings its own (stream "gpu-core").
+  std::string gpu_core;
   bool show_progress = true;
   // Memory and time the analysis of hostile memory may spend (report.json "limits").
   Limits limits;

@@ -59,6 +59,11 @@ struct Blob {
   void put16(uint64_t addr, uint16_t v) { std::memcpy(at(addr), &v, 2); }
   void put32(uint64_t addr, uint32_t v) { std::memcpy(at(addr), &v, 4); }
   void put64(uint64_t addr, uint64_t v) { std::memcpy(at(addr), &v, 8); }
+  uint64_t get64(uint64_t addr) {
+    uint64_t v;
+    std::memcpy(&v, at(addr), 8);
+    return v;
+  }
   uint64_t cstring(const std::string& s) {
     uint64_t a = alloc(s.size() + 1, 1);
     std::memcpy(at(a), s.data(), s.size());
