@@ -99,6 +99,9 @@ TEST_F(GpuRecover, CudaTensorsComeFromTheGpuDumpBitExactly) {
     json::Json arch = json::Json::parse(testing::read_file(dir / out + "/models/0-Net/architecture.json"));
     EXPECT_EQ(arch["tensors"]["fc.weight"]["device"], "cuda:0");
     EXPECT_EQ(arch["tensors"]["running"]["device"], "cpu");
+    // Every member written is specified in docs/outputs.md.
+    auto spec = testing::run("python3 " + std::string(MLFX_SOURCE_DIR) + "/tests/docs/outputs_spec_test.py " + (dir / out));
+    EXPECT_EQ(spec.exit_code, 0) << spec.output;
   }
 }
 
