@@ -75,7 +75,7 @@ def main():
     for m in report["models"]:
         recovered.setdefault(m["class"], []).append(m)
     for exp in expected:
-        gt = torch.load(os.path.join(gt_dir, exp["state_dict"]))
+        gt = torch.load(os.path.join(gt_dir, exp["state_dict"]), map_location="cpu")  # a CUDA victim's too
         candidates = recovered.get(exp["class"], [])
         match = None
         for m in candidates:

@@ -2,6 +2,7 @@
 truth outside the capture, then serves until told to stop.
 
     /usr/bin/python3 torch_victim.py SCENARIO GROUND_TRUTH_DIR
+    (MLFX_VICTIM_DEVICE=cuda: the models on the GPU; NAME.pt then holds CUDA tensors)
 
 Ground truth written to GROUND_TRUTH_DIR:
   models.json        [{"name", "class", "state_dict": "<name>.pt"}] for every root model
@@ -251,6 +252,10 @@ def main():
     scenario, gt = sys.argv[1], sys.argv[2]
     os.makedirs(gt, exist_ok=True)
     models, extra = build(scenario)
+    # MLFX_VICTIM_DEVICE=cuda: the models and inputs live in GPU memory (tests/gpu).
+    device = os.environ.get("MLFX_VICTIM_DEVICE", "cpu")
+    if device != "cpu":
+        models = [(name, m.to(device), x.to(device)) for name, m, x in models]
     save_models(gt, [(name, m) for name, m, _ in models], outputs(models))
     if "after_save" in extra:
         extra["after_save"](gt)
