@@ -41,7 +41,8 @@ struct CuptiApi {
 struct DriverApi {  // resolved from the libcuda the process loaded (the stubs name them so)
   decltype(&cuCtxSetCurrent) ctx_set_current = nullptr;
   decltype(&cuMemcpyDtoH_v2) memcpy_dtoh = nullptr;
-  decltype(&cuMemAllocHost_v2) alloc_host = nullptr;
+  decltype(&cuMemHostAlloc) host_alloc = nullptr;
+  decltype(&cuMemFreeHost) free_host = nullptr;
   decltype(&cuDeviceGet) device_get = nullptr;
   decltype(&cuDeviceGetName) device_name = nullptr;
   decltype(&cuDeviceGetAttribute) device_attribute = nullptr;
@@ -200,21 +201,30 @@ void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId c
   }
 }
 
-// Device memory through the driver: cuMemcpyDtoH in the range's context into one pinned buffer.
+// Device memory through the driver: cuMemcpyDtoH in the range's context into a pinned buffer
+// that lives for one copy-out (pinned memory dies with its context; the next copy-out may find
+// that context gone).
 class DriverReader final : public DeviceReader {
  public:
   static constexpr size_t kChunk = 8 << 20;
-  ~DriverReader() override = default;  // the pinned buffer is kept for the next copy-out
+  ~DriverReader() override {
+    if (pinned_ && g_driver.free_host) g_driver.free_host(buffer_);
+    else std::free(buffer_);
+  }
   size_t chunk_size() const override { return kChunk; }
   const uint8_t* read(uint64_t context, uint64_t address, size_t len, std::string* error) override {
-    if (!buffer()) {
-      *error = "no host buffer";
+    if (!g_driver.ctx_set_current || !g_driver.memcpy_dtoh) {
+      *error = "cuCtxSetCurrent/cuMemcpyDtoH_v2 not found in the process";
       return nullptr;
     }
     if (context != current_) {
-      CUresult rc = g_driver.ctx_set_current(reinterpret_cast<CUcontext>(context));
+      const CUresult rc = g_driver.ctx_set_current(reinterpret_cast<CUcontext>(context));
       if (rc != CUDA_SUCCESS) return fail("cuCtxSetCurrent", rc, error);
       current_ = context;
+    }
+    if (!buffer()) {
+      *error = "no host buffer of 8 MiB";
+      return nullptr;
     }
     const CUresult rc = g_driver.memcpy_dtoh(buffer_, address, len);
     if (rc != CUDA_SUCCESS) return fail("cuMemcpyDtoH", rc, error);
@@ -222,10 +232,13 @@ class DriverReader final : public DeviceReader {
   }
 
  private:
-  void* buffer() {
+  void* buffer() {  // once a context is current: pinned (full copy speed), else pageable
     if (buffer_) return buffer_;
-    // Pinned when a context is current (the copy runs at full speed); pageable otherwise.
-    if (g_driver.alloc_host && g_driver.alloc_host(&buffer_, kChunk) == CUDA_SUCCESS) return buffer_;
+    if (g_driver.host_alloc && g_driver.free_host &&
+        g_driver.host_alloc(&buffer_, kChunk, CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS) {
+      pinned_ = true;
+      return buffer_;
+    }
     buffer_ = std::malloc(kChunk);
     return buffer_;
   }
@@ -235,6 +248,7 @@ class DriverReader final : public DeviceReader {
     return nullptr;
   }
   void* buffer_ = nullptr;
+  bool pinned_ = false;
   uint64_t current_ = 0;
 };
 
@@ -308,9 +322,19 @@ void copy_out(const std::string& output_template) {
     }
     return true;
   };
-  static DriverReader reader;  // this thread's only; its pinned buffer stays for the next trigger
-  const auto ranges = g_recorder->table().ranges();
-  report = write_dump(ranges, dump_tables(g_recorder->table().contexts()), reader, sink);
+  const auto contexts = g_recorder->table().contexts();
+  auto ranges = g_recorder->table().ranges();
+  for (auto& range : ranges) {  // VMM maps made with no context current: read in one of its device
+    if (range.context != 0) continue;
+    uint64_t same_device = 0, any = 0;
+    for (const auto& c : contexts) {
+      if (!same_device && c.device == range.device) same_device = c.context;
+      if (!any) any = c.context;
+    }
+    range.context = same_device ? same_device : any;
+  }
+  DriverReader reader;
+  report = write_dump(ranges, dump_tables(contexts), reader, sink);
   if (!report.written && !sink_error.empty()) report.error = output + ": " + sink_error;
   ::close(fd);
   g_recorder->copy_out(output, report);
@@ -335,7 +359,8 @@ void resolve_driver() {
   void* cuda = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);  // only if the process has it
   resolve(cuda, "cuCtxSetCurrent", &g_driver.ctx_set_current);
   resolve(cuda, "cuMemcpyDtoH_v2", &g_driver.memcpy_dtoh);
-  resolve(cuda, "cuMemAllocHost_v2", &g_driver.alloc_host);
+  resolve(cuda, "cuMemHostAlloc", &g_driver.host_alloc);
+  resolve(cuda, "cuMemFreeHost", &g_driver.free_host);
   resolve(cuda, "cuDeviceGet", &g_driver.device_get);
   resolve(cuda, "cuDeviceGetName", &g_driver.device_name);
   resolve(cuda, "cuDeviceGetAttribute", &g_driver.device_attribute);
