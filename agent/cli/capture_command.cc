@@ -1,6 +1,8 @@
 // mlfx-agent capture: freeze a process, capture its memory as an ELF core sealed into a new
 // bundle (or the spool), and let it run on; or, with --source lime or kmod, the machine's whole
 // physical memory (capture/physical/), the --pid processes frozen and recorded meanwhile.
+// With --source gpu,process the target's CUDA GPU core dump is read first (capture/gpu/), then
+// its memory, into one bundle. mlfx-agent gpu-env: the variables that arm a CUDA target.
 // mlfx-agent core: a process's core, plain, for triage.
 #include <signal.h>
 #include <sys/types.h>
@@ -14,6 +16,8 @@
 
 #include "capture/capture.h"
 #include "capture/spooled_capture.h"
+#include "capture/gpu/cuda_arming.h"
+#include "capture/gpu/cuda_coredump_source.h"
 #include "capture/physical/kmod_source.h"
 #include "capture/physical/lime_source.h"
 #include "capture/process/process_capture.h"
@@ -44,6 +48,8 @@ void catch_interrupts() {
 struct CaptureArgs {
   std::vector<pid_t> pids;  // process: exactly one; lime, kmod: any number
   std::string out, spool, device_key, source = "process", case_id, note, device_id, module;
+  std::string gpu_dir = gpu::kDefaultGpuDir, nvidia_proc = "/proc/driver/nvidia";
+  uint32_t gpu_timeout = 60;  // seconds without data (and before the first byte)
   std::vector<std::string> recipients;
   uint64_t buffer_bytes = 0;  // 0: a quarter of MemAvailable
   std::optional<uint64_t> spool_quota;
@@ -52,6 +58,11 @@ struct CaptureArgs {
 };
 
 bool physical(const CaptureArgs& a) { return a.source == "lime" || a.source == "kmod"; }
+bool with_gpu(const CaptureArgs& a) { return a.source == "gpu" || a.source == "gpu,process"; }
+bool with_process(const CaptureArgs& a) { return a.source == "process" || a.source == "gpu,process"; }
+
+// --source spellings: one backend, or "gpu,process" in either order (the GPU is read first).
+std::string normalized_source(const std::string& s) { return s == "process,gpu" ? "gpu,process" : s; }
 
 // Memory for read-but-not-yet-sealed chunks: with room for the whole image the target is
 // frozen only while its memory is read; a quarter of what the kernel can spare by default.
@@ -64,24 +75,42 @@ Result<uint64_t> capture_buffer_bytes(const CaptureArgs& a) {
   return available / 4;
 }
 
-// The source, checked before any output exists or anything is frozen or loaded.
-Result<std::unique_ptr<CaptureSource>> make_source(const CaptureArgs& a) {
-  if (!physical(a)) {
+// The sources, checked before any output exists or anything is frozen or loaded: the GPU first.
+Result<std::vector<std::unique_ptr<CaptureSource>>> make_sources(const CaptureArgs& a) {
+  std::vector<std::unique_ptr<CaptureSource>> sources;
+  if (with_gpu(a)) {
+    gpu::GpuCaptureOptions opt;
+    opt.pid = a.pids.front();
+    opt.dir = a.gpu_dir;
+    opt.nvidia_proc = a.nvidia_proc;
+    opt.first_byte_timeout = opt.idle_timeout = std::chrono::seconds(a.gpu_timeout);
+    opt.cancel = &g_interrupted;
+    auto s = gpu::CudaCoredumpSource::create(std::move(opt));
+    if (!s && gpu::CudaCoredumpSource::not_armed(s.error()))
+      return fail(std::move(s).error().context("--source " + a.source + " (arm CUDA targets at their start with the "
+                                                                        "variables 'mlfx-agent gpu-env' prints)"));
+    if (!s) return fail(std::move(s).error());
+    sources.push_back(std::move(*s));
+  }
+  if (with_process(a)) {
     process::ProcessCaptureOptions opt;
     opt.pid = a.pids.front();
     opt.cancel = &g_interrupted;
-    return std::unique_ptr<CaptureSource>(new process::ProcessSource(opt));
+    sources.push_back(std::make_unique<process::ProcessSource>(opt));
   }
+  if (!physical(a)) return sources;
   physical::PhysicalOptions opt;
   opt.module_path = a.module;
   opt.pids = a.pids;
   opt.cancel = &g_interrupted;
   if (a.source == "lime") {
     MLFX_ASSIGN(auto s, physical::LimeSource::create(std::move(opt)));
-    return std::unique_ptr<CaptureSource>(std::move(s));
+    sources.push_back(std::move(s));
+  } else {
+    MLFX_ASSIGN(auto s, physical::KmodSource::create(std::move(opt)));
+    sources.push_back(std::move(s));
   }
-  MLFX_ASSIGN(auto s, physical::KmodSource::create(std::move(opt)));
-  return std::unique_ptr<CaptureSource>(std::move(s));
+  return sources;
 }
 
 std::string pids_text(const std::vector<pid_t>& pids) {
@@ -114,11 +143,14 @@ Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
   } else {
     p.tool_parameters["pid"] = a.pids.front();
   }
-  MLFX_ASSIGN(std::unique_ptr<CaptureSource> source, make_source(a));
+  if (with_gpu(a)) p.tool_parameters["gpu_dir"] = a.gpu_dir;
+  MLFX_ASSIGN(std::vector<std::unique_ptr<CaptureSource>> owned, make_sources(a));
+  std::vector<CaptureSource*> sources;
+  for (auto& s : owned) sources.push_back(s.get());
   if (!a.spool.empty()) {
     MLFX_ASSIGN(Spool spool, open_spool(a.spool, a.spool_quota));
     const std::string what = physical(a) ? a.source : std::to_string(a.pids.front());
-    auto r = capture_into_spool(spool, "capture-" + what + "-" + std::to_string(getpid()) + ".mlfx", {source.get()},
+    auto r = capture_into_spool(spool, "capture-" + what + "-" + std::to_string(getpid()) + ".mlfx", sources,
                                 keys, std::move(p), !a.quiet);
     if (!r) return fail(std::move(r).error().context(what_was_captured(a)));
     *final_path = r->entry.path;
@@ -126,7 +158,7 @@ Result<CaptureOutcome> capture(const CaptureArgs& a, std::string* final_path) {
   }
   MLFX_ASSIGN(File out, File::create_new(a.out, 0640));
   Rollback incomplete = remove_unless_committed(a.out);
-  auto r = capture_to_bundle({source.get()}, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
+  auto r = capture_to_bundle(sources, std::move(out), *keys.device.signing, keys.recipients, std::move(p), !a.quiet);
   if (!r) return fail(std::move(r).error().context(what_was_captured(a)));
   *final_path = a.out;
   incomplete.commit();
@@ -215,6 +247,16 @@ int report_physical(const CaptureArgs& a, const CaptureOutcome& r, const std::st
   return 0;
 }
 
+// The GPU core dump: its size, how it was made, and that the target lived through it.
+void report_gpu(const CaptureArgs& a, const json::Json& c) {
+  std::printf("captured the GPU core dump of pid %d (%s): %s in %.0f ms (first byte after %.0f ms), the target "
+              "survived%s\n",
+              a.pids.front(), c["method"].get<std::string>().c_str(),
+              human_bytes(c["dump"]["bytes"].get<double>()).c_str(), c["timings"]["trigger_to_eof_ms"].get<double>(),
+              c["timings"]["trigger_to_first_byte_ms"].get<double>(),
+              c["driver"]["available"].get<bool>() ? "" : " (no NVIDIA driver facts: /proc/driver/nvidia is missing)");
+}
+
 int run_capture(const CaptureArgs& a) {
   if (a.quiet) Progress::set_enabled(false);
   catch_interrupts();
@@ -222,7 +264,13 @@ int run_capture(const CaptureArgs& a) {
   auto r = capture(a, &path);
   if (!r) return report_error("capture", r.error());
   if (physical(a)) return report_physical(a, *r, path);
-  const json::Json& c = r->contexts.front();  // the process source
+  if (with_gpu(a)) report_gpu(a, r->contexts.front());
+  if (!with_process(a)) {
+    std::printf("sealed %s: bundle %s\n", path.c_str(), r->manifest.bundle_id_hex().c_str());
+    print_streams(*r);
+    return 0;
+  }
+  const json::Json& c = r->contexts.back();  // the process source
   const json::Json& t = c["timings"];
   std::printf("captured pid %d (%s): %zu threads, %zu mappings, %s read in %.0f ms, frozen %.0f ms, "
               "sealed %.0f ms after the thaw\n",
@@ -288,8 +336,18 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
   cap->add_option("--device-key", ca.device_key, "device private key that signs")->required();
   cap->add_option("--recipient", ca.recipients, "lab public key to encrypt to (repeatable)")->required();
   cap->add_option("--source", ca.source, "capture backend: process (ptrace + /proc/PID/mem), lime (stock "
-                                         "LiME, whole memory), kmod (mlfx_mem.ko, whole memory)")
-      ->check(CLI::IsMember({"process", "lime", "kmod"}));
+                                         "LiME, whole memory), kmod (mlfx_mem.ko, whole memory), gpu (the CUDA GPU "
+                                         "core dump of a target armed with 'mlfx-agent gpu-env', or through cuda-gdb), "
+                                         "gpu,process (both into one bundle, the GPU first)")
+      ->transform([](std::string v) { return normalized_source(v); })
+      ->check(CLI::IsMember({"process", "lime", "kmod", "gpu", "gpu,process"}));
+  cap->add_option("--gpu-dir", ca.gpu_dir, std::string("--source gpu: the agent's directory the targets were armed "
+                                                       "with (default ") + gpu::kDefaultGpuDir + ")");
+  cap->add_option("--gpu-timeout", ca.gpu_timeout, "--source gpu: seconds to wait for the dump's first byte, and "
+                                                   "for more data after it (default 60)")
+      ->check(CLI::PositiveNumber);
+  cap->add_option("--nvidia-proc", ca.nvidia_proc, "where the NVIDIA driver's /proc/driver/nvidia is (tests)")
+      ->group("");
   cap->add_option("--module", ca.module, "--source lime or kmod: the module to load (default: the DKMS-installed "
                                          "lime.ko or mlfx_mem.ko under /lib/modules/$(uname -r)/updates/dkms)");
   cap->add_option("--case", ca.case_id, "case identifier");
@@ -322,13 +380,28 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
                                                     "mappings, timings) here; same forms as --out");
   registry.add(core, [core_args] { return run_core(*core_args); });
 
+  auto gpu_dir = std::make_shared<std::string>(gpu::kDefaultGpuDir);
+  auto print_only = std::make_shared<bool>(false);
+  auto* env = app.add_subcommand("gpu-env", "print the environment that arms a CUDA process for GPU core dumps "
+                                            "the agent triggers (KEY=VALUE lines for a systemd unit's "
+                                            "Environment= or a launcher), after making the agent's directory");
+  env->add_option("--dir", *gpu_dir, std::string("the agent's directory for the pipes (default ") + gpu::kDefaultGpuDir + ")");
+  env->add_flag("--print-only", *print_only, "do not make the directory (it must exist, mode 1733, when the target starts)");
+  registry.add(env, [gpu_dir, print_only] {
+    if (!*print_only)
+      if (auto st = gpu::ensure_gpu_dir(*gpu_dir); !st) return report_error("gpu-env", st.error());
+    for (const auto& [key, value] : gpu::arming_environment(*gpu_dir)) std::printf("%s=%s\n", key.c_str(), value.c_str());
+    return 0;
+  });
+
   registry.add(cap, [args] {
     if (args->out.empty() && args->spool.empty()) {
       std::fprintf(stderr, "mlfx-agent capture: give --out FILE or --spool DIR\n");
       return kExitUsage;
     }
     if (!physical(*args) && args->pids.size() != 1) {
-      std::fprintf(stderr, "mlfx-agent capture: --source process captures one process: give --pid PID once\n");
+      std::fprintf(stderr, "mlfx-agent capture: --source %s captures one process: give --pid PID once\n",
+                   args->source.c_str());
       return kExitUsage;
     }
     if (!physical(*args) && !args->module.empty()) {
