@@ -34,6 +34,7 @@ constexpr std::pair<TriggerKind, std::string_view> kTriggerNames[] = {
     {TriggerKind::kMemoryWrite, "memory-write"},   {TriggerKind::kModuleLoad, "module-load"},
     {TriggerKind::kAppAnomaly, "app-anomaly"},     {TriggerKind::kOnDemand, "on-demand"},
     {TriggerKind::kLabRequest, "lab-request"},     {TriggerKind::kLibraryInjection, "library-injection"},
+    {TriggerKind::kCudaError, "cuda-error"},
 };
 constexpr std::pair<SourceKind, std::string_view> kSourceNames[] = {
     {SourceKind::kProcess, "process"}, {SourceKind::kLime, "lime"},
@@ -390,7 +391,7 @@ class ConfigParser {
                                 "(the lab keys bundles are encrypted to)");
     Section s(refuse_, *table, "[agent]",
               {"device_id", "device_key", "recipients", "control_socket", "control_group", "anomaly_socket",
-               "log_format", "capture_timeout", "ebpf"});
+               "gpu_dir", "log_format", "capture_timeout", "ebpf"});
     MLFX_TRY(s.known_keys());
     AgentSpec& a = config_.agent;
     MLFX_ASSIGN(auto device_id, s.string("device_id"));
@@ -404,6 +405,8 @@ class ConfigParser {
     if (control_group) a.control_group = control_group->value;
     MLFX_ASSIGN(auto anomaly_socket, s.path("anomaly_socket"));
     if (anomaly_socket) a.anomaly_socket = *anomaly_socket;
+    MLFX_ASSIGN(auto gpu_dir, s.path("gpu_dir"));
+    if (gpu_dir) a.gpu_dir = *gpu_dir;
     MLFX_ASSIGN(auto log_format, s.string("log_format"));
     if (log_format) {
       if (log_format->value != "journal" && log_format->value != "json" && log_format->value != "text")

@@ -31,6 +31,8 @@ enum class TriggerKind {
   kLabRequest,      // "lab-request": a capture request signed by a lab key
   kLibraryInjection,  // "library-injection": a target maps executable code from a memfd, a deleted
                       // file or a world-writable directory (/tmp, /var/tmp, /dev/shm, /run/user)
+  kCudaError,       // "cuda-error": a CUDA call of the target failed, as its CUPTI library reports it
+                    // on the anomaly socket ({"op":"cuda-error","api":...,"error":...,"code":...})
 };
 std::string_view trigger_kind_name(TriggerKind kind);
 std::optional<TriggerKind> parse_trigger_kind(std::string_view name);
@@ -99,6 +101,9 @@ struct AgentSpec {
   std::string control_socket = "/run/mlfx-agent/control.sock";
   std::optional<std::string> control_group;  // group allowed to use the control socket (root always)
   std::string anomaly_socket = "/run/mlfx-agent/anomaly.sock";
+  // Where CUDA targets armed with `mlfx-agent gpu-env --dir` make their dump pipes (the "gpu"
+  // source); made at start, mode 1733, when a rule reads "gpu".
+  std::string gpu_dir = "/run/mlfx-agent/gpu";
   std::string log_format = "journal";    // "journal" (<N> priority prefixes), "json", "text"
   std::chrono::seconds capture_timeout{600};
   // false: no eBPF program is loaded (fatal signals are still held with ptrace; PSI, on-demand,

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "bpf/bpf_triggers.h"
+#include "capture/gpu/cuda_coredump_source.h"
 #include "capture/physical/kmod_source.h"
 #include "capture/physical/lime_source.h"
 #include "capture/process/procfs.h"
@@ -127,6 +128,20 @@ std::vector<uint64_t> kernel_stack(const mlfx_trigger_event& e) {
   const int n = std::clamp(e.kstack_bytes / 8, 0, MLFX_KSTACK_DEPTH);
   for (int i = 0; i < n; ++i) s.push_back(e.kstack[i]);
   return s;
+}
+
+// What a target's CUDA error report says, as data: bounded strings and an integer, never
+// interpreted (the target may say anything).
+json::Json cuda_error_evidence(const json::Json& msg) {
+  constexpr size_t kMaxField = 128;
+  auto text = [&](const char* key) -> json::Json {
+    if (!msg.contains(key) || !msg[key].is_string()) return nullptr;
+    std::string s = msg[key].get<std::string>();
+    if (s.size() > kMaxField) s.resize(kMaxField);
+    return s;
+  };
+  json::Json code = msg.contains("code") && msg["code"].is_number_integer() ? msg["code"] : json::Json(nullptr);
+  return {{"cuda_api", text("api")}, {"cuda_error", text("error")}, {"cuda_error_code", code}};
 }
 
 // A tiny sd_notify: READY=1 to systemd when it started us as Type=notify.
@@ -618,11 +633,12 @@ Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const FreezeThre
     t.evidence["waited_for_tracer_ms"] = double(monotonic_ns() - since) / 1e6;
   }
   std::shared_ptr<const bundle::SealingKeys> k;
-  std::string device_id;
+  std::string device_id, gpu_dir;
   {
     std::lock_guard lock(mu);
     k = keys;
     device_id = config.agent.device_id;
+    gpu_dir = config.agent.gpu_dir;
   }
   if (!spool) return fail(Errc::kIo, "the spool is not open (see the log)");
   // The sources of every rule it set off, once each: GPU first, then process or whole memory.
@@ -634,7 +650,20 @@ Result<SpooledCapture> Daemon::State::capture(TriggerRecord& t, const FreezeThre
   for (SourceKind kind : {SourceKind::kGpu, SourceKind::kProcess, SourceKind::kLime, SourceKind::kKmod}) {
     if (!kinds.count(kind)) continue;
     if (kind == SourceKind::kGpu) {
-      skipped.push_back({{"source", "gpu"}, {"why", "this agent has no GPU source yet (CUDA core dumps: issue 16)"}});
+      // The driver writes the dump from a thread of the target: a target stopped at its fatal
+      // signal cannot (the driver's own exception dump, CUDA_ENABLE_COREDUMP_ON_EXCEPTION, covers GPU faults).
+      if (frozen_ns) {
+        skipped.push_back({{"source", "gpu"}, {"why", "the target is stopped at its fatal signal: the CUDA driver's "
+                                                      "dump thread inside it cannot write a dump"}});
+        continue;
+      }
+      gpu::GpuCaptureOptions opt;
+      opt.pid = t.pid;
+      opt.dir = gpu_dir;
+      opt.cancel = &cancel;
+      auto s = gpu::CudaCoredumpSource::create(std::move(opt));
+      if (s) owned.push_back(std::move(*s));
+      else skipped.push_back({{"source", "gpu"}, {"why", s.error().message()}});
     } else if (kind == SourceKind::kProcess) {
       process::ProcessCaptureOptions opt;
       opt.pid = t.pid;
@@ -995,7 +1024,10 @@ void Daemon::State::on_message(int fd) {
   auto msg = receive_message(fd);
   if (!msg) return reply_error(msg.error().message());
   const std::string op = msg->value("op", "");
-  if (anomaly_socket && op != "anomaly") return reply_error("the anomaly socket takes only {\"op\":\"anomaly\",\"reason\":\"…\"}");
+  const bool from_app = op == "anomaly" || op == "cuda-error";  // the application, for itself only
+  if (anomaly_socket && !from_app)
+    return reply_error("the anomaly socket takes only {\"op\":\"anomaly\",\"reason\":\"…\"} and "
+                       "{\"op\":\"cuda-error\",\"api\":\"…\",\"error\":\"…\",\"code\":N}");
   if (op == "status") {
     if (auto st = send_message(fd, {{"ok", true}, {"status", status()}}, kMaxReply); !st)
       (void)send_message(fd, {{"ok", false}, {"error", "status: " + st.error().message()}});
@@ -1003,11 +1035,11 @@ void Daemon::State::on_message(int fd) {
   }
   std::string reason = (*msg)["reason"].is_string() ? (*msg)["reason"].get<std::string>() : "";
   if (reason.size() > 1024) reason.resize(1024);
-  if (op != "trigger" && op != "anomaly") return reply_error("unknown op '" + op + "' (status, trigger)");
+  if (op != "trigger" && !from_app) return reply_error("unknown op '" + op + "' (status, trigger)");
   std::vector<pid_t> pids;
   {
     std::lock_guard lock(mu);
-    if (op == "anomaly") {
+    if (from_app) {
       pids.push_back(peer.pid);  // the application speaks for itself only
     } else if ((*msg)["pid"].is_number_integer()) {
       pids.push_back((*msg)["pid"].get<pid_t>());
@@ -1022,17 +1054,18 @@ void Daemon::State::on_message(int fd) {
     }
     for (pid_t pid : pids)
       if (!armed.count(pid))
-        return reply_error(op == "anomaly" ? "pid " + std::to_string(pid) + " is not an armed target"
+        return reply_error(from_app ? "pid " + std::to_string(pid) + " is not an armed target"
                                            : "pid " + std::to_string(pid) + " is not an armed target; 'mlfx-agent status' lists them");
   }
   const bool wait = msg->value("wait", false) && pids.size() == 1;
   for (pid_t pid : pids) {
     TriggerRecord t;
-    t.kind = op == "anomaly" ? TriggerKind::kAppAnomaly : TriggerKind::kOnDemand;
+    t.kind = op == "anomaly" ? TriggerKind::kAppAnomaly : op == "cuda-error" ? TriggerKind::kCudaError : TriggerKind::kOnDemand;
     t.pid = pid;
     t.monotonic_ns = monotonic_ns();
     if (!name_target(t)) continue;  // exited since it was checked
     t.evidence = {{"reason", reason}, {"requester_pid", peer.pid}, {"requester_uid", peer.uid}};
+    if (op == "cuda-error") t.evidence.update(cuda_error_evidence(*msg));
     if (wait) {  // the connection is the job's now: it replies when the capture is done
       ::epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nullptr);
       connections.erase(fd);
@@ -1126,6 +1159,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
   const gid_t control_group = s->control_gid ? *s->control_gid : gid_t(-1);
   MLFX_ASSIGN(s->control, listen_socket(config.agent.control_socket, s->control_gid ? 0660 : 0600, control_group));
   MLFX_ASSIGN(s->anomaly, listen_socket(config.agent.anomaly_socket, 0666, gid_t(-1)));
+  // Targets armed for GPU dumps make their pipes here when CUDA starts in them.
+  for (const RuleSpec& r : config.rules)
+    if (std::count(r.sources.begin(), r.sources.end(), SourceKind::kGpu)) {
+      MLFX_TRY(gpu::ensure_gpu_dir(config.agent.gpu_dir));
+      break;
+    }
   s->config = std::move(config);
 
   State* st = s.get();
@@ -1152,7 +1191,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig config, Log& log) {
     s->bpf_unavailable = triggers.error().message();
     log.warn("ebpf_unavailable", {{"error", s->bpf_unavailable},
                                   {"still_armed", "fatal-signal (held with ptrace), memory-pressure, on-demand, "
-                                                  "app-anomaly, lab-request"},
+                                                  "app-anomaly, cuda-error, lab-request"},
                                   {"unavailable", "oom-kill, ptrace-attach, memory-write, module-load; new targets "
                                                   "are found by a /proc rescan every 2 s instead of at exec"}});
   }

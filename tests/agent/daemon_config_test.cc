@@ -244,10 +244,11 @@ TEST(DaemonConfig, TriggerAndSourceNames) {
   for (TriggerKind kind : {TriggerKind::kFatalSignal, TriggerKind::kMemoryPressure, TriggerKind::kOomKill,
                            TriggerKind::kPtraceAttach, TriggerKind::kMemoryWrite, TriggerKind::kModuleLoad,
                            TriggerKind::kAppAnomaly, TriggerKind::kOnDemand, TriggerKind::kLabRequest,
-                           TriggerKind::kLibraryInjection})
+                           TriggerKind::kLibraryInjection, TriggerKind::kCudaError})
     EXPECT_EQ(parse_trigger_kind(trigger_kind_name(kind)), kind) << trigger_kind_name(kind);
   EXPECT_EQ(trigger_kind_name(TriggerKind::kMemoryWrite), "memory-write");
   EXPECT_EQ(parse_trigger_kind("oom-kill"), TriggerKind::kOomKill);
+  EXPECT_EQ(parse_trigger_kind("cuda-error"), TriggerKind::kCudaError);
   EXPECT_EQ(parse_trigger_kind("segfault"), std::nullopt);
   EXPECT_EQ(parse_trigger_kind(""), std::nullopt);
   EXPECT_EQ(source_kind_name(SourceKind::kProcess), "process");

@@ -76,8 +76,8 @@ def proc_field(pid, name):
 class Daemon:
     """One `mlfx-agent run` with its own configuration under `root`."""
 
-    def __init__(self, args, root, targets, rules, extra=""):
-        self.args, self.root = args, root
+    def __init__(self, args, root, targets, rules, extra="", agent_extra=""):
+        self.args, self.root, self.agent_extra = args, root, agent_extra
         os.makedirs(root, exist_ok=True)
         self.config = os.path.join(root, "agent.toml")
         self.socket = os.path.join(root, "run", "control.sock")
@@ -97,7 +97,7 @@ class Daemon:
                 control_socket = "{self.socket}"
                 anomaly_socket = "{self.anomaly_socket}"
                 log_format = "json"
-
+                {self.agent_extra}
                 [spool]
                 dir = "{self.spool}"
                 """) + extra + targets + rules)
@@ -772,19 +772,80 @@ def case_injection(args, tmp):
         d.stop()
 
 
+def case_gpu(args, tmp):
+    step("gpu: a CUDA error reported by the target captures its GPU dump (before the freeze) and its memory")
+    if not args.fake_cuda_target:
+        expect(False, "gpu: give --fake-cuda-target")
+        return
+    root = os.path.join(tmp, "gpu")
+    gpu_dir = os.path.join(root, "run", "gpu")
+    d = Daemon(args, root, torch_target("cuda", "mlfx-gpu-victim"),
+               rule("cuda", ["cuda-error"], 'sources = ["gpu", "process"]\ncooldown = "0s"\n'),
+               agent_extra=f'gpu_dir = "{gpu_dir}"\n').start()
+    fakes = []
+    try:
+        env = dict(os.environ)
+        for line in d.agent("gpu-env", "--dir", gpu_dir).stdout.split():
+            key, _, value = line.partition("=")
+            env[key] = value
+
+        def start_fake(name, environment):
+            truth = os.path.join(root, name + ".nvcudmp")
+            p = subprocess.Popen([args.fake_cuda_target, "--truth", truth, "--global-bytes", str(4 << 20),
+                                  "--ready", os.path.join(root, name + ".mlfx-gpu-victim"),
+                                  "--cuda-error-socket", d.anomaly_socket], env=environment,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            fakes.append(p)
+            wait_for(f"the {name} target armed", lambda: d.armed(p.pid), 30)
+            p.send_signal(signal.SIGUSR1)  # it reports cuLaunchKernel's CUDA_ERROR_ILLEGAL_ADDRESS
+            return p, truth, d.finished("cuda-error", p.pid)
+
+        p, truth, t = start_fake("armed", env)
+        expect(t["outcome"] == "captured", "the cuda-error trigger captured", t)
+        ev = t["evidence"]
+        expect(ev.get("cuda_api") == "cuLaunchKernel" and ev.get("cuda_error") == "CUDA_ERROR_ILLEGAL_ADDRESS" and
+               ev.get("cuda_error_code") == 700, "the evidence records the CUDA error as data", ev)
+        expect("sources_skipped" not in ev, "no source was skipped", ev)
+        out = os.path.join(root, "open")
+        subprocess.run([args.mlfx, "bundle", "open", t["detail"], "--key", os.path.join(args.keys, "lab.key"),
+                        "--out", out, "-q"], check=True)
+        expect(open(os.path.join(out, "gpu-core"), "rb").read() == open(truth, "rb").read(),
+               "the sealed GPU dump is byte-identical to the target's")
+        expect(os.path.exists(os.path.join(out, "core")), "the process core is in the same bundle")
+        manifest = json.load(open(os.path.join(out, "manifest.json")))
+        names = [s["name"] for s in manifest["streams"]]
+        expect(names[:2] == ["gpu-core", "core"], "GPU first, then the process", names)
+        events = [(e["event"], e.get("source"), e.get("note")) for e in manifest["context"]["timeline"]["events"]]
+        expect(events.index(("read_end", "gpu", "before_freeze")) < events.index(("frozen", None, None)),
+               "the GPU dump is read before the target is frozen", events)
+        expect(p.poll() is None, "the target survived")
+
+        _, _, t = start_fake("unarmed", {k: v for k, v in env.items() if not k.startswith("CUDA_")})
+        skipped = t["evidence"].get("sources_skipped", [])
+        expect(t["outcome"] == "captured" and any(s["source"] == "gpu" and "not armed" in s["why"] for s in skipped),
+               "a target not armed: its memory captured, the GPU source skipped with a note", t)
+    finally:
+        for p in fakes:
+            p.kill()
+        d.stop()
+
+
 CASES = {"config": case_config, "crash": case_crash, "tamper": case_tamper, "storm": case_storm,
          "reload": case_reload, "killed": case_killed, "oom": case_oom, "pressure": case_pressure,
          "no-ebpf": case_no_ebpf, "upload": case_upload,
-         "lab-request": case_lab_request, "injection": case_injection}
+         "lab-request": case_lab_request, "injection": case_injection, "gpu": case_gpu}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", required=True)
     ap.add_argument("--mlfx", required=True)
+    ap.add_argument("--fake-cuda-target", help="tests/agent/fake_cuda_target (the gpu case)")
     ap.add_argument("cases", nargs="*", default=list(CASES))
     args = ap.parse_args()
     args.agent, args.mlfx = os.path.abspath(args.agent), os.path.abspath(args.mlfx)
+    if args.fake_cuda_target:
+        args.fake_cuda_target = os.path.abspath(args.fake_cuda_target)
     if os.geteuid() != 0:
         print("SKIP: the armed daemon's tests load eBPF programs and trace other processes: run as root")
         return 77
