@@ -25,7 +25,6 @@ namespace {
 
 constexpr size_t kReadBlock = 1u << 20;
 constexpr int kPipeBytes = 1 << 20;
-constexpr size_t kMaxHelperOutput = 16u << 10;
 constexpr char kNotArmed[] = "is not armed for a GPU core dump";
 
 double ms(int64_t from_ns, int64_t to_ns) { return from_ns && to_ns ? double(to_ns - from_ns) / 1e6 : 0.0; }
@@ -166,12 +165,18 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
     s->method_ = "pipe-trigger";
     return s;
   }
-  if (s->options_.allow_cuda_gdb)
+  // ptrace allows one tracer: a target the daemon holds for its fatal signals cannot take cuda-gdb.
+  const auto tracer = process::status_field(status, "TracerPid");
+  const bool traced = tracer && *tracer != "0";
+  if (s->options_.allow_cuda_gdb && !traced)
     if (auto gdb = find_cuda_gdb()) {
       s->cuda_gdb_ = *gdb;
       s->method_ = "cuda-gdb";
       return s;
     }
+  if (traced)
+    return fail(Errc::kUnsupported, who + " " + kNotArmed + ": " + s->arming_.why_not + "; and cuda-gdb cannot attach "
+                                        "instead: it is traced by pid " + *tracer);
   return fail(Errc::kUnsupported, who + " " + kNotArmed + ": " + s->arming_.why_not +
                                       "; and no cuda-gdb to attach instead (/usr/local/cuda/bin/cuda-gdb, PATH)");
 }

@@ -81,7 +81,6 @@ class CudaCoredumpSource final : public CaptureSource {
   std::string format_;  // "elf", "gzip" or "unknown" from the first bytes
   int64_t trigger_ns_ = 0, first_byte_ns_ = 0, eof_ns_ = 0;
   bool survived_ = false, complete_ = false;
-  std::string helper_output_;  // cuda-gdb's, bounded
   std::string sha256_;
 };
 
