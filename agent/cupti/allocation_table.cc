@@ -6,12 +6,18 @@ namespace mlfx::cupti {
 
 const char* range_kind_name(RangeKind kind) {
   switch (kind) {
-    case RangeKind::kDevice: return "device";
-    case RangeKind::kPitch: return "pitch";
-    case RangeKind::kManaged: return "managed";
-    case RangeKind::kAsync: return "async";
-    case RangeKind::kPool: return "pool";
-    case RangeKind::kVmm: return "vmm";
+    case RangeKind::kDevice:
+      return "device";
+    case RangeKind::kPitch:
+      return "pitch";
+    case RangeKind::kManaged:
+      return "managed";
+    case RangeKind::kAsync:
+      return "async";
+    case RangeKind::kPool:
+      return "pool";
+    case RangeKind::kVmm:
+      return "vmm";
   }
   return "unknown";
 }
@@ -176,7 +182,8 @@ std::vector<ContextInfoRecord> AllocationTable::contexts() const {
 
 TableStats AllocationTable::stats() const {
   std::lock_guard lock(mu_);
-  return TableStats{ranges_.size(), bytes_, reservations_.size(), handles_.size(), contexts_.size(), overflow_};
+  return TableStats{ranges_.size(),  bytes_,           reservations_.size(),
+                    handles_.size(), contexts_.size(), overflow_};
 }
 
 }  // namespace mlfx::cupti

@@ -19,7 +19,8 @@
 namespace mlfx::cupti {
 
 enum class RangeKind { kDevice, kPitch, kManaged, kAsync, kPool, kVmm };
-const char* range_kind_name(RangeKind kind);  // "device", "pitch", "managed", "async", "pool", "vmm"
+const char* range_kind_name(
+    RangeKind kind);  // "device", "pitch", "managed", "async", "pool", "vmm"
 
 // Where the allocation was asked for: the return address into the application's code and the
 // object file mapped there (dladdr), with the address's offset from that object's load base.

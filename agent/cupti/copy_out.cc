@@ -13,8 +13,10 @@ namespace mlfx::cupti {
 namespace {
 
 // Produces one range's bytes chunk by chunk; after a failed read, zeros to the end.
-bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore::Sink& emit, CopyOutReport& report) {
-  static const std::vector<uint8_t> zeros(1 << 20);
+bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore::Sink& emit,
+                   CopyOutReport& report) {
+  // Never destroyed: the copy-out thread may still run while the process exits.
+  static const std::vector<uint8_t>& zeros = *new std::vector<uint8_t>(1 << 20);
   const size_t chunk = std::max<size_t>(reader.chunk_size(), 1);
   uint64_t offset = 0;
   std::string error;
@@ -28,7 +30,8 @@ bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore:
   if (offset == range.size) return true;
   ++report.failed_ranges;
   if (report.failures.size() < CopyOutReport::kMaxFailuresListed)
-    report.failures.push_back({range.address, range.size, offset, error.empty() ? "read failed" : error});
+    report.failures.push_back(
+        {range.address, range.size, offset, error.empty() ? "read failed" : error});
   while (offset < range.size) {
     const size_t len = static_cast<size_t>(std::min<uint64_t>(zeros.size(), range.size - offset));
     if (!emit(zeros.data(), len)) return false;
@@ -39,8 +42,8 @@ bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore:
 
 }  // namespace
 
-CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables& tables, DeviceReader& reader,
-                         const cudacore::Sink& sink) {
+CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables& tables,
+                         DeviceReader& reader, const cudacore::Sink& sink) {
   const auto start = std::chrono::steady_clock::now();
   CopyOutReport report;
   cudacore::CoreWriter writer;
@@ -67,8 +70,9 @@ CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables&
   std::string error;
   report.written = writer.write(sink, &error);
   if (!report.written) report.error = error.empty() ? "the output refused the dump" : error;
-  report.ms = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count());
+  report.ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::steady_clock::now() - start)
+                                        .count());
   return report;
 }
 
@@ -80,10 +84,14 @@ std::string expand_path(const std::string& path_template, pid_t pid, int64_t epo
       continue;
     }
     const char c = path_template[++i];
-    if (c == 'p') out += std::to_string(pid);
-    else if (c == 't') out += std::to_string(epoch_seconds);
-    else if (c == '%') out += '%';
-    else (out += '%') += c;  // unknown: kept as written
+    if (c == 'p')
+      out += std::to_string(pid);
+    else if (c == 't')
+      out += std::to_string(epoch_seconds);
+    else if (c == '%')
+      out += '%';
+    else
+      (out += '%') += c;  // unknown: kept as written
   }
   return out;
 }

@@ -21,7 +21,8 @@ class DeviceReader {
   virtual size_t chunk_size() const = 0;
   // `len` (at most chunk_size()) bytes at device `address`, read in `context`: a pointer valid
   // until the next call, or nullptr with *error saying why.
-  virtual const uint8_t* read(uint64_t context, uint64_t address, size_t len, std::string* error) = 0;
+  virtual const uint8_t* read(uint64_t context, uint64_t address, size_t len,
+                              std::string* error) = 0;
 };
 
 // The dump's tables besides memory: devices, contexts (device_index: a row of `devices`), metadata.
@@ -50,8 +51,8 @@ struct CopyOutReport {
 
 // Writes the dump of `ranges` into `sink`. A range whose read fails is zero-filled from the
 // failing chunk on, so the dump stays well-formed, and is listed in the report.
-CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables& tables, DeviceReader& reader,
-                         const cudacore::Sink& sink);
+CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables& tables,
+                         DeviceReader& reader, const cudacore::Sink& sink);
 
 // `%p` in a path template replaced by the pid, `%t` by the epoch seconds, `%%` by `%`.
 std::string expand_path(const std::string& path_template, pid_t pid, int64_t epoch_seconds);

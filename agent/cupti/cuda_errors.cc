@@ -49,7 +49,9 @@ uint64_t RateLimiter::suppressed_total() const {
 std::string anomaly_message(const std::string& api, int code) {
   const char* name = cuda_error_name(code);
   JsonLine j;
-  j.str("op", "cuda-error").str("api", api).str("error", name ? name : "CUDA_ERROR_" + std::to_string(code));
+  j.str("op", "cuda-error")
+      .str("api", api)
+      .str("error", name ? name : "CUDA_ERROR_" + std::to_string(code));
   j.num("code", static_cast<int64_t>(code));
   return j.done(false);
 }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "cupti/callbacks.h"
 #include "cupti/copy_out.h"
 #include "cupti/json_line.h"
 #include "cupti/recorder.h"
@@ -90,112 +91,21 @@ uint64_t application_return_address() {
   return 0;
 }
 
-int location_device(const CUmemAllocationProp* prop) {
-  return prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE ? prop->location.id : -1;
+const CallbackHooks& hooks() {
+  static const CallbackHooks h{g_recorder, application_return_address, g_cupti.device_id};
+  return h;
 }
 
-void on_driver_exit(CUpti_CallbackId cbid, const CUpti_CallbackData* d) {
-  const CUresult rc = *static_cast<const CUresult*>(d->functionReturnValue);
-  if (rc != CUDA_SUCCESS) {
-    g_recorder->result(d->functionName ? d->functionName : "?", static_cast<int>(rc));
-    return;  // a failed call allocated or freed nothing
-  }
-  const auto ctx = reinterpret_cast<uint64_t>(d->context);
-  const char* api = d->functionName ? d->functionName : "?";
-  const void* p = d->functionParams;
-  auto stream = [](CUstream s) { return reinterpret_cast<uint64_t>(s); };
-  switch (cbid) {
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAlloc_v2: {
-      auto* a = static_cast<const cuMemAlloc_v2_params*>(p);
-      g_recorder->alloc(api, RangeKind::kDevice, *a->dptr, a->bytesize, ctx, 0, application_return_address());
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocPitch_v2: {
-      auto* a = static_cast<const cuMemAllocPitch_v2_params*>(p);
-      g_recorder->alloc(api, RangeKind::kPitch, *a->dptr, *a->pPitch * a->Height, ctx, 0,
-                        application_return_address(), *a->pPitch);
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocManaged: {
-      auto* a = static_cast<const cuMemAllocManaged_params*>(p);
-      g_recorder->alloc(api, RangeKind::kManaged, *a->dptr, a->bytesize, ctx, 0, application_return_address());
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocAsync:
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocAsync_ptsz: {
-      auto* a = static_cast<const cuMemAllocAsync_params*>(p);
-      g_recorder->alloc(api, RangeKind::kAsync, *a->dptr, a->bytesize, ctx, stream(a->hStream),
-                        application_return_address());
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocFromPoolAsync:
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAllocFromPoolAsync_ptsz: {
-      auto* a = static_cast<const cuMemAllocFromPoolAsync_params*>(p);
-      g_recorder->alloc(api, RangeKind::kPool, *a->dptr, a->bytesize, ctx, stream(a->hStream),
-                        application_return_address(), 0, reinterpret_cast<uint64_t>(a->pool));
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemFree_v2:
-      g_recorder->free(api, static_cast<const cuMemFree_v2_params*>(p)->dptr, ctx, 0);
-      break;
-    case CUPTI_DRIVER_TRACE_CBID_cuMemFreeAsync:
-    case CUPTI_DRIVER_TRACE_CBID_cuMemFreeAsync_ptsz: {
-      auto* a = static_cast<const cuMemFreeAsync_params*>(p);
-      g_recorder->free(api, a->dptr, ctx, stream(a->hStream));
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAddressReserve: {
-      auto* a = static_cast<const cuMemAddressReserve_params*>(p);
-      g_recorder->reserve(*a->ptr, a->size, ctx);
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemAddressFree: {
-      auto* a = static_cast<const cuMemAddressFree_params*>(p);
-      g_recorder->address_free(a->ptr, a->size);
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemCreate: {
-      auto* a = static_cast<const cuMemCreate_params*>(p);
-      g_recorder->create(static_cast<uint64_t>(*a->handle), a->size, location_device(a->prop));
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemRelease:
-      g_recorder->release(static_cast<uint64_t>(static_cast<const cuMemRelease_params*>(p)->handle));
-      break;
-    case CUPTI_DRIVER_TRACE_CBID_cuMemMap: {
-      auto* a = static_cast<const cuMemMap_params*>(p);
-      g_recorder->map(a->ptr, a->size, a->offset, static_cast<uint64_t>(a->handle), ctx, application_return_address());
-      break;
-    }
-    case CUPTI_DRIVER_TRACE_CBID_cuMemUnmap: {
-      auto* a = static_cast<const cuMemUnmap_params*>(p);
-      g_recorder->unmap(a->ptr, a->size);
-      break;
-    }
-    default:
-      break;
-  }
-}
-
-void on_resource(CUpti_CallbackId cbid, const CUpti_ResourceData* r) {
-  const auto ctx = reinterpret_cast<uint64_t>(r->context);
-  if (cbid == CUPTI_CBID_RESOURCE_CONTEXT_CREATED) {
-    uint32_t device = 0;
-    const bool known = g_cupti.device_id && g_cupti.device_id(r->context, &device) == CUPTI_SUCCESS;
-    g_recorder->context_created(ctx, known ? static_cast<int>(device) : -1);
-  } else if (cbid == CUPTI_CBID_RESOURCE_CONTEXT_DESTROY_STARTING) {
-    g_recorder->context_destroyed(ctx);
-  }
-}
-
-void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId cbid, const void* data) {
+void CUPTIAPI on_callback(void*, CUpti_CallbackDomain domain, CUpti_CallbackId cbid,
+                          const void* data) {
   if (t_ours || !g_recorder || !data) return;
   try {
     if (domain == CUPTI_CB_DOMAIN_DRIVER_API) {
       auto* d = static_cast<const CUpti_CallbackData*>(data);
-      if (d->callbackSite == CUPTI_API_EXIT && d->functionReturnValue) on_driver_exit(cbid, d);
+      if (d->callbackSite == CUPTI_API_EXIT && d->functionReturnValue)
+        on_driver_exit(hooks(), cbid, d);
     } else if (domain == CUPTI_CB_DOMAIN_RESOURCE) {
-      on_resource(cbid, static_cast<const CUpti_ResourceData*>(data));
+      on_resource(hooks(), cbid, static_cast<const CUpti_ResourceData*>(data));
     }
   } catch (...) {  // (std::bad_alloc) never into the driver: the event is lost, the process goes on
   }
@@ -208,8 +118,10 @@ class DriverReader final : public DeviceReader {
  public:
   static constexpr size_t kChunk = 8 << 20;
   ~DriverReader() override {
-    if (pinned_ && g_driver.free_host) g_driver.free_host(buffer_);
-    else std::free(buffer_);
+    if (pinned_ && g_driver.free_host)
+      g_driver.free_host(buffer_);
+    else
+      std::free(buffer_);
   }
   size_t chunk_size() const override { return kChunk; }
   const uint8_t* read(uint64_t context, uint64_t address, size_t len, std::string* error) override {
@@ -271,11 +183,15 @@ DumpTables dump_tables(const std::vector<ContextInfoRecord>& contexts) {
       CUdevice handle = 0;
       if (g_driver.device_get && g_driver.device_get(&handle, c.device) == CUDA_SUCCESS) {
         char name[256] = {};
-        if (g_driver.device_name && g_driver.device_name(name, sizeof name - 1, handle) == CUDA_SUCCESS) dev.name = name;
+        if (g_driver.device_name &&
+            g_driver.device_name(name, sizeof name - 1, handle) == CUDA_SUCCESS)
+          dev.name = name;
         auto attr = [&](CUdevice_attribute a) {
           int v = 0;
-          return g_driver.device_attribute && g_driver.device_attribute(&v, a, handle) == CUDA_SUCCESS
-                     ? static_cast<uint32_t>(v) : 0u;
+          return g_driver.device_attribute &&
+                         g_driver.device_attribute(&v, a, handle) == CUDA_SUCCESS
+                     ? static_cast<uint32_t>(v)
+                     : 0u;
         };
         dev.pci_bus_id = attr(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID);
         dev.pci_dev_id = attr(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID);
@@ -298,7 +214,8 @@ DumpTables dump_tables(const std::vector<ContextInfoRecord>& contexts) {
 void copy_out(const std::string& output_template) {
   t_ours = true;
   g_recorder->trigger("fifo");
-  const std::string output = expand_path(output_template, ::getpid(), static_cast<int64_t>(::time(nullptr)));
+  const std::string output =
+      expand_path(output_template, ::getpid(), static_cast<int64_t>(::time(nullptr)));
   CopyOutReport report;
   std::string error;
   const int fd = open_output(output, &error);
@@ -340,7 +257,7 @@ void copy_out(const std::string& output_template) {
   g_recorder->copy_out(output, report);
 }
 
-void *load_cupti(std::string* error) {
+void* load_cupti(std::string* error) {
   std::vector<std::string> candidates;
   if (const char* v = std::getenv("MLFX_CUPTI_LIBCUPTI"); v && *v) candidates.push_back(v);
   candidates.push_back("libcupti.so");
@@ -366,14 +283,16 @@ void resolve_driver() {
   resolve(cuda, "cuDeviceGetAttribute", &g_driver.device_attribute);
   resolve(cuda, "cuDriverGetVersion", &g_driver.driver_version);
   Dl_info info{};
-  if (g_driver.ctx_set_current && ::dladdr(reinterpret_cast<void*>(g_driver.ctx_set_current), &info))
+  if (g_driver.ctx_set_current &&
+      ::dladdr(reinterpret_cast<void*>(g_driver.ctx_set_current), &info))
     g_skip_bases[2] = info.dli_fbase;
 }
 
 // Subscribes to what the table needs; false with *error when CUPTI refuses.
 bool subscribe(std::string* error) {
   CUpti_SubscriberHandle subscriber = nullptr;
-  CUptiResult rc = g_cupti.subscribe(&subscriber, reinterpret_cast<CUpti_CallbackFunc>(on_callback), nullptr);
+  CUptiResult rc =
+      g_cupti.subscribe(&subscriber, reinterpret_cast<CUpti_CallbackFunc>(on_callback), nullptr);
   if (rc != CUPTI_SUCCESS) {
     *error = "cuptiSubscribe: " + cupti_error(rc) + " (another CUPTI tool, or no driver?)";
     return false;
@@ -387,16 +306,8 @@ bool subscribe(std::string* error) {
       return false;
     }
   } else {
-    const CUpti_CallbackId ids[] = {
-        CUPTI_DRIVER_TRACE_CBID_cuMemAlloc_v2,          CUPTI_DRIVER_TRACE_CBID_cuMemAllocPitch_v2,
-        CUPTI_DRIVER_TRACE_CBID_cuMemFree_v2,           CUPTI_DRIVER_TRACE_CBID_cuMemAllocManaged,
-        CUPTI_DRIVER_TRACE_CBID_cuMemAllocAsync,        CUPTI_DRIVER_TRACE_CBID_cuMemAllocAsync_ptsz,
-        CUPTI_DRIVER_TRACE_CBID_cuMemAllocFromPoolAsync, CUPTI_DRIVER_TRACE_CBID_cuMemAllocFromPoolAsync_ptsz,
-        CUPTI_DRIVER_TRACE_CBID_cuMemFreeAsync,         CUPTI_DRIVER_TRACE_CBID_cuMemFreeAsync_ptsz,
-        CUPTI_DRIVER_TRACE_CBID_cuMemAddressReserve,    CUPTI_DRIVER_TRACE_CBID_cuMemAddressFree,
-        CUPTI_DRIVER_TRACE_CBID_cuMemCreate,            CUPTI_DRIVER_TRACE_CBID_cuMemRelease,
-        CUPTI_DRIVER_TRACE_CBID_cuMemMap,               CUPTI_DRIVER_TRACE_CBID_cuMemUnmap};
-    for (CUpti_CallbackId id : ids) {
+    for (size_t i = 0; i < kMemoryCallbackCount; ++i) {
+      const CUpti_CallbackId id = kMemoryCallbacks[i];
       rc = g_cupti.enable_callback(1, subscriber, CUPTI_CB_DOMAIN_DRIVER_API, id);
       if (rc != CUPTI_SUCCESS) {
         *error = "cuptiEnableCallback(" + std::to_string(id) + "): " + cupti_error(rc);
@@ -404,7 +315,8 @@ bool subscribe(std::string* error) {
       }
     }
   }
-  for (CUpti_CallbackId id : {CUPTI_CBID_RESOURCE_CONTEXT_CREATED, CUPTI_CBID_RESOURCE_CONTEXT_DESTROY_STARTING}) {
+  for (CUpti_CallbackId id :
+       {CUPTI_CBID_RESOURCE_CONTEXT_CREATED, CUPTI_CBID_RESOURCE_CONTEXT_DESTROY_STARTING}) {
     rc = g_cupti.enable_callback(1, subscriber, CUPTI_CB_DOMAIN_RESOURCE, id);
     if (rc != CUPTI_SUCCESS) {
       *error = "cuptiEnableCallback(resource " + std::to_string(id) + "): " + cupti_error(rc);
@@ -430,12 +342,15 @@ void start_trigger() {
     return;
   }
   std::string output_template = output;
-  if (!start_trigger_thread(fd, [output_template] {
-        try {
-          copy_out(output_template);
-        } catch (...) {  // (bad_alloc) the copy-out is lost, the process goes on
-        }
-      }, &error)) {
+  if (!start_trigger_thread(
+          fd,
+          [output_template] {
+            try {
+              copy_out(output_template);
+            } catch (...) {  // (bad_alloc) the copy-out is lost, the process goes on
+            }
+          },
+          &error)) {
     g_recorder->notice("no-copy-out", error);
     ::close(fd);
     return;
@@ -445,7 +360,9 @@ void start_trigger() {
 
 std::string settings_json(const RecorderConfig& config) {
   JsonLine j;
-  j.str("log", config.log_path).unum("max_entries", config.max_entries).str("anomaly_socket", config.anomaly_socket);
+  j.str("log", config.log_path)
+      .unum("max_entries", config.max_entries)
+      .str("anomaly_socket", config.anomaly_socket);
   const char* trigger = std::getenv("MLFX_CUPTI_TRIGGER");
   const char* output = std::getenv("MLFX_CUPTI_OUTPUT");
   j.str("trigger", trigger ? trigger : "").str("output", output ? output : "");
@@ -481,7 +398,8 @@ void initialize() {
   resolve(lib, "cuptiGetResultString", &g_cupti.result_string);
   resolve(lib, "cuptiGetDeviceId", &g_cupti.device_id);
   if (!g_cupti.subscribe || !g_cupti.enable_callback || !g_cupti.enable_domain) {
-    g_recorder->notice("no-cupti", "libcupti lacks cuptiSubscribe/cuptiEnableCallback/cuptiEnableDomain");
+    g_recorder->notice("no-cupti",
+                       "libcupti lacks cuptiSubscribe/cuptiEnableCallback/cuptiEnableDomain");
     return;
   }
   Dl_info info{};

@@ -85,7 +85,10 @@ class JsonLine {
   // The length of the UTF-8 sequence starting `s`, 0 when it is not a valid one.
   static size_t utf8_length(std::string_view s) {
     const unsigned char c = static_cast<unsigned char>(s[0]);
-    const size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
+    const size_t n = c >= 0xf0 && c <= 0xf4   ? 4
+                     : c >= 0xe0 && c <= 0xef ? 3
+                     : c >= 0xc2 && c <= 0xdf ? 2
+                                              : 0;
     if (n == 0 || s.size() < n) return 0;
     for (size_t i = 1; i < n; ++i)
       if ((static_cast<unsigned char>(s[i]) & 0xc0) != 0x80) return 0;

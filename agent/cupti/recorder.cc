@@ -87,8 +87,9 @@ void Recorder::notice(std::string_view what, std::string_view detail) {
   write(l, true);
 }
 
-void Recorder::alloc(std::string_view api, RangeKind kind, uint64_t address, uint64_t size, uint64_t context,
-                     uint64_t stream, uint64_t return_address, uint64_t pitch, uint64_t pool) {
+void Recorder::alloc(std::string_view api, RangeKind kind, uint64_t address, uint64_t size,
+                     uint64_t context, uint64_t stream, uint64_t return_address, uint64_t pitch,
+                     uint64_t pool) {
   LiveRange range;
   range.address = address;
   range.size = size;
@@ -102,7 +103,10 @@ void Recorder::alloc(std::string_view api, RangeKind kind, uint64_t address, uin
   Line l = begin("alloc");
   range.seq = l.seq;
   const auto added = table_.add_range(range);
-  l.json.str("api", api).str("kind", range_kind_name(kind)).hex("address", address).unum("size", size);
+  l.json.str("api", api)
+      .str("kind", range_kind_name(kind))
+      .hex("address", address)
+      .unum("size", size);
   if (kind == RangeKind::kPitch) l.json.unum("pitch", pitch);
   if (kind == RangeKind::kPool) l.json.hex("pool", pool);
   l.json.num("device", range.device).hex("context", context).hex("stream", stream);
@@ -118,8 +122,9 @@ void Recorder::free(std::string_view api, uint64_t address, uint64_t context, ui
   l.json.str("api", api).hex("address", address).hex("context", context).hex("stream", stream);
   l.json.boolean("known", removed.found);
   if (removed.found)
-    l.json.str("kind", range_kind_name(removed.range.kind)).unum("size", removed.range.size).unum("alloc_seq",
-                                                                                                  removed.range.seq);
+    l.json.str("kind", range_kind_name(removed.range.kind))
+        .unum("size", removed.range.size)
+        .unum("alloc_seq", removed.range.seq);
   write(l, false);
 }
 
@@ -127,7 +132,10 @@ void Recorder::reserve(uint64_t address, uint64_t size, uint64_t context) {
   std::lock_guard lock(mu_);
   Line l = begin("reserve");
   const auto added = table_.add_reservation({address, size, l.seq});
-  l.json.hex("address", address).unum("size", size).hex("context", context).boolean("tracked", added.tracked);
+  l.json.hex("address", address)
+      .unum("size", size)
+      .hex("context", context)
+      .boolean("tracked", added.tracked);
   write(l, false);
 }
 
@@ -148,7 +156,10 @@ void Recorder::create(uint64_t handle, uint64_t size, int device) {
   h.device = device;
   h.seq = l.seq;
   const auto added = table_.add_handle(h);
-  l.json.hex("handle", handle).unum("size", size).num("device", device).boolean("tracked", added.tracked);
+  l.json.hex("handle", handle)
+      .unum("size", size)
+      .num("device", device)
+      .boolean("tracked", added.tracked);
   write(l, false);
 }
 
@@ -160,8 +171,8 @@ void Recorder::release(uint64_t handle) {
   write(l, false);
 }
 
-void Recorder::map(uint64_t address, uint64_t size, uint64_t offset, uint64_t handle, uint64_t context,
-                   uint64_t return_address) {
+void Recorder::map(uint64_t address, uint64_t size, uint64_t offset, uint64_t handle,
+                   uint64_t context, uint64_t return_address) {
   LiveRange range;
   range.address = address;
   range.size = size;
@@ -179,7 +190,9 @@ void Recorder::map(uint64_t address, uint64_t size, uint64_t offset, uint64_t ha
   range.seq = l.seq;
   const auto added = table_.add_range(range);
   l.json.hex("address", address).unum("size", size).unum("offset", offset).hex("handle", handle);
-  l.json.boolean("handle_known", physical.has_value()).num("device", range.device).hex("context", context);
+  l.json.boolean("handle_known", physical.has_value())
+      .num("device", range.device)
+      .hex("context", context);
   add_call_site(l.json, range.site);
   l.json.boolean("tracked", added.tracked).boolean("replaced", added.replaced);
   write(l, false);
@@ -216,8 +229,11 @@ bool Recorder::result(std::string_view api, int code) {
   uint64_t notices_suppressed = 0;
   bool notified = false;
   std::string notice_error;
-  const bool notice_due = !config_.anomaly_socket.empty() && notices_limit_.allow(now, &notices_suppressed);
-  if (notice_due) notified = send_anomaly(config_.anomaly_socket, anomaly_message(std::string(api), code), &notice_error);
+  const bool notice_due =
+      !config_.anomaly_socket.empty() && notices_limit_.allow(now, &notices_suppressed);
+  if (notice_due)
+    notified = send_anomaly(config_.anomaly_socket, anomaly_message(std::string(api), code),
+                            &notice_error);
   std::lock_guard lock(mu_);
   ++errors_;
   if (notified) ++notices_;
@@ -253,9 +269,15 @@ void Recorder::copy_out(const std::string& output, const CopyOutReport& report) 
   Line l = begin("copy-out");
   l.json.str("output", output).boolean("written", report.written);
   if (!report.error.empty()) l.json.str("error", report.error);
-  l.json.unum("ranges", report.ranges).unum("bytes", report.bytes).unum("dump_bytes", report.dump_bytes);
-  l.json.unum("ms", report.ms).unum("failed_ranges", report.failed_ranges).raw("failures", failures);
-  l.json.unum("overflow", stats.overflow).unum("errors", errors_).unum("lines_dropped", lines_dropped_);
+  l.json.unum("ranges", report.ranges)
+      .unum("bytes", report.bytes)
+      .unum("dump_bytes", report.dump_bytes);
+  l.json.unum("ms", report.ms)
+      .unum("failed_ranges", report.failed_ranges)
+      .raw("failures", failures);
+  l.json.unum("overflow", stats.overflow)
+      .unum("errors", errors_)
+      .unum("lines_dropped", lines_dropped_);
   write(l, true);
 }
 
@@ -273,13 +295,15 @@ RecorderConfig config_from_env() {
   RecorderConfig config;
   const pid_t pid = ::getpid();
   const int64_t now = static_cast<int64_t>(::time(nullptr));
-  if (const char* v = std::getenv("MLFX_CUPTI_LOG"); v && *v) config.log_path = expand_path(v, pid, now);
+  if (const char* v = std::getenv("MLFX_CUPTI_LOG"); v && *v)
+    config.log_path = expand_path(v, pid, now);
   if (const char* v = std::getenv("MLFX_CUPTI_MAX_RANGES"); v && *v) {
     const unsigned long long n = std::strtoull(v, nullptr, 10);
     if (n > 0) config.max_entries = static_cast<size_t>(n);
   }
   const char* socket = std::getenv("MLFX_ANOMALY_SOCKET");
-  config.anomaly_socket = socket ? socket : "/run/mlfx-agent/anomaly.sock";  // set empty: no notices
+  config.anomaly_socket =
+      socket ? socket : "/run/mlfx-agent/anomaly.sock";  // set empty: no notices
   return config;
 }
 

@@ -23,13 +23,13 @@ namespace mlfx::cupti {
 inline constexpr const char* kVersion = "0.1.0";
 
 struct RecorderConfig {
-  size_t max_entries = 65536;               // per kind of entry (MLFX_CUPTI_MAX_RANGES)
-  std::string log_path;                     // empty: no log (MLFX_CUPTI_LOG, %p expanded)
-  uint64_t log_max_bytes = 256ull << 20;    // then only error, trigger, copy-out, notice lines
-  std::string anomaly_socket;               // empty: no notices
+  size_t max_entries = 65536;                   // per kind of entry (MLFX_CUPTI_MAX_RANGES)
+  std::string log_path;                         // empty: no log (MLFX_CUPTI_LOG, %p expanded)
+  uint64_t log_max_bytes = 256ull << 20;        // then only error, trigger, copy-out, notice lines
+  std::string anomaly_socket;                   // empty: no notices
   uint64_t notice_interval_ns = 1'000'000'000;  // one anomaly message per second at most
   uint64_t error_line_interval_ns = 100'000'000;  // ten error lines per second at most
-  std::function<uint64_t()> monotonic_ns;   // the clock of the rate limits (tests set it)
+  std::function<uint64_t()> monotonic_ns;         // the clock of the rate limits (tests set it)
 };
 
 class Recorder {
@@ -48,16 +48,17 @@ class Recorder {
 
   // cuMemAlloc, cuMemAllocPitch (pitch: the row pitch; size = pitch * height), cuMemAllocManaged,
   // cuMemAllocAsync, cuMemAllocFromPoolAsync (pool: the CUmemoryPool).
-  void alloc(std::string_view api, RangeKind kind, uint64_t address, uint64_t size, uint64_t context,
-             uint64_t stream, uint64_t return_address, uint64_t pitch = 0, uint64_t pool = 0);
+  void alloc(std::string_view api, RangeKind kind, uint64_t address, uint64_t size,
+             uint64_t context, uint64_t stream, uint64_t return_address, uint64_t pitch = 0,
+             uint64_t pool = 0);
   void free(std::string_view api, uint64_t address, uint64_t context, uint64_t stream);
   void reserve(uint64_t address, uint64_t size, uint64_t context);  // cuMemAddressReserve
   void address_free(uint64_t address, uint64_t size);               // cuMemAddressFree
   void create(uint64_t handle, uint64_t size, int device);          // cuMemCreate
   void release(uint64_t handle);                                    // cuMemRelease
   void map(uint64_t address, uint64_t size, uint64_t offset, uint64_t handle, uint64_t context,
-           uint64_t return_address);                                 // cuMemMap
-  void unmap(uint64_t address, uint64_t size);                       // cuMemUnmap
+           uint64_t return_address);            // cuMemMap
+  void unmap(uint64_t address, uint64_t size);  // cuMemUnmap
   void context_created(uint64_t context, int device);
   void context_destroyed(uint64_t context);
 

@@ -46,7 +46,8 @@ int open_trigger_fifo(const std::string& path, std::string* error) {
   }
   struct stat st {};
   // Someone else's file at the path (planted or stale) is not our trigger.
-  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != ::geteuid() ||
+      (st.st_mode & 077) != 0) {
     *error = path + " exists and is not a FIFO of this user with mode 0600";
     ::close(fd);
     return -1;

@@ -21,7 +21,7 @@ constexpr uint32_t kManagedType = 0x80000001, kGlobalType = 0x80000002, kDevTabl
 class FakeReader final : public DeviceReader {
  public:
   std::map<uint64_t, std::string> memory;  // range start -> its bytes
-  uint64_t fail_at = 0;                     // a read covering this address fails
+  uint64_t fail_at = 0;                    // a read covering this address fails
   std::vector<uint64_t> contexts_seen;
   size_t chunk_size() const override { return 1000; }
   const uint8_t* read(uint64_t context, uint64_t address, size_t len, std::string* error) override {
@@ -62,12 +62,14 @@ T at(const std::string& f, uint64_t off) {
 // The ELF64 section headers, from the specification's offsets (not <elf.h>, not the writer).
 std::vector<SectionView> sections(const std::string& f) {
   std::vector<SectionView> out;
-  EXPECT_EQ(f.substr(0, 4), "\x7f" "ELF");
-  EXPECT_EQ(f[4], 2);                               // ELFCLASS64
-  EXPECT_EQ(f[5], 1);                               // little-endian
-  EXPECT_EQ(static_cast<uint8_t>(f[7]), 0x33);      // ELFOSABI_CUDA
-  EXPECT_EQ(at<uint16_t>(f, 16), 4);                // ET_CORE
-  EXPECT_EQ(at<uint16_t>(f, 18), 0xbe);             // EM_CUDA
+  EXPECT_EQ(f.substr(0, 4),
+            "\x7f"
+            "ELF");
+  EXPECT_EQ(f[4], 2);                           // ELFCLASS64
+  EXPECT_EQ(f[5], 1);                           // little-endian
+  EXPECT_EQ(static_cast<uint8_t>(f[7]), 0x33);  // ELFOSABI_CUDA
+  EXPECT_EQ(at<uint16_t>(f, 16), 4);            // ET_CORE
+  EXPECT_EQ(at<uint16_t>(f, 18), 0xbe);         // EM_CUDA
   const uint64_t shoff = at<uint64_t>(f, 0x28);
   EXPECT_EQ(at<uint16_t>(f, 0x3a), 64);
   uint64_t shnum = at<uint16_t>(f, 0x3c);
@@ -152,7 +154,8 @@ TEST(CuptiCopyOut, EveryLiveRangeAtItsAddress) {
 
   const auto all = sections(file);
   size_t memory_sections = 0;
-  for (const auto& sec : all) memory_sections += sec.type == kGlobalType || sec.type == kManagedType;
+  for (const auto& sec : all)
+    memory_sections += sec.type == kGlobalType || sec.type == kManagedType;
   EXPECT_EQ(memory_sections, 5u);  // the freed range is not there
   for (const auto& [addr, bytes] : s.reader.memory) {
     if (addr == 0x7f0000500000) continue;
@@ -209,11 +212,11 @@ TEST(CuptiCopyOut, FailedRangeIsZerosAndReported) {
 TEST(CuptiCopyOut, RefusingOutputIsReported) {
   Scenario s;
   size_t taken = 0;
-  const CopyOutReport report = write_dump(s.recorder->table().ranges(), s.tables, s.reader,
-                                          [&taken](const void*, size_t n) {
-                                            taken += n;
-                                            return taken < 5000;  // the reader went away
-                                          });
+  const CopyOutReport report =
+      write_dump(s.recorder->table().ranges(), s.tables, s.reader, [&taken](const void*, size_t n) {
+        taken += n;
+        return taken < 5000;  // the reader went away
+      });
   EXPECT_FALSE(report.written);
   EXPECT_FALSE(report.error.empty());
 }

@@ -20,9 +20,10 @@ constexpr const char* kLibrary = MLFX_CUPTI_LIBRARY;
 constexpr const char* kLibrary = nullptr;
 #endif
 
-#define SKIP_WITHOUT_LIBRARY()                                                                         \
-  if (!kLibrary) GTEST_SKIP() << "libmlfx_cupti.so was not built: no CUDA toolkit with CUPTI headers " \
-                                 "at configure time (see agent/cupti/CMakeLists.txt)"
+#define SKIP_WITHOUT_LIBRARY()                                                          \
+  if (!kLibrary)                                                                        \
+  GTEST_SKIP() << "libmlfx_cupti.so was not built: no CUDA toolkit with CUPTI headers " \
+                  "at configure time (see agent/cupti/CMakeLists.txt)"
 
 TEST(CuptiLibrary, ExportsOnlyInitializeInjection) {
   SKIP_WITHOUT_LIBRARY();
@@ -57,7 +58,8 @@ int run_injection(const std::string& log) {
     auto init = reinterpret_cast<Init>(::dlsym(lib, "InitializeInjection"));
     if (!init) ::_exit(11);
     Dl_info info{};
-    if (!::dladdr(reinterpret_cast<void*>(init), &info) || std::string(info.dli_fname).find("libmlfx_cupti") == std::string::npos)
+    if (!::dladdr(reinterpret_cast<void*>(init), &info) ||
+        std::string(info.dli_fname).find("libmlfx_cupti") == std::string::npos)
       ::_exit(12);
     if (init() != 1) ::_exit(13);
     if (init() != 1) ::_exit(14);  // a second call is harmless
@@ -86,12 +88,15 @@ TEST(CuptiLibrary, LoadsWithoutADriverAndSaysWhy) {
   std::string outcome;
   for (const auto& e : events) {
     starts += e["event"] == "start";
-    if (e["event"] == "notice" && outcome.empty()) outcome = e["what"].get<std::string>() + ": " + e["detail"].get<std::string>();
+    if (e["event"] == "notice" && outcome.empty())
+      outcome = e["what"].get<std::string>() + ": " + e["detail"].get<std::string>();
   }
   EXPECT_EQ(starts, 1u);
-  const bool driver = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) || ::access("/dev/nvidiactl", F_OK) == 0;
+  const bool driver =
+      ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) || ::access("/dev/nvidiactl", F_OK) == 0;
   if (!driver) {  // no driver here: it must say why it is not recording
-    EXPECT_TRUE(outcome.rfind("no-subscription: ", 0) == 0 || outcome.rfind("no-cupti: ", 0) == 0) << outcome;
+    EXPECT_TRUE(outcome.rfind("no-subscription: ", 0) == 0 || outcome.rfind("no-cupti: ", 0) == 0)
+        << outcome;
   }
   std::printf("the library said: %s\n", outcome.c_str());
 }

@@ -69,7 +69,8 @@ struct Fixture {
 
 TEST(CuptiTable, AllocAndFree) {
   Fixture f;
-  f.recorder->alloc("cuMemAlloc_v2", RangeKind::kDevice, 0x7f0000000000, 4096, kCtx1, 0, test_return_address());
+  f.recorder->alloc("cuMemAlloc_v2", RangeKind::kDevice, 0x7f0000000000, 4096, kCtx1, 0,
+                    test_return_address());
   auto ranges = f.recorder->table().ranges();
   ASSERT_EQ(ranges.size(), 1u);
   EXPECT_EQ(ranges[0].address, 0x7f0000000000u);
@@ -78,7 +79,8 @@ TEST(CuptiTable, AllocAndFree) {
   EXPECT_EQ(ranges[0].device, 1);  // the context's device
   EXPECT_EQ(ranges[0].context, kCtx1);
   EXPECT_EQ(ranges[0].site.return_address, test_return_address());
-  EXPECT_NE(ranges[0].site.object.find("cupti_recording_test"), std::string::npos) << ranges[0].site.object;
+  EXPECT_NE(ranges[0].site.object.find("cupti_recording_test"), std::string::npos)
+      << ranges[0].site.object;
   EXPECT_GT(ranges[0].site.offset, 0u);
   EXPECT_GT(ranges[0].seq, 0u);
   EXPECT_GT(ranges[0].time_ns, 0u);
@@ -102,7 +104,8 @@ TEST(CuptiTable, PitchManagedAsyncAndPool) {
   f.recorder->alloc("cuMemAllocPitch_v2", RangeKind::kPitch, 0x10000, 512 * 100, kCtx0, 0, 0, 512);
   f.recorder->alloc("cuMemAllocManaged", RangeKind::kManaged, 0x20000, 8192, kCtx0, 0, 0);
   f.recorder->alloc("cuMemAllocAsync", RangeKind::kAsync, 0x30000, 1024, kCtx0, 0xabc, 0);
-  f.recorder->alloc("cuMemAllocFromPoolAsync", RangeKind::kPool, 0x40000, 2048, kCtx0, 0xabc, 0, 0, 0x9000);
+  f.recorder->alloc("cuMemAllocFromPoolAsync", RangeKind::kPool, 0x40000, 2048, kCtx0, 0xabc, 0, 0,
+                    0x9000);
   auto ranges = f.recorder->table().ranges();
   ASSERT_EQ(ranges.size(), 4u);
   EXPECT_EQ(ranges[0].kind, RangeKind::kPitch);
@@ -277,7 +280,8 @@ TEST(CuptiLog, EveryLineParsesWithCommonFields) {
   Fixture f;
   f.recorder->start(R"({"log":"x"})");
   f.recorder->notice("quote\"and\nnewline", std::string("bad utf-8 \xff\xfe, good \xc3\xa9"));
-  f.recorder->alloc("cuMemAlloc_v2", RangeKind::kDevice, 0xdead0000, 10, kCtx0, 0, test_return_address());
+  f.recorder->alloc("cuMemAlloc_v2", RangeKind::kDevice, 0xdead0000, 10, kCtx0, 0,
+                    test_return_address());
   f.recorder->result("cuLaunchKernel", 700);
   f.recorder->trigger("fifo");
   CopyOutReport report;
@@ -308,8 +312,8 @@ TEST(CuptiLog, EveryLineParsesWithCommonFields) {
   EXPECT_EQ(notice["what"], "quote\"and\nnewline");
   EXPECT_EQ(notice["detail"], "bad utf-8 \xef\xbf\xbd\xef\xbf\xbd, good \xc3\xa9");
   auto alloc = events(f.log, "alloc").at(0);
-  for (const char* key : {"api", "kind", "address", "size", "device", "context", "stream", "caller", "object",
-                          "object_offset", "tracked", "replaced"})
+  for (const char* key : {"api", "kind", "address", "size", "device", "context", "stream", "caller",
+                          "object", "object_offset", "tracked", "replaced"})
     EXPECT_TRUE(alloc.contains(key)) << key;
   EXPECT_EQ(alloc["address"], "0xdead0000");
   auto error = events(f.log, "error").at(0);
@@ -363,7 +367,8 @@ TEST(CuptiLog, UnwritableLogIsReported) {
 }
 
 TEST(CuptiErrors, BenignResultsAreNotEvents) {
-  for (int code : {0, 500, 600, 704, 705, 712, 713, 801}) EXPECT_TRUE(is_benign_result(code)) << code;
+  for (int code : {0, 500, 600, 704, 705, 712, 713, 801})
+    EXPECT_TRUE(is_benign_result(code)) << code;
   for (int code : {1, 2, 200, 700, 719, 999}) EXPECT_FALSE(is_benign_result(code)) << code;
   EXPECT_STREQ(cuda_error_name(700), "CUDA_ERROR_ILLEGAL_ADDRESS");
   EXPECT_STREQ(cuda_error_name(2), "CUDA_ERROR_OUT_OF_MEMORY");
@@ -377,9 +382,11 @@ TEST(CuptiErrors, BenignResultsAreNotEvents) {
 }
 
 TEST(CuptiErrors, MessageFormat) {
-  EXPECT_EQ(anomaly_message("cuLaunchKernel", 700),
-            R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})");
-  EXPECT_EQ(anomaly_message("cuX", 123456), R"({"op":"cuda-error","api":"cuX","error":"CUDA_ERROR_123456","code":123456})");
+  EXPECT_EQ(
+      anomaly_message("cuLaunchKernel", 700),
+      R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})");
+  EXPECT_EQ(anomaly_message("cuX", 123456),
+            R"({"op":"cuda-error","api":"cuX","error":"CUDA_ERROR_123456","code":123456})");
 }
 
 // A listening SOCK_SEQPACKET socket standing in for the daemon's anomaly socket.
@@ -425,7 +432,9 @@ TEST(CuptiErrors, NoticesAreRateLimitedToOnePerSecond) {
 
   auto messages = daemon.received();
   ASSERT_EQ(messages.size(), 2u);
-  EXPECT_EQ(messages[0], R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})");
+  EXPECT_EQ(
+      messages[0],
+      R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})");
   EXPECT_EQ(json::parse(messages[1])["api"], "cuMemFree_v2");
   EXPECT_EQ(f.recorder->notices_sent(), 2u);
   EXPECT_EQ(f.recorder->error_events(), 4u);
@@ -438,7 +447,8 @@ TEST(CuptiErrors, NoticesAreRateLimitedToOnePerSecond) {
 
 TEST(CuptiErrors, ErrorStormLinesAreRateLimitedAndCounted) {
   Fixture f;
-  for (int i = 0; i < 50; ++i) f.recorder->result("cuLaunchKernel", 700);  // a sticky error, all at once
+  for (int i = 0; i < 50; ++i)
+    f.recorder->result("cuLaunchKernel", 700);  // a sticky error, all at once
   f.now_ns += 200'000'000;
   f.recorder->result("cuLaunchKernel", 700);
   auto errors = events(f.log, "error");
@@ -508,13 +518,16 @@ TEST(CuptiTrigger, FifoWriteStartsOneCopyOut) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
   std::atomic<int> triggers{0};
-  ASSERT_TRUE(start_trigger_thread(fd, [&] { ++triggers; }, &error)) << error;
+  ASSERT_TRUE(start_trigger_thread(
+      fd, [&] { ++triggers; }, &error))
+      << error;
   for (int round = 1; round <= 2; ++round) {  // the agent opens, writes a byte, closes; twice
     const int w = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
     ASSERT_GE(w, 0);
     ASSERT_EQ(::write(w, "x", 1), 1);
     ::close(w);
-    for (int i = 0; i < 500 && triggers < round; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (int i = 0; i < 500 && triggers < round; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     EXPECT_EQ(triggers, round);
   }
 }
