@@ -15,6 +15,7 @@
 //   --mode never     reads the trigger and writes nothing (a stuck driver)
 //          half      writes half the dump, then exits (a target that dies mid-dump)
 //          exit-on-trigger  exits when triggered
+//          late      waits 3 s after the trigger, then writes (a driver slower than the agent waits)
 //   --cuda-error-socket PATH  on SIGUSR1, reports a CUDA error to the agent's anomaly socket
 //                    as the CUPTI library does: {"op":"cuda-error","api":...,"error":...,"code":700}
 #include <fcntl.h>
@@ -206,6 +207,7 @@ int main(int argc, char** argv) {
     }
     if (mode == "exit-on-trigger") return 3;
     if (mode == "never") continue;
+    if (mode == "late") sleep(3);
     progress(show, "Calculating ELF file layout");
     // An existing FIFO is streamed into; anything else is a file made (truncated) here.
     struct stat st {};

@@ -104,7 +104,7 @@ class GpuCaptureCli : public ::testing::Test {
   // The failed capture left nothing: no bundle, no FIFO, the target running.
   void expect_nothing_left(const FakeTarget& t, const std::string& bundle) {
     EXPECT_FALSE(fs::exists(bundle));
-    EXPECT_FALSE(fs::exists(gpu_dir + "/core." + std::to_string(t.pid()))) << "the FIFO was left behind";
+    EXPECT_FALSE(fs::is_fifo(gpu_dir + "/core." + std::to_string(t.pid()))) << "the FIFO was left behind";
     if (t.alive()) {
       const char st = proc_state(t.pid());
       EXPECT_TRUE(st != 't' && st != 'T') << "the target was left stopped";
@@ -199,6 +199,28 @@ TEST_F(GpuCaptureCli, ADriverThatNeverWritesTimesOutAndLeavesNothing) {
   EXPECT_NE(cap.output.find("no GPU core dump began within 2 s"), std::string::npos) << cap.output;
   EXPECT_TRUE(t.alive());
   expect_nothing_left(t, bundle);
+}
+
+// A driver that begins after the agent gave up finds no FIFO and no file to write: its dump
+// fails (the agent left a directory in the way) instead of filling /run, and the target lives.
+TEST_F(GpuCaptureCli, ADumpThatBeginsAfterTheTimeoutLandsNowhere) {
+  FakeTarget t;
+  ASSERT_TRUE(t.start(dir.path(), arming_env(), {"--mode", "late"}));
+  const std::string bundle = dir / "x.mlfx";
+  auto cap = agent(capture_args(t.pid(), bundle) + " --gpu-timeout 1");
+  EXPECT_NE(cap.exit_code, 0);
+  EXPECT_NE(cap.output.find("no GPU core dump began within 1 s"), std::string::npos) << cap.output;
+  const std::string core = gpu_dir + "/core." + std::to_string(t.pid());
+  for (int i = 0; i < 500 && t.log().find("open " + core) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_NE(t.log().find("Is a directory"), std::string::npos) << t.log();
+  EXPECT_TRUE(fs::is_directory(core));
+  EXPECT_TRUE(t.alive());
+  expect_nothing_left(t, bundle);
+  // The next capture of that target clears the way, and waits long enough this time.
+  auto again = agent(capture_args(t.pid(), bundle) + " --gpu-timeout 20");
+  EXPECT_EQ(again.exit_code, 0) << again.output << t.log();
+  EXPECT_FALSE(fs::exists(core));
 }
 
 TEST_F(GpuCaptureCli, ATargetThatDiesMidDumpFailsTheCapture) {

@@ -99,12 +99,23 @@ uid_t effective_uid(const std::string& status) {
 struct CudaCoredumpSource::Fifo {
   int dir = -1, fd = -1;
   std::string name, path;
+  bool blocked = false;
   ~Fifo() {
     if (fd >= 0) ::close(fd);
     if (dir >= 0) {
-      if (!name.empty()) ::unlinkat(dir, name.c_str(), 0);
+      if (!name.empty() && !blocked) ::unlinkat(dir, name.c_str(), 0);
       ::close(dir);
     }
+  }
+
+  // After a failed dump: an empty directory takes the FIFO's place, so that a driver that
+  // starts writing late fails to open it (EISDIR) instead of making a file of the whole GPU
+  // memory here (/run is RAM). The next capture removes it. (A driver still writing when the
+  // FIFO closes gets EPIPE.)
+  void block() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+    if (::unlinkat(dir, name.c_str(), 0) == 0 && ::mkdirat(dir, name.c_str(), 0500) == 0) blocked = true;
   }
 
   // Makes DIR/NAME a FIFO the target's user alone may open, and opens its read end.
@@ -113,7 +124,8 @@ struct CudaCoredumpSource::Fifo {
     path = gpu_dir + "/" + file_name;
     // A stale or planted entry goes first (never followed); whoever re-makes it in between
     // makes mkfifoat fail.
-    if (::unlinkat(dir, file_name.c_str(), 0) != 0 && errno != ENOENT)
+    if (::unlinkat(dir, file_name.c_str(), 0) != 0 && errno != ENOENT &&
+        !(errno == EISDIR && ::unlinkat(dir, file_name.c_str(), AT_REMOVEDIR) == 0))  // a failed capture's block()
       return fail(Errc::kIo, "removing the stale " + path + ": " + process::errno_name(errno));
     if (::mkfifoat(dir, file_name.c_str(), 0600) != 0)
       return fail(Errc::kIo, "mkfifo " + path + ": " + process::errno_name(errno));
@@ -301,6 +313,7 @@ Status CudaCoredumpSource::read(bundle::BundleWriter& w, bool show_progress) {
     MLFX_ASSIGN(helper, start_cuda_gdb(fifo.path));
   }
   Status streamed = stream_dump(fifo, w, show_progress, helper);
+  if (!streamed && method_ == "pipe-trigger" && same_process_alive(options_.pid, start_time_)) fifo.block();
   if (helper > 0) {
     // cuda-gdb detaches on its own; one that hangs is killed, and a target it left stopped is
     // continued (the kernel detaches a dead tracer's tracees but may leave them stopped).
