@@ -12,9 +12,10 @@
 namespace mlfx::cupti {
 namespace {
 
-// Produces one range's bytes chunk by chunk; after a failed read, zeros to the end.
+// Produces one range's bytes chunk by chunk; after a failed read, zeros to the end, listed in
+// `zero_filled` (the dump's .mlfx.unreadable table) so that no reader takes them for data.
 bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore::Sink& emit,
-                   CopyOutReport& report) {
+                   CopyOutReport& report, cudacore::CoreWriter::Ranges& zero_filled) {
   // Never destroyed: the copy-out thread may still run while the process exits.
   static const std::vector<uint8_t>& zeros = *new std::vector<uint8_t>(1 << 20);
   const size_t chunk = std::max<size_t>(reader.chunk_size(), 1);
@@ -29,6 +30,7 @@ bool produce_range(const LiveRange& range, DeviceReader& reader, const cudacore:
   }
   if (offset == range.size) return true;
   ++report.failed_ranges;
+  zero_filled.emplace_back(range.address + offset, range.size - offset);
   if (report.failures.size() < CopyOutReport::kMaxFailuresListed)
     report.failures.push_back(
         {range.address, range.size, offset, error.empty() ? "read failed" : error});
@@ -55,17 +57,20 @@ CopyOutReport write_dump(const std::vector<LiveRange>& ranges, const DumpTables&
       if (c.device_index == d) contexts.push_back(c);
     writer.add_context_table(device_table, d, contexts);
   }
+  cudacore::CoreWriter::Ranges zero_filled;
   for (const LiveRange& range : ranges) {
     if (range.size == 0) continue;
     writer.add_memory(
         range.address, range.size,
-        [&range, &reader, &report](const cudacore::Sink& emit, std::string*) {
-          return produce_range(range, reader, emit, report);
+        [&range, &reader, &report, &zero_filled](const cudacore::Sink& emit, std::string*) {
+          return produce_range(range, reader, emit, report, zero_filled);
         },
         range.kind == RangeKind::kManaged);
     ++report.ranges;
     report.bytes += range.size;
   }
+  // Written after the memory: by then it is known which ranges failed (at most one row each).
+  writer.add_unreadable_table(report.ranges, [&zero_filled] { return zero_filled; });
   report.dump_bytes = writer.total_size();
   std::string error;
   report.written = writer.write(sink, &error);

@@ -90,13 +90,48 @@ class Rows {
   uint64_t count_, row_;
 };
 
-struct SectionRef {  // a section header, checked against the file
+}  // namespace
+
+struct CudaCoreLayer::SectionRef {  // a section header, checked against the file
   uint64_t index = 0;
   Elf64_Shdr h{};
   std::string name;
 };
 
-}  // namespace
+// Takes the ranges an .mlfx.unreadable table lists (zeros written where device memory could not
+// be read) out of the segments: those bytes are absent, not zero.
+Status CudaCoreLayer::remove_unreadable(std::vector<Segment>& segments, const std::vector<SectionRef>& tables,
+                                        const Layer& file) {
+  std::vector<AddressRange> holes;
+  for (const SectionRef& t : tables) {
+    Rows rows(file.view(t.h.sh_offset, t.h.sh_size), t.h.sh_size, t.h.sh_entsize);
+    for (uint64_t i = 0; i < rows.count(); ++i) {
+      const uint64_t addr = rows.get<uint64_t>(i, cc::UnreadableRow::address);
+      const uint64_t size = rows.get<uint64_t>(i, cc::UnreadableRow::size);
+      if (size) holes.push_back({addr, size > UINT64_MAX - addr ? UINT64_MAX : addr + size});
+    }
+  }
+  holes = normalized(std::move(holes));
+  if (holes.empty()) return {};
+  std::vector<Segment> kept;
+  auto h = holes.begin();
+  for (const Segment& s : segments) {
+    uint64_t at = s.start;
+    const uint64_t end = s.start + s.size;
+    while (h != holes.end() && h->end <= at) ++h;
+    for (auto k = h; k != holes.end() && k->start < end; ++k) {
+      if (k->start > at) kept.push_back({at, k->start - at, s.base_offset + (at - s.start)});
+      const uint64_t cut = std::min(k->end, end);
+      info_.unreadable_bytes += cut - std::max(k->start, at);
+      at = std::max(at, cut);
+    }
+    if (at < end) kept.push_back({at, end - at, s.base_offset + (at - s.start)});
+  }
+  info_.warnings.push_back(std::to_string(info_.unreadable_bytes) + " bytes in " + std::to_string(holes.size()) +
+                           " ranges could not be read when the dump was made (.mlfx.unreadable): not used");
+  segments = std::move(kept);
+  return {};
+}
 
 bool CudaCoreInfo::global_memory_skipped() const { return meta && (meta->flags & cc::kFlagSkipGlobalMemory); }
 
@@ -180,7 +215,7 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     return "section " + std::to_string(s.index) + (s.name.empty() ? "" : " (" + s.name + ")");
   };
 
-  std::vector<SectionRef> memory;
+  std::vector<SectionRef> memory, unreadable;
   std::optional<SectionRef> devices, meta, strtab;
   std::vector<SectionRef> contexts;
   for (uint64_t i = 1; i < count; ++i) {
@@ -190,7 +225,8 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     const bool is_table = type == uint32_t(cc::SectionType::kDeviceTable) ||
                           type == uint32_t(cc::SectionType::kContextTable) || type == uint32_t(cc::SectionType::kMetaData);
     const bool is_strtab = type == SHT_STRTAB && i != shstrndx;
-    if (!is_memory && !is_table && !is_strtab) continue;  // registers, cubins, grids...: not read
+    const bool is_unreadable = type == cc::kUnreadableType;
+    if (!is_memory && !is_table && !is_strtab && !is_unreadable) continue;  // registers, cubins, grids...: not read
     s.name = name_of(s.h);
     if (!in_file(s.h))
       return bad(describe(s) + ": its " + std::to_string(s.h.sh_size) + " bytes at offset " +
@@ -205,6 +241,13 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     }
     if (is_strtab) {
       if (s.name == cc::kStringTableName && !strtab) strtab = std::move(s);
+      continue;
+    }
+    if (is_unreadable) {
+      if (s.h.sh_entsize != cc::UnreadableRow::kSize)
+        return bad(describe(s) + ": row size " + std::to_string(s.h.sh_entsize) + " (16 expected)",
+                   eh.e_shoff + i * sizeof(Elf64_Shdr));
+      unreadable.push_back(std::move(s));
       continue;
     }
     if (s.h.sh_entsize == 0 || s.h.sh_entsize > kMaxRowSize)
@@ -272,6 +315,7 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     (managed ? info_.managed_bytes : info_.global_bytes) += s.h.sh_size;
     segments.push_back({s.h.sh_addr, s.h.sh_size, s.h.sh_offset});
   }
+  MLFX_TRY(remove_unreadable(segments, unreadable, *file));
   if (info_.global_memory_skipped())
     info_.warnings.push_back("the dump was made with skip_global_memory: device memory is not in it");
   else if (segments.empty())

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/process_image.h"
 #include "layers/segmented_layer.h"
 
 namespace mlfx::layers {
@@ -37,6 +38,7 @@ struct CudaCoreInfo {
   std::vector<CudaContext> contexts;
   std::optional<CudaMetaData> meta;
   uint64_t global_sections = 0, global_bytes = 0, managed_sections = 0, managed_bytes = 0;
+  uint64_t unreadable_bytes = 0;  // listed in .mlfx.unreadable (zeros in the file): not in the layer
   std::vector<std::string> warnings;
 
   // Whether the dump says global memory was left out (skip_global_memory).
@@ -54,7 +56,9 @@ class CudaCoreLayer : public SegmentedLayer {
 
  private:
   CudaCoreLayer() = default;
+  struct SectionRef;
   Status parse(std::shared_ptr<const Layer> elf);
+  Status remove_unreadable(std::vector<Segment>& segments, const std::vector<SectionRef>& tables, const Layer& file);
   CudaCoreInfo info_;
 };
 

@@ -50,6 +50,7 @@ json::Json dump_description(const layers::CudaCoreLayer& dump, json::Json source
   source["global_memory"] = {{"sections", info.global_sections}, {"bytes", info.global_bytes}};
   source["managed_memory"] = {{"sections", info.managed_sections}, {"bytes", info.managed_bytes}};
   source["global_memory_skipped"] = info.global_memory_skipped();
+  source["unreadable_bytes"] = info.unreadable_bytes;
   source["warnings"] = info.warnings;
   return source;
 }

@@ -250,6 +250,38 @@ TEST_F(CudaCore, MalformedDumpsAreRefusedClearly) {
   EXPECT_EQ((*layer)->info().devices[0].name, "");
 }
 
+// mlfx's .mlfx.unreadable table (the CUPTI copy-out's zero-filled ranges) cuts those bytes out.
+TEST_F(CudaCore, UnreadableRangesAreNotInTheLayer) {
+  cudacore::CoreWriter w;
+  w.add_memory(0x10000, pattern(0x1000, 4));
+  w.add_memory(0x20000, pattern(0x100, 5));
+  w.add_unreadable_table(4, [] {
+    return cudacore::CoreWriter::Ranges{{0x10100, 0x100}, {0x10f00, 0x200}, {0x1, 0x10}};  // the last two run out
+  });
+  std::string dump;
+  std::string error;
+  ASSERT_TRUE(w.write([&dump](const void* p, size_t n) { return dump.append(static_cast<const char*>(p), n), true; }, &error));
+  auto layer = open(dump);
+  ASSERT_TRUE(layer) << layer.error().to_string();
+  const auto& segs = (*layer)->segments();
+  ASSERT_EQ(segs.size(), 3u);
+  EXPECT_EQ(segs[0].start, 0x10000u);
+  EXPECT_EQ(segs[0].size, 0x100u);
+  EXPECT_EQ(segs[1].start, 0x10200u);
+  EXPECT_EQ(segs[1].size, 0xd00u);
+  EXPECT_EQ(segs[2].start, 0x20000u);
+  EXPECT_EQ((*layer)->info().unreadable_bytes, 0x200u);
+  EXPECT_FALSE((*layer)->is_mapped(0x10100, 1));
+  uint8_t b;
+  ASSERT_TRUE((*layer)->read(0x10200, &b, 1));
+  EXPECT_EQ(b, pattern(0x1000, 4)[0x200]);
+  // A table whose rows are not 16 bytes is refused.
+  Elf64_Shdr* t = section(dump, cudacore::kUnreadableType);
+  ASSERT_NE(t, nullptr);
+  t->sh_entsize = 8;
+  EXPECT_NE(refusal(dump).find("16 expected"), std::string::npos);
+}
+
 TEST_F(CudaCore, ProbeTellsCudaDumpsFromOtherCores) {
   testing::write_file(dir / "cuda", cuda_dump({}));
   testing::write_file(dir / "gz", synthetic::gzip(cuda_dump({})));

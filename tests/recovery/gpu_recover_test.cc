@@ -8,6 +8,9 @@
 // the CUDA tensors are missing with the reason. (tests/gpu/ runs the same on a real GPU.)
 #include <gtest/gtest.h>
 
+#include <map>
+
+#include "cupti/copy_out.h"
 #include "exporters/safetensors_reader.h"
 #include "frontends/torch/torch_layout.h"
 #include "mlfx/base/json.h"
@@ -142,6 +145,56 @@ TEST_F(GpuRecover, AStorageAcrossTwoAllocationsContradictsTheAllocator) {
   const json::Json check = report("out")["gpu"]["allocator_check"];
   EXPECT_EQ(check["spanning_sections"], 1);
   EXPECT_EQ(check["consistent"], false);
+}
+
+// The agent's CUPTI copy-out (agent/cupti) writes the same format; a range it could not read
+// is zeros in the file and listed in .mlfx.unreadable: those bytes are missing, never zeros.
+class HostMemory final : public cupti::DeviceReader {
+ public:
+  std::map<uint64_t, std::vector<uint8_t>> ranges;
+  uint64_t fail_at = 0;
+  size_t chunk_size() const override { return 32; }
+  const uint8_t* read(uint64_t, uint64_t address, size_t len, std::string* error) override {
+    if (fail_at >= address && fail_at < address + len) return *error = "cuMemcpyDtoH: CUDA_ERROR_ILLEGAL_ADDRESS", nullptr;
+    auto it = std::prev(ranges.upper_bound(address));
+    return it->second.data() + (address - it->first);
+  }
+};
+
+TEST_F(GpuRecover, TheCuptiCopyOutReadsTheSameAndItsUnreadableBytesAreMissing) {
+  HostMemory gpu;
+  gpu.ranges = {{kDevice, weight}, {kDevice + 512, bias}};
+  std::vector<cupti::LiveRange> live(2);
+  live[0].address = kDevice, live[0].size = weight.size();
+  live[1].address = kDevice + 512, live[1].size = bias.size();
+  cupti::DumpTables tables;
+  tables.devices = {synthetic::synthetic_device(88)};
+  tables.meta.generator = "mlfx-cupti test";
+  for (uint64_t fail_at : {uint64_t{0}, kDevice + 40}) {
+    gpu.fail_at = fail_at;
+    std::string dump;
+    const cupti::CopyOutReport written = cupti::write_dump(live, tables, gpu, [&dump](const void* p, size_t n) {
+      return dump.append(static_cast<const char*>(p), n), true;
+    });
+    ASSERT_TRUE(written.written) << written.error;
+    EXPECT_EQ(written.failed_ranges, fail_at ? 1u : 0u);
+    testing::write_file(dir / "copy-out", dump);
+    const std::string out = fail_at ? "out-failed" : "out";
+    auto r = recover("--gpu-core " + (dir / "copy-out"), out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    json::Json rep = report(out);
+    EXPECT_EQ(exported(out, "fc.bias"), bias);
+    if (!fail_at) {
+      EXPECT_EQ(exported(out, "fc.weight"), weight);
+      EXPECT_EQ(rep["gpu"]["dump"]["unreadable_bytes"], 0);
+      continue;
+    }
+    // The weight's last 16 bytes (from the failing 32-byte chunk at +32) could not be read.
+    EXPECT_TRUE(exported(out, "fc.weight").empty());
+    EXPECT_EQ(rep["models"][0]["missing"], json::Json({"fc.weight"}));
+    EXPECT_EQ(rep["gpu"]["dump"]["unreadable_bytes"], 16);
+    EXPECT_EQ(rep["gpu"]["tensors"]["missing"], 1);
+  }
 }
 
 TEST_F(GpuRecover, ABadGpuDumpIsRefusedWithTheReason) {

@@ -120,6 +120,28 @@ uint32_t CoreWriter::add_memory(uint64_t addr, uint64_t size, std::function<bool
   return add(std::move(s));
 }
 
+uint32_t CoreWriter::add_unreadable_table(size_t capacity, std::function<Ranges()> rows) {
+  Section s;
+  s.name = kUnreadableName;
+  s.type = kUnreadableType;
+  s.entsize = UnreadableRow::kSize;
+  s.size = capacity * UnreadableRow::kSize;
+  s.produce = [capacity, rows = std::move(rows)](const Sink& emit, std::string* error) {
+    const Ranges ranges = rows();
+    if (ranges.size() > capacity) {
+      if (error) *error = std::to_string(ranges.size()) + " unreadable ranges for a table of " + std::to_string(capacity);
+      return false;
+    }
+    std::vector<uint8_t> table(capacity * UnreadableRow::kSize);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      std::memcpy(&table[i * UnreadableRow::kSize + UnreadableRow::address], &ranges[i].first, 8);
+      std::memcpy(&table[i * UnreadableRow::kSize + UnreadableRow::size], &ranges[i].second, 8);
+    }
+    return table.empty() || emit(table.data(), table.size());
+  };
+  return add(std::move(s));
+}
+
 CoreWriter::Plan CoreWriter::plan() const {
   Plan p;
   uint64_t at = sizeof(Elf64_Ehdr);

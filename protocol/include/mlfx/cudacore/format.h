@@ -42,6 +42,16 @@ enum class SectionType : uint32_t {
   kCbuBarriers = 0x80000017,     // r575
 };
 
+// mlfx's own section, not NVIDIA's: where the CUPTI copy-out could not read device memory and
+// wrote zeros instead, so that a reader never takes those zeros for the device's bytes. Rows of
+// {u64 address, u64 size}; rows of size 0 are padding (the table is sized before the copy).
+inline constexpr uint32_t kUnreadableType = 0x8000ff01;
+inline constexpr const char* kUnreadableName = ".mlfx.unreadable";
+struct UnreadableRow {
+  static constexpr uint32_t kSize = 16;
+  static constexpr uint32_t address = 0, size = 8;
+};
+
 // Section names (global memory: ".cudbg.global.<index>"; context table: ".cudbg.ctxtbl.dev<index>").
 inline constexpr const char* kGlobalPrefix = ".cudbg.global";
 inline constexpr const char* kDeviceTableName = ".cudbg.devtbl";

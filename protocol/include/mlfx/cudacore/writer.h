@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "mlfx/cudacore/format.h"
@@ -58,6 +59,12 @@ class CoreWriter {
   uint32_t add_memory(uint64_t addr, std::vector<uint8_t> bytes, bool managed = false);
   uint32_t add_memory(uint64_t addr, uint64_t size, std::function<bool(const Sink&, std::string*)> produce,
                       bool managed = false);
+
+  // The .mlfx.unreadable table (format.h) with room for `capacity` rows, filled when it is
+  // written, after every section added before it: `rows()` then says which ranges were
+  // zero-filled (at most `capacity`).
+  using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+  uint32_t add_unreadable_table(size_t capacity, std::function<Ranges()> rows);
 
   // Counts sections and names the string table through section 0 (e_shnum 0, e_shstrndx
   // SHN_XINDEX), as a driver must past 0xff00 sections; done then anyway.
