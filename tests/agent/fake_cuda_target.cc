@@ -15,9 +15,11 @@
 //   --mode never     reads the trigger and writes nothing (a stuck driver)
 //          half      writes half the dump, then exits (a target that dies mid-dump)
 //          exit-on-trigger  exits when triggered
-//          late      waits 3 s after the trigger, then writes (a driver slower than the agent waits)
+//          late      waits 3 s after the trigger, then writes (a driver slower than the agent
+//          waits)
 //   --cuda-error-socket PATH  on SIGUSR1, reports a CUDA error to the agent's anomaly socket
-//                    as the CUPTI library does: {"op":"cuda-error","api":...,"error":...,"code":700}
+//                    as the CUPTI library does:
+//                    {"op":"cuda-error","api":...,"error":...,"code":700}
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -26,10 +28,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -53,10 +55,14 @@ std::string expand(const std::string& templ) {
   for (size_t i = 0; i < templ.size(); ++i) {
     if (templ[i] == '%' && i + 1 < templ.size()) {
       const char c = templ[++i];
-      if (c == 'p') out += std::to_string(getpid());
-      else if (c == 'h') out += host;
-      else if (c == 't') out += std::to_string(time(nullptr));
-      else out += c;
+      if (c == 'p')
+        out += std::to_string(getpid());
+      else if (c == 'h')
+        out += host;
+      else if (c == 't')
+        out += std::to_string(time(nullptr));
+      else
+        out += c;
     } else {
       out += templ[i];
     }
@@ -85,7 +91,8 @@ mlfx::cudacore::CoreWriter make_dump(uint64_t global_bytes) {
   dev.num_sms = 4;
   dev.sm_major = 9;
   const uint32_t devtbl = w.add_device_table({dev});
-  w.add_context_table(devtbl, 0, {{0x5555'0000'1000ull, 0x7f00'0000'0000ull, 0, static_cast<uint32_t>(getpid())}});
+  w.add_context_table(
+      devtbl, 0, {{0x5555'0000'1000ull, 0x7f00'0000'0000ull, 0, static_cast<uint32_t>(getpid())}});
   // Three sections: two halves of the size asked for, and a small one.
   const uint64_t sizes[] = {global_bytes / 2, global_bytes - global_bytes / 2, 4096};
   uint64_t addr = 0x7f00'0000'0000ull;
@@ -122,12 +129,14 @@ bool write_all(int fd, const void* data, size_t len) {
 bool write_dump(const mlfx::cudacore::CoreWriter& w, int fd, uint64_t limit = UINT64_MAX) {
   uint64_t written = 0;
   std::string error;
-  return w.write([&](const void* data, size_t len) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, limit - written));
-    if (!write_all(fd, data, n)) return false;
-    written += n;
-    return n == len;
-  }, &error);
+  return w.write(
+      [&](const void* data, size_t len) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(len, limit - written));
+        if (!write_all(fd, data, n)) return false;
+        written += n;
+        return n == len;
+      },
+      &error);
 }
 
 void progress(bool show, const char* line) {
@@ -139,14 +148,16 @@ void report_cuda_error(const std::string& socket_path) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   std::snprintf(a.sun_path, sizeof a.sun_path, "%s", socket_path.c_str());
-  const std::string msg = R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})";
+  const std::string msg =
+      R"({"op":"cuda-error","api":"cuLaunchKernel","error":"CUDA_ERROR_ILLEGAL_ADDRESS","code":700})";
   if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
       send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) < 0) {
     std::fprintf(stderr, "fake_cuda_target: reporting the CUDA error: %s\n", std::strerror(errno));
   } else {
     char reply[65536];
     const ssize_t n = recv(fd, reply, sizeof reply - 1, 0);
-    std::fprintf(stderr, "fake_cuda_target: the agent replied: %.*s\n", n > 0 ? static_cast<int>(n) : 0, reply);
+    std::fprintf(stderr, "fake_cuda_target: the agent replied: %.*s\n",
+                 n > 0 ? static_cast<int>(n) : 0, reply);
   }
   if (fd >= 0) close(fd);
 }
@@ -158,11 +169,16 @@ int main(int argc, char** argv) {
   std::string truth, ready, mode = "normal", error_socket;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--global-bytes") global_bytes = std::strtoull(v.c_str(), nullptr, 10);
-    else if (k == "--truth") truth = v;
-    else if (k == "--ready") ready = v;
-    else if (k == "--mode") mode = v;
-    else if (k == "--cuda-error-socket") error_socket = v;
+    if (k == "--global-bytes")
+      global_bytes = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--truth")
+      truth = v;
+    else if (k == "--ready")
+      ready = v;
+    else if (k == "--mode")
+      mode = v;
+    else if (k == "--cuda-error-socket")
+      error_socket = v;
     else {
       std::fprintf(stderr, "fake_cuda_target: unknown option %s\n", k.c_str());
       return 2;
@@ -180,12 +196,15 @@ int main(int argc, char** argv) {
   }
   const bool armed = env("CUDA_ENABLE_USER_TRIGGERED_COREDUMP") == "1";
   const bool show = env("CUDA_COREDUMP_SHOW_PROGRESS") == "1";
-  const std::string pipe_path = expand(env("CUDA_COREDUMP_PIPE").empty() ? "corepipe.cuda.%h.%p" : env("CUDA_COREDUMP_PIPE"));
-  const std::string file_path = expand(env("CUDA_COREDUMP_FILE").empty() ? "core_%t_%h_%p.nvcudmp" : env("CUDA_COREDUMP_FILE"));
+  const std::string pipe_path =
+      expand(env("CUDA_COREDUMP_PIPE").empty() ? "corepipe.cuda.%h.%p" : env("CUDA_COREDUMP_PIPE"));
+  const std::string file_path = expand(
+      env("CUDA_COREDUMP_FILE").empty() ? "core_%t_%h_%p.nvcudmp" : env("CUDA_COREDUMP_FILE"));
   int pipe_fd = -1;
   if (armed) {
     if (mkfifo(pipe_path.c_str(), 0600) != 0 && errno != EEXIST) {
-      std::fprintf(stderr, "fake_cuda_target: mkfifo %s: %s\n", pipe_path.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "fake_cuda_target: mkfifo %s: %s\n", pipe_path.c_str(),
+                   std::strerror(errno));
       return 1;
     }
     pipe_fd = open(pipe_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -212,9 +231,12 @@ int main(int argc, char** argv) {
     // An existing FIFO is streamed into; anything else is a file made (truncated) here.
     struct stat st {};
     const bool fifo = stat(file_path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
-    const int out = open(file_path.c_str(), fifo ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const int out =
+        open(file_path.c_str(),
+             fifo ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0) {
-      std::fprintf(stderr, "fake_cuda_target: open %s: %s\n", file_path.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "fake_cuda_target: open %s: %s\n", file_path.c_str(),
+                   std::strerror(errno));
       continue;
     }
     std::string line = "Writing ELF file to " + file_path;

@@ -3,14 +3,13 @@
 // the dump arrives in the bundle byte for byte, the context records how, and every failure is
 // clear, leaves no FIFO behind, no bundle, and the target running.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "mlfx/base/json.h"
 #include "test_util.h"
@@ -57,7 +56,9 @@ class FakeTarget {
       _exit(127);
     }
     for (int i = 0; i < 3000 && !fs::exists(ready); ++i) {
-      if (!alive()) return ::testing::AssertionFailure() << "the fake target exited: " << testing::read_file(log_);
+      if (!alive())
+        return ::testing::AssertionFailure()
+               << "the fake target exited: " << testing::read_file(log_);
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (!fs::exists(ready)) return ::testing::AssertionFailure() << "the fake target is not ready";
@@ -82,10 +83,14 @@ class GpuCaptureCli : public ::testing::Test {
     ASSERT_EQ(mlfx("keys gen --kind lab --out " + (dir / "lab")).exit_code, 0);
     // The driver's facts, as /proc/driver/nvidia shows them on an H100 host.
     fs::create_directories(nvidia + "/gpus/0000:01:00.0");
-    testing::write_file(nvidia + "/version", "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06\n");
-    testing::write_file(nvidia + "/gpus/0000:01:00.0/information", "Model: \t\t NVIDIA H100 80GB HBM3\n");
+    testing::write_file(nvidia + "/version",
+                        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06\n");
+    testing::write_file(nvidia + "/gpus/0000:01:00.0/information",
+                        "Model: \t\t NVIDIA H100 80GB HBM3\n");
   }
-  testing::CommandResult mlfx(const std::string& args) { return run(testing::mlfx_bin() + " " + args); }
+  testing::CommandResult mlfx(const std::string& args) {
+    return run(testing::mlfx_bin() + " " + args);
+  }
   testing::CommandResult agent(const std::string& args) { return run(agent_bin() + " " + args); }
   // The variables `mlfx-agent gpu-env` prints, which also makes the directory.
   std::vector<std::string> arming_env() {
@@ -98,13 +103,15 @@ class GpuCaptureCli : public ::testing::Test {
     return env;
   }
   std::string capture_args(pid_t pid, const std::string& out) {
-    return "capture --pid " + std::to_string(pid) + " --source gpu,process --gpu-dir " + gpu_dir + " --nvidia-proc " +
-           nvidia + " --out " + out + " --device-key " + (dir / "dev.key") + " --recipient " + (dir / "lab.pub") + " -q";
+    return "capture --pid " + std::to_string(pid) + " --source gpu,process --gpu-dir " + gpu_dir +
+           " --nvidia-proc " + nvidia + " --out " + out + " --device-key " + (dir / "dev.key") +
+           " --recipient " + (dir / "lab.pub") + " -q";
   }
   // The failed capture left nothing: no bundle, no FIFO, the target running.
   void expect_nothing_left(const FakeTarget& t, const std::string& bundle) {
     EXPECT_FALSE(fs::exists(bundle));
-    EXPECT_FALSE(fs::is_fifo(gpu_dir + "/core." + std::to_string(t.pid()))) << "the FIFO was left behind";
+    EXPECT_FALSE(fs::is_fifo(gpu_dir + "/core." + std::to_string(t.pid())))
+        << "the FIFO was left behind";
     if (t.alive()) {
       const char st = proc_state(t.pid());
       EXPECT_TRUE(st != 't' && st != 'T') << "the target was left stopped";
@@ -128,20 +135,26 @@ TEST_F(GpuCaptureCli, GpuEnvPrintsTheArmingVariablesAndMakesTheDirectory) {
 TEST_F(GpuCaptureCli, TheGpuDumpAndTheProcessGoIntoOneBundleGpuFirst) {
   FakeTarget t;
   const std::string truth = dir / "truth.nvcudmp";
-  ASSERT_TRUE(t.start(dir.path(), arming_env(), {"--global-bytes", std::to_string(24 << 20), "--truth", truth}));
+  ASSERT_TRUE(t.start(dir.path(), arming_env(),
+                      {"--global-bytes", std::to_string(24 << 20), "--truth", truth}));
   const std::string bundle = dir / "case.mlfx";
   auto cap = agent(capture_args(t.pid(), bundle));
   ASSERT_EQ(cap.exit_code, 0) << cap.output << t.log();
-  EXPECT_NE(cap.output.find("captured the GPU core dump of pid " + std::to_string(t.pid()) + " (pipe-trigger)"),
-            std::string::npos) << cap.output;
-  EXPECT_NE(cap.output.find("captured pid " + std::to_string(t.pid())), std::string::npos) << cap.output;
+  EXPECT_NE(cap.output.find("captured the GPU core dump of pid " + std::to_string(t.pid()) +
+                            " (pipe-trigger)"),
+            std::string::npos)
+      << cap.output;
+  EXPECT_NE(cap.output.find("captured pid " + std::to_string(t.pid())), std::string::npos)
+      << cap.output;
   EXPECT_TRUE(t.alive());
   EXPECT_NE(t.log().find("coredump: All done"), std::string::npos) << t.log();
-  EXPECT_FALSE(fs::exists(gpu_dir + "/core." + std::to_string(t.pid()))) << "the FIFO was left behind";
+  EXPECT_FALSE(fs::exists(gpu_dir + "/core." + std::to_string(t.pid())))
+      << "the FIFO was left behind";
 
   auto ver = mlfx("bundle verify " + bundle);
   ASSERT_EQ(ver.exit_code, 5) << ver.output;  // intact, signer identity not checked here
-  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
+  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " +
+                   (dir / "open") + " -q");
   ASSERT_EQ(open.exit_code, 0) << open.output;
   const std::string dump = testing::read_file(dir / "open/gpu-core");
   const std::string expected = testing::read_file(truth);
@@ -162,7 +175,8 @@ TEST_F(GpuCaptureCli, TheGpuDumpAndTheProcessGoIntoOneBundleGpuFirst) {
   EXPECT_EQ((*c)["dump"]["format"], "elf");
   EXPECT_EQ((*c)["dump"]["sha256"].get<std::string>().size(), 64u);
   EXPECT_NE((*c)["driver"]["version"].get<std::string>().find("580.65.06"), std::string::npos);
-  EXPECT_NE((*c)["driver"]["gpus"][0]["information"].get<std::string>().find("H100"), std::string::npos);
+  EXPECT_NE((*c)["driver"]["gpus"][0]["information"].get<std::string>().find("H100"),
+            std::string::npos);
   EXPECT_GT((*c)["timings"]["trigger_to_eof_ms"].get<double>(), 0.0);
 
   auto manifest = json::parse(testing::read_file(dir / "open/manifest.json"), "manifest");
@@ -225,19 +239,23 @@ TEST_F(GpuCaptureCli, ADumpThatBeginsAfterTheTimeoutLandsNowhere) {
 
 TEST_F(GpuCaptureCli, ATargetThatDiesMidDumpFailsTheCapture) {
   FakeTarget t;
-  ASSERT_TRUE(t.start(dir.path(), arming_env(), {"--mode", "half", "--global-bytes", std::to_string(8 << 20)}));
+  ASSERT_TRUE(t.start(dir.path(), arming_env(),
+                      {"--mode", "half", "--global-bytes", std::to_string(8 << 20)}));
   const std::string bundle = dir / "x.mlfx";
   auto cap = agent(capture_args(t.pid(), bundle));
   EXPECT_NE(cap.exit_code, 0);
-  EXPECT_TRUE(cap.output.find("cut off") != std::string::npos || cap.output.find("exited during") != std::string::npos)
+  EXPECT_TRUE(cap.output.find("cut off") != std::string::npos ||
+              cap.output.find("exited during") != std::string::npos)
       << cap.output;
   expect_nothing_left(t, bundle);
 }
 
 TEST_F(GpuCaptureCli, AHostileEnvironmentIsRefusedBeforeAnythingIsTouched) {
   auto env = arming_env();
-  for (const std::string& file : {std::string("CUDA_COREDUMP_FILE=| sh -c 'touch ") + (dir / "pwned") + "'",
-                                  "CUDA_COREDUMP_FILE=" + gpu_dir + "/../core.%p", std::string("CUDA_COREDUMP_FILE=/tmp/core.%p")}) {
+  for (const std::string& file :
+       {std::string("CUDA_COREDUMP_FILE=| sh -c 'touch ") + (dir / "pwned") + "'",
+        "CUDA_COREDUMP_FILE=" + gpu_dir + "/../core.%p",
+        std::string("CUDA_COREDUMP_FILE=/tmp/core.%p")}) {
     std::vector<std::string> e = env;
     e[2] = file;
     FakeTarget t;

@@ -27,7 +27,8 @@ const std::string kDir = "/run/mlfx-agent/gpu";
 TEST(GpuArming, TheEnvironmentKeepsGlobalMemoryAndNamesTheAgentsDirectory) {
   auto env = arming_environment("/d");
   ASSERT_EQ(env.size(), 5u);
-  EXPECT_EQ(env[0], (std::pair<std::string, std::string>{"CUDA_ENABLE_USER_TRIGGERED_COREDUMP", "1"}));
+  EXPECT_EQ(env[0],
+            (std::pair<std::string, std::string>{"CUDA_ENABLE_USER_TRIGGERED_COREDUMP", "1"}));
   EXPECT_EQ(env[1].second, "/d/corepipe.%p");
   EXPECT_EQ(env[2].second, "/d/core.%p");
   EXPECT_EQ(env[3].first, "CUDA_COREDUMP_GENERATION_FLAGS");
@@ -37,7 +38,8 @@ TEST(GpuArming, TheEnvironmentKeepsGlobalMemoryAndNamesTheAgentsDirectory) {
 
 TEST(GpuArming, AnArmedEnvironmentIsExpandedForTheTargetsOwnPid) {
   auto a = parse_arming(environ_of({"PATH=/bin", "CUDA_ENABLE_USER_TRIGGERED_COREDUMP=1",
-                                    "CUDA_COREDUMP_PIPE=" + kDir + "/corepipe.%h.%p", "CUDA_COREDUMP_FILE=" + kDir + "/core.%p%%",
+                                    "CUDA_COREDUMP_PIPE=" + kDir + "/corepipe.%h.%p",
+                                    "CUDA_COREDUMP_FILE=" + kDir + "/core.%p%%",
                                     "CUDA_COREDUMP_GENERATION_FLAGS=skip_nonrelocated_elf_images"}),
                         kDir, 42, "host");
   ASSERT_TRUE(a) << a.error().to_string();
@@ -75,7 +77,8 @@ TEST(GpuArming, HostileTemplatesAreRefused) {
            {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/sub/pipe", file}), "directly in"},
            {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/pipe.%t", file}), "only %p"},
            {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/p\n", file}), "control"},
-           {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/" + std::string(5000, 'a'), file}), "longer"},
+           {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/" + std::string(5000, 'a'), file}),
+            "longer"},
            {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/core.%p", file}), "same path"},
            {environ_of({on, pipe, "CUDA_COREDUMP_FILE=" + kDir + "-evil/core"}), "outside"},
        }) {
@@ -89,7 +92,8 @@ TEST(GpuArming, HostileTemplatesAreRefused) {
 }
 
 TEST(GpuArming, AnEnvironmentPastTheBoundIsCutNotFollowed) {
-  std::string huge = environ_of({"X=" + std::string(kMaxEnvironBytes, 'x'), "CUDA_ENABLE_USER_TRIGGERED_COREDUMP=1"});
+  std::string huge = environ_of(
+      {"X=" + std::string(kMaxEnvironBytes, 'x'), "CUDA_ENABLE_USER_TRIGGERED_COREDUMP=1"});
   auto a = parse_arming(huge, kDir, 1, "h");
   ASSERT_TRUE(a);
   EXPECT_FALSE(a->armed);
@@ -102,8 +106,10 @@ TEST(GpuArming, DriverFactsComeFromTheInjectedTreeAndSayWhenMissing) {
   mkdir(root.c_str(), 0755);
   mkdir((root + "/gpus").c_str(), 0755);
   mkdir((root + "/gpus/0000:01:00.0").c_str(), 0755);
-  testing::write_file(root + "/version", "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06\n");
-  testing::write_file(root + "/gpus/0000:01:00.0/information", "Model: \t\t NVIDIA H100\nBus Location: \t 0000:01:00.0\n");
+  testing::write_file(root + "/version",
+                      "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06\n");
+  testing::write_file(root + "/gpus/0000:01:00.0/information",
+                      "Model: \t\t NVIDIA H100\nBus Location: \t 0000:01:00.0\n");
   auto f = nvidia_driver_facts(root);
   EXPECT_TRUE(f["available"].get<bool>());
   EXPECT_NE(f["version"].get<std::string>().find("580.65.06"), std::string::npos);
@@ -136,13 +142,16 @@ TEST(GpuArming, TheAgentsDirectoryIsMadeStickyAndAForeignOneRefused) {
 }
 
 TEST(GpuCudaGdb, TheCommandLineAttachesWritesTheGpuCoreAndDetaches) {
-  EXPECT_EQ(cuda_gdb_argv("/usr/local/cuda/bin/cuda-gdb", 4242, "/run/mlfx-agent/gpu/mlfx-cuda-gdb.4242"),
-            (std::vector<std::string>{"/usr/local/cuda/bin/cuda-gdb", "-nx", "-q", "-batch", "-p", "4242", "-ex",
-                                      "generate-cuda-core-file /run/mlfx-agent/gpu/mlfx-cuda-gdb.4242", "-ex", "detach"}));
+  EXPECT_EQ(
+      cuda_gdb_argv("/usr/local/cuda/bin/cuda-gdb", 4242, "/run/mlfx-agent/gpu/mlfx-cuda-gdb.4242"),
+      (std::vector<std::string>{
+          "/usr/local/cuda/bin/cuda-gdb", "-nx", "-q", "-batch", "-p", "4242", "-ex",
+          "generate-cuda-core-file /run/mlfx-agent/gpu/mlfx-cuda-gdb.4242", "-ex", "detach"}));
 }
 
 TEST(GpuCudaGdb, ATargetNotArmedWithoutCudaGdbIsRefusedSayingHowToArm) {
-  if (access("/usr/local/cuda/bin/cuda-gdb", X_OK) == 0) GTEST_SKIP() << "cuda-gdb is installed here";
+  if (access("/usr/local/cuda/bin/cuda-gdb", X_OK) == 0)
+    GTEST_SKIP() << "cuda-gdb is installed here";
   const char* old = std::getenv("PATH");
   const std::string saved = old ? old : "";
   setenv("PATH", "/nonexistent", 1);

@@ -27,10 +27,12 @@ std::string parent_of(const std::string& path) {
 Status check_dir(const struct stat& st, const std::string& dir) {
   if (!S_ISDIR(st.st_mode)) return fail(Errc::kPermission, dir + " is not a directory");
   if (st.st_uid != ::geteuid())
-    return fail(Errc::kPermission, dir + " belongs to uid " + std::to_string(st.st_uid) +
-                                       ", not to the agent: remove it (the agent makes it, mode 1733)");
+    return fail(Errc::kPermission,
+                dir + " belongs to uid " + std::to_string(st.st_uid) +
+                    ", not to the agent: remove it (the agent makes it, mode 1733)");
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
-    return fail(Errc::kPermission, dir + " is writable by others without the sticky bit: chmod 1733 " + dir);
+    return fail(Errc::kPermission,
+                dir + " is writable by others without the sticky bit: chmod 1733 " + dir);
   return {};
 }
 
@@ -41,15 +43,19 @@ Status check_template(const std::string& templ, const std::string& dir, const ch
                                        std::to_string(kMaxTemplateBytes) + " bytes: refused");
   const size_t first = templ.find_first_not_of(" \t");
   if (first != std::string::npos && templ[first] == '|')
-    return fail(Errc::kPermission, std::string(what) + " of the target is a '| command' form: the agent never runs "
-                                                       "what a target says; refused");
+    return fail(Errc::kPermission, std::string(what) +
+                                       " of the target is a '| command' form: the agent never runs "
+                                       "what a target says; refused");
   for (unsigned char c : templ)
-    if (c < 0x20 || c == 0x7f) return fail(Errc::kPermission, std::string(what) + " of the target holds a control character: refused");
+    if (c < 0x20 || c == 0x7f)
+      return fail(Errc::kPermission,
+                  std::string(what) + " of the target holds a control character: refused");
   if (templ.find("..") != std::string::npos)
     return fail(Errc::kPermission, std::string(what) + " of the target holds '..': refused");
   if (templ.rfind(dir + "/", 0) != 0)
-    return fail(Errc::kPermission, std::string(what) + " of the target, '" + templ + "', is outside the agent's " +
-                                       dir + ": refused (arm the target with 'mlfx-agent gpu-env --dir " + dir + "')");
+    return fail(Errc::kPermission,
+                std::string(what) + " of the target, '" + templ + "', is outside the agent's " +
+                    dir + ": refused (arm the target with 'mlfx-agent gpu-env --dir " + dir + "')");
   return {};
 }
 
@@ -88,7 +94,8 @@ std::vector<std::pair<std::string, std::string>> arming_environment(const std::s
 }
 
 Status ensure_gpu_dir(const std::string& dir) {
-  if (dir.empty() || dir[0] != '/') return fail(Errc::kInvalidArgument, "the GPU directory must be absolute: " + dir);
+  if (dir.empty() || dir[0] != '/')
+    return fail(Errc::kInvalidArgument, "the GPU directory must be absolute: " + dir);
   struct stat st {};
   if (::lstat(dir.c_str(), &st) == 0) return check_dir(st, dir);
   if (errno != ENOENT) return fail(Errc::kIo, "stat " + dir + ": " + process::errno_name(errno));
@@ -97,8 +104,10 @@ Status ensure_gpu_dir(const std::string& dir) {
     return fail(Errc::kIo, "mkdir " + parent + ": " + process::errno_name(errno));
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return fail(Errc::kIo, "mkdir " + dir + ": " + process::errno_name(errno));
-  if (::chmod(dir.c_str(), 01733) != 0) return fail(Errc::kIo, "chmod " + dir + ": " + process::errno_name(errno));
-  if (::lstat(dir.c_str(), &st) != 0) return fail(Errc::kIo, "stat " + dir + ": " + process::errno_name(errno));
+  if (::chmod(dir.c_str(), 01733) != 0)
+    return fail(Errc::kIo, "chmod " + dir + ": " + process::errno_name(errno));
+  if (::lstat(dir.c_str(), &st) != 0)
+    return fail(Errc::kIo, "stat " + dir + ": " + process::errno_name(errno));
   return check_dir(st, dir);
 }
 
@@ -129,17 +138,23 @@ Result<std::string> expand_template(const std::string& templ, const std::string&
       continue;
     }
     const char spec = i + 1 < templ.size() ? templ[++i] : '\0';
-    if (spec == 'p') out += std::to_string(pid);
-    else if (spec == 'h') out += host;
-    else if (spec == '%') out += '%';
+    if (spec == 'p')
+      out += std::to_string(pid);
+    else if (spec == 'h')
+      out += host;
+    else if (spec == '%')
+      out += '%';
     else
-      return fail(Errc::kPermission, std::string("the template '") + templ + "' holds '%" + (spec ? std::string(1, spec) : "") +
-                                         "': only %p, %h and %% name a path the agent can know in advance");
+      return fail(Errc::kPermission,
+                  std::string("the template '") + templ + "' holds '%" +
+                      (spec ? std::string(1, spec) : "") +
+                      "': only %p, %h and %% name a path the agent can know in advance");
   }
   const std::string name = out.size() > dir.size() + 1 ? out.substr(dir.size() + 1) : "";
-  if (out.rfind(dir + "/", 0) != 0 || name.empty() || name.find('/') != std::string::npos || name == "." ||
-      host.find('/') != std::string::npos)
-    return fail(Errc::kPermission, "the template '" + templ + "' does not name a file directly in " + dir);
+  if (out.rfind(dir + "/", 0) != 0 || name.empty() || name.find('/') != std::string::npos ||
+      name == "." || host.find('/') != std::string::npos)
+    return fail(Errc::kPermission,
+                "the template '" + templ + "' does not name a file directly in " + dir);
   return name;
 }
 
@@ -153,7 +168,8 @@ json::Json Arming::to_json() const {
   return j;
 }
 
-Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pid_t ns_pid, const std::string& host) {
+Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pid_t ns_pid,
+                            const std::string& host) {
   const bool cut = environ.size() >= kMaxEnvironBytes;
   if (cut) environ = environ.substr(0, kMaxEnvironBytes);
   std::optional<std::string> enable, pipe, file, flags, progress;
@@ -168,23 +184,31 @@ Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pi
     const std::string_view key = entry.substr(0, eq);
     // Bounded: a value longer than a template may be is kept one byte too long, refused below.
     std::string value(entry.substr(eq + 1, std::min(entry.size() - eq - 1, kMaxTemplateBytes + 1)));
-    if (key == "CUDA_ENABLE_USER_TRIGGERED_COREDUMP") enable = value;
-    else if (key == "CUDA_COREDUMP_PIPE") pipe = value;
-    else if (key == "CUDA_COREDUMP_FILE") file = value;
-    else if (key == "CUDA_COREDUMP_GENERATION_FLAGS") flags = value;
-    else if (key == "CUDA_COREDUMP_SHOW_PROGRESS") progress = value;
+    if (key == "CUDA_ENABLE_USER_TRIGGERED_COREDUMP")
+      enable = value;
+    else if (key == "CUDA_COREDUMP_PIPE")
+      pipe = value;
+    else if (key == "CUDA_COREDUMP_FILE")
+      file = value;
+    else if (key == "CUDA_COREDUMP_GENERATION_FLAGS")
+      flags = value;
+    else if (key == "CUDA_COREDUMP_SHOW_PROGRESS")
+      progress = value;
   }
   Arming a;
   a.flags = flags.value_or("");
   a.show_progress = progress.value_or("") == "1";
-  const std::string how = "start the target with the variables of 'mlfx-agent gpu-env --dir " + dir + "'";
+  const std::string how =
+      "start the target with the variables of 'mlfx-agent gpu-env --dir " + dir + "'";
   if (enable.value_or("") != "1") {
-    a.why_not = std::string("the target was not started with CUDA_ENABLE_USER_TRIGGERED_COREDUMP=1") +
-                (cut ? " (or past the first MiB of its environment)" : "") + ": " + how;
+    a.why_not =
+        std::string("the target was not started with CUDA_ENABLE_USER_TRIGGERED_COREDUMP=1") +
+        (cut ? " (or past the first MiB of its environment)" : "") + ": " + how;
     return a;
   }
   if (!pipe || !file) {
-    a.why_not = std::string("the target has no ") + (!pipe ? "CUDA_COREDUMP_PIPE" : "CUDA_COREDUMP_FILE") +
+    a.why_not = std::string("the target has no ") +
+                (!pipe ? "CUDA_COREDUMP_PIPE" : "CUDA_COREDUMP_FILE") +
                 " (the driver's default is in its working directory, not the agent's): " + how;
     return a;
   }
@@ -192,10 +216,14 @@ Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pi
   a.file_template = *file;
   MLFX_TRY(check_template(*pipe, dir, "CUDA_COREDUMP_PIPE"));
   MLFX_TRY(check_template(*file, dir, "CUDA_COREDUMP_FILE"));
-  if (a.flags.size() > kMaxTemplateBytes) return fail(Errc::kPermission, "CUDA_COREDUMP_GENERATION_FLAGS of the target is too long: refused");
+  if (a.flags.size() > kMaxTemplateBytes)
+    return fail(Errc::kPermission,
+                "CUDA_COREDUMP_GENERATION_FLAGS of the target is too long: refused");
   MLFX_ASSIGN(a.pipe_name, expand_template(*pipe, dir, ns_pid, host));
   MLFX_ASSIGN(a.file_name, expand_template(*file, dir, ns_pid, host));
-  if (a.pipe_name == a.file_name) return fail(Errc::kPermission, "the target's dump pipe and dump file are the same path: refused");
+  if (a.pipe_name == a.file_name)
+    return fail(Errc::kPermission,
+                "the target's dump pipe and dump file are the same path: refused");
   a.armed = true;
   return a;
 }
@@ -205,7 +233,8 @@ Result<Arming> read_arming(pid_t pid, const std::string& dir) {
   const std::string path = process::proc_path(pid, "environ");
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return fail(errno == ENOENT ? Errc::kNotFound : Errc::kIo, "reading " + path + ": " + process::errno_name(errno));
+    return fail(errno == ENOENT ? Errc::kNotFound : Errc::kIo,
+                "reading " + path + ": " + process::errno_name(errno));
   File f(fd, path);
   std::string env(kMaxEnvironBytes, '\0');
   MLFX_ASSIGN(size_t n, f.read_full(reinterpret_cast<uint8_t*>(env.data()), env.size()));
@@ -227,7 +256,8 @@ json::Json nvidia_driver_facts(const std::string& root) {
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
     auto info = read_small_file(root + "/gpus/" + name + "/information", kMaxDriverFileBytes);
-    gpus.push_back({{"bus", name}, {"information", info ? json::Json(trimmed(*info)) : json::Json(nullptr)}});
+    gpus.push_back(
+        {{"bus", name}, {"information", info ? json::Json(trimmed(*info)) : json::Json(nullptr)}});
   }
   facts["gpus"] = gpus;
   return facts;
@@ -251,9 +281,13 @@ std::optional<std::string> find_cuda_gdb() {
   return std::nullopt;
 }
 
-std::vector<std::string> cuda_gdb_argv(const std::string& cuda_gdb, pid_t pid, const std::string& core_path) {
-  return {cuda_gdb, "-nx", "-q", "-batch", "-p", std::to_string(pid), "-ex", "generate-cuda-core-file " + core_path,
-          "-ex", "detach"};
+std::vector<std::string> cuda_gdb_argv(const std::string& cuda_gdb, pid_t pid,
+                                       const std::string& core_path) {
+  return {cuda_gdb, "-nx",
+          "-q",     "-batch",
+          "-p",     std::to_string(pid),
+          "-ex",    "generate-cuda-core-file " + core_path,
+          "-ex",    "detach"};
 }
 
 }  // namespace mlfx::agent::gpu

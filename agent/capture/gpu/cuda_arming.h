@@ -83,6 +83,7 @@ json::Json nvidia_driver_facts(const std::string& root = "/proc/driver/nvidia");
 std::optional<std::string> find_cuda_gdb();
 // The command line that attaches cuda-gdb to `pid` and writes its GPU core dump to `core_path`
 // (`generate-cuda-core-file`, cuda-gdb manual §4.5), then detaches (batch mode ends it).
-std::vector<std::string> cuda_gdb_argv(const std::string& cuda_gdb, pid_t pid, const std::string& core_path);
+std::vector<std::string> cuda_gdb_argv(const std::string& cuda_gdb, pid_t pid,
+                                       const std::string& core_path);
 
 }  // namespace mlfx::agent::gpu

@@ -27,7 +27,9 @@ constexpr size_t kReadBlock = 1u << 20;
 constexpr int kPipeBytes = 1 << 20;
 constexpr char kNotArmed[] = "is not armed for a GPU core dump";
 
-double ms(int64_t from_ns, int64_t to_ns) { return from_ns && to_ns ? double(to_ns - from_ns) / 1e6 : 0.0; }
+double ms(int64_t from_ns, int64_t to_ns) {
+  return from_ns && to_ns ? double(to_ns - from_ns) / 1e6 : 0.0;
+}
 
 std::optional<process::ProcStat> stat_of(pid_t pid) {
   auto text = process::read_proc_file(process::proc_path(pid, "stat"), 4096);
@@ -50,12 +52,17 @@ class DumpShape {
   void feed(const uint8_t* p, size_t n) {
     for (size_t i = 0; i < n; ++i, ++at_) {
       if (at_ < sizeof head_) head_[at_] = p[i];
-      if (shoff_ && at_ >= shoff_ + 0x20 && at_ < shoff_ + 0x28) shdr0_size_[at_ - shoff_ - 0x20] = p[i];
+      if (shoff_ && at_ >= shoff_ + 0x20 && at_ < shoff_ + 0x28)
+        shdr0_size_[at_ - shoff_ - 0x20] = p[i];
       if (at_ + 1 == sizeof head_) parse_header();
     }
   }
   std::string format() const {
-    if (at_ >= 4 && std::memcmp(head_, "\x7f" "ELF", 4) == 0) return "elf";
+    if (at_ >= 4 && std::memcmp(head_,
+                                "\x7f"
+                                "ELF",
+                                4) == 0)
+      return "elf";
     if (at_ >= 2 && head_[0] == 0x1f && head_[1] == 0x8b) return "gzip";
     return at_ ? "unknown" : "empty";
   }
@@ -72,7 +79,8 @@ class DumpShape {
 
  private:
   void parse_header() {
-    if (format() != "elf" || head_[4] != 2 /* ELFCLASS64 */ || head_[5] != 1 /* little-endian */) return;
+    if (format() != "elf" || head_[4] != 2 /* ELFCLASS64 */ || head_[5] != 1 /* little-endian */)
+      return;
     std::memcpy(&shoff_, head_ + 0x28, 8);
     std::memcpy(&shentsize_, head_ + 0x3a, 2);
     std::memcpy(&shnum_, head_ + 0x3c, 2);
@@ -115,7 +123,8 @@ struct CudaCoredumpSource::Fifo {
   void block() {
     if (fd >= 0) ::close(fd);
     fd = -1;
-    if (::unlinkat(dir, name.c_str(), 0) == 0 && ::mkdirat(dir, name.c_str(), 0500) == 0) blocked = true;
+    if (::unlinkat(dir, name.c_str(), 0) == 0 && ::mkdirat(dir, name.c_str(), 0500) == 0)
+      blocked = true;
   }
 
   // Makes DIR/NAME a FIFO the target's user alone may open, and opens its read end.
@@ -125,16 +134,19 @@ struct CudaCoredumpSource::Fifo {
     // A stale or planted entry goes first (never followed); whoever re-makes it in between
     // makes mkfifoat fail.
     if (::unlinkat(dir, file_name.c_str(), 0) != 0 && errno != ENOENT &&
-        !(errno == EISDIR && ::unlinkat(dir, file_name.c_str(), AT_REMOVEDIR) == 0))  // a failed capture's block()
+        !(errno == EISDIR &&
+          ::unlinkat(dir, file_name.c_str(), AT_REMOVEDIR) == 0))  // a failed capture's block()
       return fail(Errc::kIo, "removing the stale " + path + ": " + process::errno_name(errno));
     if (::mkfifoat(dir, file_name.c_str(), 0600) != 0)
       return fail(Errc::kIo, "mkfifo " + path + ": " + process::errno_name(errno));
     name = file_name;
     fd = ::openat(dir, file_name.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return fail(Errc::kIo, "opening the FIFO " + path + ": " + process::errno_name(errno));
+    if (fd < 0)
+      return fail(Errc::kIo, "opening the FIFO " + path + ": " + process::errno_name(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != ::geteuid())
-      return fail(Errc::kPermission, path + " is not the FIFO the agent made: someone replaced it; refused");
+      return fail(Errc::kPermission,
+                  path + " is not the FIFO the agent made: someone replaced it; refused");
     // The driver opens it as the target's user.
     if (owner != st.st_uid && ::fchown(fd, owner, static_cast<gid_t>(-1)) != 0)
       return fail(Errc::kIo, "chown " + path + ": " + process::errno_name(errno));
@@ -154,7 +166,8 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
   auto st = stat_of(pid);
   if (!st) return fail(Errc::kNotFound, who + " does not exist");
   s->start_time_ = st->starttime;
-  MLFX_ASSIGN(std::string status, process::read_proc_file(process::proc_path(pid, "status"), 1 << 16));
+  MLFX_ASSIGN(std::string status,
+              process::read_proc_file(process::proc_path(pid, "status"), 1 << 16));
   s->target_uid_ = effective_uid(status);
 
   MLFX_ASSIGN(s->arming_, read_arming(pid, s->options_.dir));
@@ -166,11 +179,13 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
     ::close(dir);
     const std::string pipe = s->options_.dir + "/" + s->arming_.pipe_name;
     if (exists && (!S_ISFIFO(ps.st_mode) || ps.st_uid != s->target_uid_))
-      return fail(Errc::kPermission, pipe + " is not a FIFO of the target's user (uid " + std::to_string(s->target_uid_) +
+      return fail(Errc::kPermission, pipe + " is not a FIFO of the target's user (uid " +
+                                         std::to_string(s->target_uid_) +
                                          "): not the driver's pipe; refused");
     if (!exists) {
       s->arming_.armed = false;
-      s->arming_.why_not = "its CUDA driver has made no pipe at " + pipe + " (CUDA not initialised yet)";
+      s->arming_.why_not =
+          "its CUDA driver has made no pipe at " + pipe + " (CUDA not initialised yet)";
     }
   }
   if (s->arming_.armed) {
@@ -187,22 +202,28 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
       return s;
     }
   if (traced)
-    return fail(Errc::kUnsupported, who + " " + kNotArmed + ": " + s->arming_.why_not + "; and cuda-gdb cannot attach "
-                                        "instead: it is traced by pid " + *tracer);
-  return fail(Errc::kUnsupported, who + " " + kNotArmed + ": " + s->arming_.why_not +
-                                      "; and no cuda-gdb to attach instead (/usr/local/cuda/bin/cuda-gdb, PATH)");
+    return fail(Errc::kUnsupported, who + " " + kNotArmed + ": " + s->arming_.why_not +
+                                        "; and cuda-gdb cannot attach "
+                                        "instead: it is traced by pid " +
+                                        *tracer);
+  return fail(Errc::kUnsupported,
+              who + " " + kNotArmed + ": " + s->arming_.why_not +
+                  "; and no cuda-gdb to attach instead (/usr/local/cuda/bin/cuda-gdb, PATH)");
 }
 
 Status CudaCoredumpSource::trigger_pipe() {
   MLFX_ASSIGN(int dir, open_gpu_dir(options_.dir));
   const std::string pipe = options_.dir + "/" + arming_.pipe_name;
-  const int fd = ::openat(dir, arming_.pipe_name.c_str(), O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+  const int fd =
+      ::openat(dir, arming_.pipe_name.c_str(), O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
   const int err = errno;
   ::close(dir);
   if (fd < 0) {
     if (err == ENXIO || err == ENOENT)
-      return fail(Errc::kUnsupported, "pid " + std::to_string(options_.pid) + " " + kNotArmed + ": nobody reads " +
-                                          pipe + " (" + process::errno_name(err) + "): its CUDA driver is not listening");
+      return fail(Errc::kUnsupported, "pid " + std::to_string(options_.pid) + " " + kNotArmed +
+                                          ": nobody reads " + pipe + " (" +
+                                          process::errno_name(err) +
+                                          "): its CUDA driver is not listening");
     return fail(Errc::kIo, "opening " + pipe + ": " + process::errno_name(err));
   }
   File f(fd, pipe);
@@ -210,7 +231,8 @@ Status CudaCoredumpSource::trigger_pipe() {
   if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != target_uid_)
     return fail(Errc::kPermission, pipe + " is not the driver's FIFO: refused");
   const uint8_t one = 1;  // what XLA and sglang write: one byte starts one dump
-  if (::write(fd, &one, 1) != 1) return fail(Errc::kIo, "triggering through " + pipe + ": " + process::errno_name(errno));
+  if (::write(fd, &one, 1) != 1)
+    return fail(Errc::kIo, "triggering through " + pipe + ": " + process::errno_name(errno));
   return {};
 }
 
@@ -231,7 +253,8 @@ Result<pid_t> CudaCoredumpSource::start_cuda_gdb(const std::string& core_path) {
   return child;
 }
 
-Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool show_progress, pid_t helper) {
+Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool show_progress,
+                                       pid_t helper) {
   using namespace std::chrono;
   const std::string who = "pid " + std::to_string(options_.pid);
   std::optional<Progress> bar;
@@ -246,7 +269,8 @@ Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool
     pollfd p{fifo.fd, POLLIN, 0};
     const int ready = ::poll(&p, 1, 250);
     if (ready < 0 && errno != EINTR) return fail(Errc::kIo, "poll: " + process::errno_name(errno));
-    // Only when poll says so: before the driver opens its end a read would return 0 as if it had ended.
+    // Only when poll says so: before the driver opens its end a read would return 0 as if it had
+    // ended.
     while (ready > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
       MLFX_ASSIGN(std::span<uint8_t> room, w.buffer(kReadBlock));
       const ssize_t n = ::read(fifo.fd, room.data(), room.size());
@@ -255,7 +279,8 @@ Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool
         MLFX_TRY(w.commit(0));
         if (err == EINTR) continue;
         if (err == EAGAIN) break;
-        return fail(Errc::kIo, "reading the GPU core dump from " + fifo.path + ": " + process::errno_name(err));
+        return fail(Errc::kIo, "reading the GPU core dump from " + fifo.path + ": " +
+                                   process::errno_name(err));
       }
       if (n == 0) {
         MLFX_TRY(w.commit(0));
@@ -274,37 +299,49 @@ Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool
       int status = 0;
       if (::waitpid(helper, &status, WNOHANG) == helper) helper_status = status;
       if (helper_status >= 0 && !first_byte_ns_)
-        return fail(Errc::kIo, "cuda-gdb ended (status " + std::to_string(helper_status) + ") without writing a GPU core dump");
+        return fail(Errc::kIo, "cuda-gdb ended (status " + std::to_string(helper_status) +
+                                   ") without writing a GPU core dump");
     }
     if (!same_process_alive(options_.pid, start_time_))
-      return fail(Errc::kIo, who + " exited during its GPU core dump, after " + std::to_string(bytes_) +
+      return fail(Errc::kIo, who + " exited during its GPU core dump, after " +
+                                 std::to_string(bytes_) +
                                  " bytes: a part of a dump is not kept as one");
     if (!first_byte_ns_ && seconds_since(trigger_ns_) > double(options_.first_byte_timeout.count()))
-      return fail(Errc::kIo, "no GPU core dump began within " + std::to_string(options_.first_byte_timeout.count()) +
-                                 " s of the trigger (is the driver's dump thread blocked, or the target stopped?)");
+      return fail(
+          Errc::kIo,
+          "no GPU core dump began within " + std::to_string(options_.first_byte_timeout.count()) +
+              " s of the trigger (is the driver's dump thread blocked, or the target stopped?)");
     if (first_byte_ns_ && seconds_since(last_data_ns) > double(options_.idle_timeout.count()))
-      return fail(Errc::kIo, "the GPU core dump stalled: no data for " + std::to_string(options_.idle_timeout.count()) +
-                                 " s after " + std::to_string(bytes_) + " bytes");
+      return fail(Errc::kIo, "the GPU core dump stalled: no data for " +
+                                 std::to_string(options_.idle_timeout.count()) + " s after " +
+                                 std::to_string(bytes_) + " bytes");
     if (seconds_since(trigger_ns_) > double(options_.total_timeout.count()))
-      return fail(Errc::kIo, "the GPU core dump took longer than " + std::to_string(options_.total_timeout.count()) + " s");
+      return fail(Errc::kIo, "the GPU core dump took longer than " +
+                                 std::to_string(options_.total_timeout.count()) + " s");
   }
   eof_ns_ = monotonic_ns();
   if (bar) bar->finish();
   format_ = shape.format();
   if (bytes_ == 0) return fail(Errc::kIo, "the GPU core dump of " + who + " is empty");
   if (const uint64_t declared = shape.declared_size(); declared && bytes_ < declared)
-    return fail(Errc::kIo, "the GPU core dump of " + who + " ends after " + std::to_string(bytes_) + " of the " +
-                               std::to_string(declared) + " bytes its ELF header declares: cut off" +
-                               (same_process_alive(options_.pid, start_time_) ? "" : " (the target exited)"));
+    return fail(Errc::kIo,
+                "the GPU core dump of " + who + " ends after " + std::to_string(bytes_) +
+                    " of the " + std::to_string(declared) +
+                    " bytes its ELF header declares: cut off" +
+                    (same_process_alive(options_.pid, start_time_) ? "" : " (the target exited)"));
   return {};
 }
 
 Status CudaCoredumpSource::read(bundle::BundleWriter& w, bool show_progress) {
   Fifo fifo;
-  const std::string file_name = method_ == "pipe-trigger" ? arming_.file_name : "mlfx-cuda-gdb." + std::to_string(options_.pid);
+  const std::string file_name = method_ == "pipe-trigger"
+                                    ? arming_.file_name
+                                    : "mlfx-cuda-gdb." + std::to_string(options_.pid);
   // cuda-gdb writes as root, the driver as the target's user.
-  MLFX_TRY(fifo.make(options_.dir, file_name, method_ == "pipe-trigger" ? target_uid_ : ::geteuid()));
-  MLFX_TRY(w.begin_stream("gpu-core", "cuda-coredump:pid " + std::to_string(options_.pid) + " (" + method_ + ")"));
+  MLFX_TRY(
+      fifo.make(options_.dir, file_name, method_ == "pipe-trigger" ? target_uid_ : ::geteuid()));
+  MLFX_TRY(w.begin_stream(
+      "gpu-core", "cuda-coredump:pid " + std::to_string(options_.pid) + " (" + method_ + ")"));
   pid_t helper = 0;
   trigger_ns_ = monotonic_ns();
   if (method_ == "pipe-trigger") {
@@ -313,7 +350,8 @@ Status CudaCoredumpSource::read(bundle::BundleWriter& w, bool show_progress) {
     MLFX_ASSIGN(helper, start_cuda_gdb(fifo.path));
   }
   Status streamed = stream_dump(fifo, w, show_progress, helper);
-  if (!streamed && method_ == "pipe-trigger" && same_process_alive(options_.pid, start_time_)) fifo.block();
+  if (!streamed && method_ == "pipe-trigger" && same_process_alive(options_.pid, start_time_))
+    fifo.block();
   if (helper > 0) {
     // cuda-gdb detaches on its own; one that hangs is killed, and a target it left stopped is
     // continued (the kernel detaches a dead tracer's tracees but may leave them stopped).
@@ -323,25 +361,31 @@ Status CudaCoredumpSource::read(bundle::BundleWriter& w, bool show_progress) {
       if (!streamed || monotonic_ns() > until) {
         ::kill(helper, SIGKILL);
         ::waitpid(helper, &status, 0);
-        if (auto st = stat_of(options_.pid); st && (st->state == 'T' || st->state == 't')) ::kill(options_.pid, SIGCONT);
+        if (auto st = stat_of(options_.pid); st && (st->state == 'T' || st->state == 't'))
+          ::kill(options_.pid, SIGCONT);
         break;
       }
       ::usleep(20'000);
     }
     if (streamed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-      streamed = fail(Errc::kIo, "cuda-gdb exited with status " + std::to_string(status) + " after writing the dump");
+      streamed = fail(Errc::kIo, "cuda-gdb exited with status " + std::to_string(status) +
+                                     " after writing the dump");
   }
   if (!streamed)
-    return fail(std::move(streamed).error().context(method_ == "cuda-gdb" ? "through cuda-gdb" : "through the driver's pipe"));
+    return fail(std::move(streamed).error().context(
+        method_ == "cuda-gdb" ? "through cuda-gdb" : "through the driver's pipe"));
   survived_ = same_process_alive(options_.pid, start_time_);
   if (!survived_)
-    return fail(Errc::kIo, "pid " + std::to_string(options_.pid) + " did not survive its GPU core dump (" +
-                               std::to_string(bytes_) + " bytes received)");
+    return fail(Errc::kIo, "pid " + std::to_string(options_.pid) +
+                               " did not survive its GPU core dump (" + std::to_string(bytes_) +
+                               " bytes received)");
   complete_ = true;
   return {};
 }
 
-void CudaCoredumpSource::stream_sealed(const bundle::StreamInfo& stream) { sha256_ = stream.sha256; }
+void CudaCoredumpSource::stream_sealed(const bundle::StreamInfo& stream) {
+  sha256_ = stream.sha256;
+}
 
 std::string CudaCoredumpSource::context_stream_source() const {
   return "cuda-coredump:pid " + std::to_string(options_.pid);
@@ -358,21 +402,26 @@ json::Json CudaCoredumpSource::context() const {
       {"arming", arming_.to_json()},
       {"generation_flags", arming_.flags},
       {"driver", nvidia_driver_facts(options_.nvidia_proc)},
-      {"dump", {{"stream", "gpu-core"}, {"bytes", bytes_}, {"format", format_}, {"sha256", sha256_}}},
-      {"timings", {{"trigger_to_first_byte_ms", ms(trigger_ns_, first_byte_ns_)},
-                   {"first_byte_to_eof_ms", ms(first_byte_ns_, eof_ns_)},
-                   {"trigger_to_eof_ms", ms(trigger_ns_, eof_ns_)}}},
-      {"target", {{"survived", survived_}, {"start_time_ticks", start_time_}, {"uid", target_uid_}}},
+      {"dump",
+       {{"stream", "gpu-core"}, {"bytes", bytes_}, {"format", format_}, {"sha256", sha256_}}},
+      {"timings",
+       {{"trigger_to_first_byte_ms", ms(trigger_ns_, first_byte_ns_)},
+        {"first_byte_to_eof_ms", ms(first_byte_ns_, eof_ns_)},
+        {"trigger_to_eof_ms", ms(trigger_ns_, eof_ns_)}}},
+      {"target",
+       {{"survived", survived_}, {"start_time_ticks", start_time_}, {"uid", target_uid_}}},
       {"complete", complete_}};
   if (method_ == "cuda-gdb")
-    c["cuda_gdb"] = {{"path", cuda_gdb_}, {"argv", cuda_gdb_argv(cuda_gdb_, options_.pid, options_.dir + "/mlfx-cuda-gdb." +
-                                                                                          std::to_string(options_.pid))}};
+    c["cuda_gdb"] = {
+        {"path", cuda_gdb_},
+        {"argv", cuda_gdb_argv(cuda_gdb_, options_.pid,
+                               options_.dir + "/mlfx-cuda-gdb." + std::to_string(options_.pid))}};
   return c;
 }
 
 json::Json CudaCoredumpSource::acquisition() const {
-  return {{"source", "gpu"}, {"pid", options_.pid}, {"method", method_}, {"bytes", bytes_},
-          {"target_survived", survived_}, {"complete", complete_}};
+  return {{"source", "gpu"}, {"pid", options_.pid},          {"method", method_},
+          {"bytes", bytes_}, {"target_survived", survived_}, {"complete", complete_}};
 }
 
 }  // namespace mlfx::agent::gpu

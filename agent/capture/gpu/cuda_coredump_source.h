@@ -30,9 +30,9 @@ namespace mlfx::agent::gpu {
 
 struct GpuCaptureOptions {
   pid_t pid = 0;
-  std::string dir = kDefaultGpuDir;                // the agent's directory (cuda_arming.h)
+  std::string dir = kDefaultGpuDir;                 // the agent's directory (cuda_arming.h)
   std::string nvidia_proc = "/proc/driver/nvidia";  // driver facts (a test injects a fake tree)
-  std::chrono::seconds first_byte_timeout{120};  // the driver collects every SM's state first
+  std::chrono::seconds first_byte_timeout{120};     // the driver collects every SM's state first
   std::chrono::seconds idle_timeout{60};
   std::chrono::seconds total_timeout{3600};
   bool allow_cuda_gdb = true;  // the fallback for a target not armed
