@@ -173,10 +173,12 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
   MLFX_ASSIGN(s->arming_, read_arming(pid, s->options_.dir));
   if (s->arming_.armed) {
     // The driver makes its pipe at cuInit: no pipe yet, no CUDA yet.
-    MLFX_ASSIGN(int dir, open_gpu_dir(s->options_.dir));
+    auto dir = open_gpu_dir(s->options_.dir);  // missing: the driver could make no pipe either
+    if (!dir && dir.error().code() != Errc::kNotFound) return fail(std::move(dir).error());
     struct stat ps {};
-    const bool exists = ::fstatat(dir, s->arming_.pipe_name.c_str(), &ps, AT_SYMLINK_NOFOLLOW) == 0;
-    ::close(dir);
+    const bool exists =
+        dir && ::fstatat(*dir, s->arming_.pipe_name.c_str(), &ps, AT_SYMLINK_NOFOLLOW) == 0;
+    if (dir) ::close(*dir);
     const std::string pipe = s->options_.dir + "/" + s->arming_.pipe_name;
     if (exists && (!S_ISFIFO(ps.st_mode) || ps.st_uid != s->target_uid_))
       return fail(Errc::kPermission, pipe + " is not a FIFO of the target's user (uid " +
