@@ -87,6 +87,8 @@ class CaptureKit {
   }
   bool ok() const { return ok_; }
   std::string lab_key() const { return dir_ / "lab.key"; }
+  std::string lab_pub() const { return dir_ / "lab.pub"; }
+  std::string device_key() const { return dir_ / "dev.key"; }
 
   CommandResult capture(pid_t pid, const std::string& bundle) const {
     return run(agent_bin() + " capture --pid " + std::to_string(pid) + " --out " + bundle + " --device-key " +
