@@ -32,7 +32,8 @@
 //                empty tensors, metadata), each read back before it is kept;
 // cuda_core:     CUDA GPU core dumps per NVIDIA's public cudacoredump.h (synthetic_cuda_core.h):
 //                device rows of 72, 80 and 88 bytes, with and without metadata, extended
-//                numbering, managed memory, gzip in one and in two members; each opened first;
+//                numbering, managed memory, gzip in one and in two members, a CUPTI copy-out with
+//                an .mlfx.unreadable table; each opened first;
 // capture_request: signed capture requests from the lab (by target, by pid, every field at its
 //                longest, non-ASCII text), signed by the fixed device key, each parsed back.
 //
@@ -617,6 +618,17 @@ std::vector<std::pair<std::string, std::string>> cuda_core_seeds() {
   seeds.push_back({"skip-global.nvcudmp", synthetic::cuda_dump(skipped)});
   seeds.push_back({"gzip.nvcudmp.gz", synthetic::gzip(synthetic::cuda_dump({}))});
   seeds.push_back({"gzip-two-members.nvcudmp.gz", synthetic::gzip(synthetic::cuda_dump({}), 2)});
+  {  // the CUPTI copy-out's shape: memory, then mlfx's .mlfx.unreadable table
+    cudacore::CoreWriter w;
+    w.add_memory(0x7f0000000000, synthetic::pattern(4096, 1));
+    w.add_memory(0x7f0000010000, synthetic::pattern(512, 2));
+    w.add_unreadable_table(3, [] { return cudacore::CoreWriter::Ranges{{0x7f0000000800, 0x800}}; });
+    std::string dump;
+    std::string error;
+    if (!w.write([&dump](const void* p, size_t n) { return dump.append(static_cast<const char*>(p), n), true; }, &error))
+      die("writing the unreadable-table seed: " + error);
+    seeds.push_back({"copy-out-unreadable.nvcudmp", dump});
+  }
   return seeds;
 }
 
