@@ -256,6 +256,8 @@ def main():
     device = os.environ.get("MLFX_VICTIM_DEVICE", "cpu")
     if device != "cpu":
         models = [(name, m.to(device), x.to(device)) for name, m, x in models]
+        import cuda_truth
+        cuda_truth.write_truth(gt, [(name, m) for name, m, _ in models])
     save_models(gt, [(name, m) for name, m, _ in models], outputs(models))
     if "after_save" in extra:
         extra["after_save"](gt)

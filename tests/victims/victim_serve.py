@@ -102,6 +102,9 @@ def serve(gt, outputs):
                 reply = mlfx_anomaly.raise_anomaly("victim says: outputs drifted", socket_path=f.read().strip())
             with open(os.path.join(gt, "anomaly_reply"), "w") as f:
                 json.dump(reply, f)
+        if os.path.exists(os.path.join(gt, "bench_d2h")) and not os.path.exists(os.path.join(gt, "bench_d2h.json")):
+            import cuda_truth  # the GPU benchmark's reference copy (tests/gpu)
+            cuda_truth.bench_d2h(gt)
         if os.path.exists(os.path.join(gt, "check")) and not os.path.exists(os.path.join(gt, "checked")):
             torch.save(outputs(), os.path.join(gt, "outputs_after.pt"))
             with open(os.path.join(gt, "checked"), "w") as f:
