@@ -14,7 +14,7 @@ for b in analyzer/mlfx agent/mlfx-agent agent/cupti/libmlfx_cupti.so; do
   strip -o "$kit/$(basename "$b")" "$build/$b"
 done
 for lib in libisal.so.2 libssl.so.3 libcrypto.so.3; do
-  path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+  path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}')
   [ -n "$path" ] || { echo "make_kit: $lib not found" >&2; exit 1; }
   cp -L "$path" "$kit/lib/"
 done

@@ -19,6 +19,7 @@
 #  4. fixtures: the mlp victim's real driver dump and the cupti copy-out, gzip'd, with the truth
 #     of their CUDA storages (tests/gpu/gpu_fixture_test.cc replays them in CI).
 # Each part runs on when an earlier one fails; summary.json says what passed.
+# MLFX_GPU_CHECK_PARTS="1 3" runs only those parts (a rerun of what failed).
 set -uo pipefail
 kit=$(realpath "$1")
 out=$(realpath "$2")
@@ -32,6 +33,7 @@ w=$(mktemp -d /tmp/mlfx-gpu.XXXXXX)
 gpu_dir=/run/mlfx-agent/gpu
 exec > >(tee "$out/run.log") 2>&1
 step() { echo "== [${SECONDS}s] $*"; }
+want() { [[ " ${MLFX_GPU_CHECK_PARTS:-1 2 3 4} " == *" $1 "* ]]; }
 result() { $py "$here/check_gpu_run.py" record --summary "$out/summary.json" "$@"; }
 
 step "machine"
@@ -67,7 +69,7 @@ capture() {  # NAME SOURCES BUNDLE
 open_bundle() { $mlfx bundle open -q "$1" --key "$w/lab.key" --out "$2"; }
 
 step "1. families on cuda:0: capture --source gpu,process, recover, bit-exact"
-if start_victim fam families armed; then
+if want 1 && start_victim fam families armed; then
   t0=$(date +%s%N)
   capture fam gpu,process "$w/fam.mlfx"; rc=$?
   echo "capture exit $rc in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
@@ -81,7 +83,7 @@ if start_victim fam families armed; then
 fi
 
 step "2. bench: GPU dump vs cudaMemcpy of the same ranges"
-if start_victim big big armed; then
+if want 2 && start_victim big big armed; then
   for r in 1 2 3 4 5; do
     sync
     capture big gpu "$w/big-$r.mlfx" && open_bundle "$w/big-$r.mlfx" "$w/big/open-$r" || { echo "round $r failed"; continue; }
@@ -98,7 +100,7 @@ fi
 step "3. cupti: copy-out through the injection library, recovered with --gpu-core"
 cupti_env=(CUDA_INJECTION64_PATH="$kit/libmlfx_cupti.so" MLFX_CUPTI_LOG="$w/cupti-events.jsonl"
            MLFX_CUPTI_TRIGGER="$w/cupti-trigger.%p" MLFX_CUPTI_OUTPUT="$w/cupti-copy.%p.nvcudmp")
-if start_victim cupti cnn plain "${cupti_env[@]}"; then
+if want 3 && start_victim cupti cnn plain "${cupti_env[@]}"; then
   pid=$(cat "$w/cupti/pid")
   head -c 2000 "$w/cupti-events.jsonl"; echo
   printf 1 > "$w/cupti-trigger.$pid"
@@ -113,7 +115,7 @@ if start_victim cupti cnn plain "${cupti_env[@]}"; then
 fi
 
 step "4. fixtures: a small real driver dump and a copy-out, with their truth"
-if start_victim small mlp armed; then
+if want 4 && start_victim small mlp armed; then
   capture small gpu "$w/small.mlfx" && open_bundle "$w/small.mlfx" "$w/small/open" && \
     result fixture --name driver-mlp --gt "$w/small/gt" --dump "$w/small/open/gpu-core" \
       --context "$w/small/open/gpu-context" --out "$out"
