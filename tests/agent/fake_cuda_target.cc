@@ -17,6 +17,8 @@
 //          exit-on-trigger  exits when triggered
 //          late      waits 3 s after the trigger, then writes (a driver slower than the agent
 //          waits)
+//          stall     writes half, stalls 3 s, writes the rest, with SIGPIPE at its default (a
+//                    driver that does not block it dies if its reader goes away)
 //   --cuda-error-socket PATH  on SIGUSR1, reports a CUDA error to the agent's anomaly socket
 //                    as the CUPTI library does:
 //                    {"op":"cuda-error","api":...,"error":...,"code":700}
@@ -125,15 +127,16 @@ bool write_all(int fd, const void* data, size_t len) {
   return true;
 }
 
-// Writes the dump to fd; with `limit`, stops (false) after that many bytes.
-bool write_dump(const mlfx::cudacore::CoreWriter& w, int fd, uint64_t limit = UINT64_MAX) {
-  uint64_t written = 0;
+// Writes bytes [from, limit) of the dump to fd; stops (false) at `limit`.
+bool write_dump(const mlfx::cudacore::CoreWriter& w, int fd, uint64_t limit = UINT64_MAX, uint64_t from = 0) {
+  uint64_t at = 0;
   std::string error;
   return w.write(
       [&](const void* data, size_t len) {
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(len, limit - written));
-        if (!write_all(fd, data, n)) return false;
-        written += n;
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(len, limit - at));
+        const size_t skip = static_cast<size_t>(std::min<uint64_t>(n, from > at ? from - at : 0));
+        if (n > skip && !write_all(fd, static_cast<const uint8_t*>(data) + skip, n - skip)) return false;
+        at += n;
         return n == len;
       },
       &error);
@@ -184,7 +187,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  signal(SIGPIPE, SIG_IGN);
+  if (mode != "stall") signal(SIGPIPE, SIG_IGN);
   struct sigaction sa {};
   sa.sa_handler = on_usr1;
   sigaction(SIGUSR1, &sa, nullptr);
@@ -247,7 +250,13 @@ int main(int argc, char** argv) {
       write_dump(dump, out, dump.total_size() / 2);
       _exit(4);
     }
-    const bool ok = write_dump(dump, out);
+    uint64_t from = 0;
+    if (mode == "stall") {
+      from = dump.total_size() / 2;
+      write_dump(dump, out, from);
+      sleep(3);
+    }
+    const bool ok = write_dump(dump, out, UINT64_MAX, from);
     close(out);
     progress(show, ok ? "All done" : "Failed to write the core dump");
   }

@@ -237,6 +237,22 @@ TEST_F(GpuCaptureCli, ADumpThatBeginsAfterTheTimeoutLandsNowhere) {
   EXPECT_FALSE(fs::exists(core));
 }
 
+// A capture that gives up while the driver is still writing must not break the pipe under it:
+// a driver that leaves SIGPIPE at its default would kill the target. The agent drains the rest.
+TEST_F(GpuCaptureCli, ADumpGivenUpMidwayIsDrainedSoTheTargetLives) {
+  FakeTarget t;
+  ASSERT_TRUE(t.start(dir.path(), arming_env(), {"--mode", "stall", "--global-bytes", std::to_string(8 << 20)}));
+  const std::string bundle = dir / "x.mlfx";
+  auto cap = agent(capture_args(t.pid(), bundle) + " --gpu-timeout 1");
+  EXPECT_NE(cap.exit_code, 0);
+  EXPECT_NE(cap.output.find("stalled"), std::string::npos) << cap.output;
+  for (int i = 0; i < 1000 && t.log().find("All done") == std::string::npos && t.alive(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(t.alive()) << t.log();
+  EXPECT_NE(t.log().find("All done"), std::string::npos) << t.log();
+  expect_nothing_left(t, bundle);
+}
+
 TEST_F(GpuCaptureCli, ATargetThatDiesMidDumpFailsTheCapture) {
   FakeTarget t;
   ASSERT_TRUE(t.start(dir.path(), arming_env(),

@@ -103,6 +103,35 @@ uid_t effective_uid(const std::string& status) {
 
 }  // namespace
 
+// A driver still writing when its reader goes away gets EPIPE and SIGPIPE, which kills the target
+// unless the driver blocks the signal: after a failed dump a detached grandchild of the agent
+// (reparented to init, nothing to reap) reads on and discards until the driver closes its end,
+// at most an hour. Async-signal-safe calls only (and close_range): the agent has other threads.
+static void drain_in_background(int fifo_fd) {
+  const pid_t child = ::fork();
+  if (child == 0) {
+    if (::fork() == 0) {
+      // Holds the FIFO's read end alone: not the agent's bundle, sockets or other files.
+      const int fd = ::dup2(fifo_fd, 0);
+      ::close_range(1, ~0U, 0);
+      static char sink[1 << 16];
+      timespec start{}, now{};
+      ::clock_gettime(CLOCK_MONOTONIC, &start);
+      for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+        const ssize_t n = ::read(fd, sink, sizeof sink);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;  // the driver's end closed
+        ::clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > 3600) break;
+      }
+      ::_exit(0);
+    }
+    ::_exit(0);
+  }
+  if (child > 0) ::waitpid(child, nullptr, 0);
+}
+
 // The FIFO the dump arrives through, in the agent's directory; removed on every path.
 struct CudaCoredumpSource::Fifo {
   int dir = -1, fd = -1;
@@ -118,9 +147,9 @@ struct CudaCoredumpSource::Fifo {
 
   // After a failed dump: an empty directory takes the FIFO's place, so that a driver that
   // starts writing late fails to open it (EISDIR) instead of making a file of the whole GPU
-  // memory here (/run is RAM). The next capture removes it. (A driver still writing when the
-  // FIFO closes gets EPIPE.)
+  // memory here (/run is RAM). The next capture removes it. A driver still writing is drained.
   void block() {
+    if (fd >= 0) drain_in_background(fd);
     if (fd >= 0) ::close(fd);
     fd = -1;
     if (::unlinkat(dir, name.c_str(), 0) == 0 && ::mkdirat(dir, name.c_str(), 0500) == 0)
