@@ -337,7 +337,7 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
   cap->add_option("--recipient", ca.recipients, "lab public key to encrypt to (repeatable)")->required();
   cap->add_option("--source", ca.source, "capture backend: process (ptrace + /proc/PID/mem), lime (stock "
                                          "LiME, whole memory), kmod (mlfx_mem.ko, whole memory), gpu (the CUDA GPU "
-                                         "core dump of a target armed with 'mlfx-agent gpu-env', or through cuda-gdb), "
+                                         "core dump of a target armed with 'mlfx-agent gpu-env', the CUPTI library's copy-out, or through cuda-gdb), "
                                          "gpu,process (both into one bundle, the GPU first)")
       ->transform([](std::string v) { return normalized_source(v); })
       ->check(CLI::IsMember({"process", "lime", "kmod", "gpu", "gpu,process"}));
@@ -387,10 +387,19 @@ void add_capture_commands(CLI::App& app, Registry& registry) {
                                             "Environment= or a launcher), after making the agent's directory");
   env->add_option("--dir", *gpu_dir, std::string("the agent's directory for the pipes (default ") + gpu::kDefaultGpuDir + ")");
   env->add_flag("--print-only", *print_only, "do not make the directory (it must exist, mode 1733, when the target starts)");
-  registry.add(env, [gpu_dir, print_only] {
+  auto cupti = std::make_shared<std::string>();
+  env->add_option("--cupti", *cupti, "also load the CUPTI library (libmlfx_cupti.so, an absolute path) into the target: "
+                                     "its allocations tracked, copied out where the driver's dump is unavailable")
+      ->check(CLI::ExistingFile);
+  registry.add(env, [gpu_dir, print_only, cupti] {
+    if (!cupti->empty() && (*cupti)[0] != '/') {
+      std::fprintf(stderr, "mlfx-agent gpu-env: --cupti needs an absolute path (the driver loads it in the target's directory)\n");
+      return kExitUsage;
+    }
     if (!*print_only)
       if (auto st = gpu::ensure_gpu_dir(*gpu_dir); !st) return report_error("gpu-env", st.error());
-    for (const auto& [key, value] : gpu::arming_environment(*gpu_dir)) std::printf("%s=%s\n", key.c_str(), value.c_str());
+    for (const auto& [key, value] : gpu::arming_environment(*gpu_dir, *cupti))
+      std::printf("%s=%s\n", key.c_str(), value.c_str());
     return 0;
   });
 

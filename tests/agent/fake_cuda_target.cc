@@ -6,7 +6,8 @@
 // when that is an existing FIFO), prints the driver's progress lines when
 // CUDA_COREDUMP_SHOW_PROGRESS=1, and runs on. The dump is built by mlfx::cudacore::CoreWriter
 // from NVIDIA's public format: meta data, a device table, a context table, and global memory
-// of a deterministic pattern.
+// of a deterministic pattern. With MLFX_CUPTI_TRIGGER and MLFX_CUPTI_OUTPUT instead (and no
+// CUDA_ENABLE_USER_TRIGGERED_COREDUMP), it plays the CUPTI library's copy-out the same way.
 //
 //   fake_cuda_target [--global-bytes N] [--truth FILE] [--ready FILE]
 //                    [--mode normal|never|half|exit-on-trigger] [--cuda-error-socket PATH]
@@ -197,12 +198,18 @@ int main(int argc, char** argv) {
     if (fd < 0 || !write_dump(dump, fd)) return 1;
     close(fd);
   }
-  const bool armed = env("CUDA_ENABLE_USER_TRIGGERED_COREDUMP") == "1";
+  const bool driver_armed = env("CUDA_ENABLE_USER_TRIGGERED_COREDUMP") == "1";
+  // Not armed for the driver's dump but for the CUPTI library's copy-out: its trigger FIFO and
+  // output instead (agent/cupti, protocol/doc/cupti-allocations.md), the same dump format.
+  const bool cupti = !driver_armed && !env("MLFX_CUPTI_TRIGGER").empty() && !env("MLFX_CUPTI_OUTPUT").empty();
+  const bool armed = driver_armed || cupti;
   const bool show = env("CUDA_COREDUMP_SHOW_PROGRESS") == "1";
   const std::string pipe_path =
-      expand(env("CUDA_COREDUMP_PIPE").empty() ? "corepipe.cuda.%h.%p" : env("CUDA_COREDUMP_PIPE"));
-  const std::string file_path = expand(
-      env("CUDA_COREDUMP_FILE").empty() ? "core_%t_%h_%p.nvcudmp" : env("CUDA_COREDUMP_FILE"));
+      cupti ? expand(env("MLFX_CUPTI_TRIGGER"))
+            : expand(env("CUDA_COREDUMP_PIPE").empty() ? "corepipe.cuda.%h.%p" : env("CUDA_COREDUMP_PIPE"));
+  const std::string file_path =
+      cupti ? expand(env("MLFX_CUPTI_OUTPUT"))
+            : expand(env("CUDA_COREDUMP_FILE").empty() ? "core_%t_%h_%p.nvcudmp" : env("CUDA_COREDUMP_FILE"));
   int pipe_fd = -1;
   if (armed) {
     if (mkfifo(pipe_path.c_str(), 0600) != 0 && errno != EEXIST) {

@@ -188,6 +188,37 @@ TEST_F(GpuCaptureCli, TheGpuDumpAndTheProcessGoIntoOneBundleGpuFirst) {
   EXPECT_EQ(names[1], "core");
 }
 
+// A target armed only for the CUPTI library's copy-out (gpu-env --cupti, without the driver's
+// variables): the agent triggers the library's FIFO and seals what it writes, the same format.
+TEST_F(GpuCaptureCli, ATargetArmedForTheCuptiCopyOutIsCopiedOut) {
+  const std::string library = dir / "libmlfx_cupti.so";  // gpu-env checks only that it exists
+  testing::write_file(library, "");
+  auto r = agent("gpu-env --dir " + gpu_dir + " --cupti " + library);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("CUDA_INJECTION64_PATH=" + library + "\n"), std::string::npos) << r.output;
+  std::vector<std::string> env;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("MLFX_CUPTI_", 0) == 0) env.push_back(line);  // the library's alone
+  ASSERT_EQ(env.size(), 2u) << r.output;
+  FakeTarget t;
+  const std::string truth = dir / "truth.nvcudmp";
+  ASSERT_TRUE(t.start(dir.path(), env, {"--global-bytes", std::to_string(4 << 20), "--truth", truth}));
+  const std::string bundle = dir / "case.mlfx";
+  auto cap = agent(capture_args(t.pid(), bundle));
+  ASSERT_EQ(cap.exit_code, 0) << cap.output << t.log();
+  EXPECT_NE(cap.output.find("(cupti-copy-out)"), std::string::npos) << cap.output;
+  auto open = mlfx("bundle open " + bundle + " --key " + (dir / "lab.key") + " --out " + (dir / "open") + " -q");
+  ASSERT_EQ(open.exit_code, 0) << open.output;
+  EXPECT_TRUE(testing::read_file(dir / "open/gpu-core") == testing::read_file(truth));
+  auto c = json::parse(testing::read_file(dir / "open/gpu-context"), "gpu-context");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ((*c)["method"], "cupti-copy-out");
+  EXPECT_EQ((*c)["arming"]["MLFX_CUPTI_OUTPUT"], gpu_dir + "/cupti-core.%p");
+  EXPECT_TRUE(t.alive());
+  EXPECT_FALSE(fs::exists(gpu_dir + "/cupti-core." + std::to_string(t.pid()))) << "the FIFO was left behind";
+}
+
 TEST_F(GpuCaptureCli, ATargetNotArmedFailsSayingHowToArm) {
   if (access("/usr/local/cuda/bin/cuda-gdb", X_OK) == 0) GTEST_SKIP() << "cuda-gdb would stand in";
   fs::create_directories(dir / "run");

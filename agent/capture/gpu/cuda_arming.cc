@@ -85,12 +85,19 @@ std::string trimmed(std::string s) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> arming_environment(const std::string& dir) {
-  return {{"CUDA_ENABLE_USER_TRIGGERED_COREDUMP", "1"},
-          {"CUDA_COREDUMP_PIPE", dir + "/corepipe.%p"},
-          {"CUDA_COREDUMP_FILE", dir + "/core.%p"},
-          {"CUDA_COREDUMP_GENERATION_FLAGS", kGenerationFlags},
-          {"CUDA_COREDUMP_SHOW_PROGRESS", "1"}};
+std::vector<std::pair<std::string, std::string>> arming_environment(const std::string& dir,
+                                                                    const std::string& cupti_library) {
+  std::vector<std::pair<std::string, std::string>> env = {{"CUDA_ENABLE_USER_TRIGGERED_COREDUMP", "1"},
+                                                          {"CUDA_COREDUMP_PIPE", dir + "/corepipe.%p"},
+                                                          {"CUDA_COREDUMP_FILE", dir + "/core.%p"},
+                                                          {"CUDA_COREDUMP_GENERATION_FLAGS", kGenerationFlags},
+                                                          {"CUDA_COREDUMP_SHOW_PROGRESS", "1"}};
+  if (!cupti_library.empty()) {
+    env.push_back({"CUDA_INJECTION64_PATH", cupti_library});
+    env.push_back({"MLFX_CUPTI_TRIGGER", dir + "/cupti-trigger.%p"});
+    env.push_back({"MLFX_CUPTI_OUTPUT", dir + "/cupti-core.%p"});
+  }
+  return env;
 }
 
 Status ensure_gpu_dir(const std::string& dir) {
@@ -162,6 +169,11 @@ json::Json Arming::to_json() const {
   json::Json j = {{"armed", armed}};
   if (!armed) j["why_not"] = why_not;
   if (!pipe_template.empty()) j["CUDA_COREDUMP_PIPE"] = pipe_template;
+  j["cupti_copy_out"] = cupti;
+  if (cupti) {
+    j["MLFX_CUPTI_TRIGGER"] = cupti_trigger_template;
+    j["MLFX_CUPTI_OUTPUT"] = cupti_output_template;
+  }
   if (!file_template.empty()) j["CUDA_COREDUMP_FILE"] = file_template;
   j["CUDA_COREDUMP_GENERATION_FLAGS"] = flags;
   j["CUDA_COREDUMP_SHOW_PROGRESS"] = show_progress;
@@ -172,7 +184,7 @@ Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pi
                             const std::string& host) {
   const bool cut = environ.size() >= kMaxEnvironBytes;
   if (cut) environ = environ.substr(0, kMaxEnvironBytes);
-  std::optional<std::string> enable, pipe, file, flags, progress;
+  std::optional<std::string> enable, pipe, file, flags, progress, cupti_trigger, cupti_output;
   size_t pos = 0;
   while (pos < environ.size()) {
     size_t end = environ.find('\0', pos);
@@ -194,8 +206,23 @@ Result<Arming> parse_arming(std::string_view environ, const std::string& dir, pi
       flags = value;
     else if (key == "CUDA_COREDUMP_SHOW_PROGRESS")
       progress = value;
+    else if (key == "MLFX_CUPTI_TRIGGER")
+      cupti_trigger = value;
+    else if (key == "MLFX_CUPTI_OUTPUT")
+      cupti_output = value;
   }
   Arming a;
+  if (cupti_trigger && cupti_output) {  // the CUPTI library's copy-out, checked like the driver's
+    a.cupti_trigger_template = *cupti_trigger;
+    a.cupti_output_template = *cupti_output;
+    MLFX_TRY(check_template(*cupti_trigger, dir, "MLFX_CUPTI_TRIGGER"));
+    MLFX_TRY(check_template(*cupti_output, dir, "MLFX_CUPTI_OUTPUT"));
+    MLFX_ASSIGN(a.cupti_trigger_name, expand_template(*cupti_trigger, dir, ns_pid, host));
+    MLFX_ASSIGN(a.cupti_output_name, expand_template(*cupti_output, dir, ns_pid, host));
+    if (a.cupti_trigger_name == a.cupti_output_name)
+      return fail(Errc::kPermission, "the target's CUPTI trigger and output are the same path: refused");
+    a.cupti = true;
+  }
   a.flags = flags.value_or("");
   a.show_progress = progress.value_or("") == "1";
   const std::string how =

@@ -17,6 +17,14 @@
 // the cubins, which the dump holds relocated anyway. Never skip_global_memory (a dump without
 // the model), nor gzip_compress (CPU time in the target; the analyzer reads the ELF as is).
 //
+// Where the driver's core dump cannot be used (a driver or platform without it, other CUDA tools
+// in the way), the CUPTI library (agent/cupti, protocol/doc/cupti-allocations.md) copies the
+// live allocations out in the same format: `mlfx-agent gpu-env --cupti LIB` adds
+//   CUDA_INJECTION64_PATH=LIB                  the driver loads it at cuInit
+//   MLFX_CUPTI_TRIGGER=DIR/cupti-trigger.%p    the library's FIFO: a byte starts a copy-out
+//   MLFX_CUPTI_OUTPUT=DIR/cupti-core.%p        where it goes: the agent's FIFO, as above
+// The agent uses the driver's dump when the target is armed for it, else the copy-out.
+//
 // DIR (default /run/mlfx-agent/gpu) is the agent's: owned by root, mode 1733 (anyone may make
 // an entry, nobody may list it or remove another's), so that a target of any user can make its
 // pipe there. Everything a target's environment says is hostile input: read bounded, never
@@ -41,8 +49,10 @@ inline constexpr char kGenerationFlags[] = "skip_nonrelocated_elf_images";
 inline constexpr size_t kMaxEnvironBytes = 1u << 20;  // /proc/PID/environ read at most this far
 inline constexpr size_t kMaxTemplateBytes = 1024;
 
-// The variables that arm a target, KEY and VALUE, in the order gpu-env prints them.
-std::vector<std::pair<std::string, std::string>> arming_environment(const std::string& dir);
+// The variables that arm a target, KEY and VALUE, in the order gpu-env prints them; with the
+// CUPTI library's path, those of its copy-out too.
+std::vector<std::pair<std::string, std::string>> arming_environment(const std::string& dir,
+                                                                    const std::string& cupti_library = "");
 
 // Makes DIR (and its parent) if missing, mode 1733, owned by this user; refuses a DIR that is a
 // symlink, is not a directory, belongs to someone else, or that others may empty (writable
@@ -64,6 +74,10 @@ struct Arming {
   std::string pipe_template, file_template, flags;  // as the target has them (flags may be "")
   std::string pipe_name, file_name;                 // expanded, within the dir
   bool show_progress = false;
+  // The CUPTI library's copy-out (MLFX_CUPTI_TRIGGER and MLFX_CUPTI_OUTPUT both set).
+  bool cupti = false;
+  std::string cupti_trigger_template, cupti_output_template;
+  std::string cupti_trigger_name, cupti_output_name;  // expanded, within the dir
   json::Json to_json() const;
 };
 

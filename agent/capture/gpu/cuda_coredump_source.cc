@@ -223,6 +223,21 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
     s->method_ = "pipe-trigger";
     return s;
   }
+  // The CUPTI library's copy-out: its trigger FIFO, made at cuInit, must be there and the target's.
+  if (s->arming_.cupti) {
+    MLFX_ASSIGN(int dir, open_gpu_dir(s->options_.dir));
+    struct stat ts {};
+    const bool exists = ::fstatat(dir, s->arming_.cupti_trigger_name.c_str(), &ts, AT_SYMLINK_NOFOLLOW) == 0;
+    ::close(dir);
+    const std::string trigger = s->options_.dir + "/" + s->arming_.cupti_trigger_name;
+    if (exists && (!S_ISFIFO(ts.st_mode) || ts.st_uid != s->target_uid_))
+      return fail(Errc::kPermission, trigger + " is not a FIFO of the target's user: not the CUPTI library's; refused");
+    if (exists) {
+      s->method_ = "cupti-copy-out";
+      return s;
+    }
+    s->arming_.why_not += "; and its CUPTI library has made no trigger at " + trigger + " (not loaded, or CUDA not initialised yet)";
+  }
   // ptrace allows one tracer: a target the daemon holds for its fatal signals cannot take cuda-gdb.
   const auto tracer = process::status_field(status, "TracerPid");
   const bool traced = tracer && *tracer != "0";
@@ -242,11 +257,10 @@ Result<std::unique_ptr<CudaCoredumpSource>> CudaCoredumpSource::create(GpuCaptur
                   "; and no cuda-gdb to attach instead (/usr/local/cuda/bin/cuda-gdb, PATH)");
 }
 
-Status CudaCoredumpSource::trigger_pipe() {
+Status CudaCoredumpSource::trigger_pipe(const std::string& name, const std::string& listener) {
   MLFX_ASSIGN(int dir, open_gpu_dir(options_.dir));
-  const std::string pipe = options_.dir + "/" + arming_.pipe_name;
-  const int fd =
-      ::openat(dir, arming_.pipe_name.c_str(), O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+  const std::string pipe = options_.dir + "/" + name;
+  const int fd = ::openat(dir, name.c_str(), O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
   const int err = errno;
   ::close(dir);
   if (fd < 0) {
@@ -254,13 +268,13 @@ Status CudaCoredumpSource::trigger_pipe() {
       return fail(Errc::kUnsupported, "pid " + std::to_string(options_.pid) + " " + kNotArmed +
                                           ": nobody reads " + pipe + " (" +
                                           process::errno_name(err) +
-                                          "): its CUDA driver is not listening");
+                                          "): " + listener + " is not listening");
     return fail(Errc::kIo, "opening " + pipe + ": " + process::errno_name(err));
   }
   File f(fd, pipe);
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != target_uid_)
-    return fail(Errc::kPermission, pipe + " is not the driver's FIFO: refused");
+    return fail(Errc::kPermission, pipe + " is not the FIFO of " + listener + ": refused");
   const uint8_t one = 1;  // what XLA and sglang write: one byte starts one dump
   if (::write(fd, &one, 1) != 1)
     return fail(Errc::kIo, "triggering through " + pipe + ": " + process::errno_name(errno));
@@ -365,23 +379,25 @@ Status CudaCoredumpSource::stream_dump(Fifo& fifo, bundle::BundleWriter& w, bool
 
 Status CudaCoredumpSource::read(bundle::BundleWriter& w, bool show_progress) {
   Fifo fifo;
-  const std::string file_name = method_ == "pipe-trigger"
-                                    ? arming_.file_name
-                                    : "mlfx-cuda-gdb." + std::to_string(options_.pid);
-  // cuda-gdb writes as root, the driver as the target's user.
-  MLFX_TRY(
-      fifo.make(options_.dir, file_name, method_ == "pipe-trigger" ? target_uid_ : ::geteuid()));
+  const bool in_target = method_ != "cuda-gdb";  // the driver's or the CUPTI library's thread writes
+  const std::string file_name = method_ == "pipe-trigger"     ? arming_.file_name
+                                : method_ == "cupti-copy-out" ? arming_.cupti_output_name
+                                                              : "mlfx-cuda-gdb." + std::to_string(options_.pid);
+  // cuda-gdb writes as root, the driver and the CUPTI library as the target's user.
+  MLFX_TRY(fifo.make(options_.dir, file_name, in_target ? target_uid_ : ::geteuid()));
   MLFX_TRY(w.begin_stream(
       "gpu-core", "cuda-coredump:pid " + std::to_string(options_.pid) + " (" + method_ + ")"));
   pid_t helper = 0;
   trigger_ns_ = monotonic_ns();
   if (method_ == "pipe-trigger") {
-    MLFX_TRY(trigger_pipe());
+    MLFX_TRY(trigger_pipe(arming_.pipe_name, "its CUDA driver"));
+  } else if (method_ == "cupti-copy-out") {
+    MLFX_TRY(trigger_pipe(arming_.cupti_trigger_name, "its CUPTI library"));
   } else {
     MLFX_ASSIGN(helper, start_cuda_gdb(fifo.path));
   }
   Status streamed = stream_dump(fifo, w, show_progress, helper);
-  if (!streamed && method_ == "pipe-trigger" && same_process_alive(options_.pid, start_time_))
+  if (!streamed && in_target && same_process_alive(options_.pid, start_time_))
     fifo.block();
   if (helper > 0) {
     // cuda-gdb detaches on its own; one that hangs is killed, and a target it left stopped is

@@ -7,8 +7,11 @@
 // dump the driver streams into the FIFO straight into the sealer, until the driver closes it.
 // The driver writes from a thread inside the target, so this source reads BEFORE anything
 // freezes the target (reads_before_freeze): a ptrace-stopped target cannot write its dump.
-// Fallback, a target not armed where cuda-gdb is installed: cuda-gdb attaches, writes the GPU
-// core into the FIFO (generate-cuda-core-file), and detaches.
+// A target armed for the CUPTI library's copy-out instead (gpu-env --cupti): the same with its
+// trigger FIFO and output, written by the library's thread in the target (the live allocations
+// it tracked, in the same format). Fallback, a target armed for neither where cuda-gdb is
+// installed: cuda-gdb attaches, writes the GPU core into the FIFO (generate-cuda-core-file), and
+// detaches.
 //
 // Bounded in time: no first byte within first_byte_timeout, no data for idle_timeout, or more
 // than total_timeout in all fails the capture clearly, and the FIFO is removed on every path.
@@ -68,12 +71,13 @@ class CudaCoredumpSource final : public CaptureSource {
   explicit CudaCoredumpSource(GpuCaptureOptions o) : options_(std::move(o)) {}
   struct Fifo;
   Status stream_dump(Fifo& fifo, bundle::BundleWriter& bundle, bool show_progress, pid_t helper);
-  Status trigger_pipe();
+  // Writes the one byte that starts a dump into DIR/NAME, the FIFO `listener` reads.
+  Status trigger_pipe(const std::string& name, const std::string& listener);
   Result<pid_t> start_cuda_gdb(const std::string& core_path);
 
   GpuCaptureOptions options_;
   Arming arming_;
-  std::string method_;  // "pipe-trigger" or "cuda-gdb"
+  std::string method_;  // "pipe-trigger", "cupti-copy-out" or "cuda-gdb"
   std::string cuda_gdb_;
   uint64_t start_time_ = 0;  // /proc/PID/stat starttime: the same process afterwards
   uid_t target_uid_ = 0;
