@@ -14,8 +14,8 @@
 #  2. bench: the ~60 M-parameter victim on cuda:0; rounds of a GPU-only capture interleaved with
 #     the victim's own cudaMemcpy of the same ranges (the dump's memory sections) into pinned
 #     memory: throughput of each, medians.
-#  3. cupti: a victim started with CUDA_INJECTION64_PATH=libmlfx_cupti.so; the copy-out through
-#     its trigger FIFO; the process captured; `mlfx recover BUNDLE --gpu-core COPY-OUT`, bit-exact.
+#  3. cupti: a victim armed with `gpu-env --cupti` alone (CUDA_INJECTION64_PATH=libmlfx_cupti.so):
+#     `capture --source gpu,process` takes the library's copy-out; `mlfx recover`, bit-exact.
 #  4. fixtures: the mlp victim's real driver dump and the cupti copy-out, gzip'd, with the truth
 #     of their CUDA storages (tests/gpu/gpu_fixture_test.cc replays them in CI).
 # Each part runs on when an earlier one fails; summary.json says what passed.
@@ -97,21 +97,22 @@ if want 2 && start_victim big big armed; then
   result bench --contexts "$w"/big/open-*/gpu-context --d2h "$w"/big/d2h-*.json
 fi
 
-step "3. cupti: copy-out through the injection library, recovered with --gpu-core"
-cupti_env=(CUDA_INJECTION64_PATH="$kit/libmlfx_cupti.so" MLFX_CUPTI_LOG="$w/cupti-events.jsonl"
-           MLFX_CUPTI_TRIGGER="$w/cupti-trigger.%p" MLFX_CUPTI_OUTPUT="$w/cupti-copy.%p.nvcudmp")
-if want 3 && start_victim cupti cnn plain "${cupti_env[@]}"; then
+step "3. cupti: the CUPTI library's copy-out as the agent's gpu source, recovered bit-exactly"
+# Armed for the copy-out alone (gpu-env --cupti, without the driver's variables), so that the
+# agent uses it; the event log beside it.
+cupti_arm=$($agent gpu-env --dir "$gpu_dir" --cupti "$kit/libmlfx_cupti.so" | grep -E '^(CUDA_INJECTION64_PATH|MLFX_CUPTI_)')
+# shellcheck disable=SC2086 # one VAR=VALUE a line
+if want 3 && start_victim cupti cnn plain $cupti_arm MLFX_CUPTI_LOG="$w/cupti-events.jsonl"; then
   pid=$(cat "$w/cupti/pid")
   head -c 2000 "$w/cupti-events.jsonl"; echo
-  printf 1 > "$w/cupti-trigger.$pid"
-  for _ in $(seq 600); do grep -q '"copy-out"' "$w/cupti-events.jsonl" 2>/dev/null && break; sleep 0.1; done
+  capture cupti gpu,process "$w/cupti.mlfx"; echo "capture exit $?"
   grep '"copy-out"' "$w/cupti-events.jsonl"
-  capture cupti process "$w/cupti.mlfx" && \
-    $mlfx recover "$w/cupti.mlfx" --key "$w/lab.key" --gpu-core "$w/cupti-copy.$pid.nvcudmp" --out "$w/cupti/rec" -q
-  echo "recover exit $?"
-  $py "$root/tests/victims/check_recovery.py" "$w/cupti/gt" "$w/cupti/rec"; echo "check_recovery exit $?"
-  result cupti --gt "$w/cupti/gt" --dump "$w/cupti-copy.$pid.nvcudmp" --report "$w/cupti/rec/report.json" \
-    --events "$w/cupti-events.jsonl" --pid "$pid"
+  if open_bundle "$w/cupti.mlfx" "$w/cupti/open"; then
+    $mlfx recover "$w/cupti.mlfx" --key "$w/lab.key" --out "$w/cupti/rec" -q; echo "recover exit $?"
+    $py "$root/tests/victims/check_recovery.py" "$w/cupti/gt" "$w/cupti/rec"; echo "check_recovery exit $?"
+    result cupti --gt "$w/cupti/gt" --dump "$w/cupti/open/gpu-core" --context "$w/cupti/open/gpu-context" \
+      --report "$w/cupti/rec/report.json" --events "$w/cupti-events.jsonl" --pid "$pid"
+  fi
 fi
 
 step "4. fixtures: a small real driver dump and a copy-out, with their truth"
@@ -120,8 +121,8 @@ if want 4 && start_victim small mlp armed; then
     result fixture --name driver-mlp --gt "$w/small/gt" --dump "$w/small/open/gpu-core" \
       --context "$w/small/open/gpu-context" --out "$out"
 fi
-[ -n "${pid:-}" ] && [ -f "$w/cupti-copy.$pid.nvcudmp" ] && \
-  result fixture --name cupti-cnn --gt "$w/cupti/gt" --dump "$w/cupti-copy.$pid.nvcudmp" --out "$out"
+[ -f "$w/cupti/open/gpu-core" ] && \
+  result fixture --name cupti-cnn --gt "$w/cupti/gt" --dump "$w/cupti/open/gpu-core" --out "$out"
 
 for v in "$w"/*/pid; do kill "$(cat "$v")" 2>/dev/null; done
 step "done"
