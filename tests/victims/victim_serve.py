@@ -77,8 +77,9 @@ def save_models(gt, named_models, outputs_before):
 def serve(gt, outputs):
     """Serves until `stop`; `outputs()` gives the dict saved as outputs_after.pt on `check`."""
     stop = threading.Event()
-    import cuda_driver_stub  # armed for GPU core dumps, with no GPU: a stand-in for the driver's pipe
-    cuda_driver_stub.start()
+    if os.environ.get("MLFX_FAKE_CUDA_DUMP"):  # armed for GPU core dumps, with no GPU (tests/recovery)
+        import cuda_driver_stub  # a stand-in for the driver's pipe; imported only then
+        cuda_driver_stub.start()
 
     def worker():  # a second thread, as serving processes have
         while not stop.is_set():
