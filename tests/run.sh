@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 jobs=$(nproc)
-fuzz_seconds=${MLFX_FUZZ_SECONDS:-40}  # 13 targets: the whole run stays under 30 min on 2 cores
+fuzz_seconds=${MLFX_FUZZ_SECONDS:-30}  # 13 targets: the whole run stays under 30 min on 2 cores
 
 packaging/setup-deps.sh
 source packaging/compiler_cache.sh

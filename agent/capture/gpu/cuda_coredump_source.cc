@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -49,13 +50,19 @@ bool same_process_alive(pid_t pid, uint64_t start_time) {
 // short of it was cut off. gzip or anything else: unknown (0).
 class DumpShape {
  public:
+  // Copies only the bytes it reads (the ELF header, section 0's sh_size): gigabytes stream past.
   void feed(const uint8_t* p, size_t n) {
-    for (size_t i = 0; i < n; ++i, ++at_) {
-      if (at_ < sizeof head_) head_[at_] = p[i];
-      if (shoff_ && at_ >= shoff_ + 0x20 && at_ < shoff_ + 0x28)
-        shdr0_size_[at_ - shoff_ - 0x20] = p[i];
-      if (at_ + 1 == sizeof head_) parse_header();
+    const uint64_t start = at_, end = at_ + n;
+    if (start < sizeof head_) {
+      at_ = std::min<uint64_t>(end, sizeof head_);
+      std::memcpy(head_ + start, p, at_ - start);
+      if (at_ == sizeof head_) parse_header();
     }
+    if (shoff_) {  // section 0's sh_size, at shoff + 0x20 (extended numbering's count)
+      const uint64_t lo = std::max(start, shoff_ + 0x20), hi = std::min(end, shoff_ + 0x28);
+      if (lo < hi) std::memcpy(shdr0_size_ + (lo - shoff_ - 0x20), p + (lo - start), hi - lo);
+    }
+    at_ = end;
   }
   std::string format() const {
     if (at_ >= 4 && std::memcmp(head_,
