@@ -74,6 +74,15 @@ Result<std::shared_ptr<const Layer>> inflate(const Layer& gz, uint64_t max) {
   return std::shared_ptr<const Layer>(std::move(layer));
 }
 
+// The NUL-terminated string at `index` of a string table section (checked to lie in the file),
+// at most `max` bytes; "" for an index past the table.
+std::string table_string(const Layer& file, const Elf64_Shdr& table, uint64_t index, size_t max) {
+  if (index >= table.sh_size) return "";
+  const uint64_t room = table.sh_size - index;
+  const char* s = reinterpret_cast<const char*>(file.view(table.sh_offset + index, room));
+  return std::string(s, strnlen(s, std::min<uint64_t>(room, max)));
+}
+
 // Reads a section table's rows with sh_entsize as the stride; fields past it read as zero.
 class Rows {
  public:
@@ -206,11 +215,7 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     names = header(shstrndx);
   else
     info_.warnings.push_back("no usable section name table (index " + std::to_string(shstrndx) + ")");
-  auto name_of = [&](const Elf64_Shdr& h) -> std::string {
-    if (!names || h.sh_name >= names->sh_size) return "";
-    const char* s = reinterpret_cast<const char*>(file->view(names->sh_offset + h.sh_name, names->sh_size - h.sh_name));
-    return std::string(s, strnlen(s, std::min<uint64_t>(names->sh_size - h.sh_name, 256)));
-  };
+  auto name_of = [&](const Elf64_Shdr& h) { return names ? table_string(*file, *names, h.sh_name, 256) : ""; };
   auto describe = [&](const SectionRef& s) {
     return "section " + std::to_string(s.index) + (s.name.empty() ? "" : " (" + s.name + ")");
   };
@@ -259,11 +264,7 @@ Status CudaCoreLayer::parse(std::shared_ptr<const Layer> file) {
     else info_.warnings.push_back(describe(s) + ": a second table of its kind, ignored");
   }
 
-  auto string_at = [&](uint64_t index) -> std::string {
-    if (!strtab || index >= strtab->h.sh_size) return "";
-    const char* s = reinterpret_cast<const char*>(file->view(strtab->h.sh_offset + index, strtab->h.sh_size - index));
-    return std::string(s, strnlen(s, std::min<uint64_t>(strtab->h.sh_size - index, kMaxString)));
-  };
+  auto string_at = [&](uint64_t index) { return strtab ? table_string(*file, strtab->h, index, kMaxString) : ""; };
   auto rows_of = [&](const SectionRef& s) {
     if (s.h.sh_size % s.h.sh_entsize)
       info_.warnings.push_back(describe(s) + ": " + std::to_string(s.h.sh_size % s.h.sh_entsize) +
